@@ -1,0 +1,3 @@
+"""Mullama: a production LLM inference daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,87 @@
+"""Ollama-compatible routes (/api/*): parse, call one service method, encode as NDJSON."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import ORJSONResponse, PlainTextResponse, Response
+
+from ... import __version__
+from ..body import parse_body
+from ..streaming import DisconnectAwareStream, unless_disconnected
+from .models import OllamaModels
+from .schemas import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody, ModelBody
+from .service import OllamaService
+
+router = APIRouter()
+
+
+def _service(request: Request) -> OllamaService:
+    return request.app.state.ollama
+
+
+def _rid(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id") or "ollama"
+
+
+def _respond(result: object) -> Response:
+    if isinstance(result, dict):
+        return ORJSONResponse(result)
+    return DisconnectAwareStream(result, media_type="application/x-ndjson")
+
+
+@router.get("/")
+@router.head("/")
+async def root() -> PlainTextResponse:
+    return PlainTextResponse("Mullama is running")
+
+
+@router.get("/api/version")
+@router.head("/api/version")
+async def version() -> ORJSONResponse:
+    return ORJSONResponse({"version": __version__})
+
+
+@router.post("/api/generate")
+async def generate(request: Request) -> Response:
+    body = await parse_body(request, GenerateBody)
+    return _respond(
+        await unless_disconnected(request, _service(request).generate(body, _rid(request)))
+    )
+
+
+@router.post("/api/chat")
+async def chat(request: Request) -> Response:
+    body = await parse_body(request, ChatBody)
+    return _respond(await unless_disconnected(request, _service(request).chat(body, _rid(request))))
+
+
+@router.post("/api/embed")
+async def embed(request: Request) -> Response:
+    body = await parse_body(request, EmbedBody)
+    return ORJSONResponse(await unless_disconnected(request, _service(request).embed(body)))
+
+
+@router.post("/api/embeddings")
+async def embeddings(request: Request) -> Response:
+    body = await parse_body(request, EmbeddingsBody)
+    return ORJSONResponse(await unless_disconnected(request, _service(request).embeddings(body)))
+
+
+def _models(request: Request) -> OllamaModels:
+    return request.app.state.ollama_models
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> ORJSONResponse:
+    return ORJSONResponse({"models": await _models(request).tags()})
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> ORJSONResponse:
+    return ORJSONResponse({"models": await _models(request).ps()})
+
+
+@router.post("/api/show")
+async def show(request: Request) -> ORJSONResponse:
+    body = await parse_body(request, ModelBody)
+    return ORJSONResponse(await _models(request).show(body.target()))

@@ -1,0 +1,256 @@
+"""Ollama-compatible generate, chat and embeddings on top of EngineClient."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from ...engine.protocol import Chunk, GenerateRequest, SamplingParams
+from ...errors import ClientError, MullamaError
+from .schemas import ChatBody, EmbedBody, EmbeddingsBody, Format, GenerateBody, Options
+
+# Ollama's own defaults where they differ from the OpenAI side.
+_DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "repeat_penalty": 1.1}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def sampling_params(options: Options | None, fmt: Format) -> SamplingParams:
+    p = SamplingParams(**_DEFAULTS)  # type: ignore[arg-type]
+    o = options or Options()
+    for name in (
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "seed",
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+    ):
+        value = getattr(o, name)
+        if value is not None:
+            setattr(p, name, value)
+    if o.repeat_last_n is not None:
+        p.repeat_last_n = o.repeat_last_n
+    if o.num_predict is not None and o.num_predict > 0:
+        p.max_tokens = o.num_predict
+    if o.num_ctx is not None:
+        p.context_limit = o.num_ctx
+    if o.stop is not None:
+        p.stop = [o.stop] if isinstance(o.stop, str) else list(o.stop)
+    if fmt == "json":
+        p.json_schema = {}
+    elif isinstance(fmt, dict):
+        p.json_schema = fmt
+    return p
+
+
+_IF_BLOCK = re.compile(r"\{\{-?\s*if\s+\.(\w+)\s*-?\}\}(.*?)\{\{-?\s*end\s*-?\}\}", re.S)
+_VAR = re.compile(r"\{\{-?\s*\.(\w+)\s*-?\}\}")
+
+
+def render_go_template(template: str, values: dict[str, str]) -> str:
+    """The subset of Ollama's Go templates a per-request ``template`` uses:
+    ``{{ .System }}``, ``{{ .Prompt }}``, ``{{ .Response }}`` and ``{{ if .X }}…{{ end }}``."""
+
+    def block(m: re.Match[str]) -> str:
+        return m.group(2) if values.get(m.group(1)) else ""
+
+    def var(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in ("System", "Prompt", "Response"):
+            raise ClientError(f"template: unsupported variable .{name}")
+        return values.get(name, "")
+
+    text = _IF_BLOCK.sub(block, template)
+    if "{{" in _VAR.sub("", text):
+        raise ClientError(
+            "template: only {{ .System }}, {{ .Prompt }}, {{ .Response }} and "
+            "{{ if .X }}...{{ end }} are supported"
+        )
+    return _VAR.sub(var, text)
+
+
+class Timings:
+    """Real durations of one request, in nanoseconds, as Ollama reports them."""
+
+    def __init__(self, started: int, load_ns: int) -> None:
+        self.started = started
+        self.load_ns = load_ns
+        self.accepted = time.perf_counter_ns()
+        self.first: int | None = None
+
+    def mark_token(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter_ns()
+
+    def final(self, prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+        end = time.perf_counter_ns()
+        first = self.first if self.first is not None else end
+        return {
+            "total_duration": end - self.started,
+            "load_duration": self.load_ns,
+            "prompt_eval_count": prompt_tokens,
+            "prompt_eval_duration": max(first - self.accepted, 1),
+            "eval_count": completion_tokens,
+            "eval_duration": max(end - first, 1),
+        }
+
+
+class OllamaService:
+    def __init__(self, models: Any) -> None:
+        self.models = models
+
+    async def _engine(self, name: str) -> tuple[Any, int]:
+        """The model's engine, loaded if needed; returns it and the load time in ns."""
+        engine = self.models.get(name)
+        t0 = time.perf_counter_ns()
+        was_alive = engine.alive
+        await engine.ensure_started()
+        return engine, 0 if was_alive else time.perf_counter_ns() - t0
+
+    # ---- generate / chat -------------------------------------------------------------
+
+    def _generate_request(self, body: GenerateBody, rid: str) -> GenerateRequest:
+        params = sampling_params(body.options, body.format)
+        if body.raw:
+            return GenerateRequest(rid, params, prompt=body.prompt, add_special=False)
+        if body.template:
+            values = {"System": body.system or "", "Prompt": body.prompt, "Response": ""}
+            return GenerateRequest(rid, params, prompt=render_go_template(body.template, values))
+        messages = []
+        if body.system:
+            messages.append({"role": "system", "content": body.system})
+        messages.append({"role": "user", "content": body.prompt})
+        return GenerateRequest(rid, params, messages=messages)
+
+    async def generate(self, body: GenerateBody, rid: str) -> dict | AsyncIterator[bytes]:
+        started = time.perf_counter_ns()
+        if body.images:
+            raise ClientError(f"model {body.model!r} does not support images (it is text-only)")
+        engine, load_ns = await self._engine(body.model)
+        if not body.prompt and not body.system:
+            return _loaded(body.model, "response", load_ns, started, body.stream)
+        req = self._generate_request(body, rid)
+        return await self._run(engine, req, body.model, "response", body.stream, started, load_ns)
+
+    async def chat(self, body: ChatBody, rid: str) -> dict | AsyncIterator[bytes]:
+        started = time.perf_counter_ns()
+        for i, m in enumerate(body.messages):
+            if m.images:
+                raise ClientError(
+                    f"model {body.model!r} does not support images (messages[{i}] has images)"
+                )
+        engine, load_ns = await self._engine(body.model)
+        if not body.messages:
+            return _loaded(body.model, "message", load_ns, started, body.stream)
+        messages = [{"role": m.role, "content": m.content} for m in body.messages]
+        req = GenerateRequest(rid, sampling_params(body.options, body.format), messages=messages)
+        return await self._run(engine, req, body.model, "message", body.stream, started, load_ns)
+
+    async def _run(
+        self,
+        engine: Any,
+        req: GenerateRequest,
+        model: str,
+        kind: str,
+        stream: bool,
+        started: int,
+        load_ns: int,
+    ) -> dict | AsyncIterator[bytes]:
+        gen = engine.generate(req)
+        first = await gen.__anext__()  # errors before the response starts become HTTP errors
+        timings = Timings(started, load_ns)
+        if stream:
+            return self._stream(gen, first, model, kind, timings)
+        parts: list[str] = []
+        last = first
+        async for c in gen:
+            if c.text:
+                timings.mark_token()
+                parts.append(c.text)
+            last = c
+        return _final(model, kind, "".join(parts), last, first.prompt_tokens, timings)
+
+    async def _stream(
+        self, gen: AsyncIterator[Chunk], first: Chunk, model: str, kind: str, timings: Timings
+    ) -> AsyncIterator[bytes]:
+        last = first
+        try:
+            async for c in gen:
+                last = c
+                if c.text:
+                    timings.mark_token()
+                    yield _line(_piece(model, kind, c.text))
+            yield _line(_final(model, kind, "", last, first.prompt_tokens, timings))
+        except MullamaError as exc:
+            yield _line({"error": exc.message})
+        finally:
+            await gen.aclose()  # type: ignore[attr-defined]
+
+    # ---- embeddings --------------------------------------------------------------------
+
+    async def embed(self, body: EmbedBody) -> dict:
+        started = time.perf_counter_ns()
+        engine, load_ns = await self._engine(body.model)
+        inputs = [body.input] if isinstance(body.input, str) else body.input
+        result = await engine.embed(inputs, truncate=body.truncate)
+        return {
+            "model": body.model,
+            "embeddings": result.vectors,
+            "total_duration": time.perf_counter_ns() - started,
+            "load_duration": load_ns,
+            "prompt_eval_count": result.prompt_tokens,
+        }
+
+    async def embeddings(self, body: EmbeddingsBody) -> dict:
+        engine, _ = await self._engine(body.model)
+        result = await engine.embed([body.prompt], truncate=True)
+        return {"embedding": result.vectors[0]}
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return orjson.dumps(obj) + b"\n"
+
+
+def _piece(model: str, kind: str, text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": model, "created_at": now_iso()}
+    if kind == "message":
+        out["message"] = {"role": "assistant", "content": text}
+    else:
+        out["response"] = text
+    out["done"] = False
+    return out
+
+
+def _final(
+    model: str, kind: str, text: str, last: Chunk, prompt_tokens: int, timings: Timings
+) -> dict[str, Any]:
+    out = _piece(model, kind, text)
+    out["done"] = True
+    out["done_reason"] = last.finish_reason or "stop"
+    out.update(timings.final(prompt_tokens, last.completion_tokens))
+    return out
+
+
+def _loaded(model: str, kind: str, load_ns: int, started: int, stream: bool) -> Any:
+    out = _piece(model, kind, "")
+    out["done"] = True
+    out["done_reason"] = "load"
+    out["total_duration"] = time.perf_counter_ns() - started
+    out["load_duration"] = load_ns
+    if not stream:
+        return out
+
+    async def one() -> AsyncIterator[bytes]:
+        yield _line(out)
+
+    return one()

@@ -1,0 +1,74 @@
+"""/v1 routes: parse, call one service method, encode."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import ORJSONResponse, Response
+
+from ..body import parse_body
+from ..streaming import DisconnectAwareStream, unless_disconnected
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from .service import OpenAIService
+
+router = APIRouter(prefix="/v1")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _service(request: Request) -> OpenAIService:
+    return request.app.state.openai
+
+
+def _request_id(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id") or f"req-{time.monotonic_ns()}"
+
+
+async def _respond(request: Request, result: object) -> Response:
+    if isinstance(result, dict):
+        return ORJSONResponse(result)
+    return DisconnectAwareStream(result, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    body = await parse_body(request, ChatCompletionRequest)
+    work = _service(request).chat(body, _request_id(request))
+    return await _respond(request, await unless_disconnected(request, work))
+
+
+@router.post("/completions")
+async def completions(request: Request) -> Response:
+    body = await parse_body(request, CompletionRequest)
+    work = _service(request).completions(body, _request_id(request))
+    return await _respond(request, await unless_disconnected(request, work))
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request) -> Response:
+    body = await parse_body(request, EmbeddingRequest)
+    return ORJSONResponse(await unless_disconnected(request, _service(request).embeddings(body)))
+
+
+@router.get("/models")
+async def list_models(request: Request) -> Response:
+    created = int(request.app.state.started_at)
+    return ORJSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": created, "owned_by": "mullama"}
+                for name in request.app.state.models.names
+            ],
+        }
+    )
+
+
+@router.get("/models/{name:path}")
+async def get_model(name: str, request: Request) -> Response:
+    request.app.state.models.get(name)
+    created = int(request.app.state.started_at)
+    return ORJSONResponse(
+        {"id": name, "object": "model", "created": created, "owned_by": "mullama"}
+    )

@@ -1,0 +1,327 @@
+"""OpenAI-compatible completions, chat completions and embeddings on top of EngineClient."""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ...engine.protocol import Chunk, EngineClient, GenerateRequest, SamplingParams
+from ...errors import ClientError, MullamaError
+from ..streaming import aiter_merge
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
+
+
+def sampling_params(req: _Sampling, max_tokens: int | None) -> SamplingParams:
+    p = SamplingParams(max_tokens=max_tokens, stop=req.stop_list(), ignore_eos=req.ignore_eos)
+    for name in (
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "repeat_penalty",
+    ):
+        value = getattr(req, name)
+        if value is not None:
+            setattr(p, name, value)
+    fmt = req.response_format
+    if fmt is not None and fmt.type == "json_object":
+        p.json_schema = {}
+    elif fmt is not None and fmt.type == "json_schema":
+        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+            raise ClientError(
+                "response_format.json_schema.schema is required for type json_schema",
+                param="response_format",
+            )
+        p.json_schema = fmt.json_schema.schema_
+    return p
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    finish_reason: str | None = None
+
+
+async def _primed(gen: AsyncIterator[Chunk]) -> tuple[Chunk, AsyncIterator[Chunk]]:
+    """Wait for the engine to accept the request (errors surface here, before any byte of
+    the response is sent)."""
+    try:
+        first = await gen.__anext__()
+    except BaseException:
+        await gen.aclose()  # type: ignore[attr-defined]
+        raise
+    return first, gen
+
+
+async def start_generations(
+    engine: EngineClient, requests: list[GenerateRequest]
+) -> tuple[list[int], list[AsyncIterator[Chunk]]]:
+    """Start every generation and wait until each is accepted; on any error, stop them all."""
+    started: list[tuple[Chunk, AsyncIterator[Chunk]]] = []
+    try:
+        for req in requests:
+            started.append(await _primed(engine.generate(req)))
+    except BaseException:
+        for _, gen in started:
+            await gen.aclose()  # type: ignore[attr-defined]
+        raise
+    return [c.prompt_tokens for c, _ in started], [g for _, g in started]
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+class OpenAIService:
+    def __init__(self, models: Any) -> None:
+        self.models = models
+
+    # ---- requests -> engine requests ----------------------------------------------
+
+    def _chat_requests(self, req: ChatCompletionRequest, rid: str) -> list[GenerateRequest]:
+        messages = []
+        for i, m in enumerate(req.messages):
+            if m.has_media():
+                raise ClientError(
+                    f"model {req.model!r} takes text only; messages[{i}] has non-text content",
+                    param=f"messages[{i}].content",
+                )
+            messages.append({"role": m.role, "content": m.text()})
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        out = []
+        for i in range(req.n):
+            params = sampling_params(req, max_tokens)
+            if params.seed is not None:
+                params.seed += i
+            out.append(GenerateRequest(f"{rid}/{i}", params, messages=messages))
+        return out
+
+    def _completion_requests(self, req: CompletionRequest, rid: str) -> list[GenerateRequest]:
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        out = []
+        for p_idx, prompt in enumerate(prompts):
+            for i in range(req.n):
+                params = sampling_params(req, req.max_tokens if req.max_tokens else 16)
+                if params.seed is not None:
+                    params.seed += i
+                out.append(GenerateRequest(f"{rid}/{p_idx}/{i}", params, prompt=prompt))
+        return out
+
+    # ---- chat ------------------------------------------------------------------------
+
+    async def chat(self, req: ChatCompletionRequest, rid: str) -> dict | AsyncIterator[bytes]:
+        engine = self.models.get(req.model)
+        requests = self._chat_requests(req, rid)
+        prompt_tokens, gens = await start_generations(engine, requests)
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return self._chat_stream(cid, created, req.model, prompt_tokens, gens, include_usage)
+        choices = await _collect(gens)
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": req.model,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": "".join(c.text)},
+                    "logprobs": None,
+                    "finish_reason": c.finish_reason,
+                }
+                for i, c in enumerate(choices)
+            ],
+            "usage": _usage(prompt_tokens[0], sum(c.completion_tokens for c in choices)),
+        }
+
+    async def _chat_stream(
+        self,
+        cid: str,
+        created: int,
+        model: str,
+        prompt_tokens: list[int],
+        gens: list[AsyncIterator[Chunk]],
+        include_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        def chunk(index: int, delta: dict[str, Any], finish: str | None) -> bytes:
+            obj: dict[str, Any] = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            if include_usage:
+                obj["usage"] = None
+            return sse(obj)
+
+        completion = [0] * len(gens)
+        try:
+            for i in range(len(gens)):
+                yield chunk(i, {"role": "assistant", "content": ""}, None)
+            async for i, c in aiter_merge(gens):
+                completion[i] = c.completion_tokens
+                if c.text:
+                    yield chunk(i, {"content": c.text}, None)
+                if c.finish_reason is not None:
+                    yield chunk(i, {}, c.finish_reason)
+            if include_usage:
+                yield sse(
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": _usage(prompt_tokens[0], sum(completion)),
+                    }
+                )
+        except MullamaError as exc:
+            yield sse({"error": error_body(exc)["error"]})
+        yield SSE_DONE
+
+    # ---- completions ---------------------------------------------------------------
+
+    async def completions(self, req: CompletionRequest, rid: str) -> dict | AsyncIterator[bytes]:
+        engine = self.models.get(req.model)
+        requests = self._completion_requests(req, rid)
+        prompt_tokens, gens = await start_generations(engine, requests)
+        cid = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        n_prompt = sum(prompt_tokens[:: req.n])
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return self._completion_stream(cid, created, req.model, n_prompt, gens, include_usage)
+        choices = await _collect(gens)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "model": req.model,
+            "choices": [
+                {
+                    "index": i,
+                    "text": (prompts[i // req.n] if req.echo else "") + "".join(c.text),
+                    "logprobs": None,
+                    "finish_reason": c.finish_reason,
+                }
+                for i, c in enumerate(choices)
+            ],
+            "usage": _usage(n_prompt, sum(c.completion_tokens for c in choices)),
+        }
+
+    async def _completion_stream(
+        self,
+        cid: str,
+        created: int,
+        model: str,
+        n_prompt: int,
+        gens: list[AsyncIterator[Chunk]],
+        include_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        completion = [0] * len(gens)
+        base = {"id": cid, "object": "text_completion", "created": created, "model": model}
+        try:
+            async for i, c in aiter_merge(gens):
+                completion[i] = c.completion_tokens
+                if c.text or c.finish_reason is not None:
+                    yield sse(
+                        {
+                            **base,
+                            "choices": [
+                                {
+                                    "index": i,
+                                    "text": c.text,
+                                    "logprobs": None,
+                                    "finish_reason": c.finish_reason,
+                                }
+                            ],
+                        }
+                    )
+            if include_usage:
+                yield sse({**base, "choices": [], "usage": _usage(n_prompt, sum(completion))})
+        except MullamaError as exc:
+            yield sse({"error": error_body(exc)["error"]})
+        yield SSE_DONE
+
+    # ---- embeddings ----------------------------------------------------------------
+
+    async def embeddings(self, req: EmbeddingRequest) -> dict:
+        engine = self.models.get(req.model)
+        inputs = [req.input] if isinstance(req.input, str) else req.input
+        result = await engine.embed(inputs)
+        vectors = result.vectors
+        if req.dimensions is not None:
+            vectors = [_normalize(v[: req.dimensions]) for v in vectors]
+        encode = _base64_floats if req.encoding_format == "base64" else (lambda v: v)
+        return {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": encode(v)}
+                for i, v in enumerate(vectors)
+            ],
+            "model": req.model,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        }
+
+
+def _normalize(vec: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vec)) or 1.0
+    return [x / norm for x in vec]
+
+
+def _base64_floats(vec: list[float]) -> str:
+    """OpenAI's base64 encoding: little-endian float32s."""
+    return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+
+
+async def _collect(gens: list[AsyncIterator[Chunk]]) -> list[_Choice]:
+    choices = [_Choice() for _ in gens]
+    async for i, c in aiter_merge(gens):
+        ch = choices[i]
+        if c.text:
+            ch.text.append(c.text)
+        ch.completion_tokens = c.completion_tokens
+        if c.finish_reason is not None:
+            ch.finish_reason = c.finish_reason
+    return choices
+
+
+def error_body(exc: MullamaError) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": exc.message,
+            "type": exc.type,
+            "param": exc.param,
+            "code": exc.code,
+        }
+    }

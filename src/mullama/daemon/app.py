@@ -1,0 +1,58 @@
+"""App factory: wires settings, the model manager and the API routers together."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ..api import health
+from ..api.errors import install_error_handlers
+from ..api.ollama import routes as ollama_routes
+from ..api.ollama.models import OllamaModels
+from ..api.ollama.service import OllamaService
+from ..api.openai import routes as openai_routes
+from ..api.openai.service import OpenAIService
+from ..config import Settings
+from ..models.manager import ModelManager
+from .middleware import BodyLimitMiddleware, RequestIdMiddleware
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, models: ModelManager | None = None) -> FastAPI:
+    manager = models if models is not None else ModelManager(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await manager.start()
+        log.info("serving models: %s", ", ".join(manager.names))
+        try:
+            yield
+        finally:
+            await manager.close()
+
+    app = FastAPI(
+        title="Mullama",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.models = manager
+    app.state.started_at = time.time()
+    app.state.openai = OpenAIService(manager)
+    app.state.ollama = OllamaService(manager)
+    app.state.ollama_models = OllamaModels(manager)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(openai_routes.router)
+    app.include_router(ollama_routes.router)
+    # Outermost last: request id, then the body limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_size)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,277 @@
+"""Daemon side of the engine: spawns a worker process and multiplexes requests over it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from ..errors import EngineCrashed, MullamaError, ServerError
+from .protocol import (
+    HEADER_SIZE,
+    Chunk,
+    Embeddings,
+    GenerateRequest,
+    ModelStats,
+    decode_header,
+    encode_frame,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerSpec:
+    name: str
+    path: str
+    parallel: int = 4
+    context_size: int = 4096
+    batch_size: int = 512
+    threads: int = 0
+    gpu_layers: int = 0
+    log_level: str = "info"
+    load_timeout: float = 300.0
+
+
+@dataclass
+class _Stream:
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    done: bool = False
+
+
+class WorkerClient:
+    """One model, one worker process. Restarts the worker on the next request after a crash."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.info: dict[str, Any] = {}
+        self._proc: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._streams: dict[str, _Stream] = {}
+        self._start_lock = asyncio.Lock()
+        self._stats = ModelStats()
+        self._seq = 0
+        self.restarts = 0
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._writer is not None and self._proc is not None and self._proc.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def ensure_started(self) -> None:
+        if self.alive:
+            return
+        async with self._start_lock:
+            if not self.alive:
+                await self._spawn()
+
+    async def _spawn(self) -> None:
+        parent, child = socket.socketpair()
+        spec = orjson.dumps(asdict(self.spec)).decode()
+        started = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "mullama.engine.worker",
+                "--fd",
+                str(child.fileno()),
+                "--spec",
+                spec,
+                pass_fds=(child.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        try:
+            msg = await asyncio.wait_for(_read_frame(reader), self.spec.load_timeout)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError) as exc:
+            writer.close()
+            _kill(proc)
+            await proc.wait()
+            raise ServerError(
+                f"model {self.name!r} failed to load: the engine process exited"
+                f" (code {proc.returncode})"
+            ) from exc
+        if msg.get("ev") != "ready":
+            writer.close()
+            await proc.wait()
+            raise MullamaError.from_wire(msg.get("error", {}))
+        self.info = msg["info"]
+        self.info["load_seconds_total"] = time.monotonic() - started
+        self._proc = proc
+        self._writer = writer
+        self._stats = ModelStats(kv_size=int(self.info.get("kv_size", 0)))
+        self._reader_task = asyncio.create_task(self._read_loop(reader), name=f"engine:{self.name}")
+        log.info(
+            "model %s loaded in worker pid %d (%.2fs)",
+            self.name,
+            proc.pid,
+            self.info["load_seconds_total"],
+        )
+
+    async def close(self, timeout: float = 5.0) -> None:
+        proc, writer = self._proc, self._writer
+        self._writer = None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.write(encode_frame({"op": "shutdown"}))
+                await writer.drain()
+                writer.close()
+        if proc is not None and proc.returncode is None:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                _kill(proc)
+                await proc.wait()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
+        self._fail_streams(EngineCrashed(f"model {self.name!r} was unloaded"))
+
+    # ---- reading frames from the worker -----------------------------------------
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                self._dispatch(await _read_frame(reader))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except asyncio.CancelledError:
+            return
+        except Exception:  # noqa: BLE001
+            log.exception("engine channel for %s broke", self.name)
+        proc = self._proc
+        code = None
+        if proc is not None:
+            with contextlib.suppress(Exception):
+                code = await asyncio.wait_for(proc.wait(), 5)
+        self._writer = None
+        self._stats = ModelStats(kv_size=self._stats.kv_size)
+        log.error("engine worker for model %s exited (code %s)", self.name, code)
+        self.restarts += 1
+        self._fail_streams(
+            EngineCrashed(
+                f"the engine process for model {self.name!r} stopped unexpectedly"
+                f" (exit code {code}); it will be restarted on the next request"
+            )
+        )
+
+    def _fail_streams(self, err: MullamaError) -> None:
+        for stream in self._streams.values():
+            stream.queue.put_nowait(("error", err))
+        self._streams.clear()
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        ev = msg["ev"]
+        if ev == "step":
+            streams = self._streams
+            for item in msg["out"]:
+                stream = streams.get(item[0])
+                if stream is not None:
+                    stream.queue.put_nowait(("chunk", item))
+            st = self._stats
+            st.active, st.queued, st.kv_used = msg["active"], msg["queued"], msg["kv_used"]
+            st.generated_total = msg["generated_total"]
+            return
+        stream = self._streams.get(msg.get("id", ""))
+        if stream is None:
+            return
+        if ev == "error":
+            stream.queue.put_nowait(("error", MullamaError.from_wire(msg["error"])))
+        else:
+            stream.queue.put_nowait((ev, msg))
+
+    # ---- EngineClient -------------------------------------------------------------
+
+    def stats(self) -> ModelStats:
+        return self._stats
+
+    def _send(self, obj: Any) -> None:
+        writer = self._writer
+        if writer is None:
+            raise EngineCrashed(f"the engine process for model {self.name!r} is not running")
+        writer.write(encode_frame(obj))
+
+    def _new_id(self, hint: str) -> str:
+        self._seq += 1
+        return f"{hint}#{self._seq}"
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        """Yields a first empty chunk carrying prompt_tokens once the worker accepted the
+        request, then text deltas, the last one with finish_reason set."""
+        await self.ensure_started()
+        sid = self._new_id(request.request_id)
+        stream = _Stream()
+        self._streams[sid] = stream
+        wire = request.to_wire()
+        wire["request_id"] = sid
+        wire["op"] = "generate"
+        try:
+            self._send(wire)
+            while True:
+                kind, payload = await stream.queue.get()
+                if kind == "chunk":
+                    _, text, n_gen, n_prompt, finish = payload
+                    if finish is not None:
+                        stream.done = True
+                        if finish == "error":
+                            raise ServerError("the KV cache cannot hold this sequence")
+                    yield Chunk(text, n_gen, n_prompt, finish)
+                    if finish is not None:
+                        return
+                elif kind == "accepted":
+                    yield Chunk(prompt_tokens=payload["prompt_tokens"])
+                else:
+                    stream.done = True
+                    raise payload
+        finally:
+            self._streams.pop(sid, None)
+            if not stream.done and self._writer is not None:
+                with contextlib.suppress(Exception):
+                    self._send({"op": "cancel", "id": sid})
+
+    async def embed(self, inputs: list[str], truncate: bool = False) -> Embeddings:
+        await self.ensure_started()
+        sid = self._new_id("embed")
+        stream = _Stream()
+        self._streams[sid] = stream
+        try:
+            self._send({"op": "embed", "id": sid, "inputs": inputs, "truncate": truncate})
+            kind, payload = await stream.queue.get()
+        finally:
+            self._streams.pop(sid, None)
+        if kind == "error":
+            raise payload
+        return Embeddings(payload["vectors"], payload["tokens"])
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
+    header = await reader.readexactly(HEADER_SIZE)
+    body = await reader.readexactly(decode_header(header))
+    return orjson.loads(body)
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGKILL)

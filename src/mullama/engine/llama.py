@@ -1,0 +1,336 @@
+"""Thin, typed wrappers over llama-cpp-python's low-level ctypes API.
+
+This is the only module in Mullama that imports ``llama_cpp``. Everything here runs in
+the engine worker process. Every ctypes call releases the GIL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import llama_cpp as lc
+
+_LOG_VERBOSE = False
+
+
+@lc.llama_log_callback
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # 2 = warn, 3 = error; everything else only in verbose (debug) mode.
+    if _LOG_VERBOSE or level == 3:
+        try:
+            sys.stderr.write(text.decode("utf-8", "replace"))
+        except Exception:  # noqa: BLE001 - logging must never raise into C
+            pass
+
+
+def init_backend(verbose: bool = False) -> None:
+    global _LOG_VERBOSE
+    _LOG_VERBOSE = verbose
+    lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+    lc.llama_backend_init()
+
+
+class EngineError(Exception):
+    """A failure inside llama.cpp that is not the client's fault."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    n_ctx_train: int
+    n_embd: int
+    n_vocab: int
+    n_params: int
+    size_bytes: int
+    description: str
+    chat_template: str | None
+    bos_text: str
+    eos_text: str
+    add_bos: bool
+
+
+class Model:
+    """A loaded ``llama_model`` and its vocabulary."""
+
+    def __init__(self, path: str, gpu_layers: int = 0) -> None:
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = gpu_layers
+        self.path = path
+        self.ptr = lc.llama_model_load_from_file(path.encode(), params)
+        if not self.ptr:
+            raise EngineError(f"llama.cpp could not load model file {path}")
+        self.vocab = lc.llama_model_get_vocab(self.ptr)
+        self._pieces: dict[int, bytes] = {}
+        self._buf = ctypes.create_string_buffer(256)
+
+    def close(self) -> None:
+        if self.ptr:
+            lc.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1024)
+        n = lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    def info(self) -> ModelInfo:
+        desc = ctypes.create_string_buffer(256)
+        lc.llama_model_desc(self.ptr, desc, len(desc))
+        bos = lc.llama_vocab_bos(self.vocab)
+        eos = lc.llama_vocab_eos(self.vocab)
+        return ModelInfo(
+            n_ctx_train=lc.llama_model_n_ctx_train(self.ptr),
+            n_embd=lc.llama_model_n_embd(self.ptr),
+            n_vocab=lc.llama_vocab_n_tokens(self.vocab),
+            n_params=lc.llama_model_n_params(self.ptr),
+            size_bytes=lc.llama_model_size(self.ptr),
+            description=desc.value.decode("utf-8", "replace"),
+            chat_template=self.meta("tokenizer.chat_template"),
+            bos_text=self.token_text(bos) if bos >= 0 else "",
+            eos_text=self.token_text(eos) if eos >= 0 else "",
+            add_bos=bool(lc.llama_vocab_get_add_bos(self.vocab)),
+        )
+
+    def token_text(self, token: int) -> str:
+        return self.piece(token, special=True).decode("utf-8", "replace")
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        arr = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(self.vocab, data, len(data), arr, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            arr = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self.vocab, data, len(data), arr, cap, add_special, parse_special)
+        if n < 0:
+            raise EngineError("tokenization failed")
+        return list(arr[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token (cached: the vocabulary never changes)."""
+        key = token if not special else -token - 1
+        cached = self._pieces.get(key)
+        if cached is not None:
+            return cached
+        buf = self._buf
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        out = buf.raw[:n]
+        self._pieces[key] = out
+        return out
+
+    def is_eog(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self.vocab, token))
+
+
+class Batch:
+    """A ``llama_batch`` with a fixed capacity; ``add`` refuses to overflow it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._batch = lc.llama_batch_init(capacity, 0, 1)
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        i = self.n
+        if i >= self.capacity:
+            raise EngineError("batch capacity exceeded")
+        b = self._batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+        self.n = i + 1
+        return i
+
+    def add_many(self, tokens: list[int], start_pos: int, seq: int, last_logits: bool) -> int:
+        """Add a run of tokens of one sequence; returns the row of the last one."""
+        i0 = self.n
+        n = len(tokens)
+        if i0 + n > self.capacity:
+            raise EngineError("batch capacity exceeded")
+        b = self._batch
+        tok, pos, nseq, seqid, logit = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        for k in range(n):
+            i = i0 + k
+            tok[i] = tokens[k]
+            pos[i] = start_pos + k
+            nseq[i] = 1
+            seqid[i][0] = seq
+            logit[i] = 0
+        if last_logits and n:
+            logit[i0 + n - 1] = 1
+        self.n = i0 + n
+        return i0 + n - 1
+
+    @property
+    def raw(self) -> lc.llama_batch:
+        self._batch.n_tokens = self.n
+        return self._batch
+
+    def close(self) -> None:
+        lc.llama_batch_free(self._batch)
+
+
+@dataclass
+class ContextConfig:
+    n_ctx: int
+    n_batch: int
+    n_seq_max: int
+    n_threads: int
+    embeddings: bool = False
+    pooling: int = lc.LLAMA_POOLING_TYPE_UNSPECIFIED
+
+
+class Context:
+    """A ``llama_context`` with a unified KV cache shared by up to n_seq_max sequences."""
+
+    DECODE_OK = 0
+    DECODE_NO_KV = 1
+
+    def __init__(self, model: Model, cfg: ContextConfig) -> None:
+        p = lc.llama_context_default_params()
+        p.n_ctx = cfg.n_ctx
+        p.n_batch = cfg.n_batch
+        p.n_ubatch = min(cfg.n_batch, 512) if not cfg.embeddings else cfg.n_batch
+        p.n_seq_max = cfg.n_seq_max
+        p.n_threads = cfg.n_threads
+        p.n_threads_batch = cfg.n_threads
+        p.kv_unified = True
+        p.no_perf = True
+        if cfg.embeddings:
+            p.embeddings = True
+            p.pooling_type = cfg.pooling
+        self.model = model
+        self.ptr = lc.llama_init_from_model(model.ptr, p)
+        if not self.ptr:
+            raise EngineError("llama.cpp could not create a context (out of memory?)")
+        self.mem = lc.llama_get_memory(self.ptr)
+        self.n_ctx = lc.llama_n_ctx(self.ptr)
+        self.n_batch = lc.llama_n_batch(self.ptr)
+        self.n_seq_max = lc.llama_n_seq_max(self.ptr)
+
+    def close(self) -> None:
+        if self.ptr:
+            lc.llama_free(self.ptr)
+            self.ptr = None
+
+    def decode(self, batch: Batch) -> int:
+        rc = lc.llama_decode(self.ptr, batch.raw)
+        if rc < 0 or rc == 2:
+            raise EngineError(f"llama_decode failed with code {rc}")
+        return rc
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        return bool(lc.llama_memory_seq_rm(self.mem, seq, p0, p1))
+
+    def clear(self) -> None:
+        lc.llama_memory_clear(self.mem, True)
+
+    def embedding(self, seq: int, n_embd: int) -> list[float]:
+        ptr = lc.llama_get_embeddings_seq(self.ptr, seq)
+        if not ptr:
+            raise EngineError("the model produced no pooled embedding")
+        vec = ptr[:n_embd]
+        norm = math.sqrt(sum(x * x for x in vec)) or 1.0
+        return [x / norm for x in vec]
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    seed: int | None = None
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    grammar: str | None = None
+
+
+class Sampler:
+    """One per-request sampler chain; ``sample`` also accepts the token."""
+
+    def __init__(self, model: Model, cfg: SamplingConfig) -> None:
+        self.ptr = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        add = self._add
+        if cfg.grammar:
+            g = lc.llama_sampler_init_grammar(model.vocab, cfg.grammar.encode(), b"root")
+            if not g:
+                self.close()
+                raise ValueError("the grammar could not be parsed")
+            add(g)
+        if cfg.repeat_penalty != 1.0 or cfg.presence_penalty != 0.0 or cfg.frequency_penalty != 0.0:
+            add(
+                lc.llama_sampler_init_penalties(
+                    lc.llama_vocab_n_tokens(model.vocab),
+                    cfg.repeat_last_n,
+                    cfg.repeat_penalty,
+                    cfg.frequency_penalty,
+                    cfg.presence_penalty,
+                )
+            )
+        if cfg.temperature <= 0.0:
+            add(lc.llama_sampler_init_greedy())
+            return
+        if cfg.top_k > 0:
+            add(lc.llama_sampler_init_top_k(cfg.top_k))
+        if cfg.top_p < 1.0:
+            add(lc.llama_sampler_init_top_p(cfg.top_p, 1))
+        if cfg.min_p > 0.0:
+            add(lc.llama_sampler_init_min_p(cfg.min_p, 1))
+        add(lc.llama_sampler_init_temp(cfg.temperature))
+        seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
+        add(lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def _add(self, smpl: lc.llama_sampler_p) -> None:
+        lc.llama_sampler_chain_add(self.ptr, smpl)
+
+    def sample(self, ctx: Context, row: int) -> int:
+        return lc.llama_sampler_sample(self.ptr, ctx.ptr, row)
+
+    def close(self) -> None:
+        if self.ptr:
+            lc.llama_sampler_free(self.ptr)
+            self.ptr = None
+
+
+_GRAMMAR_CACHE: dict[str, str] = {}
+
+
+def json_grammar(schema_json: str) -> str:
+    """GBNF for a JSON schema (``{}`` = any JSON value), converted once and cached.
+    Raises ValueError naming the problem when the converter cannot handle the schema."""
+    cached = _GRAMMAR_CACHE.get(schema_json)
+    if cached is not None:
+        return cached
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    if schema_json in ("{}", "null"):
+        grammar = JSON_GBNF
+    else:
+        try:
+            grammar = json_schema_to_gbnf(schema_json)
+        except Exception as exc:  # noqa: BLE001 - the converter raises many kinds
+            raise ValueError(f"unsupported JSON schema: {exc}") from exc
+    if len(_GRAMMAR_CACHE) > 256:
+        _GRAMMAR_CACHE.clear()
+    _GRAMMAR_CACHE[schema_json] = grammar
+    return grammar

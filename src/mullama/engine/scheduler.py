@@ -1,0 +1,294 @@
+"""Continuous batching: slots, FIFO admission, one llama_batch per step, prefix reuse.
+
+Every sequence is just a list of tokens and a count of how many are already in the KV
+cache. Each step puts, for every running sequence, the tokens it still needs into ONE
+batch: one token for sequences that are generating, a chunk of the prompt for sequences
+that are prefilling, until the batch budget (n_batch) is spent. There is no separate
+prefill mode: a new request joins at the next step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .detokenize import IncrementalText, StopMatcher
+
+log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """The engine operations the scheduler needs (engine/llama.py provides them)."""
+
+    def decode(self, batch: Any) -> int: ...
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool: ...
+
+
+@dataclass(eq=False)
+class Sequence:
+    id: str
+    tokens: list[int]
+    n_prompt: int
+    max_tokens: int
+    sampler: Any
+    stops: StopMatcher
+    ignore_eos: bool = False
+    ctx_limit: int = 1 << 30
+    text: IncrementalText = field(default_factory=IncrementalText)
+    n_past: int = 0
+    n_generated: int = 0
+    slot: int = -1
+    order: int = 0
+    cancelled: bool = False
+    finish: str | None = None
+
+    @property
+    def remaining(self) -> int:
+        return len(self.tokens) - self.n_past
+
+
+@dataclass
+class Output:
+    id: str
+    text: str
+    n_generated: int
+    n_prompt: int
+    finish: str | None
+
+
+@dataclass
+class Slot:
+    index: int
+    seq: Sequence | None = None
+    cached: list[int] = field(default_factory=list)  # tokens in KV of an idle slot
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        model: Any,
+        ctx: Any,
+        batch: Any,
+        n_slots: int,
+        n_batch: int,
+        ctx_per_seq: int,
+        prefix_cache: bool = True,
+    ) -> None:
+        self.model = model
+        self.ctx = ctx
+        self.batch = batch
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self.n_batch = n_batch
+        self.ctx_per_seq = ctx_per_seq
+        self.prefix_cache = prefix_cache
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._order = itertools.count()
+        self.by_id: dict[str, Sequence] = {}
+        self.generated_total = 0
+
+    # ---- bookkeeping -------------------------------------------------------------
+
+    @property
+    def n_active(self) -> int:
+        return len(self.running)
+
+    @property
+    def n_queued(self) -> int:
+        return len(self.waiting)
+
+    def kv_used(self) -> int:
+        used = sum(s.seq.n_past for s in self.slots if s.seq is not None)
+        return used + sum(len(s.cached) for s in self.slots if s.seq is None)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def submit(self, seq: Sequence) -> None:
+        self.by_id[seq.id] = seq
+        self.waiting.append(seq)
+
+    def cancel(self, seq_id: str) -> None:
+        seq = self.by_id.get(seq_id)
+        if seq is not None:
+            seq.cancelled = True
+
+    # ---- one step ------------------------------------------------------------------
+
+    def step(self) -> list[Output]:
+        """Admit, build one batch, decode it, sample. Returns what to send to clients."""
+        out: list[Output] = []
+        self._drop_cancelled()
+        self._admit()
+        if not self.running:
+            return out
+        while True:
+            plan = self._build_batch()
+            if not plan:
+                return out
+            rc = self.ctx.decode(self.batch)
+            if rc == 0:
+                break
+            # No room in the KV cache: drop idle prefix caches first, then preempt the
+            # newest sequence and requeue it at the front. Never crash.
+            if not self._free_kv_for_retry(out):
+                return out
+        for seq, taken, row in plan:
+            seq.n_past += taken
+            if row >= 0:
+                self._sample(seq, row, out)
+        for seq in [s for s in self.running if s.finish is not None]:
+            self._release(seq)
+        return out
+
+    def _drop_cancelled(self) -> None:
+        if any(s.cancelled for s in self.waiting):
+            for seq in [s for s in self.waiting if s.cancelled]:
+                self.waiting.remove(seq)
+                self._forget(seq)
+        for seq in [s for s in self.running if s.cancelled]:
+            seq.finish = "cancelled"
+            self._release(seq)
+
+    def _admit(self) -> None:
+        while self.waiting:
+            free = [s for s in self.slots if s.seq is None]
+            if not free:
+                return
+            seq = self.waiting.popleft()
+            slot = self._best_slot(free, seq.tokens)
+            reuse = 0
+            if self.prefix_cache:
+                reuse = _common_prefix(slot.cached, seq.tokens)
+                # A full hit must still decode the last prompt token to get logits.
+                reuse = min(reuse, len(seq.tokens) - 1)
+            if reuse < len(slot.cached) and not self.ctx.seq_rm(slot.index, reuse, -1):
+                self.ctx.seq_rm(slot.index, -1, -1)
+                reuse = 0
+            slot.cached = []
+            slot.seq = seq
+            seq.slot = slot.index
+            seq.n_past = reuse
+            seq.order = next(self._order)
+            self.running.append(seq)
+
+    def _best_slot(self, free: list[Slot], tokens: list[int]) -> Slot:
+        if not self.prefix_cache:
+            return free[0]
+        best, best_len = free[0], -1
+        for slot in free:
+            n = _common_prefix(slot.cached, tokens)
+            if n > best_len or (n == best_len and not slot.cached):
+                best, best_len = slot, n
+        return best
+
+    def _build_batch(self) -> list[tuple[Sequence, int, int]]:
+        """Fill the batch; returns (sequence, tokens added, logits row or -1)."""
+        batch = self.batch
+        batch.clear()
+        budget = self.n_batch
+        plan: list[tuple[Sequence, int, int]] = []
+        # Decoding sequences first (one token each), then prompt chunks, oldest first.
+        decoding = [s for s in self.running if s.remaining == 1]
+        prefilling = [s for s in self.running if s.remaining > 1]
+        for seq in decoding:
+            if budget <= 0:
+                break
+            row = batch.add(seq.tokens[seq.n_past], seq.n_past, seq.slot, True)
+            plan.append((seq, 1, row))
+            budget -= 1
+        for seq in prefilling:
+            if budget <= 0:
+                break
+            take = min(seq.remaining, budget)
+            last = take == seq.remaining
+            row = batch.add_many(
+                seq.tokens[seq.n_past : seq.n_past + take], seq.n_past, seq.slot, last
+            )
+            plan.append((seq, take, row if last else -1))
+            budget -= take
+        return plan
+
+    def _free_kv_for_retry(self, out: list[Output]) -> bool:
+        idle = [s for s in self.slots if s.seq is None and s.cached]
+        if idle:
+            for slot in idle:
+                self.ctx.seq_rm(slot.index, -1, -1)
+                slot.cached = []
+            return True
+        if len(self.running) <= 1:
+            # One sequence alone does not fit: fail it rather than loop.
+            for seq in list(self.running):
+                seq.finish = "error"
+                out.append(Output(seq.id, "", seq.n_generated, seq.n_prompt, "error"))
+                self._release(seq, keep_cache=False)
+            return False
+        victim = max(self.running, key=lambda s: s.order)
+        log.info("KV cache full: preempting sequence %s (requeued)", victim.id)
+        self.ctx.seq_rm(victim.slot, -1, -1)
+        self.slots[victim.slot].seq = None
+        self.slots[victim.slot].cached = []
+        self.running.remove(victim)
+        victim.slot = -1
+        victim.n_past = 0
+        self.waiting.appendleft(victim)
+        return True
+
+    def _sample(self, seq: Sequence, row: int, out: list[Output]) -> None:
+        if seq.cancelled:
+            return
+        token = seq.sampler.sample(self.ctx, row)
+        model = self.model
+        finish = None
+        text = ""
+        eog = model.is_eog(token) and not seq.ignore_eos
+        self.generated_total += 1
+        if eog:
+            finish = "stop"
+        else:
+            seq.tokens.append(token)
+            seq.n_generated += 1
+            text, stopped = seq.stops.feed(seq.text.feed(model.piece(token)))
+            if stopped:
+                finish = "stop"
+            elif seq.n_generated >= seq.max_tokens or len(seq.tokens) >= seq.ctx_limit:
+                finish = "length"
+        if finish is not None:
+            if finish == "length" or eog:
+                tail, stopped = seq.stops.feed(seq.text.flush())
+                text += tail
+                if not stopped:
+                    text += seq.stops.flush()
+            seq.finish = finish
+        if text or finish is not None:
+            out.append(Output(seq.id, text, seq.n_generated, seq.n_prompt, finish))
+
+    def _release(self, seq: Sequence, keep_cache: bool = True) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq.slot >= 0:
+            slot = self.slots[seq.slot]
+            slot.seq = None
+            if keep_cache and self.prefix_cache:
+                slot.cached = seq.tokens[: seq.n_past]
+            else:
+                self.ctx.seq_rm(slot.index, -1, -1)
+                slot.cached = []
+            seq.slot = -1
+        self._forget(seq)
+
+    def _forget(self, seq: Sequence) -> None:
+        seq.sampler.close()
+        self.by_id.pop(seq.id, None)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,363 @@
+"""Engine worker process: owns one model, its context and the decode loop.
+
+Started by the daemon as ``python -m mullama.engine.worker --fd N --spec JSON``. It talks
+over the inherited socket with length-prefixed JSON frames. A reader thread validates and
+tokenizes requests (llama.cpp's tokenizer is thread-safe); the main thread runs the
+scheduler; an embedding thread serves embedding requests on a second context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import orjson
+
+from ..errors import ContextLengthExceeded, InvalidParameter, MullamaError, ServerError
+from .chat_template import ChatTemplate, TemplateRenderError
+from .detokenize import StopMatcher
+from .llama import (
+    Batch,
+    Context,
+    ContextConfig,
+    EngineError,
+    Model,
+    Sampler,
+    SamplingConfig,
+    init_backend,
+    json_grammar,
+)
+from .protocol import HEADER_SIZE, decode_header, encode_frame
+from .scheduler import Scheduler, Sequence
+
+log = logging.getLogger("mullama.worker")
+
+
+class Channel:
+    """Framed messages over a socket; ``send`` may be called from any thread."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._lock = threading.Lock()
+        self._rfile = sock.makefile("rb", buffering=1 << 16)
+
+    def send(self, obj: Any) -> None:
+        data = encode_frame(obj)
+        with self._lock:
+            self.sock.sendall(data)
+
+    def recv(self) -> Any | None:
+        header = self._rfile.read(HEADER_SIZE)
+        if len(header) < HEADER_SIZE:
+            return None
+        n = decode_header(header)
+        body = self._rfile.read(n)
+        if len(body) < n:
+            return None
+        return orjson.loads(body)
+
+
+class Worker:
+    def __init__(self, spec: dict[str, Any], chan: Channel) -> None:
+        self.spec = spec
+        self.chan = chan
+        self.model = Model(spec["path"], gpu_layers=int(spec.get("gpu_layers", 0)))
+        self.info = self.model.info()
+        n_slots = int(spec["parallel"])
+        self.ctx_per_seq = int(spec["context_size"])
+        n_batch = int(spec["batch_size"])
+        self.threads = int(spec["threads"]) or (os.cpu_count() or 1)
+        self.ctx = Context(
+            self.model,
+            ContextConfig(
+                n_ctx=self.ctx_per_seq * n_slots,
+                n_batch=n_batch,
+                n_seq_max=n_slots,
+                n_threads=self.threads,
+            ),
+        )
+        n_batch = self.ctx.n_batch
+        self.batch = Batch(n_batch)
+        self.sched = Scheduler(
+            model=self.model,
+            ctx=self.ctx,
+            batch=self.batch,
+            n_slots=n_slots,
+            n_batch=n_batch,
+            ctx_per_seq=self.ctx_per_seq,
+        )
+        self.template = ChatTemplate(
+            self.info.chat_template, self.info.bos_text, self.info.eos_text
+        )
+        self._inbox: list[tuple[str, Any]] = []
+        self._cond = threading.Condition()
+        self._embed_q: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._embed_ctx: Context | None = None
+        self._last_stats: tuple[int, int] = (-1, -1)
+
+    # ---- reader thread ----------------------------------------------------------
+
+    def reader(self) -> None:
+        while True:
+            msg = self.chan.recv()
+            if msg is None:  # the daemon is gone: nothing left to serve
+                os._exit(0)
+            op = msg.get("op")
+            if op == "generate":
+                self._on_generate(msg)
+            elif op == "cancel":
+                self._post("cancel", msg["id"])
+            elif op == "embed":
+                self._embed_q.put(msg)
+            elif op == "shutdown":
+                os._exit(0)
+
+    def _post(self, kind: str, payload: Any) -> None:
+        with self._cond:
+            self._inbox.append((kind, payload))
+            self._cond.notify()
+
+    def _on_generate(self, msg: dict[str, Any]) -> None:
+        req_id = msg["request_id"]
+        try:
+            seq = self._prepare(msg)
+        except MullamaError as exc:
+            self.chan.send({"ev": "error", "id": req_id, "error": exc.to_wire()})
+            return
+        except Exception as exc:  # noqa: BLE001 - a bad request must not kill the worker
+            log.exception("preparing request %s failed", req_id)
+            err = ServerError(f"could not prepare the request: {exc}")
+            self.chan.send({"ev": "error", "id": req_id, "error": err.to_wire()})
+            return
+        self.chan.send({"ev": "accepted", "id": req_id, "prompt_tokens": seq.n_prompt})
+        self._post("submit", seq)
+
+    def _prepare(self, msg: dict[str, Any]) -> Sequence:
+        params = msg["params"]
+        if msg.get("messages") is not None:
+            try:
+                text = self.template.render(msg["messages"])
+            except TemplateRenderError as exc:
+                raise InvalidParameter(str(exc), param="messages") from exc
+            add_special = self.info.add_bos and not (
+                self.info.bos_text and text.startswith(self.info.bos_text)
+            )
+            tokens = self.model.tokenize(text, add_special=add_special, parse_special=True)
+            param = "messages"
+        else:
+            text = msg.get("prompt") or ""
+            tokens = self.model.tokenize(
+                text, add_special=bool(msg.get("add_special", True)), parse_special=True
+            )
+            param = "prompt"
+        if not tokens:
+            raise InvalidParameter("the prompt is empty", param=param)
+        n_prompt = len(tokens)
+        limit = min(self.ctx_per_seq, params.get("context_limit") or self.ctx_per_seq)
+        max_tokens = params.get("max_tokens")
+        if n_prompt >= limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens, but the prompt "
+                f"has {n_prompt} tokens.",
+                param=param,
+            )
+        if max_tokens is not None and n_prompt + max_tokens > limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens, but {n_prompt + max_tokens} "
+                f"were requested ({n_prompt} in the prompt, {max_tokens} for the completion).",
+                param="max_tokens",
+            )
+        grammar = params.get("grammar")
+        if params.get("json_schema") is not None:
+            schema = orjson.dumps(params["json_schema"], option=orjson.OPT_SORT_KEYS).decode()
+            try:
+                grammar = json_grammar(schema)
+            except ValueError as exc:
+                raise InvalidParameter(str(exc), param="response_format") from exc
+        cfg = SamplingConfig(
+            temperature=params["temperature"],
+            top_k=params["top_k"],
+            top_p=params["top_p"],
+            min_p=params["min_p"],
+            seed=params.get("seed"),
+            repeat_penalty=params["repeat_penalty"],
+            repeat_last_n=params["repeat_last_n"],
+            presence_penalty=params["presence_penalty"],
+            frequency_penalty=params["frequency_penalty"],
+            grammar=grammar,
+        )
+        try:
+            sampler = Sampler(self.model, cfg)
+        except ValueError as exc:
+            raise InvalidParameter(str(exc), param="response_format") from exc
+        return Sequence(
+            id=msg["request_id"],
+            tokens=tokens,
+            n_prompt=n_prompt,
+            max_tokens=max_tokens if max_tokens is not None else limit,
+            sampler=sampler,
+            stops=StopMatcher(list(params.get("stop") or [])),
+            ignore_eos=bool(params.get("ignore_eos")),
+            ctx_limit=limit,
+        )
+
+    # ---- embedding thread ----------------------------------------------------------
+
+    def embedder(self) -> None:
+        while True:
+            msg = self._embed_q.get()
+            try:
+                vectors, n_tokens = self._embed(msg["inputs"], bool(msg.get("truncate")))
+            except MullamaError as exc:
+                self.chan.send({"ev": "error", "id": msg["id"], "error": exc.to_wire()})
+                continue
+            except Exception as exc:  # noqa: BLE001
+                log.exception("embedding failed")
+                err = ServerError(f"embedding failed: {exc}")
+                self.chan.send({"ev": "error", "id": msg["id"], "error": err.to_wire()})
+                continue
+            self.chan.send({"ev": "embed", "id": msg["id"], "vectors": vectors, "tokens": n_tokens})
+
+    def _embed_context(self) -> Context:
+        if self._embed_ctx is None:
+            n = min(self.ctx_per_seq, 2048)
+            self._embed_ctx = Context(
+                self.model,
+                ContextConfig(
+                    n_ctx=n,
+                    n_batch=n,
+                    n_seq_max=1,
+                    n_threads=self.threads,
+                    embeddings=True,
+                    pooling=1 if self.model.meta(f"{self._arch()}.pooling_type") is None else -1,
+                ),
+            )
+        return self._embed_ctx
+
+    def _arch(self) -> str:
+        return self.model.meta("general.architecture") or "llama"
+
+    def _embed(self, inputs: list[str], truncate: bool) -> tuple[list[list[float]], int]:
+        ctx = self._embed_context()
+        limit = ctx.n_batch
+        batch = Batch(limit)
+        vectors: list[list[float]] = []
+        total = 0
+        try:
+            for i, text in enumerate(inputs):
+                tokens = self.model.tokenize(text, add_special=True, parse_special=False)
+                if not tokens:
+                    raise InvalidParameter(f"input[{i}] is empty", param="input")
+                if len(tokens) > limit:
+                    if not truncate:
+                        raise ContextLengthExceeded(
+                            f"input[{i}] has {len(tokens)} tokens; the embedding context "
+                            f"holds {limit}",
+                            param="input",
+                        )
+                    tokens = tokens[:limit]
+                total += len(tokens)
+                ctx.clear()
+                batch.clear()
+                for k, tok in enumerate(tokens):
+                    batch.add(tok, k, 0, True)
+                if ctx.decode(batch) != 0:
+                    raise ServerError("no room to compute the embedding")
+                vectors.append(ctx.embedding(0, self.info.n_embd))
+        finally:
+            batch.close()
+        return vectors, total
+
+    # ---- main decode loop ----------------------------------------------------------
+
+    def run(self) -> None:
+        sched = self.sched
+        while True:
+            with self._cond:
+                while not self._inbox and not sched.has_work():
+                    self._cond.wait()
+                inbox, self._inbox = self._inbox, []
+            for kind, payload in inbox:
+                if kind == "submit":
+                    sched.submit(payload)
+                elif kind == "cancel":
+                    sched.cancel(payload)
+            try:
+                outputs = sched.step()
+            except EngineError as exc:
+                log.error("decode failed: %s", exc)
+                self._fail_all(str(exc))
+                continue
+            stats = (sched.n_active, sched.n_queued)
+            if outputs or stats != self._last_stats:
+                self._last_stats = stats
+                self.chan.send(
+                    {
+                        "ev": "step",
+                        "out": [
+                            [o.id, o.text, o.n_generated, o.n_prompt, o.finish] for o in outputs
+                        ],
+                        "active": stats[0],
+                        "queued": stats[1],
+                        "kv_used": sched.kv_used(),
+                        "generated_total": sched.generated_total,
+                    }
+                )
+
+    def _fail_all(self, why: str) -> None:
+        err = ServerError(f"the engine failed: {why}").to_wire()
+        for seq in list(self.sched.running) + list(self.sched.waiting):
+            self.chan.send({"ev": "error", "id": seq.id, "error": err})
+            seq.cancelled = True
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mullama-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--spec", required=True)
+    args = parser.parse_args(argv)
+    spec = orjson.loads(args.spec)
+    logging.basicConfig(
+        level=getattr(logging, str(spec.get("log_level", "info")).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s[worker %(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    chan = Channel(socket.socket(fileno=args.fd))
+    init_backend(verbose=spec.get("log_level") == "debug")
+    started = time.monotonic()
+    try:
+        worker = Worker(spec, chan)
+    except (EngineError, OSError) as exc:
+        chan.send({"ev": "load_failed", "error": ServerError(str(exc)).to_wire()})
+        sys.exit(1)
+    info = worker.info
+    chan.send(
+        {
+            "ev": "ready",
+            "info": {
+                "n_ctx_train": info.n_ctx_train,
+                "n_embd": info.n_embd,
+                "n_params": info.n_params,
+                "size_bytes": info.size_bytes,
+                "description": info.description,
+                "context_size": worker.ctx_per_seq,
+                "parallel": len(worker.sched.slots),
+                "kv_size": worker.ctx.n_ctx,
+                "load_seconds": time.monotonic() - started,
+            },
+        }
+    )
+    threading.Thread(target=worker.reader, name="reader", daemon=True).start()
+    threading.Thread(target=worker.embedder, name="embedder", daemon=True).start()
+    worker.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Mullama's error tree. Who is at fault decides the class; ``api/`` maps classes to HTTP
+in exactly one place per wire format."""
+
+from __future__ import annotations
+
+
+class MullamaError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+
+    def to_wire(self) -> dict[str, object]:
+        """The fields that cross the worker→daemon boundary."""
+        return {
+            "kind": type(self).__name__,
+            "message": self.message,
+            "param": self.param,
+            "code": self.code,
+            "status": self.status,
+        }
+
+    @staticmethod
+    def from_wire(data: dict[str, object]) -> MullamaError:
+        cls = _BY_NAME.get(str(data.get("kind")), ServerError)
+        return cls(
+            str(data.get("message", "error")),
+            param=data.get("param"),  # type: ignore[arg-type]
+            code=data.get("code"),  # type: ignore[arg-type]
+            status=data.get("status"),  # type: ignore[arg-type]
+        )
+
+
+class ClientError(MullamaError):
+    """The request is wrong; retrying it unchanged will fail again (4xx)."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class InvalidParameter(ClientError):
+    code = "invalid_parameter"
+
+
+class ContextLengthExceeded(ClientError):
+    code = "context_length_exceeded"
+
+
+class ModelNotFound(ClientError):
+    status = 404
+    code = "model_not_found"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "request_too_large"
+
+
+class ServerError(MullamaError):
+    """Mullama or the engine failed (5xx)."""
+
+    status = 500
+    type = "server_error"
+
+
+class EngineCrashed(ServerError):
+    status = 502
+    code = "engine_crashed"
+
+
+class Unavailable(ServerError):
+    """Temporarily unable to serve (503, with Retry-After)."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.headers.setdefault("Retry-After", str(retry_after))
+
+
+_BY_NAME: dict[str, type[MullamaError]] = {
+    c.__name__: c
+    for c in (
+        MullamaError,
+        ClientError,
+        InvalidParameter,
+        ContextLengthExceeded,
+        ModelNotFound,
+        NotFound,
+        PayloadTooLarge,
+        ServerError,
+        EngineCrashed,
+        Unavailable,
+    )
+}

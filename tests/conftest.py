@@ -1,0 +1,106 @@
+"""Shared fixtures: a real Mullama daemon on a free port with the real tiny model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+MODEL = "smollm2:135m"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """``mullama serve`` in a subprocess, its log in a file (printed when a test fails)."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(tempfile.mkstemp(prefix="mullama-test-", suffix=".log")[1])
+        self._log = self.log_path.open("wb")
+        cmd = [sys.executable, "-m", "mullama", "serve", "--http-port", str(self.port), *args]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def wait_healthy(self, timeout: float = 120.0) -> Daemon:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"daemon did not become healthy:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def status(self) -> dict:
+        return httpx.get(self.url + "/api/system/status", timeout=10).json()
+
+    def model_status(self, name: str = MODEL) -> dict:
+        return next(m for m in self.status()["models_loaded"] if m["name"] == name)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def daemon() -> Iterator[Daemon]:
+    """The shared daemon: 8 slots of 2048 tokens."""
+    d = Daemon("--parallel", "8", "--context-size", "2048").wait_healthy()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="session")
+def openai_client(daemon: Daemon):
+    import openai
+
+    client = openai.OpenAI(
+        base_url=daemon.url + "/v1", api_key="unused", max_retries=0, timeout=120
+    )
+    yield client
+    client.close()
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1):
+    """Poll until ``predicate()`` is truthy (a hang guard, not a speed assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached before the hang guard expired")
+        time.sleep(interval)

@@ -1,0 +1,72 @@
+import subprocess
+import sys
+
+import pytest
+
+from mullama.cli import build_parser
+from mullama.config import Settings, load_settings
+
+
+def _parse(*argv):
+    args = build_parser().parse_args(["serve", *argv])
+    return {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+
+
+def test_defaults(monkeypatch):
+    for key in ("MULLAMA_PARALLEL", "MULLAMA_MODEL", "MULLAMA_HTTP_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    s = load_settings(_parse())
+    assert (s.http_addr, s.http_port, s.parallel, s.context_size) == ("127.0.0.1", 8080, 4, 4096)
+    assert s.model == []
+
+
+def test_flags_override_env_which_overrides_defaults(monkeypatch):
+    monkeypatch.setenv("MULLAMA_PARALLEL", "6")
+    monkeypatch.setenv("MULLAMA_HTTP_PORT", "9000")
+    monkeypatch.setenv("MULLAMA_MODEL", "a.gguf, b=c.gguf")
+    s = load_settings(_parse("--parallel", "2", "--model", "x.gguf", "--model", "y.gguf"))
+    assert s.parallel == 2
+    assert s.http_port == 9000
+    assert s.model == ["x.gguf", "y.gguf"]
+    assert load_settings(_parse()).model == ["a.gguf", "b=c.gguf"]
+
+
+def test_every_field_has_a_flag_and_a_description():
+    help_text = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()
+    for name, info in Settings.model_fields.items():
+        assert "--" + name.replace("_", "-") in help_text
+        assert info.description
+
+
+def test_invalid_values_are_refused():
+    with pytest.raises(ValueError):
+        load_settings({"parallel": 0})
+
+
+def test_serve_with_bad_value_exits_1_with_a_message():
+    proc = subprocess.run(
+        [sys.executable, "-m", "mullama", "serve", "--parallel", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "parallel" in proc.stderr
+
+
+def test_serve_with_missing_model_file_exits_1(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mullama", "serve", "--model", str(tmp_path / "none.gguf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "none.gguf" in proc.stderr
+
+
+def test_console_script_and_module_agree():
+    out = subprocess.run(
+        [sys.executable, "-m", "mullama", "--version"], capture_output=True, text=True
+    )
+    assert out.stdout.startswith("mullama ")

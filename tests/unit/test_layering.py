@@ -1,0 +1,42 @@
+"""The import rules of DESIGN.md: api/ never touches llama_cpp or engine/llama.py;
+engine/ never imports the web framework."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "mullama"
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            names.add("." * node.level + mod)
+            names.update(f"{'.' * node.level}{mod}.{a.name}" for a in node.names)
+    return names
+
+
+def test_api_never_imports_the_engine_binding():
+    for path in (SRC / "api").rglob("*.py"):
+        for name in _imports(path):
+            assert not name.startswith("llama_cpp"), (path, name)
+            assert not name.endswith("engine.llama"), (path, name)
+
+
+def test_engine_never_imports_the_web_framework():
+    for path in (SRC / "engine").rglob("*.py"):
+        for name in _imports(path):
+            assert not name.startswith(("fastapi", "starlette", "uvicorn")), (path, name)
+
+
+def test_only_engine_llama_imports_llama_cpp():
+    for path in SRC.rglob("*.py"):
+        if path.relative_to(SRC).as_posix() == "engine/llama.py":
+            continue
+        for name in _imports(path):
+            assert not name.startswith("llama_cpp"), (path, name)

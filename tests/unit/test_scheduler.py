@@ -1,0 +1,208 @@
+"""The batching loop's logic with a fake engine (the real one is exercised end to end)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mullama.engine.detokenize import StopMatcher
+from mullama.engine.scheduler import Scheduler, Sequence
+
+EOG = 0
+
+
+@dataclass
+class FakeBatch:
+    capacity: int
+    rows: list[tuple[int, int, int, bool]] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    def clear(self):
+        self.rows = []
+
+    def add(self, token, pos, seq, logits):
+        assert self.n < self.capacity
+        self.rows.append((token, pos, seq, logits))
+        return self.n - 1
+
+    def add_many(self, tokens, start, seq, last_logits):
+        for k, t in enumerate(tokens):
+            self.add(t, start + k, seq, last_logits and k == len(tokens) - 1)
+        return self.n - 1
+
+
+class FakeCtx:
+    def __init__(self, kv_cells: int = 10_000):
+        self.kv_cells = kv_cells
+        self.kv: dict[int, set[int]] = {}
+        self.batches: list[list[tuple[int, int, int, bool]]] = []
+
+    def used(self):
+        return sum(len(v) for v in self.kv.values())
+
+    def decode(self, batch):
+        if self.used() + batch.n > self.kv_cells:
+            return 1
+        self.batches.append(list(batch.rows))
+        for _, pos, seq, _ in batch.rows:
+            self.kv.setdefault(seq, set()).add(pos)
+        return 0
+
+    def seq_rm(self, seq, p0=-1, p1=-1):
+        cells = self.kv.get(seq, set())
+        self.kv[seq] = {p for p in cells if not (p >= max(p0, 0) and (p1 < 0 or p < p1))}
+        return True
+
+
+class FakeModel:
+    def is_eog(self, tok):
+        return tok == EOG
+
+    def piece(self, tok):
+        return f"<{tok}>".encode()
+
+
+class FakeSampler:
+    def __init__(self, tokens):
+        self.tokens = list(tokens)
+
+    def sample(self, ctx, row):
+        return self.tokens.pop(0) if self.tokens else 7
+
+    def close(self):
+        pass
+
+
+def make(n_slots=2, n_batch=8, kv=10_000, ctx_per_seq=100):
+    ctx = FakeCtx(kv)
+    sched = Scheduler(
+        model=FakeModel(),
+        ctx=ctx,
+        batch=FakeBatch(n_batch),
+        n_slots=n_slots,
+        n_batch=n_batch,
+        ctx_per_seq=ctx_per_seq,
+    )
+    return sched, ctx
+
+
+def seq(sid, prompt, out=(), max_tokens=100, stops=()):
+    return Sequence(
+        id=sid,
+        tokens=list(prompt),
+        n_prompt=len(prompt),
+        max_tokens=max_tokens,
+        sampler=FakeSampler(out),
+        stops=StopMatcher(list(stops)),
+    )
+
+
+def run(sched, steps=100):
+    outs = []
+    for _ in range(steps):
+        if not sched.has_work():
+            break
+        outs.extend(sched.step())
+    return outs
+
+
+def test_prompt_is_chunked_to_the_batch_budget():
+    sched, ctx = make(n_batch=4)
+    sched.submit(seq("a", range(1, 11), out=[5, EOG]))
+    run(sched)
+    sizes = [len(b) for b in ctx.batches]
+    assert sizes[:3] == [4, 4, 2]  # 10 prompt tokens in chunks of 4
+    assert ctx.batches[2][-1][3] is True  # logits only on the last prompt token
+    assert not any(r[3] for r in ctx.batches[0])
+
+
+def test_new_request_joins_the_running_batch():
+    sched, ctx = make(n_slots=2, n_batch=16)
+    sched.submit(seq("a", [1, 2, 3], out=[5] * 20))
+    sched.step()
+    sched.step()
+    b = seq("b", [4, 5, 6, 7], out=[6] * 3)
+    sched.submit(b)
+    sched.step()
+    a_slot = next(s.slot for s in sched.running if s.id == "a")
+    last = ctx.batches[-1]
+    by_slot = {}
+    for tok, pos, s, logit in last:
+        by_slot.setdefault(s, []).append((tok, pos, logit))
+    assert len(by_slot[a_slot]) == 1  # a: one decode token
+    assert [t for t, _, _ in by_slot[b.slot]] == [4, 5, 6, 7]  # b: its whole prompt, same batch
+
+
+def test_more_requests_than_slots_wait_in_fifo_order():
+    sched, ctx = make(n_slots=1)
+    for sid in "abc":
+        sched.submit(seq(sid, [1, 2], out=[3, EOG]))
+    assert sched.n_queued == 3
+    sched.step()
+    assert (sched.n_active, sched.n_queued) == (1, 2)
+    outs = run(sched)
+    finished = [o.id for o in outs if o.finish]
+    assert finished == ["a", "b", "c"]
+
+
+def test_max_tokens_and_eog_finish():
+    sched, _ = make()
+    sched.submit(seq("len", [1], out=[5, 5, 5, 5], max_tokens=2))
+    sched.submit(seq("eog", [1], out=[5, EOG]))
+    outs = {o.id: o for o in run(sched) if o.finish}
+    assert (outs["len"].finish, outs["len"].n_generated) == ("length", 2)
+    assert (outs["eog"].finish, outs["eog"].n_generated) == ("stop", 1)
+
+
+def test_stop_string_ends_generation_and_is_not_emitted():
+    sched, _ = make()
+    sched.submit(seq("s", [1], out=[4, 5, 6, 7], stops=["<5><6>"]))
+    outs = run(sched)
+    assert "".join(o.text for o in outs) == "<4>"
+    assert outs[-1].finish == "stop"
+
+
+def test_cancel_frees_the_slot_at_the_next_step():
+    sched, ctx = make(n_slots=1)
+    sched.submit(seq("a", [1, 2], out=[5] * 50))
+    sched.submit(seq("b", [1, 3], out=[5, EOG]))
+    sched.step()
+    sched.cancel("a")
+    sched.step()
+    assert sched.running[0].id == "b"
+
+
+def test_kv_full_preempts_the_newest_and_requeues_it():
+    sched, ctx = make(n_slots=2, n_batch=16, kv=12)
+    sched.submit(seq("old", [1, 2, 3, 4], out=[5] * 6 + [EOG]))
+    sched.step()
+    sched.submit(seq("new", [1, 9, 9, 9], out=[6] * 6 + [EOG]))
+    outs = run(sched, steps=200)
+    finished = {o.id: o for o in outs if o.finish}
+    assert finished["old"].finish == "stop" and finished["new"].finish == "stop"
+    assert finished["new"].n_generated == 6
+    # Preempted text is not repeated: each sequence emitted its 6 tokens exactly once.
+    assert "".join(o.text for o in outs if o.id == "new") == "<6>" * 6
+
+
+def test_prefix_is_reused_from_an_idle_slot():
+    sched, ctx = make(n_slots=1, n_batch=64)
+    sched.submit(seq("a", list(range(1, 21)), out=[5, EOG]))
+    run(sched)
+    n_before = len(ctx.batches)
+    sched.submit(seq("b", list(range(1, 21)) + [30, 31], out=[5, EOG]))
+    run(sched)
+    first_b = ctx.batches[n_before]
+    # Only the new tokens are decoded; the shared 20-token prefix stays in the cache.
+    assert [r[0] for r in first_b] == [30, 31]
+    assert first_b[0][1] == 20
+
+
+def test_a_sequence_alone_that_cannot_fit_fails_cleanly():
+    sched, _ = make(n_slots=1, n_batch=64, kv=3)
+    sched.submit(seq("big", [1, 2, 3, 4, 5], out=[5]))
+    outs = run(sched)
+    assert outs[-1].finish == "error"
+    assert not sched.has_work()
