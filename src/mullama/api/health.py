@@ -31,6 +31,21 @@ async def health(request: Request) -> ORJSONResponse:
     )
 
 
+@router.get("/health/live")
+async def live() -> ORJSONResponse:
+    return ORJSONResponse({"status": "alive"})
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> ORJSONResponse:
+    lifecycle = request.app.state.lifecycle
+    body = {"status": "ready" if lifecycle.ready else lifecycle.phase.value}
+    if lifecycle.failed_models:
+        body["failed_models"] = lifecycle.failed_models
+        body["status"] = "degraded"
+    return ORJSONResponse(body, status_code=200 if lifecycle.ready else 503)
+
+
 def _rss_bytes(pid: int | None) -> int:
     if pid is None:
         return 0

@@ -18,6 +18,7 @@ from ..api.openai import routes as openai_routes
 from ..api.openai.service import OpenAIService
 from ..config import Settings
 from ..models.manager import ModelManager
+from .lifecycle import Lifecycle, Phase
 from .middleware import BodyLimitMiddleware, RequestIdMiddleware
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,14 @@ def create_app(settings: Settings, models: ModelManager | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lifecycle: Lifecycle = app.state.lifecycle
         await manager.start()
+        lifecycle.phase = Phase.READY
         log.info("serving models: %s", ", ".join(manager.names))
         try:
             yield
         finally:
+            lifecycle.phase = Phase.STOPPED
             await manager.close()
 
     app = FastAPI(
@@ -45,6 +49,7 @@ def create_app(settings: Settings, models: ModelManager | None = None) -> FastAP
     app.state.settings = settings
     app.state.models = manager
     app.state.started_at = time.time()
+    app.state.lifecycle = Lifecycle()
     app.state.openai = OpenAIService(manager)
     app.state.ollama = OllamaService(manager)
     app.state.ollama_models = OllamaModels(manager)
