@@ -50,10 +50,36 @@ class Settings(BaseSettings):
         10 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes."
     )
     load_timeout: float = Field(
-        300.0, gt=0, description="Seconds a model may take to load before it counts as failed."
+        300.0,
+        gt=0,
+        description="Seconds a model may take to load, and that a request waits for room "
+        "to load its model, before it fails (503 with Retry-After).",
+    )
+    keep_alive: str = Field(
+        "5m",
+        description="How long a model loaded on demand stays loaded after its last request: "
+        "seconds or a duration (30s, 5m, 1h); 0 unloads at once; negative keeps it forever. "
+        "Models given with --model are pinned and stay loaded.",
+    )
+    max_loaded_models: int = Field(3, ge=1, description="Most models loaded at once.")
+    memory_budget: str = Field(
+        "80%",
+        description="Memory the loaded models may use together (estimated from each GGUF: "
+        "weights + KV cache + buffers): bytes, a size like 12GiB, or a percentage of RAM.",
+    )
+    max_queue: int = Field(
+        512,
+        ge=0,
+        description="Requests per model that may wait for a free sequence; beyond it, 503.",
+    )
+    model_opt: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Per-model setting NAME:key=value (keys: context_size, parallel, threads, "
+        "batch_size, gpu_layers, keep_alive, pinned). Repeatable; comma-separated in the "
+        "environment.",
     )
 
-    @field_validator("model", mode="before")
+    @field_validator("model", "model_opt", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -70,3 +70,12 @@ def test_console_script_and_module_agree():
         [sys.executable, "-m", "mullama", "--version"], capture_output=True, text=True
     )
     assert out.stdout.startswith("mullama ")
+
+
+def test_config_reference_is_current():
+    from pathlib import Path
+
+    from mullama.config import settings_markdown
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md").read_text()
+    assert settings_markdown() in doc, "docs/CONFIG.md is stale: regenerate it (mullama config docs)"

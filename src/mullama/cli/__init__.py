@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="start the daemon")
     add_settings_arguments(serve)
     serve.set_defaults(func=_serve)
+    from . import ps
+
+    ps.add_parser(sub)
     config = sub.add_parser("config", help="configuration helpers")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     docs = config_sub.add_parser("docs", help="print the flag/env reference as Markdown")

@@ -30,7 +30,7 @@ def create_app(settings: Settings, models: ModelManager | None = None) -> FastAP
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         lifecycle: Lifecycle = app.state.lifecycle
-        await manager.start()
+        lifecycle.failed_models.update(await manager.start())
         lifecycle.phase = Phase.READY
         log.info("serving models: %s", ", ".join(manager.names))
         try:

@@ -63,6 +63,7 @@ class WorkerClient:
         self._start_lock = asyncio.Lock()
         self._stats = ModelStats()
         self._seq = 0
+        self._closing = False
         self.restarts = 0
 
     # ---- lifecycle ------------------------------------------------------------
@@ -118,6 +119,7 @@ class WorkerClient:
             raise MullamaError.from_wire(msg.get("error", {}))
         self.info = msg["info"]
         self.info["load_seconds_total"] = time.monotonic() - started
+        self._closing = False
         self._proc = proc
         self._writer = writer
         self._stats = ModelStats(kv_size=int(self.info.get("kv_size", 0)))
@@ -130,6 +132,8 @@ class WorkerClient:
         )
 
     async def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker on purpose (unload); its in-flight requests fail."""
+        self._closing = True
         proc, writer = self._proc, self._writer
         self._writer = None
         if writer is not None:
@@ -168,6 +172,9 @@ class WorkerClient:
                 code = await asyncio.wait_for(proc.wait(), 5)
         self._writer = None
         self._stats = ModelStats(kv_size=self._stats.kv_size)
+        if self._closing:
+            self._fail_streams(EngineCrashed(f"model {self.name!r} was unloaded"))
+            return
         log.error("engine worker for model %s exited (code %s)", self.name, code)
         self.restarts += 1
         self._fail_streams(

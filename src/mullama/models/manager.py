@@ -1,21 +1,47 @@
-"""Which models this daemon serves and their engine clients."""
+"""Which models are loaded: on-demand loading, keep-alive, LRU eviction under a memory
+budget and a count limit, bounded per-model queues, crash back-off.
+
+Every generation goes through ``generate``/``embed`` here, which hold a lease on the
+model for the request's whole life (streaming included); a model with leases is never
+evicted.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import hashlib
 import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from ..config import Settings
 from ..engine.client import WorkerClient, WorkerSpec
-from ..errors import ClientError, ModelNotFound
+from ..engine.protocol import Chunk, Embeddings, GenerateRequest
+from ..errors import (
+    ClientError,
+    EngineCrashed,
+    ModelNotFound,
+    MullamaError,
+    ServerError,
+    Unavailable,
+)
+from .budget import estimate_bytes, fmt_bytes, parse_budget, parse_keep_alive
 from .gguf import GGUFInfo, read_gguf
-from .registry import EMBEDDED_NAME, resolve
+from .options import ModelOptions, parse_model_opts
+from .registry import EMBEDDED_NAME, ModelRef, resolve
 
 log = logging.getLogger(__name__)
+
+
+class InsufficientMemory(ServerError):
+    status = 507
+    code = "insufficient_memory"
 
 
 class ModelEntry:
@@ -47,53 +73,359 @@ class ModelEntry:
         return self._digest
 
 
+@dataclass
+class Slot:
+    """A model the manager knows: configured at start-up or loaded on demand."""
+
+    entry: ModelEntry
+    client: WorkerClient
+    opts: ModelOptions
+    pinned: bool = False
+    estimate: int = 0
+    leases: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    keep_alive: float | None = 300.0  # seconds after the last request; None = forever
+    base_keep_alive: float | None = 300.0  # the model's own, when a request gives none
+    expires_at: float | None = None  # wall-clock time
+    load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    expiry: asyncio.TimerHandle | None = None
+    loading: bool = False
+    failures: int = 0
+    retry_at: float = 0.0
+    last_error: MullamaError | None = None
+    seen_restarts: int = 0
+    crash_times: list[float] = field(default_factory=list)
+
+    @property
+    def loaded(self) -> bool:
+        return self.client.alive
+
+
 class ModelManager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._clients: dict[str, WorkerClient] = {}
-        self._entries: dict[str, ModelEntry] = {}
+        self.default_keep_alive = parse_keep_alive(settings.keep_alive)
+        self.budget = parse_budget(settings.memory_budget)
+        self.per_model = parse_model_opts(settings.model_opt)
+        self._slots: dict[str, Slot] = {}
+        self._changed = asyncio.Condition()
+        self._closing = False
         for spec in settings.model or [EMBEDDED_NAME]:
             ref = resolve(spec)
-            if ref.name in self._clients:
+            if ref.name in self._slots:
                 raise ClientError(f"model name {ref.name!r} is given twice")
-            self._entries[ref.name] = ModelEntry(ref.name, ref.path)
-            self._clients[ref.name] = WorkerClient(
-                WorkerSpec(
-                    name=ref.name,
-                    path=str(ref.path),
-                    parallel=settings.parallel,
-                    context_size=settings.context_size,
-                    batch_size=settings.batch_size,
-                    threads=settings.threads,
-                    gpu_layers=settings.gpu_layers,
-                    log_level=settings.log_level,
-                    load_timeout=settings.load_timeout,
-                )
+            self._add(ref, pinned=True)
+
+    # ---- the set of models ------------------------------------------------------------
+
+    def _add(self, ref: ModelRef, pinned: bool) -> Slot:
+        opts = self.per_model.get(ref.name, ModelOptions()).with_defaults(self.settings)
+        s = self.settings
+        client = WorkerClient(
+            WorkerSpec(
+                name=ref.name,
+                path=str(ref.path),
+                parallel=opts.parallel,
+                context_size=opts.context_size,
+                batch_size=opts.batch_size,
+                threads=opts.threads,
+                gpu_layers=opts.gpu_layers,
+                log_level=s.log_level,
+                load_timeout=s.load_timeout,
             )
+        )
+        keep = self.default_keep_alive
+        if opts.keep_alive is not None:
+            keep = parse_keep_alive(opts.keep_alive)
+        pinned = pinned if opts.pinned is None else opts.pinned
+        slot = Slot(
+            entry=ModelEntry(ref.name, ref.path),
+            client=client,
+            opts=opts,
+            pinned=pinned,
+            keep_alive=None if pinned else keep,
+            base_keep_alive=None if pinned else keep,
+        )
+        self._slots[ref.name] = slot
+        return slot
+
+    def _slot(self, name: str | None) -> Slot:
+        if not name:
+            raise ClientError("you must provide a model parameter", param="model")
+        slot = self._slots.get(name)
+        if slot is not None:
+            return slot
+        # Any model in the store can be loaded on demand; file paths only from --model.
+        if name.endswith(".gguf") or name.startswith(("/", ".", "~")) or "=" in name:
+            raise self._not_found(name)
+        try:
+            ref = resolve(name)
+        except ModelNotFound:
+            raise self._not_found(name) from None
+        return self._add(ref, pinned=False)
+
+    def _not_found(self, name: str) -> ModelNotFound:
+        close = difflib.get_close_matches(name, self._slots, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return ModelNotFound(f"The model '{name}' does not exist{hint}", param="model")
 
     @property
     def names(self) -> list[str]:
-        return list(self._clients)
+        return list(self._slots)
 
     def clients(self) -> list[WorkerClient]:
-        return list(self._clients.values())
+        return [s.client for s in self._slots.values()]
+
+    def slots(self) -> list[Slot]:
+        return list(self._slots.values())
 
     def entry(self, name: str | None) -> ModelEntry:
-        self.get(name)
-        return self._entries[name or ""]
+        return self._slot(name).entry
 
     def get(self, name: str | None) -> WorkerClient:
-        if not name:
-            raise ClientError("you must provide a model parameter", param="model")
-        client = self._clients.get(name)
-        if client is None:
-            close = difflib.get_close_matches(name, self._clients, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ModelNotFound(f"The model '{name}' does not exist{hint}", param="model")
-        return client
+        return self._slot(name).client
 
-    async def start(self) -> None:
-        await asyncio.gather(*(c.ensure_started() for c in self._clients.values()))
+    def slot(self, name: str | None) -> Slot:
+        return self._slot(name)
+
+    # ---- loading, budget, eviction ------------------------------------------------------
+
+    def _estimate(self, slot: Slot) -> int:
+        if not slot.estimate:
+            o = slot.opts
+            slot.estimate = estimate_bytes(
+                slot.entry.gguf(), o.context_size * o.parallel, o.batch_size
+            )
+        return slot.estimate
+
+    def _used(self, exclude: Slot | None = None) -> tuple[int, int]:
+        loaded = [s for s in self._slots.values() if (s.loaded or s.loading) and s is not exclude]
+        return sum(s.estimate for s in loaded), len(loaded)
+
+    async def load(self, name: str | None, keep_alive: Any = None) -> float:
+        """Make sure the model is loaded; returns the seconds spent loading (0 if it was)."""
+        slot = self._slot(name)
+        if keep_alive is not None:
+            self._set_keep_alive(slot, keep_alive)
+        if slot.loaded:
+            return 0.0
+        started = time.perf_counter()
+        async with slot.load_lock:  # concurrent requests wait for this one load
+            if slot.loaded:
+                return 0.0
+            now = time.monotonic()
+            if slot.last_error is not None and now < slot.retry_at:
+                raise _copy_error(slot.last_error, f" (retrying in {slot.retry_at - now:.0f}s)")
+            self._check_crash_loop(slot)
+            need = await asyncio.to_thread(self._estimate, slot)
+            await self._make_room(slot, need)  # sets slot.loading
+            try:
+                await slot.client.ensure_started()
+            except MullamaError as exc:
+                self._record_failure(slot, exc)
+                raise
+            finally:
+                slot.loading = False
+            slot.failures = 0
+            slot.last_error = None
+            slot.last_used = time.monotonic()
+            self._schedule_expiry(slot)
+        return time.perf_counter() - started
+
+    def _check_crash_loop(self, slot: Slot) -> None:
+        """A worker that crashed is restarted on the next request; one that keeps crashing
+        (3 times within a minute) is restarted only after a growing pause."""
+        restarts = slot.client.restarts
+        if restarts == slot.seen_restarts:
+            return
+        now = time.monotonic()
+        slot.crash_times = [t for t in slot.crash_times if now - t < 60]
+        slot.crash_times.extend([now] * (restarts - slot.seen_restarts))
+        slot.seen_restarts = restarts
+        if len(slot.crash_times) >= 3:
+            delay = min(2 ** (len(slot.crash_times) - 3), 60)
+            self._record_failure(
+                slot,
+                EngineCrashed(
+                    f"the engine for model {slot.entry.name!r} crashed "
+                    f"{len(slot.crash_times)} times in the last minute"
+                ),
+                delay,
+            )
+            raise _copy_error(slot.last_error, f" (retrying in {delay}s)")  # type: ignore[arg-type]
+
+    def _record_failure(self, slot: Slot, exc: MullamaError, delay: float | None = None) -> None:
+        slot.failures += 1
+        if delay is None:
+            delay = min(2 ** (slot.failures - 1), 60)
+        slot.retry_at = time.monotonic() + delay
+        slot.last_error = exc
+        log.error(
+            "model %s failed to load (%d in a row; next try in %ds): %s",
+            slot.entry.name,
+            slot.failures,
+            delay,
+            exc.message,
+        )
+
+    async def _make_room(self, slot: Slot, need: int) -> None:
+        if need > self.budget:
+            raise InsufficientMemory(
+                f"model {slot.entry.name!r} needs about {fmt_bytes(need)} (weights, KV cache "
+                f"and buffers) but the memory budget is {fmt_bytes(self.budget)}; raise "
+                "--memory-budget or lower its context size or parallel sequences"
+            )
+        deadline = time.monotonic() + self.settings.load_timeout
+        async with self._changed:
+            while True:
+                used, count = self._used(exclude=slot)
+                if used + need <= self.budget and count < self.settings.max_loaded_models:
+                    slot.loading = True
+                    return
+                victim = self._lru_idle(exclude=slot)
+                if victim is not None:
+                    log.info(
+                        "evicting idle model %s to load %s", victim.entry.name, slot.entry.name
+                    )
+                    await self._unload(victim)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Unavailable(
+                        f"no room to load model {slot.entry.name!r}: every loaded model is "
+                        f"busy (needs {fmt_bytes(need)}; {fmt_bytes(self.budget - used)} of "
+                        f"{fmt_bytes(self.budget)} free, {count} of "
+                        f"{self.settings.max_loaded_models} models loaded)",
+                        retry_after=5,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def _lru_idle(self, exclude: Slot) -> Slot | None:
+        idle = [
+            s
+            for s in self._slots.values()
+            if s.loaded and s is not exclude and s.leases == 0 and not s.pinned
+        ]
+        return min(idle, key=lambda s: s.last_used) if idle else None
+
+    async def _unload(self, slot: Slot) -> None:
+        if slot.expiry is not None:
+            slot.expiry.cancel()
+            slot.expiry = None
+        slot.expires_at = None
+        await slot.client.close()
+
+    async def unload(self, name: str | None) -> bool:
+        """Unload now (operators). In-flight requests of the model fail."""
+        slot = self._slot(name)
+        was = slot.loaded
+        async with self._changed:
+            await self._unload(slot)
+            self._changed.notify_all()
+        return was
+
+    # ---- keep-alive ---------------------------------------------------------------------
+
+    def _set_keep_alive(self, slot: Slot, value: Any) -> None:
+        """A request's keep_alive applies from its end on; requests without one bring the
+        model's own back. Pinned models (--model) stay loaded whatever they ask."""
+        keep = slot.base_keep_alive if value is None else parse_keep_alive(value)
+        if not slot.pinned:
+            slot.keep_alive = keep
+
+    def _schedule_expiry(self, slot: Slot) -> None:
+        if slot.expiry is not None:
+            slot.expiry.cancel()
+            slot.expiry = None
+        if slot.keep_alive is None:
+            slot.expires_at = None
+            return
+        slot.expires_at = time.time() + slot.keep_alive
+        if slot.leases:
+            return  # counted from the end of the last request
+        loop = asyncio.get_running_loop()
+        slot.expiry = loop.call_later(
+            slot.keep_alive, lambda: asyncio.ensure_future(self._expire(slot))
+        )
+
+    async def _expire(self, slot: Slot) -> None:
+        if slot.leases or not slot.loaded:
+            return
+        log.info("keep-alive of model %s expired: unloading", slot.entry.name)
+        async with self._changed:
+            if slot.leases == 0:
+                await self._unload(slot)
+            self._changed.notify_all()
+
+    # ---- leases: every request holds one ----------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str | None, keep_alive: Any = None) -> AsyncIterator[Slot]:
+        slot = self._slot(name)
+        self._set_keep_alive(slot, keep_alive)
+        limit = slot.opts.parallel + self.settings.max_queue
+        if slot.leases >= limit:
+            raise Unavailable(
+                f"model {slot.entry.name!r} is busy: {slot.leases} requests in flight, "
+                f"queue limit {self.settings.max_queue}",
+                retry_after=2,
+            )
+        slot.leases += 1
+        if slot.expiry is not None:
+            slot.expiry.cancel()
+            slot.expiry = None
+        try:
+            await self.load(name)
+            yield slot
+        finally:
+            slot.leases -= 1
+            slot.last_used = time.monotonic()
+            if slot.leases == 0 and slot.loaded:
+                if slot.keep_alive == 0 and not slot.pinned:
+                    asyncio.ensure_future(self._expire(slot))
+                else:
+                    self._schedule_expiry(slot)
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def generate(
+        self, name: str | None, request: GenerateRequest, keep_alive: Any = None
+    ) -> AsyncIterator[Chunk]:
+        async with self.lease(name, keep_alive) as slot:
+            gen = slot.client.generate(request)
+            try:
+                async for chunk in gen:
+                    yield chunk
+            finally:
+                await gen.aclose()
+
+    async def embed(
+        self, name: str | None, inputs: list[str], truncate: bool = False, keep_alive: Any = None
+    ) -> Embeddings:
+        async with self.lease(name, keep_alive) as slot:
+            return await slot.client.embed(inputs, truncate)
+
+    # ---- start / stop ---------------------------------------------------------------------
+
+    async def start(self) -> dict[str, str]:
+        """Load the pinned (--model) models; returns {name: error} for those that failed."""
+        names = [n for n, s in self._slots.items() if s.pinned]
+        results = await asyncio.gather(*(self.load(n) for n in names), return_exceptions=True)
+        failed = {}
+        for name, res in zip(names, results, strict=True):
+            if isinstance(res, BaseException):
+                failed[name] = str(getattr(res, "message", res))
+        return failed
 
     async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self._clients.values()), return_exceptions=True)
+        self._closing = True
+        await asyncio.gather(
+            *(self._unload(s) for s in self._slots.values()), return_exceptions=True
+        )
+
+
+def _copy_error(exc: MullamaError, suffix: str) -> MullamaError:
+    out = type(exc)(exc.message + suffix, param=exc.param, code=exc.code, status=exc.status)
+    out.headers = dict(exc.headers)
+    return out

@@ -51,27 +51,47 @@ class OllamaModels:
         return out
 
     async def ps(self) -> list[dict[str, Any]]:
+        """Loaded models, in Ollama's shape plus Mullama's own fields."""
         out = []
-        for client in self.models.clients():
-            if not client.alive:
+        for slot in self.models.slots():
+            if not slot.loaded:
                 continue
-            entry, info, digest = await self._entry(client.name)
-            st = client.stats()
-            out.append(
-                {
-                    "name": client.name,
-                    "model": client.name,
-                    "size": entry.size,
-                    "digest": digest,
-                    "details": _details(info),
-                    "expires_at": _iso((datetime.now(UTC) + timedelta(days=3650)).timestamp()),
-                    "size_vram": 0,
-                    "context_length": client.spec.context_size,
-                    "parallel": client.spec.parallel,
-                    "active_sequences": st.active,
-                    "queued_sequences": st.queued,
-                }
-            )
+            entry, info, digest = await self._entry(slot.entry.name)
+            out.append({**self._state(slot), "digest": digest, "details": _details(info)})
+        return out
+
+    def _state(self, slot: Any) -> dict[str, Any]:
+        client = slot.client
+        st = client.stats()
+        expires = slot.expires_at
+        if expires is None:  # pinned or keep_alive < 0: far in the future, as Ollama does
+            expires = (datetime.now(UTC) + timedelta(days=365 * 100)).timestamp()
+        return {
+            "name": slot.entry.name,
+            "model": slot.entry.name,
+            "size": slot.entry.size,
+            "size_vram": 0,
+            "memory_estimate": slot.estimate,
+            "expires_at": _iso(expires),
+            "pinned": slot.pinned,
+            "loaded": slot.loaded,
+            "pid": client.pid if slot.loaded else None,
+            "context_length": slot.opts.context_size,
+            "parallel": slot.opts.parallel,
+            "active_requests": slot.leases,
+            "active_sequences": st.active if slot.loaded else 0,
+            "queued_sequences": st.queued if slot.loaded else 0,
+        }
+
+    async def catalog(self) -> list[dict[str, Any]]:
+        """Every model this daemon can serve, with its loaded state."""
+        out = []
+        for slot in self.models.slots():
+            info = await asyncio.to_thread(slot.entry.gguf)
+            state = self._state(slot)
+            if not slot.loaded:
+                state["expires_at"] = None
+            out.append({**state, "path": str(slot.entry.path), "details": _details(info)})
         return out
 
     async def show(self, name: str) -> dict[str, Any]:

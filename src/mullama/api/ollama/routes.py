@@ -81,6 +81,23 @@ async def ps(request: Request) -> ORJSONResponse:
     return ORJSONResponse({"models": await _models(request).ps()})
 
 
+@router.get("/api/models")
+async def all_models(request: Request) -> ORJSONResponse:
+    return ORJSONResponse({"models": await _models(request).catalog()})
+
+
+@router.post("/api/models/{name:path}/load")
+async def load_model(name: str, request: Request) -> ORJSONResponse:
+    seconds = await request.app.state.models.load(name)
+    return ORJSONResponse({"model": name, "status": "loaded", "load_seconds": round(seconds, 3)})
+
+
+@router.post("/api/models/{name:path}/unload")
+async def unload_model(name: str, request: Request) -> ORJSONResponse:
+    was = await request.app.state.models.unload(name)
+    return ORJSONResponse({"model": name, "status": "unloaded", "was_loaded": was})
+
+
 @router.post("/api/show")
 async def show(request: Request) -> ORJSONResponse:
     body = await parse_body(request, ModelBody)

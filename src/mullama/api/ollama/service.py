@@ -109,13 +109,9 @@ class OllamaService:
     def __init__(self, models: Any) -> None:
         self.models = models
 
-    async def _engine(self, name: str) -> tuple[Any, int]:
-        """The model's engine, loaded if needed; returns it and the load time in ns."""
-        engine = self.models.get(name)
-        t0 = time.perf_counter_ns()
-        was_alive = engine.alive
-        await engine.ensure_started()
-        return engine, 0 if was_alive else time.perf_counter_ns() - t0
+    async def _load(self, name: str, keep_alive: Any) -> int:
+        """Load the model if needed; returns the load time in ns (0 if it was loaded)."""
+        return int(await self.models.load(name, keep_alive) * 1e9)
 
     # ---- generate / chat -------------------------------------------------------------
 
@@ -136,11 +132,12 @@ class OllamaService:
         started = time.perf_counter_ns()
         if body.images:
             raise ClientError(f"model {body.model!r} does not support images (it is text-only)")
-        engine, load_ns = await self._engine(body.model)
+        load_ns = await self._load(body.model, body.keep_alive)
         if not body.prompt and not body.system:
             return _loaded(body.model, "response", load_ns, started, body.stream)
         req = self._generate_request(body, rid)
-        return await self._run(engine, req, body.model, "response", body.stream, started, load_ns)
+        gen = self.models.generate(body.model, req, body.keep_alive)
+        return await self._run(gen, body.model, "response", body.stream, started, load_ns)
 
     async def chat(self, body: ChatBody, rid: str) -> dict | AsyncIterator[bytes]:
         started = time.perf_counter_ns()
@@ -149,25 +146,28 @@ class OllamaService:
                 raise ClientError(
                     f"model {body.model!r} does not support images (messages[{i}] has images)"
                 )
-        engine, load_ns = await self._engine(body.model)
+        load_ns = await self._load(body.model, body.keep_alive)
         if not body.messages:
             return _loaded(body.model, "message", load_ns, started, body.stream)
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
         req = GenerateRequest(rid, sampling_params(body.options, body.format), messages=messages)
-        return await self._run(engine, req, body.model, "message", body.stream, started, load_ns)
+        gen = self.models.generate(body.model, req, body.keep_alive)
+        return await self._run(gen, body.model, "message", body.stream, started, load_ns)
 
     async def _run(
         self,
-        engine: Any,
-        req: GenerateRequest,
+        gen: AsyncIterator[Chunk],
         model: str,
         kind: str,
         stream: bool,
         started: int,
         load_ns: int,
     ) -> dict | AsyncIterator[bytes]:
-        gen = engine.generate(req)
-        first = await gen.__anext__()  # errors before the response starts become HTTP errors
+        try:
+            first = await gen.__anext__()  # errors before the response starts: HTTP errors
+        except BaseException:
+            await gen.aclose()  # type: ignore[attr-defined]
+            raise
         timings = Timings(started, load_ns)
         if stream:
             return self._stream(gen, first, model, kind, timings)
@@ -200,9 +200,9 @@ class OllamaService:
 
     async def embed(self, body: EmbedBody) -> dict:
         started = time.perf_counter_ns()
-        engine, load_ns = await self._engine(body.model)
+        load_ns = await self._load(body.model, body.keep_alive)
         inputs = [body.input] if isinstance(body.input, str) else body.input
-        result = await engine.embed(inputs, truncate=body.truncate)
+        result = await self.models.embed(body.model, inputs, body.truncate, body.keep_alive)
         return {
             "model": body.model,
             "embeddings": result.vectors,
@@ -212,8 +212,7 @@ class OllamaService:
         }
 
     async def embeddings(self, body: EmbeddingsBody) -> dict:
-        engine, _ = await self._engine(body.model)
-        result = await engine.embed([body.prompt], truncate=True)
+        result = await self.models.embed(body.model, [body.prompt], True, body.keep_alive)
         return {"embedding": result.vectors[0]}
 
 

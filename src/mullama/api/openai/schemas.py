@@ -79,6 +79,7 @@ class _Sampling(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
+    keep_alive: str | int | float | None = None  # extension, as Ollama's keep_alive
 
     @field_validator("stop")
     @classmethod
@@ -115,6 +116,7 @@ class EmbeddingRequest(_Strict):
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
+    keep_alive: str | int | float | None = None
 
     @field_validator("input")
     @classmethod

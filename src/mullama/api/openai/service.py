@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ...engine.protocol import Chunk, EngineClient, GenerateRequest, SamplingParams
+from ...engine.protocol import Chunk, GenerateRequest, SamplingParams
 from ...errors import ClientError, MullamaError
 from ..streaming import aiter_merge
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
@@ -67,13 +67,13 @@ async def _primed(gen: AsyncIterator[Chunk]) -> tuple[Chunk, AsyncIterator[Chunk
 
 
 async def start_generations(
-    engine: EngineClient, requests: list[GenerateRequest]
+    models: Any, model: str, requests: list[GenerateRequest], keep_alive: Any = None
 ) -> tuple[list[int], list[AsyncIterator[Chunk]]]:
     """Start every generation and wait until each is accepted; on any error, stop them all."""
     started: list[tuple[Chunk, AsyncIterator[Chunk]]] = []
     try:
         for req in requests:
-            started.append(await _primed(engine.generate(req)))
+            started.append(await _primed(models.generate(model, req, keep_alive)))
     except BaseException:
         for _, gen in started:
             await gen.aclose()  # type: ignore[attr-defined]
@@ -134,9 +134,10 @@ class OpenAIService:
     # ---- chat ------------------------------------------------------------------------
 
     async def chat(self, req: ChatCompletionRequest, rid: str) -> dict | AsyncIterator[bytes]:
-        engine = self.models.get(req.model)
         requests = self._chat_requests(req, rid)
-        prompt_tokens, gens = await start_generations(engine, requests)
+        prompt_tokens, gens = await start_generations(
+            self.models, req.model, requests, req.keep_alive
+        )
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if req.stream:
@@ -211,9 +212,10 @@ class OpenAIService:
     # ---- completions ---------------------------------------------------------------
 
     async def completions(self, req: CompletionRequest, rid: str) -> dict | AsyncIterator[bytes]:
-        engine = self.models.get(req.model)
         requests = self._completion_requests(req, rid)
-        prompt_tokens, gens = await start_generations(engine, requests)
+        prompt_tokens, gens = await start_generations(
+            self.models, req.model, requests, req.keep_alive
+        )
         cid = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         n_prompt = sum(prompt_tokens[:: req.n])
@@ -276,9 +278,8 @@ class OpenAIService:
     # ---- embeddings ----------------------------------------------------------------
 
     async def embeddings(self, req: EmbeddingRequest) -> dict:
-        engine = self.models.get(req.model)
         inputs = [req.input] if isinstance(req.input, str) else req.input
-        result = await engine.embed(inputs)
+        result = await self.models.embed(req.model, inputs, keep_alive=req.keep_alive)
         vectors = result.vectors
         if req.dimensions is not None:
             vectors = [_normalize(v[: req.dimensions]) for v in vectors]
