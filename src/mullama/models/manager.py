@@ -13,7 +13,7 @@ from ..config import Settings
 from ..engine.client import WorkerClient, WorkerSpec
 from ..errors import ClientError, ModelNotFound
 from .gguf import GGUFInfo, read_gguf
-from .registry import EMBEDDED_NAME, resolve
+from .registry import EMBEDDED_NAME, ModelRef, resolve
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 class ModelEntry:
     """A servable model: its name, file and (lazily, cached) GGUF metadata and digest."""
 
-    def __init__(self, name: str, path: Path) -> None:
+    def __init__(self, name: str, path: Path, ref: ModelRef | None = None) -> None:
         self.name = name
         self.path = path
+        self.ref = ref  # a custom model's system prompt, template and default parameters
         stat = path.stat()
         self.size = stat.st_size
         self.modified = stat.st_mtime
@@ -53,10 +54,10 @@ class ModelManager:
         self._clients: dict[str, WorkerClient] = {}
         self._entries: dict[str, ModelEntry] = {}
         for spec in settings.model or [EMBEDDED_NAME]:
-            ref = resolve(spec)
+            ref = resolve(spec, cache_dir=settings.cache_dir)
             if ref.name in self._clients:
                 raise ClientError(f"model name {ref.name!r} is given twice")
-            self._entries[ref.name] = ModelEntry(ref.name, ref.path)
+            self._entries[ref.name] = ModelEntry(ref.name, ref.path, ref)
             self._clients[ref.name] = WorkerClient(
                 WorkerSpec(
                     name=ref.name,
