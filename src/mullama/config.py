@@ -25,6 +25,10 @@ class Settings(BaseSettings):
         "NAME=PATH. Repeatable; comma-separated in the environment. "
         "Default: the embedded smollm2:135m.",
     )
+    cache_dir: str = Field(
+        "~/.mullama/models",
+        description="Model store: pulled and created models (blobs + manifests).",
+    )
     http_addr: str = Field("127.0.0.1", description="Address to listen on.")
     http_port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on.")
     parallel: int = Field(

@@ -73,6 +73,17 @@ class NotFound(ClientError):
     code = "not_found"
 
 
+class InvalidName(ClientError):
+    """A model name or Hub filename that could escape the store or is malformed."""
+
+    code = "invalid_model_name"
+
+
+class AlreadyExists(ClientError):
+    status = 409
+    code = "already_exists"
+
+
 class PayloadTooLarge(ClientError):
     status = 413
     code = "request_too_large"
@@ -88,6 +99,18 @@ class ServerError(MullamaError):
 class EngineCrashed(ServerError):
     status = 502
     code = "engine_crashed"
+
+
+class DownloadFailed(ServerError):
+    """A pull failed: the Hub refused, the connection broke, or the bytes did not verify."""
+
+    status = 502
+    code = "download_failed"
+
+
+class NoSpace(ServerError):
+    status = 507
+    code = "no_space"
 
 
 class Unavailable(ServerError):
@@ -110,9 +133,13 @@ _BY_NAME: dict[str, type[MullamaError]] = {
         ContextLengthExceeded,
         ModelNotFound,
         NotFound,
+        InvalidName,
+        AlreadyExists,
         PayloadTooLarge,
         ServerError,
         EngineCrashed,
+        DownloadFailed,
+        NoSpace,
         Unavailable,
     )
 }

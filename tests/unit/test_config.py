@@ -78,4 +78,6 @@ def test_config_reference_is_current():
     from mullama.config import settings_markdown
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md").read_text()
-    assert settings_markdown() in doc, "docs/CONFIG.md is stale: regenerate it (mullama config docs)"
+    assert settings_markdown() in doc, (
+        "docs/CONFIG.md is stale: regenerate it (mullama config docs)"
+    )

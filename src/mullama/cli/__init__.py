@@ -7,6 +7,8 @@ import sys
 
 from .. import __version__
 from ..config import add_settings_arguments, load_settings, settings_markdown
+from ..errors import MullamaError
+from .models import add_model_commands
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -40,9 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     docs = config_sub.add_parser("docs", help="print the flag/env reference as Markdown")
     docs.set_defaults(func=_config_docs)
+    add_model_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    sys.exit(args.func(args))
+    try:
+        code = args.func(args)
+    except MullamaError as exc:
+        print(f"mullama: {exc.message}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("mullama: interrupted", file=sys.stderr)
+        code = 1
+    sys.exit(code)

@@ -12,12 +12,14 @@ from fastapi import FastAPI
 from ..api import health
 from ..api.errors import install_error_handlers
 from ..api.ollama import routes as ollama_routes
+from ..api.ollama.manage import ModelAdmin
 from ..api.ollama.models import OllamaModels
 from ..api.ollama.service import OllamaService
 from ..api.openai import routes as openai_routes
 from ..api.openai.service import OpenAIService
 from ..config import Settings
 from ..models.manager import ModelManager
+from ..models.store import ModelStore
 from .lifecycle import Lifecycle, Phase
 from .middleware import BodyLimitMiddleware, RequestIdMiddleware
 
@@ -52,7 +54,10 @@ def create_app(settings: Settings, models: ModelManager | None = None) -> FastAP
     app.state.lifecycle = Lifecycle()
     app.state.openai = OpenAIService(manager)
     app.state.ollama = OllamaService(manager)
-    app.state.ollama_models = OllamaModels(manager)
+    store = ModelStore(settings.cache_dir)
+    app.state.store = store
+    app.state.ollama_models = OllamaModels(manager, store)
+    app.state.model_admin = ModelAdmin(store)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(openai_routes.router)

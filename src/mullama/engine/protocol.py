@@ -58,6 +58,7 @@ class GenerateRequest:
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     add_special: bool = True
+    template: str | None = None  # a Jinja chat template overriding the model's (custom models)
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -96,6 +96,7 @@ class Worker:
         self.template = ChatTemplate(
             self.info.chat_template, self.info.bos_text, self.info.eos_text
         )
+        self._templates: dict[str, ChatTemplate] = {}
         self._inbox: list[tuple[str, Any]] = []
         self._cond = threading.Condition()
         self._embed_q: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -139,11 +140,26 @@ class Worker:
         self.chan.send({"ev": "accepted", "id": req_id, "prompt_tokens": seq.n_prompt})
         self._post("submit", seq)
 
+    def _template(self, source: str | None) -> ChatTemplate:
+        """The model's chat template, or a custom model's override (compiled once)."""
+        if not source:
+            return self.template
+        template = self._templates.get(source)
+        if template is None:
+            try:
+                template = ChatTemplate(source, self.info.bos_text, self.info.eos_text)
+            except Exception as exc:  # noqa: BLE001 - jinja2 syntax errors
+                raise TemplateRenderError(f"chat template does not compile: {exc}") from exc
+            if len(self._templates) >= 16:
+                self._templates.clear()
+            self._templates[source] = template
+        return template
+
     def _prepare(self, msg: dict[str, Any]) -> Sequence:
         params = msg["params"]
         if msg.get("messages") is not None:
             try:
-                text = self.template.render(msg["messages"])
+                text = self._template(msg.get("template")).render(msg["messages"])
             except TemplateRenderError as exc:
                 raise InvalidParameter(str(exc), param="messages") from exc
             add_special = self.info.add_bos and not (

@@ -47,9 +47,10 @@ class InsufficientMemory(ServerError):
 class ModelEntry:
     """A servable model: its name, file and (lazily, cached) GGUF metadata and digest."""
 
-    def __init__(self, name: str, path: Path) -> None:
+    def __init__(self, name: str, path: Path, ref: ModelRef | None = None) -> None:
         self.name = name
         self.path = path
+        self.ref = ref  # a custom model's system prompt, template and default parameters
         stat = path.stat()
         self.size = stat.st_size
         self.modified = stat.st_mtime
@@ -111,7 +112,7 @@ class ModelManager:
         self._changed = asyncio.Condition()
         self._closing = False
         for spec in settings.model or [EMBEDDED_NAME]:
-            ref = resolve(spec)
+            ref = resolve(spec, cache_dir=settings.cache_dir)
             if ref.name in self._slots:
                 raise ClientError(f"model name {ref.name!r} is given twice")
             self._add(ref, pinned=True)
@@ -139,7 +140,7 @@ class ModelManager:
             keep = parse_keep_alive(opts.keep_alive)
         pinned = pinned if opts.pinned is None else opts.pinned
         slot = Slot(
-            entry=ModelEntry(ref.name, ref.path),
+            entry=ModelEntry(ref.name, ref.path, ref),
             client=client,
             opts=opts,
             pinned=pinned,
@@ -159,7 +160,7 @@ class ModelManager:
         if name.endswith(".gguf") or name.startswith(("/", ".", "~")) or "=" in name:
             raise self._not_found(name)
         try:
-            ref = resolve(name)
+            ref = resolve(name, cache_dir=self.settings.cache_dir)
         except ModelNotFound:
             raise self._not_found(name) from None
         return self._add(ref, pinned=False)

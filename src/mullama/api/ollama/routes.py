@@ -8,8 +8,18 @@ from fastapi.responses import ORJSONResponse, PlainTextResponse, Response
 from ... import __version__
 from ..body import parse_body
 from ..streaming import DisconnectAwareStream, unless_disconnected
+from .manage import ModelAdmin
 from .models import OllamaModels
-from .schemas import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody, ModelBody
+from .schemas import (
+    ChatBody,
+    CopyBody,
+    CreateBody,
+    EmbedBody,
+    EmbeddingsBody,
+    GenerateBody,
+    ModelBody,
+    PullBody,
+)
 from .service import OllamaService
 
 router = APIRouter()
@@ -102,3 +112,36 @@ async def unload_model(name: str, request: Request) -> ORJSONResponse:
 async def show(request: Request) -> ORJSONResponse:
     body = await parse_body(request, ModelBody)
     return ORJSONResponse(await _models(request).show(body.target()))
+
+
+# ---- model management on the store -----------------------------------------------------
+
+
+def _admin(request: Request) -> ModelAdmin:
+    return request.app.state.model_admin
+
+
+@router.post("/api/pull")
+async def pull(request: Request) -> Response:
+    body = await parse_body(request, PullBody)
+    return _respond(await _admin(request).pull(body))
+
+
+@router.delete("/api/delete")
+async def delete(request: Request) -> Response:
+    body = await parse_body(request, ModelBody)
+    await _admin(request).delete(body)
+    return Response(status_code=200)
+
+
+@router.post("/api/copy")
+async def copy(request: Request) -> Response:
+    body = await parse_body(request, CopyBody)
+    await _admin(request).copy(body)
+    return Response(status_code=200)
+
+
+@router.post("/api/create")
+async def create(request: Request) -> Response:
+    body = await parse_body(request, CreateBody)
+    return _respond(await _admin(request).create(body))

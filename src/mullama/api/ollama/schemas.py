@@ -82,3 +82,28 @@ class ModelBody(_Strict):
 
     def target(self) -> str:
         return self.model or self.name or ""
+
+
+class PullBody(ModelBody):
+    insecure: bool = False
+    stream: bool = True
+
+
+class CopyBody(_Strict):
+    source: str
+    destination: str
+
+
+class CreateBody(ModelBody):
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+
+    from_: str | None = Field(default=None, alias="from")
+    system: str | None = None
+    template: str | None = None
+    parameters: dict[str, Any] | None = None
+    license: str | list[str] | None = None
+    stream: bool = True
+    quantize: str | None = None
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    messages: list[dict[str, Any]] | None = None

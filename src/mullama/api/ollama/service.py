@@ -12,6 +12,7 @@ import orjson
 
 from ...engine.protocol import Chunk, GenerateRequest, SamplingParams
 from ...errors import ClientError, MullamaError
+from ..profiles import profile_of
 from .schemas import ChatBody, EmbedBody, EmbeddingsBody, Format, GenerateBody, Options
 
 # Ollama's own defaults where they differ from the OpenAI side.
@@ -22,8 +23,11 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def sampling_params(options: Options | None, fmt: Format) -> SamplingParams:
-    p = SamplingParams(**_DEFAULTS)  # type: ignore[arg-type]
+def sampling_params(
+    options: Options | None, fmt: Format, defaults: dict[str, Any] | None = None
+) -> SamplingParams:
+    """Ollama's defaults, then the model's (a custom model's parameters), then the request's."""
+    p = SamplingParams(**{**_DEFAULTS, **(defaults or {})})  # type: ignore[arg-type]
     o = options or Options()
     for name in (
         "temperature",
@@ -116,17 +120,19 @@ class OllamaService:
     # ---- generate / chat -------------------------------------------------------------
 
     def _generate_request(self, body: GenerateBody, rid: str) -> GenerateRequest:
-        params = sampling_params(body.options, body.format)
+        profile = profile_of(self.models, body.model)
+        params = sampling_params(body.options, body.format, profile.defaults)
         if body.raw:
             return GenerateRequest(rid, params, prompt=body.prompt, add_special=False)
+        system = body.system if body.system is not None else profile.system
         if body.template:
-            values = {"System": body.system or "", "Prompt": body.prompt, "Response": ""}
+            values = {"System": system or "", "Prompt": body.prompt, "Response": ""}
             return GenerateRequest(rid, params, prompt=render_go_template(body.template, values))
         messages = []
-        if body.system:
-            messages.append({"role": "system", "content": body.system})
+        if system:
+            messages.append({"role": "system", "content": system})
         messages.append({"role": "user", "content": body.prompt})
-        return GenerateRequest(rid, params, messages=messages)
+        return GenerateRequest(rid, params, messages=messages, template=profile.template)
 
     async def generate(self, body: GenerateBody, rid: str) -> dict | AsyncIterator[bytes]:
         started = time.perf_counter_ns()
@@ -149,8 +155,10 @@ class OllamaService:
         load_ns = await self._load(body.model, body.keep_alive)
         if not body.messages:
             return _loaded(body.model, "message", load_ns, started, body.stream)
-        messages = [{"role": m.role, "content": m.content} for m in body.messages]
-        req = GenerateRequest(rid, sampling_params(body.options, body.format), messages=messages)
+        profile = profile_of(self.models, body.model)
+        messages = profile.messages([{"role": m.role, "content": m.content} for m in body.messages])
+        params = sampling_params(body.options, body.format, profile.defaults)
+        req = GenerateRequest(rid, params, messages=messages, template=profile.template)
         gen = self.models.generate(body.model, req, body.keep_alive)
         return await self._run(gen, body.model, "message", body.stream, started, load_ns)
 

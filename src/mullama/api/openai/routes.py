@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi import APIRouter, Request
@@ -51,15 +52,25 @@ async def embeddings(request: Request) -> Response:
     return ORJSONResponse(await unless_disconnected(request, _service(request).embeddings(body)))
 
 
+def _model_names(request: Request) -> list[str]:
+    """The served models, then the other models in the store."""
+    names = list(request.app.state.models.names)
+    store = getattr(request.app.state, "store", None)
+    if store is not None:
+        names += [n for n in store.names() if n not in names]
+    return names
+
+
 @router.get("/models")
 async def list_models(request: Request) -> Response:
     created = int(request.app.state.started_at)
+    names = await asyncio.to_thread(_model_names, request)
     return ORJSONResponse(
         {
             "object": "list",
             "data": [
                 {"id": name, "object": "model", "created": created, "owned_by": "mullama"}
-                for name in request.app.state.models.names
+                for name in names
             ],
         }
     )

@@ -15,12 +15,21 @@ import orjson
 
 from ...engine.protocol import Chunk, GenerateRequest, SamplingParams
 from ...errors import ClientError, MullamaError
+from ..profiles import profile_of
 from ..streaming import aiter_merge
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
 
 
-def sampling_params(req: _Sampling, max_tokens: int | None) -> SamplingParams:
-    p = SamplingParams(max_tokens=max_tokens, stop=req.stop_list(), ignore_eos=req.ignore_eos)
+def sampling_params(
+    req: _Sampling, max_tokens: int | None, defaults: dict[str, Any] | None = None
+) -> SamplingParams:
+    """The request's values over the model's defaults (a custom model's parameters)."""
+    p = SamplingParams(**(defaults or {}))
+    p.ignore_eos = req.ignore_eos
+    if max_tokens is not None:
+        p.max_tokens = max_tokens
+    if req.stop_list():
+        p.stop = req.stop_list()
     for name in (
         "temperature",
         "top_p",
@@ -112,20 +121,26 @@ class OpenAIService:
                 )
             messages.append({"role": m.role, "content": m.text()})
         max_tokens = req.max_completion_tokens or req.max_tokens
+        profile = profile_of(self.models, req.model)
+        messages = profile.messages(messages)
         out = []
         for i in range(req.n):
-            params = sampling_params(req, max_tokens)
+            params = sampling_params(req, max_tokens, profile.defaults)
             if params.seed is not None:
                 params.seed += i
-            out.append(GenerateRequest(f"{rid}/{i}", params, messages=messages))
+            out.append(
+                GenerateRequest(f"{rid}/{i}", params, messages=messages, template=profile.template)
+            )
         return out
 
     def _completion_requests(self, req: CompletionRequest, rid: str) -> list[GenerateRequest]:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        defaults = profile_of(self.models, req.model).defaults
+        max_tokens = req.max_tokens or defaults.get("max_tokens") or 16
         out = []
         for p_idx, prompt in enumerate(prompts):
             for i in range(req.n):
-                params = sampling_params(req, req.max_tokens if req.max_tokens else 16)
+                params = sampling_params(req, max_tokens, defaults)
                 if params.seed is not None:
                     params.seed += i
                 out.append(GenerateRequest(f"{rid}/{p_idx}/{i}", params, prompt=prompt))

@@ -1,0 +1,188 @@
+"""The store and pulls against a stand-in Hub on 127.0.0.1 (tiny GGUF files; the e2e tests
+pull and serve the real model)."""
+
+from __future__ import annotations
+
+import tarfile
+
+import pytest
+
+from mullama.errors import AlreadyExists, ClientError, DownloadFailed, InvalidParameter
+from mullama.models.backup import backup, restore
+from mullama.models.custom import create_model, parse_definition
+from mullama.models.gguf import InvalidGGUF
+from mullama.models.pull import Puller
+from mullama.models.registry import resolve
+from mullama.models.store import ModelStore, sha256_file
+from tests.hubstub import HubServer, tiny_gguf
+
+REPO = "owner/Tiny-GGUF"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    server = HubServer(with_cdn=True)
+    files = tmp_path / "hubfiles"
+    files.mkdir(exist_ok=True)
+    server.hub.add(REPO, "tiny-Q4_K_M.gguf", tiny_gguf(files / "a.gguf", 300_000))
+    server.hub.add(REPO, "tiny-Q8_0.gguf", tiny_gguf(files / "b.gguf", 2000))
+    server.hub.add(REPO, "README.md", files.joinpath("README.md"))
+    for i in (1, 2):
+        server.hub.add(
+            REPO, f"big-F16-0000{i}-of-00002.gguf", tiny_gguf(files / f"s{i}.gguf", 500 * i)
+        )
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token")
+    yield server
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def _readme(tmp_path):
+    (tmp_path / "hubfiles").mkdir(exist_ok=True)
+    (tmp_path / "hubfiles" / "README.md").write_text("hello")
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ModelStore(tmp_path / "store")
+
+
+def test_pull_by_quant_verifies_and_lists(hub, store):
+    events = []
+    m = Puller(store).pull(f"hf.co/{REPO}", events.append)
+    assert [f.filename for f in m.files] == ["tiny-Q4_K_M.gguf"]
+    assert events[0] == {"status": "pulling manifest"} and events[-1] == {"status": "success"}
+    sized = [e for e in events if "total" in e]
+    assert sized[-1]["completed"] == sized[-1]["total"] == m.files[0].size
+    assert store.names() == [f"hf.co/{REPO}"]
+    assert resolve(f"hf.co/{REPO}", cache_dir=store.root).path == store.blob_path(m.files[0].digest)
+    # the token went to the Hub only, never to the CDN
+    file_requests = [r for r in hub.hub.requests if "/resolve/" in r["path"]]
+    assert {r["cdn"] for r in file_requests} == {True, False}
+    for r in file_requests:
+        assert ("authorization" in r["headers"]) == (not r["cdn"]), r
+
+
+def test_split_gguf_is_pulled_whole(hub, store):
+    m = Puller(store).pull(f"hf.co/{REPO}:f16")
+    assert [f.filename for f in m.files] == [
+        "big-F16-00001-of-00002.gguf",
+        "big-F16-00002-of-00002.gguf",
+    ]
+    path = resolve(f"hf.co/{REPO}:f16", cache_dir=store.root).path
+    assert path.name == "big-F16-00001-of-00002.gguf"
+    assert (path.parent / "big-F16-00002-of-00002.gguf").resolve().is_file()
+    m2 = Puller(store).pull(f"hf:{REPO}/big-F16-00001-of-00002.gguf")
+    assert [f.digest for f in m2.files] == [f.digest for f in m.files]
+
+
+def test_missing_quant_lists_available(hub, store):
+    with pytest.raises(Exception) as err:
+        Puller(store).pull(f"hf.co/{REPO}:Q2_K")
+    assert "available: F16, Q4_K_M, Q8_0" in str(err.value)
+
+
+def test_interrupted_download_resumes_with_range(hub, store):
+    hub.hub.faults.cut_gets = 5
+    hub.hub.faults.cut_bytes = 200_000
+    puller = Puller(store, attempts=2, retry_delay=0)
+    with pytest.raises(DownloadFailed, match="pull again to resume"):
+        puller.pull(f"hf.co/{REPO}")
+    assert store.names() == []
+    partials = list((store.root / "partial").glob("*.partial"))
+    assert len(partials) == 1 and partials[0].stat().st_size == 400_000
+    hub.hub.faults.cut_gets = 0
+    m = Puller(store).pull(f"hf.co/{REPO}")
+    gets = hub.hub.gets("tiny-Q4_K_M.gguf")
+    assert gets[-1]["headers"]["range"] == "bytes=400000-"
+    assert [g["headers"].get("range") for g in gets[:2]] == [None, "bytes=200000-"]
+    assert store.names() == [f"hf.co/{REPO}"] and not list((store.root / "partial").iterdir())
+    assert sha256_file(store.blob_path(m.files[0].digest)) == m.files[0].digest
+
+
+def test_wrong_checksum_leaves_nothing(hub, store):
+    hub.hub.faults.wrong_sha = True
+    with pytest.raises(DownloadFailed, match="sha256 mismatch"):
+        Puller(store).pull(f"hf.co/{REPO}")
+    assert store.names() == [] and list(store.blobs()) == []
+    assert not list((store.root / "partial").iterdir())
+
+
+def test_rm_keeps_a_blob_another_name_uses(hub, store):
+    m = Puller(store).pull(f"hf.co/{REPO}")
+    store.copy(f"hf.co/{REPO}", "mine")
+    store.remove(f"hf.co/{REPO}")
+    assert store.blob_path(m.files[0].digest).is_file()
+    assert store.remove("mine") == [m.files[0].digest]
+    assert list(store.blobs()) == []
+
+
+def test_custom_model_manifest(hub, store, tmp_path):
+    Puller(store).pull(f"hf.co/{REPO}")
+    d = parse_definition(
+        {
+            "from": f"hf.co/{REPO}",
+            "system": "Be brief.",
+            "template": "{{ if .System }}S:{{ .System }}\n{{ end }}U:{{ .Prompt }}\nA:",
+            "parameters": {"temperature": 0.1, "stop": "END", "num_ctx": 512},
+        }
+    )
+    m = create_model(store, "brief", d)
+    ref = resolve("brief", cache_dir=store.root)
+    assert ref.system == "Be brief." and dict(ref.parameters) == {
+        "temperature": 0.1,
+        "stop": ["END"],
+        "num_ctx": 512,
+    }
+    assert "{%+ if System +%}" in ref.template
+    assert m.id != store.get(f"hf.co/{REPO}").id
+    with pytest.raises(InvalidParameter):
+        parse_definition({"from": "x", "parameters": {"temperature": "hot"}})
+    with pytest.raises(InvalidParameter):
+        create_model(store, "bad", parse_definition({"from": "brief", "template": "{{ .Tools }}"}))
+    with pytest.raises(InvalidParameter, match="files cannot be given"):
+        create_model(store, "x", parse_definition({"from": "/etc/x.gguf"}), allow_paths=False)
+
+
+def test_corrupt_gguf_is_a_clear_error(tmp_path):
+    good = tiny_gguf(tmp_path / "good.gguf", 4096)
+    data = good.read_bytes()
+    (tmp_path / "short.gguf").write_bytes(data[: len(data) - 100])
+    flipped = bytearray(data)
+    flipped[30] ^= 0xFF  # inside the first key's length
+    (tmp_path / "flipped.gguf").write_bytes(bytes(flipped))
+    for name in ("short.gguf", "flipped.gguf"):
+        with pytest.raises(InvalidGGUF) as err:
+            resolve(str(tmp_path / name))
+        assert name in err.value.message
+
+
+def test_backup_and_restore(hub, store, tmp_path):
+    m = Puller(store).pull(f"hf.co/{REPO}")
+    store.copy("smollm2:135m", "builtin-copy")
+    target = tmp_path / "b.tar.gz"
+    backup(store, target, models=True)
+    fresh = ModelStore(tmp_path / "fresh")
+    result = restore(fresh, target)
+    assert sorted(result["models"]) == ["builtin-copy", f"hf.co/{REPO}"]
+    assert fresh.blob_path(m.files[0].digest).is_file()
+    assert resolve("builtin-copy", cache_dir=fresh.root).path.is_file()
+    # a different model under the same name is not overwritten without force
+    fresh.copy("smollm2:135m", f"hf.co/{REPO}")
+    with pytest.raises(AlreadyExists):
+        restore(fresh, target)
+    restore(fresh, target, force=True)
+    assert fresh.get(f"hf.co/{REPO}").files
+    # a tampered archive is refused
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(target) as src, tarfile.open(bad, "w:gz") as dst:
+        for member in src:
+            data = src.extractfile(member).read()
+            if member.name.startswith("blobs/"):
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            import io
+
+            dst.addfile(member, io.BytesIO(data))
+    with pytest.raises(ClientError, match="checksum mismatch"):
+        restore(ModelStore(tmp_path / "other"), bad)
