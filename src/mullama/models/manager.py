@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..engine.client import WorkerClient, WorkerSpec
-from ..errors import ClientError, ModelNotFound
+from ..errors import ClientError, ModelNotFound, MullamaError
 from .gguf import GGUFInfo, read_gguf
 from .registry import EMBEDDED_NAME, resolve
 
@@ -67,6 +67,8 @@ class ModelManager:
                     threads=settings.threads,
                     gpu_layers=settings.gpu_layers,
                     log_level=settings.log_level,
+                    log_format=settings.log_format,
+                    log_file=settings.log_file,
                     load_timeout=settings.load_timeout,
                 )
             )
@@ -92,8 +94,20 @@ class ModelManager:
             raise ModelNotFound(f"The model '{name}' does not exist{hint}", param="model")
         return client
 
-    async def start(self) -> None:
-        await asyncio.gather(*(c.ensure_started() for c in self._clients.values()))
+    async def start(self) -> dict[str, str]:
+        """Start every model's worker; returns {name: reason} for those that failed."""
+        results = await asyncio.gather(
+            *(c.ensure_started() for c in self._clients.values()), return_exceptions=True
+        )
+        failed: dict[str, str] = {}
+        for name, result in zip(self._clients, results, strict=True):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, BaseException):
+                reason = result.message if isinstance(result, MullamaError) else repr(result)
+                log.error("model %s failed to load: %s", name, reason)
+                failed[name] = reason
+        return failed
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._clients.values()), return_exceptions=True)
