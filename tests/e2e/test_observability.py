@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import time
 import uuid
+from dataclasses import dataclass, field
 
 import httpx
 import orjson
@@ -144,83 +145,84 @@ def _stream_completion(url: str, rid: str, max_tokens: int) -> dict:
     return usage
 
 
-def test_metrics_match_a_known_set_of_requests(obs):
-    url = obs.url
-    before = scrape(url)
-    stats_before = obs.status()["stats"]
-    cm_before = httpx.get(url + "/completion-metrics").json()["models"][MODEL]
-    sent: dict[str, int] = {}  # request id -> expected status
-    prompt = completion = itl = 0
+@dataclass
+class Sent:
+    """What a known set of requests must add to the metrics."""
+
+    statuses: dict[str, int] = field(default_factory=dict)  # request id -> HTTP status
+    prompt: int = 0
+    completion: int = 0
+    itl: int = 0  # inter-token gaps: completion_tokens - 1 per sequence
+
+    def add(self, rid: str, status: int, prompt: int = 0, completion: int = 0) -> None:
+        self.statuses[rid] = status
+        self.prompt += prompt
+        self.completion += completion
+        self.itl += max(completion - 1, 0)
+
+
+def _send_successes(url: str, sent: Sent) -> None:
     for i in range(3):
         rid = f"chat-ok-{i}-{uuid.uuid4().hex[:6]}"
         r = _chat(url, rid, f"{SECRET} say hi", max_tokens=5, ignore_eos=True)
         assert r.status_code == 200 and r.headers["x-request-id"] == rid
-        sent[rid] = 200
         u = r.json()["usage"]
-        prompt, completion, itl = (
-            prompt + u["prompt_tokens"],
-            completion + u["completion_tokens"],
-            itl + u["completion_tokens"] - 1,
-        )
+        sent.add(rid, 200, u["prompt_tokens"], u["completion_tokens"])
     for i in range(2):
         rid = f"cmpl-stream-{i}-{uuid.uuid4().hex[:6]}"
         u = _stream_completion(url, rid, 4)
-        sent[rid] = 200
-        prompt, completion, itl = (
-            prompt + u["prompt_tokens"],
-            completion + u["completion_tokens"],
-            itl + u["completion_tokens"] - 1,
-        )
+        sent.add(rid, 200, u["prompt_tokens"], u["completion_tokens"])
     rid = f"ollama-{uuid.uuid4().hex[:6]}"
-    r = httpx.post(
-        url + "/api/generate",
-        json={"model": MODEL, "prompt": SECRET, "stream": False, "options": {"num_predict": 3}},
-        headers={"X-Request-ID": rid},
-        timeout=120,
-    )
+    body = {"model": MODEL, "prompt": SECRET, "stream": False, "options": {"num_predict": 3}}
+    r = httpx.post(url + "/api/generate", json=body, headers={"X-Request-ID": rid}, timeout=120)
     assert r.status_code == 200
-    sent[rid] = 200
-    o = r.json()
-    prompt, completion = prompt + o["prompt_eval_count"], completion + o["eval_count"]
-    itl += max(o["eval_count"] - 1, 0)
+    sent.add(rid, 200, r.json()["prompt_eval_count"], r.json()["eval_count"])
     rid = f"embed-{uuid.uuid4().hex[:6]}"
-    r = httpx.post(
-        url + "/v1/embeddings",
-        json={"model": MODEL, "input": SECRET},
-        headers={"X-Request-ID": rid},
-        timeout=120,
-    )
+    body = {"model": MODEL, "input": SECRET}
+    r = httpx.post(url + "/v1/embeddings", json=body, headers={"X-Request-ID": rid}, timeout=120)
     assert r.status_code == 200
-    sent[rid] = 200
-    prompt += r.json()["usage"]["prompt_tokens"]
-    # Failures: unknown model (404), invalid body (400), prompt over the context (400).
-    failures = [
-        ({"model": "nope", "messages": [{"role": "user", "content": SECRET}]}, 404, ""),
-        ({"model": MODEL, "messages": []}, 400, ""),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "hi " * 600}]}, 400, MODEL),
-    ]
-    for body, status, _ in failures:
+    sent.add(rid, 200, r.json()["usage"]["prompt_tokens"])
+
+
+def _send_failures(url: str, sent: Sent) -> None:
+    """Unknown model (404), invalid body (400), prompt over the context (400)."""
+    for body, status in (
+        ({"model": "nope", "messages": [{"role": "user", "content": SECRET}]}, 404),
+        ({"model": MODEL, "messages": []}, 400),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi " * 600}]}, 400),
+    ):
         rid = f"fail-{status}-{uuid.uuid4().hex[:6]}"
         r = httpx.post(
             url + "/v1/chat/completions", json=body, headers={"X-Request-ID": rid}, timeout=60
         )
         assert r.status_code == status, r.text
         assert r.headers["x-request-id"] == rid
-        sent[rid] = status
+        sent.add(rid, status)
 
-    # The request is counted just after its last byte is sent: poll, then compare.
+
+EXPECTED_REQUESTS = {
+    ("/v1/chat/completions", MODEL, "200"): 3,
+    ("/v1/completions", MODEL, "200"): 2,
+    ("/api/generate", MODEL, "200"): 1,
+    ("/v1/embeddings", MODEL, "200"): 1,
+    ("/v1/chat/completions", "", "404"): 1,
+    ("/v1/chat/completions", "", "400"): 1,
+    ("/v1/chat/completions", MODEL, "400"): 1,  # the model was chosen, the prompt too long
+}
+
+
+def test_metrics_match_a_known_set_of_requests(obs):
+    url = obs.url
+    before = scrape(url)
+    stats_before = obs.status()["stats"]
+    cm_before = httpx.get(url + "/completion-metrics").json()["models"][MODEL]
+    sent = Sent()
+    _send_successes(url, sent)
+    _send_failures(url, sent)
+    # A request is counted just after its last byte is sent: poll, then compare.
     wait_for(lambda: obs.status()["stats"]["total_requests"] - stats_before["total_requests"] >= 10)
     after = scrape(url)
-    expected_requests = {
-        ("/v1/chat/completions", MODEL, "200"): 3,
-        ("/v1/completions", MODEL, "200"): 2,
-        ("/api/generate", MODEL, "200"): 1,
-        ("/v1/embeddings", MODEL, "200"): 1,
-        ("/v1/chat/completions", "", "404"): 1,
-        ("/v1/chat/completions", "", "400"): 1,
-        ("/v1/chat/completions", MODEL, "400"): 1,
-    }
-    for (endpoint, model, status), n in expected_requests.items():
+    for (endpoint, model, status), n in EXPECTED_REQUESTS.items():
         labels = {"endpoint": endpoint, "model": model, "status": status}
         assert delta(before, after, "mullama_requests_total", **labels) == n, labels
         assert delta(before, after, "mullama_request_duration_seconds_count", **labels) == n
@@ -229,9 +231,9 @@ def test_metrics_match_a_known_set_of_requests(obs):
     m = {"model": MODEL}
     assert delta(before, after, "mullama_time_to_first_token_seconds_count", **m) == 6
     assert delta(before, after, "mullama_queue_wait_seconds_count", **m) == 6
-    assert delta(before, after, "mullama_inter_token_latency_seconds_count", **m) == itl
-    assert delta(before, after, "mullama_generated_tokens_total", **m) == completion
-    assert delta(before, after, "mullama_prompt_tokens_total", **m) == prompt
+    assert delta(before, after, "mullama_inter_token_latency_seconds_count", **m) == sent.itl
+    assert delta(before, after, "mullama_generated_tokens_total", **m) == sent.completion
+    assert delta(before, after, "mullama_prompt_tokens_total", **m) == sent.prompt
     assert delta(before, after, "mullama_model_load_seconds_count", **m) == 0
     assert after[("mullama_model_load_seconds_count", frozenset(m.items()))] == 1
     assert after[("mullama_requests_active", frozenset())] == 0
@@ -240,18 +242,18 @@ def test_metrics_match_a_known_set_of_requests(obs):
     stats = obs.status()["stats"]
     assert stats["total_requests"] - stats_before["total_requests"] == 10
     assert stats["failed_requests"] - stats_before["failed_requests"] == 3
-    assert stats["tokens_generated"] - stats_before["tokens_generated"] == completion
+    assert stats["tokens_generated"] - stats_before["tokens_generated"] == sent.completion
     assert stats["active_requests"] == 0 and stats["queued_requests"] == 0
 
     cm = httpx.get(url + "/v1/completion-metrics").json()["models"][MODEL]
     assert cm["total_requests"] - cm_before["total_requests"] == 8
     assert cm["successful_requests"] - cm_before["successful_requests"] == 7
-    assert cm["completion_tokens"] - cm_before["completion_tokens"] == completion
-    assert cm["prompt_tokens"] - cm_before["prompt_tokens"] == prompt
+    assert cm["completion_tokens"] - cm_before["completion_tokens"] == sent.completion
+    assert cm["prompt_tokens"] - cm_before["prompt_tokens"] == sent.prompt
     assert 0 < cm["success_rate"] <= 1 and cm["ttft_avg_ms"] > 0 and cm["ttft_p95_ms"] > 0
     assert cm["tokens_per_second_avg"] > 0
 
-    _check_access_log(obs, sent)
+    _check_access_log(obs, sent.statuses)
 
 
 def _access_lines(obs) -> list[dict]:

@@ -142,18 +142,22 @@ class Metrics:
         self.model_load_failures = Counter(
             "mullama_model_load_failures", "Model loads that failed.", ["model"], registry=r
         )
-        for name in models:  # series exist (at 0) from the start: rate() works at once
-            for per_model in (
-                self.ttft,
-                self.itl,
-                self.prompt_tokens,
-                self.generated_tokens,
-                self.queue_wait,
-                self.model_load,
-                self.model_load_failures,
-            ):
-                per_model.labels(name)
+        for name in models:
+            self._precreate(name)
         r.register(_LiveCollector(snapshot))
+
+    def _precreate(self, model: str) -> None:
+        """Per-model series exist (at 0) from the start, so rate() works at once."""
+        for per_model in (
+            self.ttft,
+            self.itl,
+            self.prompt_tokens,
+            self.generated_tokens,
+            self.queue_wait,
+            self.model_load,
+            self.model_load_failures,
+        ):
+            per_model.labels(model)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
