@@ -50,6 +50,19 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="Log line format on stderr: json (one object per line) or text; "
+        "auto = text on a terminal, json otherwise.",
+    )
+    log_file: str | None = Field(
+        None, description="Also append log lines to this file (the daemon's and workers')."
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="Export OpenTelemetry traces over OTLP/HTTP to this URL "
+        "(e.g. http://127.0.0.1:4318); needs the tracing extra.",
+    )
     max_body_size: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes."
     )

@@ -245,6 +245,7 @@ def test_queue_limit_gives_503_with_retry_after():
         d.stop()
 
 
+@pytest.mark.timeout(900)  # 50 rounds of process starts: a hang guard, on a shared machine
 def test_load_unload_request_races_never_crash_or_hang():
     d = Daemon(
         "--model",

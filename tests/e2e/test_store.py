@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -191,16 +192,54 @@ def test_cli_refuses_bad_names(hub, tmp_path, name):
 
 
 def test_corrupt_gguf_refused_before_any_worker(tmp_path):
+    """A truncated or bit-flipped GGUF fails that model alone, with an error naming the
+    file; no worker is started for it and the daemon keeps serving the others."""
     good = tiny_gguf(tmp_path / "good.gguf", 4096).read_bytes()
     (tmp_path / "truncated.gguf").write_bytes(good[:-64])
     flipped = bytearray(good)
     flipped[30] ^= 0x7F
     (tmp_path / "flipped.gguf").write_bytes(bytes(flipped))
-    for name in ("truncated.gguf", "flipped.gguf"):
-        d = Daemon("--model", str(tmp_path / name))
-        assert d.proc.wait(60) == 1
+    d = Daemon(
+        "--model",
+        f"truncated={tmp_path / 'truncated.gguf'}",
+        "--model",
+        f"flipped={tmp_path / 'flipped.gguf'}",
+        "--model",
+        "smollm2:135m",
+        "--parallel",
+        "1",
+        "--context-size",
+        "512",
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert d.proc.poll() is None, d.log()
+            try:
+                ready = httpx.get(d.url + "/health/ready", timeout=2)
+                if ready.json().get("failed_models"):
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, d.log()
+            time.sleep(0.2)
+        assert ready.status_code == 503
+        assert set(ready.json()["failed_models"]) == {"truncated", "flipped"}
+        for name in ("truncated", "flipped"):
+            r = httpx.post(d.url + "/v1/completions", json={"model": name, "prompt": "x"})
+            assert r.status_code == 500
+            assert f"{name}.gguf: not a valid GGUF model file" in r.json()["error"]["message"]
+            assert not httpx.get(d.url + "/api/ps").json()["models"] or all(
+                m["name"] != name for m in httpx.get(d.url + "/api/ps").json()["models"]
+            )
+        ok = httpx.post(
+            d.url + "/v1/completions",
+            json={"model": "smollm2:135m", "prompt": "x", "max_tokens": 2},
+        )
+        assert ok.status_code == 200
+    finally:
         d.stop()
-        assert f"{name}: not a valid GGUF model file" in d.log_path.read_text()
+    for name in ("truncated.gguf", "flipped.gguf"):
         show = subprocess.run(
             [sys.executable, "-m", "mullama", "show", str(tmp_path / name)],
             capture_output=True,
@@ -253,5 +292,42 @@ def test_ollama_client_pull_copy_delete_create(hub, tmp_path):
         assert err.value.status_code == 404
         r = httpx.post(d.url + "/api/create", json={"model": "x", "from": "/etc/passwd.gguf"})
         assert r.status_code == 400 and "error" in r.json()
+    finally:
+        d.stop()
+
+
+def test_pulled_model_is_served_on_demand(hub, tmp_path):
+    """A model pulled through the API is loaded on its first request, no --model needed,
+    and unloads after its keep-alive."""
+    cache = tmp_path / "cache"
+    d = Daemon(
+        "--parallel",
+        "2",
+        "--context-size",
+        "1024",
+        "--keep-alive",
+        "1s",
+        env=env_for(hub, cache),
+    ).wait_healthy()
+    try:
+        client = ollama.Client(host=d.url, timeout=120)
+        assert client.pull(NAME).status == "success"
+        loaded = {m.model for m in client.ps().models}
+        assert NAME not in loaded
+        reply = client.chat(
+            model=NAME,
+            messages=[{"role": "user", "content": "Hi"}],
+            options={"num_predict": 5, "temperature": 0},
+            stream=False,
+        )
+        assert reply.message.content and reply.load_duration > 0
+        oai = openai.OpenAI(base_url=d.url + "/v1", api_key="x", max_retries=0)
+        out = oai.completions.create(model=NAME, prompt="Hello", max_tokens=3)
+        assert out.choices[0].text
+        oai.close()
+        deadline = time.monotonic() + 60
+        while NAME in {m.model for m in client.ps().models}:
+            assert time.monotonic() < deadline, "keep-alive never unloaded it"
+            time.sleep(0.2)
     finally:
         d.stop()

@@ -1,9 +1,11 @@
-"""/health and /api/system/status."""
+"""/health, /health/live, /health/ready and /api/system/status.
+
+These handlers only read in-memory state (the engines run in other processes), so they
+answer at once even while every sequence is decoding."""
 
 from __future__ import annotations
 
 import os
-import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import ORJSONResponse
@@ -13,21 +15,28 @@ from .. import __version__
 router = APIRouter()
 
 
-def _uptime(request: Request) -> float:
-    return time.time() - request.app.state.started_at
-
-
 @router.get("/health")
 @router.get("/v1/health")
 async def health(request: Request) -> ORJSONResponse:
-    models = request.app.state.models
+    """200 while serving; 503 while the preloaded models are still loading (like
+    llama-server) and once stopped. ``status`` is ok, degraded (a model failed to load),
+    starting, draining or stopped."""
+    lifecycle = request.app.state.lifecycle
+    obs = request.app.state.obs
+    phase = lifecycle.phase.value
+    if phase == "ready":
+        status = "degraded" if lifecycle.failed_models else "ok"
+    else:
+        status = phase
+    code = 503 if phase in ("starting", "stopped") else 200
     return ORJSONResponse(
         {
-            "status": "ok",
-            "models_loaded": sum(1 for c in models.clients() if c.alive),
-            "uptime_secs": round(_uptime(request), 3),
+            "status": status,
+            "models_loaded": sum(1 for c in request.app.state.models.clients() if c.alive),
+            "uptime_secs": round(obs.uptime(), 3),
             "version": __version__,
-        }
+        },
+        status_code=code,
     )
 
 
@@ -46,43 +55,44 @@ async def ready(request: Request) -> ORJSONResponse:
     return ORJSONResponse(body, status_code=200 if lifecycle.ready else 503)
 
 
-def _rss_bytes(pid: int | None) -> int:
-    if pid is None:
-        return 0
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 @router.get("/api/system/status")
 async def system_status(request: Request) -> ORJSONResponse:
-    models = request.app.state.models
+    obs = request.app.state.obs
+    lifecycle = request.app.state.lifecycle
+    snapshot = obs.snapshot()
+    snaps = {s.name: s for s in snapshot.models}
     loaded = []
-    for c in models.clients():
-        st = c.stats()
+    for c in request.app.state.models.clients():
+        st, snap = c.stats(), snaps[c.name]
         loaded.append(
             {
                 "name": c.name,
-                "loaded": c.alive,
-                "pid": c.pid if c.alive else None,
-                "active_sequences": st.active if c.alive else 0,
-                "queued_sequences": st.queued if c.alive else 0,
-                "kv_cache_used": st.kv_used,
+                "loaded": snap.loaded,
+                "pid": c.pid if snap.loaded else None,
+                "active_sequences": snap.active,
+                "queued_sequences": snap.queued,
+                "kv_cache_used": snap.kv_used,
+                "kv_cache_size": snap.kv_size,
                 "tokens_generated": st.generated_total,
-                "kv_cache_size": st.kv_size,
+                "tokens_per_second": round(snap.tokens_per_second, 3),
                 "parallel": c.spec.parallel,
                 "context_size": c.spec.context_size,
-                "memory_bytes": _rss_bytes(c.pid) if c.alive else 0,
+                "memory_bytes": snap.memory_bytes,
                 "restarts": c.restarts,
+                "load_error": lifecycle.failed_models.get(c.name),
             }
         )
     return ORJSONResponse(
         {
             "version": __version__,
-            "uptime_secs": round(_uptime(request), 3),
+            "status": lifecycle.phase.value,
+            "uptime_secs": round(snapshot.uptime, 3),
             "models_loaded": loaded,
-            "memory": {"rss_bytes": _rss_bytes(os.getpid())},
+            "stats": obs.stats(),
+            "memory": {
+                "rss_bytes": snapshot.daemon_memory_bytes,
+                "models_rss_bytes": sum(m.memory_bytes for m in snaps.values()),
+            },
+            "pid": os.getpid(),
         }
     )

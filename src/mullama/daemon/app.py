@@ -1,7 +1,9 @@
-"""App factory: wires settings, the model manager and the API routers together."""
+"""App factory: wires settings, the model manager, observability and the API routers."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -9,7 +11,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ..api import health
+from .. import __version__
+from ..api import health, monitoring
 from ..api.errors import install_error_handlers
 from ..api.ollama import routes as ollama_routes
 from ..api.ollama.manage import ModelAdmin
@@ -20,26 +23,50 @@ from ..api.openai.service import OpenAIService
 from ..config import Settings
 from ..models.manager import ModelManager
 from ..models.store import ModelStore
+from ..observability.access import AccessLogMiddleware
+from ..observability.hub import Observability
+from ..observability.tracing import Tracing
 from .lifecycle import Lifecycle, Phase
 from .middleware import BodyLimitMiddleware, RequestIdMiddleware
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, models: ModelManager | None = None) -> FastAPI:
+async def preload(manager: ModelManager, lifecycle: Lifecycle) -> None:
+    """Load the configured models in the background: the HTTP server answers meanwhile
+    (/health/ready says 503 until this is done, and stays 503 if a model failed)."""
+    failed = await manager.start()
+    lifecycle.failed_models.update(failed)
+    if lifecycle.phase is Phase.STARTING:  # not if a drain began meanwhile
+        lifecycle.phase = Phase.READY
+    loaded = [n for n in manager.names if n not in failed]
+    log.info("serving models: %s", ", ".join(loaded) or "(none)")
+
+
+def create_app(
+    settings: Settings, models: ModelManager | None = None, tracing: Tracing | None = None
+) -> FastAPI:
     manager = models if models is not None else ModelManager(settings)
+    if tracing is None and settings.otlp_endpoint:
+        tracing = Tracing.from_endpoint(settings.otlp_endpoint, __version__)
+    obs = Observability(manager, tracing)
+    manager.set_observer(obs)  # also for models loaded on demand later
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         lifecycle: Lifecycle = app.state.lifecycle
-        lifecycle.failed_models.update(await manager.start())
-        lifecycle.phase = Phase.READY
-        log.info("serving models: %s", ", ".join(manager.names))
+        loading = asyncio.create_task(preload(manager, lifecycle), name="preload")
+        app.state.preload = loading
         try:
             yield
         finally:
             lifecycle.phase = Phase.STOPPED
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loading
             await manager.close()
+            if tracing is not None:
+                tracing.shutdown()
 
     app = FastAPI(
         title="Mullama",
@@ -52,6 +79,7 @@ def create_app(settings: Settings, models: ModelManager | None = None) -> FastAP
     app.state.models = manager
     app.state.started_at = time.time()
     app.state.lifecycle = Lifecycle()
+    app.state.obs = obs
     app.state.openai = OpenAIService(manager)
     app.state.ollama = OllamaService(manager)
     store = ModelStore(settings.cache_dir)
@@ -60,9 +88,11 @@ def create_app(settings: Settings, models: ModelManager | None = None) -> FastAP
     app.state.model_admin = ModelAdmin(store)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(monitoring.router)
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
-    # Outermost last: request id, then the body limit.
+    # Added innermost first: request id (outermost), access log, then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_size)
+    app.add_middleware(AccessLogMiddleware, obs=obs)
     app.add_middleware(RequestIdMiddleware)
     return app

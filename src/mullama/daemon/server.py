@@ -3,34 +3,26 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import uvicorn
 
 from ..config import Settings
 from ..errors import MullamaError
 from ..models.manager import ModelManager
+from ..observability.logging import setup_logging
 from .app import create_app
 
 log = logging.getLogger(__name__)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def serve(settings: Settings) -> int:
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, settings.log_file)
     try:
         manager = ModelManager(settings)
+        app = create_app(settings, manager)
     except MullamaError as exc:
         log.error("%s", exc.message)
         return 1
-    app = create_app(settings, manager)
     config = uvicorn.Config(
         app,
         host=settings.http_addr,
@@ -38,7 +30,8 @@ def serve(settings: Settings) -> int:
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
-        access_log=False,
+        log_config=None,  # uvicorn's loggers go through ours (same format, same file)
+        access_log=False,  # one access line per request comes from our middleware
         timeout_graceful_shutdown=30,
     )
     server = uvicorn.Server(config)

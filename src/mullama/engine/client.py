@@ -21,8 +21,12 @@ from .protocol import (
     HEADER_SIZE,
     Chunk,
     Embeddings,
+    EngineObserver,
     GenerateRequest,
+    GenerationObserver,
     ModelStats,
+    NullGenerationObserver,
+    NullObserver,
     decode_header,
     encode_frame,
 )
@@ -40,6 +44,8 @@ class WorkerSpec:
     threads: int = 0
     gpu_layers: int = 0
     log_level: str = "info"
+    log_format: str = "auto"
+    log_file: str | None = None
     load_timeout: float = 300.0
 
 
@@ -47,6 +53,7 @@ class WorkerSpec:
 class _Stream:
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     done: bool = False
+    obs: GenerationObserver = field(default_factory=NullGenerationObserver)
 
 
 class WorkerClient:
@@ -65,6 +72,8 @@ class WorkerClient:
         self._seq = 0
         self._closing = False
         self.restarts = 0
+        # Metrics/logs/tracing hooks; the daemon sets a real one (engine/ stays plain).
+        self.observer: EngineObserver = NullObserver()
 
     # ---- lifecycle ------------------------------------------------------------
 
@@ -81,7 +90,13 @@ class WorkerClient:
             return
         async with self._start_lock:
             if not self.alive:
-                await self._spawn()
+                started = time.monotonic()
+                try:
+                    await self._spawn()
+                except Exception as exc:
+                    self.observer.loaded(self.name, time.monotonic() - started, exc)
+                    raise
+                self.observer.loaded(self.name, time.monotonic() - started, None)
 
     async def _spawn(self) -> None:
         parent, child = socket.socketpair()
@@ -193,9 +208,14 @@ class WorkerClient:
         ev = msg["ev"]
         if ev == "step":
             streams = self._streams
+            for sid, wait in msg.get("adm", ()):
+                stream = streams.get(sid)
+                if stream is not None:
+                    stream.obs.admitted(wait)
             for item in msg["out"]:
                 stream = streams.get(item[0])
                 if stream is not None:
+                    stream.obs.output(item[2], item[4])
                     stream.queue.put_nowait(("chunk", item))
             st = self._stats
             st.active, st.queued, st.kv_used = msg["active"], msg["queued"], msg["kv_used"]
@@ -207,6 +227,8 @@ class WorkerClient:
         if ev == "error":
             stream.queue.put_nowait(("error", MullamaError.from_wire(msg["error"])))
         else:
+            if ev == "accepted":
+                stream.obs.accepted(msg["prompt_tokens"])
             stream.queue.put_nowait((ev, msg))
 
     # ---- EngineClient -------------------------------------------------------------
@@ -229,11 +251,12 @@ class WorkerClient:
         request, then text deltas, the last one with finish_reason set."""
         await self.ensure_started()
         sid = self._new_id(request.request_id)
-        stream = _Stream()
+        stream = _Stream(obs=self.observer.generation(self.name, request.request_id))
         self._streams[sid] = stream
         wire = request.to_wire()
         wire["request_id"] = sid
         wire["op"] = "generate"
+        error: BaseException | None = None
         try:
             self._send(wire)
             while True:
@@ -252,7 +275,11 @@ class WorkerClient:
                 else:
                     stream.done = True
                     raise payload
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
+            stream.obs.closed(error)
             self._streams.pop(sid, None)
             if not stream.done and self._writer is not None:
                 with contextlib.suppress(Exception):
@@ -270,6 +297,7 @@ class WorkerClient:
             self._streams.pop(sid, None)
         if kind == "error":
             raise payload
+        self.observer.embedded(self.name, int(payload["tokens"]))
         return Embeddings(payload["vectors"], payload["tokens"])
 
 

@@ -7,24 +7,39 @@ the engine worker process. Every ctypes call releases the GIL.
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import os
-import sys
 from dataclasses import dataclass
 
 import llama_cpp as lc
 
 _LOG_VERBOSE = False
+_native_log = logging.getLogger("mullama.llama")
+# ggml log levels: 1 info, 2 warn, 3 error, 4 debug, 5 continuation of the last message.
+_LEVELS = {1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+_pending: list[str] = []
+_pending_level = [logging.ERROR]
 
 
 @lc.llama_log_callback
 def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    # 2 = warn, 3 = error; everything else only in verbose (debug) mode.
-    if _LOG_VERBOSE or level == 3:
-        try:
-            sys.stderr.write(text.decode("utf-8", "replace"))
-        except Exception:  # noqa: BLE001 - logging must never raise into C
-            pass
+    # Errors always, everything else only in verbose (debug) mode. Lines go through
+    # Python logging, so they come out in the configured format (JSON or text).
+    try:
+        if level != 5:
+            _pending_level[0] = _LEVELS.get(level, logging.INFO)
+        if not (_LOG_VERBOSE or _pending_level[0] >= logging.ERROR):
+            return
+        piece = text.decode("utf-8", "replace")
+        _pending.append(piece)
+        if piece.endswith("\n"):
+            line = "".join(_pending).rstrip()
+            _pending.clear()
+            if line:
+                _native_log.log(_pending_level[0], "%s", line)
+    except Exception:  # noqa: BLE001 - logging must never raise into C
+        pass
 
 
 def init_backend(verbose: bool = False) -> None:
@@ -195,6 +210,9 @@ class ContextConfig:
     n_threads: int
     embeddings: bool = False
     pooling: int = lc.LLAMA_POOLING_TYPE_UNSPECIFIED
+    # One KV stream per sequence (False) keeps each sequence's attention to its own
+    # cells; a unified pool (True) makes every token attend over all sequences' cells.
+    kv_unified: bool = False
 
 
 class Context:
@@ -211,7 +229,7 @@ class Context:
         p.n_seq_max = cfg.n_seq_max
         p.n_threads = cfg.n_threads
         p.n_threads_batch = cfg.n_threads
-        p.kv_unified = True
+        p.kv_unified = cfg.kv_unified
         p.no_perf = True
         if cfg.embeddings:
             p.embeddings = True

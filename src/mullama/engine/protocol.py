@@ -99,3 +99,59 @@ class EngineClient(Protocol):
     async def embed(self, inputs: list[str], truncate: bool = False) -> Embeddings: ...
 
     def stats(self) -> ModelStats: ...
+
+
+# ---- observation hooks ------------------------------------------------------------
+# The engine client reports what happens to each generation through these; the daemon
+# plugs in metrics, access-log and tracing (engine/ never imports those itself).
+
+
+class GenerationObserver(Protocol):
+    """One generation (one sequence), from the daemon's side; times are taken on call."""
+
+    def accepted(self, prompt_tokens: int) -> None: ...
+
+    def admitted(self, queue_wait: float) -> None:
+        """The worker gave the sequence a slot after ``queue_wait`` seconds in its queue."""
+
+    def output(self, n_generated: int, finish: str | None) -> None:
+        """A step produced tokens for it (``n_generated`` so far; the first call is the
+        first token)."""
+
+    def closed(self, error: BaseException | None) -> None:
+        """Always called once at the end: finished, failed (``error``) or cancelled."""
+
+
+class EngineObserver(Protocol):
+    def generation(self, model: str, request_id: str) -> GenerationObserver: ...
+
+    def embedded(self, model: str, prompt_tokens: int) -> None: ...
+
+    def loaded(self, model: str, seconds: float, error: BaseException | None) -> None: ...
+
+
+class NullGenerationObserver:
+    def accepted(self, prompt_tokens: int) -> None:
+        pass
+
+    def admitted(self, queue_wait: float) -> None:
+        pass
+
+    def output(self, n_generated: int, finish: str | None) -> None:
+        pass
+
+    def closed(self, error: BaseException | None) -> None:
+        pass
+
+
+class NullObserver:
+    _gen = NullGenerationObserver()
+
+    def generation(self, model: str, request_id: str) -> GenerationObserver:
+        return self._gen
+
+    def embedded(self, model: str, prompt_tokens: int) -> None:
+        pass
+
+    def loaded(self, model: str, seconds: float, error: BaseException | None) -> None:
+        pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -44,6 +45,8 @@ class Sequence:
     order: int = 0
     cancelled: bool = False
     finish: str | None = None
+    submitted_at: float = 0.0  # time.monotonic() when queued
+    admitted_at: float | None = None  # first time it got a slot
 
     @property
     def remaining(self) -> int:
@@ -90,6 +93,8 @@ class Scheduler:
         self._order = itertools.count()
         self.by_id: dict[str, Sequence] = {}
         self.generated_total = 0
+        # Sequences that got their first slot in the last step (for queue-wait metrics).
+        self.admitted: list[Sequence] = []
 
     # ---- bookkeeping -------------------------------------------------------------
 
@@ -109,6 +114,7 @@ class Scheduler:
         return bool(self.running or self.waiting)
 
     def submit(self, seq: Sequence) -> None:
+        seq.submitted_at = time.monotonic()
         self.by_id[seq.id] = seq
         self.waiting.append(seq)
 
@@ -122,6 +128,7 @@ class Scheduler:
     def step(self) -> list[Output]:
         """Admit, build one batch, decode it, sample. Returns what to send to clients."""
         out: list[Output] = []
+        self.admitted = []
         self._drop_cancelled()
         self._admit()
         if not self.running:
@@ -175,6 +182,9 @@ class Scheduler:
             seq.n_past = reuse
             seq.order = next(self._order)
             self.running.append(seq)
+            if seq.admitted_at is None:
+                seq.admitted_at = time.monotonic()
+                self.admitted.append(seq)
 
     def _best_slot(self, free: list[Slot], tokens: list[int]) -> Slot:
         if not self.prefix_cache:
@@ -264,7 +274,8 @@ class Scheduler:
                 if not stopped:
                     text += seq.stops.flush()
             seq.finish = finish
-        if text or finish is not None:
+        # The first token is always reported (time to first token), text or not.
+        if text or finish is not None or seq.n_generated == 1:
             out.append(Output(seq.id, text, seq.n_generated, seq.n_prompt, finish))
 
     def _release(self, seq: Sequence, keep_cache: bool = True) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from ..errors import ContextLengthExceeded, InvalidParameter, MullamaError, ServerError
+from ..observability.logging import setup_logging
 from .chat_template import ChatTemplate, TemplateRenderError
 from .detokenize import StopMatcher
 from .llama import (
@@ -312,13 +313,17 @@ class Worker:
                 self._fail_all(str(exc))
                 continue
             stats = (sched.n_active, sched.n_queued)
-            if outputs or stats != self._last_stats:
+            if outputs or sched.admitted or stats != self._last_stats:
                 self._last_stats = stats
                 self.chan.send(
                     {
                         "ev": "step",
                         "out": [
                             [o.id, o.text, o.n_generated, o.n_prompt, o.finish] for o in outputs
+                        ],
+                        # [id, seconds waited in the queue] for sequences just given a slot
+                        "adm": [
+                            [s.id, (s.admitted_at or 0.0) - s.submitted_at] for s in sched.admitted
                         ],
                         "active": stats[0],
                         "queued": stats[1],
@@ -340,10 +345,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spec", required=True)
     args = parser.parse_args(argv)
     spec = orjson.loads(args.spec)
-    logging.basicConfig(
-        level=getattr(logging, str(spec.get("log_level", "info")).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s[worker %(process)d]: %(message)s",
-        stream=sys.stderr,
+    setup_logging(
+        str(spec.get("log_level", "info")),
+        str(spec.get("log_format", "auto")),
+        spec.get("log_file") or None,
+        static={"model": spec.get("name", "")},
+        tag=f"worker {os.getpid()} {spec.get('name', '')}",
     )
     chan = Channel(socket.socket(fileno=args.fd))
     init_backend(verbose=spec.get("log_level") == "debug")

@@ -111,6 +111,7 @@ class ModelManager:
         self._slots: dict[str, Slot] = {}
         self._changed = asyncio.Condition()
         self._closing = False
+        self._observer: Any = None
         for spec in settings.model or [EMBEDDED_NAME]:
             ref = resolve(spec, cache_dir=settings.cache_dir)
             if ref.name in self._slots:
@@ -132,9 +133,13 @@ class ModelManager:
                 threads=opts.threads,
                 gpu_layers=opts.gpu_layers,
                 log_level=s.log_level,
+                log_format=s.log_format,
+                log_file=s.log_file,
                 load_timeout=s.load_timeout,
             )
         )
+        if self._observer is not None:
+            client.observer = self._observer
         keep = self.default_keep_alive
         if opts.keep_alive is not None:
             keep = parse_keep_alive(opts.keep_alive)
@@ -169,6 +174,12 @@ class ModelManager:
         close = difflib.get_close_matches(name, self._slots, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         return ModelNotFound(f"The model '{name}' does not exist{hint}", param="model")
+
+    def set_observer(self, observer: Any) -> None:
+        """Engine events (accept, admit, tokens, load) of every model go to ``observer``."""
+        self._observer = observer
+        for slot in self._slots.values():
+            slot.client.observer = observer
 
     @property
     def names(self) -> list[str]:
@@ -218,7 +229,16 @@ class ModelManager:
             if slot.last_error is not None and now < slot.retry_at:
                 raise _copy_error(slot.last_error, f" (retrying in {slot.retry_at - now:.0f}s)")
             self._check_crash_loop(slot)
-            need = await asyncio.to_thread(self._estimate, slot)
+            try:  # reads and checks the GGUF before any worker starts
+                need = await asyncio.to_thread(self._estimate, slot)
+            except MullamaError as exc:
+                bad = ServerError(
+                    f"model {slot.entry.name!r} cannot be loaded: {exc.message}",
+                    code=exc.code,
+                )
+                self._record_failure(slot, bad)
+                slot.client.observer.loaded(slot.entry.name, 0.0, bad)
+                raise bad from exc
             await self._make_room(slot, need)  # sets slot.loading
             try:
                 await slot.client.ensure_started()
@@ -415,8 +435,12 @@ class ModelManager:
         results = await asyncio.gather(*(self.load(n) for n in names), return_exceptions=True)
         failed = {}
         for name, res in zip(names, results, strict=True):
+            if isinstance(res, asyncio.CancelledError):
+                raise res
             if isinstance(res, BaseException):
-                failed[name] = str(getattr(res, "message", res))
+                reason = res.message if isinstance(res, MullamaError) else repr(res)
+                log.error("model %s failed to load: %s", name, reason)
+                failed[name] = reason
         return failed
 
     async def close(self) -> None:

@@ -53,8 +53,9 @@ def check_model_file(path: Path) -> Path:
 
 def resolve(spec: str, *, cache_dir: str | Path | None = None) -> ModelRef:
     """``smollm2:135m``, a model in the store (pulled, created, copied), ``path/to/x.gguf``
-    (served under its stem) or ``NAME=SPEC``. The file is GGUF-checked before it is
-    returned, so a corrupt file is a clear error here rather than a crash of a worker."""
+    (served under its stem) or ``NAME=SPEC``. The file is GGUF-checked when the model is
+    loaded (models/manager.py), so a corrupt file fails that model alone, with a clear
+    error naming the file, and never a worker or the daemon."""
     spec = spec.strip()
     if not spec:
         raise ClientError("empty model name")
@@ -72,14 +73,14 @@ def resolve(spec: str, *, cache_dir: str | Path | None = None) -> ModelRef:
     if is_local_path(spec) or (not spec.startswith(("hf:", "hf.co/")) and path.is_file()):
         if not path.is_file():
             raise ModelNotFound(f"model file not found: {path}")
-        return ModelRef(path.stem, check_model_file(path.resolve()))
+        return ModelRef(path.stem, path.resolve())
     check_name(spec)
     store = ModelStore(cache_dir if cache_dir is not None else default_cache_dir())
     manifest = store.get(spec)
     if manifest is not None:
         return ModelRef(
             spec,
-            check_model_file(store.model_path(manifest)),
+            store.model_path(manifest),
             system=manifest.system,
             template=manifest.template,
             parameters=dict(manifest.parameters),

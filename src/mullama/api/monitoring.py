@@ -1,0 +1,21 @@
+"""/metrics (Prometheus text format) and /completion-metrics (a JSON summary per model)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import ORJSONResponse, Response
+
+from ..observability.metrics import CONTENT_TYPE
+
+router = APIRouter()
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.obs.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/completion-metrics")
+@router.get("/v1/completion-metrics")
+async def completion_metrics(request: Request) -> ORJSONResponse:
+    return ORJSONResponse(request.app.state.obs.completion_metrics())

@@ -1,0 +1,1 @@
+"""Metrics, logs and traces. Importing this package pulls in nothing optional."""

@@ -1,0 +1,273 @@
+"""The daemon's observability hub: one per app. It is the engine observer (the engine
+client calls it as generations progress), it closes each request (metrics, per-model
+summary, access log line, span) and it answers snapshots for gauges and status pages."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from .. import __version__
+from ..errors import MullamaError
+from .metrics import Metrics, ModelSnapshot, Snapshot
+from .requests import ModelSummary, RateMeter, RequestRecord, current_request
+from .tracing import Tracing
+
+access_log = logging.getLogger("mullama.access")
+
+# Probes and scrapes: counted in mullama_requests_total under their own endpoint, but not
+# as API requests (active/total/failed stats) and logged at DEBUG, not INFO.
+MONITORING_PATHS = frozenset(
+    {
+        "/health",
+        "/v1/health",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+        "/completion-metrics",
+        "/v1/completion-metrics",
+        "/api/system/status",
+    }
+)
+
+
+def rss_bytes(pid: int | None) -> int:
+    if pid is None:
+        return 0
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _ns(record: RequestRecord, t: float) -> int:
+    """A perf_counter time as wall-clock nanoseconds (for spans)."""
+    return record.started_ns + int((t - record.started) * 1e9)
+
+
+class GenerationTracker:
+    """One sequence: feeds token counters, TTFT/ITL/queue histograms, the request record
+    and (with tracing) queue/prefill/decode spans."""
+
+    def __init__(self, hub: Observability, model: str, record: RequestRecord | None) -> None:
+        m = hub.metrics
+        self.hub = hub
+        self.model = model
+        self.record = record
+        self.started = time.perf_counter()
+        self.admitted_at: float | None = None
+        self.queue_wait = 0.0
+        self.first: float | None = None
+        self.last = 0.0
+        self.n = 0
+        self.finish: str | None = None
+        self._itl = m.itl.labels(model)
+        self._generated = m.generated_tokens.labels(model)
+        self._rate = hub.rates.setdefault(model, RateMeter())
+        if record is not None:
+            record.model = model
+
+    def accepted(self, prompt_tokens: int) -> None:
+        self.hub.metrics.prompt_tokens.labels(self.model).inc(prompt_tokens)
+        if self.record is not None:
+            self.record.prompt_tokens += prompt_tokens
+
+    def admitted(self, queue_wait: float) -> None:
+        self.admitted_at = time.perf_counter()
+        self.queue_wait = max(queue_wait, 0.0)
+        self.hub.metrics.queue_wait.labels(self.model).observe(self.queue_wait)
+
+    def output(self, n_generated: int, finish: str | None) -> None:
+        now = time.perf_counter()
+        if finish is not None:
+            self.finish = finish
+        if self.first is None:
+            self.first = now
+            rec = self.record
+            start = rec.started if rec is not None else self.started
+            self.hub.metrics.ttft.labels(self.model).observe(now - start)
+            if rec is not None and (rec.first_token is None or now < rec.first_token):
+                rec.first_token = now
+            new = n_generated
+        else:
+            new = n_generated - self.n
+            if new > 0:
+                # Tokens that arrive together (text held back for a stop string) share
+                # the gap: one observation per token.
+                gap = (now - self.last) / new
+                for _ in range(new):
+                    self._itl.observe(gap)
+        if new > 0:
+            self.last = now
+            self.n = n_generated
+            self._generated.inc(new)
+            self._rate.add(new)
+            self.hub.tokens_generated += new
+
+    def closed(self, error: BaseException | None) -> None:
+        rec = self.record
+        if rec is None:
+            return
+        rec.completion_tokens += self.n
+        if isinstance(error, MullamaError):
+            rec.error = True
+            rec.finish_reasons.append("error")
+        elif self.finish is not None:
+            rec.finish_reasons.append(self.finish)
+        tracing = self.hub.tracing
+        if tracing is not None and rec.span is not None:
+            self._spans(tracing, rec, time.perf_counter())
+
+    def _spans(self, tracing: Tracing, rec: RequestRecord, end: float) -> None:
+        attrs = {"gen_ai.request.model": self.model}
+        if self.admitted_at is not None:
+            queued = self.admitted_at - self.queue_wait
+            tracing.child(rec.span, "queue", _ns(rec, queued), _ns(rec, self.admitted_at), **attrs)
+            first = self.first if self.first is not None else end
+            tracing.child(rec.span, "prefill", _ns(rec, self.admitted_at), _ns(rec, first), **attrs)
+        if self.first is not None:
+            tracing.child(
+                rec.span,
+                "decode",
+                _ns(rec, self.first),
+                _ns(rec, end),
+                **attrs,
+                **{"gen_ai.usage.output_tokens": self.n},
+            )
+
+
+class Observability:
+    def __init__(self, models: Any, tracing: Tracing | None = None) -> None:
+        self.models = models  # ModelManager: names, clients()
+        self.tracing = tracing
+        self.started = time.time()
+        self.rates: dict[str, RateMeter] = {name: RateMeter() for name in models.names}
+        self.summaries: dict[str, ModelSummary] = {name: ModelSummary() for name in models.names}
+        self.active_requests = 0
+        self.total_requests = 0
+        self.failed_requests = 0
+        self.tokens_generated = 0
+        self.metrics = Metrics(self.snapshot, models.names)
+
+    # ---- EngineObserver --------------------------------------------------------------
+
+    def generation(self, model: str, request_id: str) -> GenerationTracker:
+        return GenerationTracker(self, model, current_request.get())
+
+    def embedded(self, model: str, prompt_tokens: int) -> None:
+        self.metrics.prompt_tokens.labels(model).inc(prompt_tokens)
+        rec = current_request.get()
+        if rec is not None:
+            rec.model = model
+            rec.prompt_tokens += prompt_tokens
+
+    def loaded(self, model: str, seconds: float, error: BaseException | None) -> None:
+        if error is None:
+            self.metrics.model_load.labels(model).observe(seconds)
+        else:
+            self.metrics.model_load_failures.labels(model).inc()
+
+    # ---- requests ----------------------------------------------------------------------
+
+    def start_request(self, method: str, path: str, request_id: str, client: str) -> RequestRecord:
+        rec = RequestRecord(request_id, method, path, client, monitoring=path in MONITORING_PATHS)
+        if not rec.monitoring:
+            self.active_requests += 1
+        if self.tracing is not None and not rec.monitoring:
+            rec.span = self.tracing.start_request(method, path, request_id, rec.started_ns)
+        return rec
+
+    def finish_request(self, rec: RequestRecord, status: int, route: str | None) -> None:
+        ended = time.perf_counter()
+        duration = ended - rec.started
+        endpoint = route or "unmatched"
+        model = rec.model or ""
+        m = self.metrics
+        m.requests.labels(endpoint, model, str(status)).inc()
+        m.request_duration.labels(endpoint, model, str(status)).observe(duration)
+        ok = status < 400 and not rec.error
+        if not rec.monitoring:
+            self.active_requests -= 1
+            self.total_requests += 1
+            self.failed_requests += not ok
+        if rec.model:  # models loaded on demand get their summary on first use
+            self.summaries.setdefault(rec.model, ModelSummary()).add(rec, ok, ended)
+        if rec.span is not None and self.tracing is not None:
+            self.tracing.end_request(
+                rec.span, route=route, status=status, record=rec, end_ns=_ns(rec, ended)
+            )
+        self._log_access(rec, status, duration)
+
+    def _log_access(self, rec: RequestRecord, status: int, duration: float) -> None:
+        level = logging.DEBUG if rec.monitoring else logging.INFO
+        if not access_log.isEnabledFor(level):
+            return
+        ttft = rec.ttft
+        fields = {
+            "request_id": rec.request_id,
+            "method": rec.method,
+            "path": rec.path,
+            "status": status,
+            "model": rec.model,
+            "prompt_tokens": rec.prompt_tokens,
+            "completion_tokens": rec.completion_tokens,
+            "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
+            "duration_ms": round(duration * 1000, 3),
+            "client": rec.client,
+        }
+        if rec.error:
+            fields["error"] = True
+        access_log.log(level, "%s %s %d", rec.method, rec.path, status, extra={"fields": fields})
+
+    # ---- snapshots -----------------------------------------------------------------------
+
+    def uptime(self) -> float:
+        return time.time() - self.started
+
+    def model_snapshots(self) -> list[ModelSnapshot]:
+        out = []
+        for c in self.models.clients():
+            alive = c.alive
+            st = c.stats()
+            rate = self.rates.get(c.name)
+            out.append(
+                ModelSnapshot(
+                    name=c.name,
+                    loaded=alive,
+                    active=st.active if alive else 0,
+                    queued=st.queued if alive else 0,
+                    kv_used=st.kv_used if alive else 0,
+                    kv_size=st.kv_size,
+                    memory_bytes=rss_bytes(c.pid) if alive else 0,
+                    tokens_per_second=rate.rate() if rate is not None else 0.0,
+                )
+            )
+        return out
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            uptime=self.uptime(),
+            active_requests=self.active_requests,
+            daemon_memory_bytes=rss_bytes(os.getpid()),
+            version=__version__,
+            models=self.model_snapshots(),
+        )
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "active_requests": self.active_requests,
+            "queued_requests": sum(c.stats().queued for c in self.models.clients() if c.alive),
+            "total_requests": self.total_requests,
+            "failed_requests": self.failed_requests,
+            "tokens_generated": self.tokens_generated,
+        }
+
+    def completion_metrics(self) -> dict[str, Any]:
+        return {
+            "object": "completion_metrics",
+            "uptime_secs": round(self.uptime(), 3),
+            "models": {name: s.to_json() for name, s in self.summaries.items()},
+        }

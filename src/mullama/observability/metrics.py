@@ -1,0 +1,163 @@
+"""Prometheus metrics: one CollectorRegistry per app (no module-level state).
+
+Counters and histograms are updated as things happen (requests end, tokens arrive, the
+worker admits a sequence). Gauges that describe the present (active requests, queue depth,
+KV cache use, memory, tokens per second) are read at scrape time from a snapshot callback,
+so they are never stale. Label values are bounded: endpoint is a route template, model is
+one of the configured models, status is an HTTP status code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass
+class ModelSnapshot:
+    name: str
+    loaded: bool
+    active: int = 0
+    queued: int = 0
+    kv_used: int = 0
+    kv_size: int = 0
+    memory_bytes: int = 0
+    tokens_per_second: float = 0.0
+
+
+@dataclass
+class Snapshot:
+    uptime: float
+    active_requests: int
+    daemon_memory_bytes: int
+    version: str
+    models: list[ModelSnapshot] = field(default_factory=list)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        snap = self.snapshot()
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=list(labels))
+
+        info = gauge("mullama_build_info", "Mullama version (always 1).", ("version",))
+        info.add_metric([snap.version], 1)
+        uptime = gauge("mullama_uptime_seconds", "Seconds since the daemon started.")
+        uptime.add_metric([], snap.uptime)
+        active = gauge("mullama_requests_active", "API requests being served now.")
+        active.add_metric([], snap.active_requests)
+        n_loaded = gauge("mullama_models_loaded", "Models with a running engine worker.")
+        n_loaded.add_metric([], sum(m.loaded for m in snap.models))
+        loaded = gauge("mullama_model_loaded", "1 if the model's worker runs, else 0.", ("model",))
+        memory = gauge(
+            "mullama_memory_used_bytes",
+            "Resident memory: the daemon (component=daemon) and each model's worker.",
+            ("component", "model"),
+        )
+        memory.add_metric(["daemon", ""], snap.daemon_memory_bytes)
+        tps = gauge(
+            "mullama_tokens_per_second", "Tokens generated per second, last 10 s.", ("model",)
+        )
+        depth = gauge("mullama_queue_depth", "Sequences waiting for a slot.", ("model",))
+        seqs = gauge("mullama_sequences_active", "Sequences holding a slot.", ("model",))
+        kv = gauge("mullama_kv_cache_usage_ratio", "Share of the KV cache in use.", ("model",))
+        for m in snap.models:
+            loaded.add_metric([m.name], 1 if m.loaded else 0)
+            memory.add_metric(["worker", m.name], m.memory_bytes)
+            tps.add_metric([m.name], m.tokens_per_second)
+            depth.add_metric([m.name], m.queued)
+            seqs.add_metric([m.name], m.active)
+            kv.add_metric([m.name], m.kv_used / m.kv_size if m.kv_size else 0.0)
+        return [info, uptime, active, n_loaded, loaded, memory, tps, depth, seqs, kv]
+
+
+class Metrics:
+    """Every instrument of one daemon, registered in its own registry."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], models: Iterable[str] = ()) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "mullama_requests",
+            "HTTP requests served, by route template, model and status code.",
+            ["endpoint", "model", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "mullama_request_duration_seconds",
+            "Time from request start to the last byte of the response.",
+            ["endpoint", "model", "status"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "mullama_time_to_first_token_seconds",
+            "Time from request start to the first generated token of each sequence.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "mullama_inter_token_latency_seconds",
+            "Time between consecutive generated tokens of a sequence.",
+            ["model"],
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "mullama_prompt_tokens", "Prompt tokens of accepted sequences.", ["model"], registry=r
+        )
+        self.generated_tokens = Counter(
+            "mullama_generated_tokens", "Tokens generated.", ["model"], registry=r
+        )
+        self.queue_wait = Histogram(
+            "mullama_queue_wait_seconds",
+            "Time a sequence waited in the engine's queue for a slot.",
+            ["model"],
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.model_load = Histogram(
+            "mullama_model_load_seconds",
+            "Time to start a model's engine worker (successful loads).",
+            ["model"],
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            "mullama_model_load_failures", "Model loads that failed.", ["model"], registry=r
+        )
+        for name in models:
+            self._precreate(name)
+        r.register(_LiveCollector(snapshot))
+
+    def _precreate(self, model: str) -> None:
+        """Per-model series exist (at 0) from the start, so rate() works at once."""
+        for per_model in (
+            self.ttft,
+            self.itl,
+            self.prompt_tokens,
+            self.generated_tokens,
+            self.queue_wait,
+            self.model_load,
+            self.model_load_failures,
+        ):
+            per_model.labels(model)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
