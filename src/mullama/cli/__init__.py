@@ -6,19 +6,39 @@ import argparse
 import sys
 
 from .. import __version__
-from ..config import add_settings_arguments, load_settings, settings_markdown
+from ..config import (
+    add_settings_arguments,
+    effective_config,
+    load_settings,
+    settings_markdown,
+)
+from .daemon import add_daemon_commands
+
+
+def _settings(args: argparse.Namespace):  # -> Settings | None
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config_command")}
+    try:
+        return load_settings(values)
+    except ValueError as exc:
+        print(f"mullama: invalid configuration: {exc}", file=sys.stderr)
+        return None
 
 
 def _serve(args: argparse.Namespace) -> int:
     from ..daemon.server import serve
 
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
-    try:
-        settings = load_settings(values)
-    except ValueError as exc:
-        print(f"mullama: invalid configuration: {exc}", file=sys.stderr)
+    settings = _settings(args)
+    return 1 if settings is None else serve(settings)
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    settings = _settings(args)
+    if settings is None:
         return 1
-    return serve(settings)
+    sys.stdout.write(yaml.safe_dump(effective_config(settings), sort_keys=False))
+    return 0
 
 
 def _config_docs(args: argparse.Namespace) -> int:
@@ -37,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     docs = config_sub.add_parser("docs", help="print the flag/env reference as Markdown")
     docs.set_defaults(func=_config_docs)
+    show = config_sub.add_parser(
+        "show", help="print the effective configuration (secrets redacted); takes serve's flags"
+    )
+    add_settings_arguments(show)
+    show.set_defaults(func=_config_show)
+    add_daemon_commands(sub)
     return parser
 
 

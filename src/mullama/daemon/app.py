@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ..api import health
+from ..api import control, health
 from ..api.errors import install_error_handlers
 from ..api.ollama import routes as ollama_routes
 from ..api.ollama.models import OllamaModels
@@ -18,8 +18,9 @@ from ..api.openai import routes as openai_routes
 from ..api.openai.service import OpenAIService
 from ..config import Settings
 from ..models.manager import ModelManager
+from .guards import install_guards
 from .lifecycle import Lifecycle, Phase
-from .middleware import BodyLimitMiddleware, RequestIdMiddleware
+from .middleware import RequestIdMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def create_app(settings: Settings, models: ModelManager | None = None) -> FastAP
     app.include_router(health.router)
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
-    # Outermost last: request id, then the body limit.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_size)
+    app.include_router(control.router)
+    # Outermost last: request id, then the guards (limits, drain, auth, rate limits).
+    install_guards(app, settings)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -12,6 +12,7 @@ import orjson
 
 from ...engine.protocol import Chunk, GenerateRequest, SamplingParams
 from ...errors import ClientError, MullamaError
+from ..usage import metered
 from .schemas import ChatBody, EmbedBody, EmbeddingsBody, Format, GenerateBody, Options
 
 # Ollama's own defaults where they differ from the OpenAI side.
@@ -166,7 +167,7 @@ class OllamaService:
         started: int,
         load_ns: int,
     ) -> dict | AsyncIterator[bytes]:
-        gen = engine.generate(req)
+        gen = metered(engine.generate(req))
         first = await gen.__anext__()  # errors before the response starts become HTTP errors
         timings = Timings(started, load_ns)
         if stream:

@@ -16,6 +16,7 @@ import orjson
 from ...engine.protocol import Chunk, EngineClient, GenerateRequest, SamplingParams
 from ...errors import ClientError, MullamaError
 from ..streaming import aiter_merge
+from ..usage import metered
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
 
 
@@ -73,7 +74,7 @@ async def start_generations(
     started: list[tuple[Chunk, AsyncIterator[Chunk]]] = []
     try:
         for req in requests:
-            started.append(await _primed(engine.generate(req)))
+            started.append(await _primed(metered(engine.generate(req))))
     except BaseException:
         for _, gen in started:
             await gen.aclose()  # type: ignore[attr-defined]
