@@ -34,7 +34,7 @@ class _Response:
     content_type: bytes = b""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Entry:
     abort: asyncio.Future[MullamaError] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -125,7 +125,9 @@ class InflightMiddleware:
         self.tracker.add(entry)
         task = asyncio.ensure_future(self.app(scope, receive, tracked_send))
         try:
-            done, _ = await asyncio.wait({task, entry.abort}, timeout=timeout)
+            done, _ = await asyncio.wait(
+                {task, entry.abort}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
             if task in done:
                 task.result()
                 return
