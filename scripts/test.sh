@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh test
 bash scripts/install-test-services.sh
+bash scripts/install-redis.sh   # redis-server for the shared rate-limit test
 .venv/bin/ruff check src tests benchmarks
 set +e
 .venv/bin/python -m pytest "$@"

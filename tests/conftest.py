@@ -32,6 +32,10 @@ class Daemon:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="mullama-test-", suffix=".log")[1])
         self._log = self.log_path.open("wb")
+        # Each daemon gets its own control socket (the default path is shared per user).
+        self.socket = Path(tempfile.mkdtemp(prefix="mullama-sock-")) / "mullama.sock"
+        if not any(a == "--socket" or a.startswith("--socket=") for a in args):
+            args = ("--socket", f"unix://{self.socket}", *args)
         cmd = [sys.executable, "-m", "mullama", "serve", "--http-port", str(self.port), *args]
         self.proc = subprocess.Popen(
             cmd,

@@ -1,19 +1,85 @@
-"""One settings schema for flags, environment variables (MULLAMA_*) and defaults.
+"""One settings schema for flags, environment variables (MULLAMA_*), a config file and
+defaults.
 
-Each field becomes a ``--kebab-case`` flag of ``mullama serve`` and an ``MULLAMA_UPPER``
-environment variable. Precedence: flags > environment > defaults. ``docs/CONFIG.md`` is
-generated from this schema (``mullama config docs``).
+Each field becomes a ``--kebab-case`` flag of ``mullama serve`` (except env-only secrets)
+and an ``MULLAMA_UPPER`` environment variable, and a key of the config file
+(``--config FILE``, YAML or TOML) under its section (``server``, ``security`` or
+``models``). Precedence: flags > environment > config file > defaults. A secret field can
+also be read from a file named by ``MULLAMA_<NAME>__FILE`` (Docker/Kubernetes secrets).
+``docs/CONFIG.md`` is generated from this schema (``mullama config docs``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextvars
+import os
+import tomllib
+from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+import yaml
+from pydantic import Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "MULLAMA_"
+SECRET_FILE_SUFFIX = "__FILE"
+
+# Config-file sections. Fields not listed under models/security live in ``server``.
+MODEL_FIELDS = frozenset(
+    {
+        "model",
+        "model_opt",
+        "parallel",
+        "context_size",
+        "threads",
+        "batch_size",
+        "gpu_layers",
+        "load_timeout",
+        "keep_alive",
+        "max_loaded_models",
+        "memory_budget",
+        "max_queue",
+        "cache_dir",
+    }
+)
+SECURITY_FIELDS = frozenset(
+    {
+        "api_key",
+        "api_key_file",
+        "metrics_public",
+        "allow_remote_admin",
+        "cors_origins",
+        "rate_limit_requests",
+        "rate_limit_tokens",
+        "rate_limit_storage",
+        "tls_cert",
+        "tls_key",
+    }
+)
+SECTIONS = ("server", "security", "models")
+# Never shown by ``config show``; readable from MULLAMA_<NAME>__FILE.
+SECRET_FIELDS = frozenset({"api_key", "rate_limit_storage"})
+# No command-line flag (a flag would show the secret in ``ps``).
+ENV_ONLY_FIELDS = frozenset({"api_key"})
+# Not allowed inside the config file itself.
+NOT_IN_FILE = frozenset({"config"})
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or has keys the schema does not know."""
+
+
+_FILE_VALUES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "mullama_config_file_values", default=None
+)
 
 
 class Settings(BaseSettings):
@@ -96,12 +162,151 @@ class Settings(BaseSettings):
         "environment.",
     )
 
-    @field_validator("model", "model_opt", mode="before")
+    # ---- config file and control socket -------------------------------------------------
+    config: Path | None = Field(
+        None, description="Configuration file (YAML or TOML) with server/security/models sections."
+    )
+    socket: str | None = Field(
+        None,
+        description="Control socket, ipc:///path or unix:///path (mode 0600; the API over a "
+        "unix socket, used by `mullama daemon stop|status`). Default: "
+        "$XDG_RUNTIME_DIR/mullama/mullama.sock, else /run/mullama/mullama.sock when "
+        "writable, else a per-user temp dir. `none` turns it off.",
+    )
+
+    # ---- request limits and lifecycle ---------------------------------------------------
+    request_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a request may run; then its generation is cancelled and the "
+        "client gets an error (model management routes are exempt).",
+    )
+    shutdown_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM/SIGINT, seconds in-flight requests may take to finish before "
+        "they are aborted.",
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Most concurrent connections; more get 503."
+    )
+    max_header_size: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Largest request line plus headers, in bytes (431 beyond it).",
+    )
+    max_header_count: int = Field(100, ge=8, description="Most request headers (431 beyond).")
+    read_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a client may take to send the request headers, and again the "
+        "body; slower clients are disconnected.",
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle keep-alive connection stays open."
+    )
+
+    # ---- security -------------------------------------------------------------------------
+    api_key: SecretStr | None = Field(
+        None,
+        description="One API key with admin scope (environment or config file only; "
+        "or read from the file named by MULLAMA_API_KEY__FILE).",
+    )
+    api_key_file: Path | None = Field(
+        None,
+        description="YAML/JSON file listing API keys: name, key or sha256, scope "
+        "(inference|admin), optional requests_per_minute/tokens_per_minute.",
+    )
+    metrics_public: bool = Field(False, description="Serve /metrics without an API key.")
+    allow_remote_admin: bool = Field(
+        False,
+        description="Without API keys on a non-loopback address, still let non-local "
+        "callers use model-management routes.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS (repeatable; comma-separated in the "
+        "environment; `*` for any). Default: none.",
+    )
+    rate_limit_requests: int = Field(
+        0,
+        ge=0,
+        description="Requests per minute per API key (per client address without keys); "
+        "0 = unlimited. A key's own limit in --api-key-file wins.",
+    )
+    rate_limit_tokens: int = Field(
+        0,
+        ge=0,
+        description="Generated tokens per minute per API key (per client address without "
+        "keys); 0 = unlimited.",
+    )
+    rate_limit_storage: str = Field(
+        "memory://",
+        description="Where rate-limit counters live: memory:// (this process) or "
+        "redis://host:port/db (shared by several instances).",
+    )
+    tls_cert: Path | None = Field(None, description="TLS certificate (PEM) to serve HTTPS.")
+    tls_key: Path | None = Field(None, description="TLS private key (PEM) for --tls-cert.")
+
+    @field_validator("model", "model_opt", "cors_origins", mode="before")
     @classmethod
-    def _split_models(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            _SecretFileSource(settings_cls),
+            _ConfigFileSource(settings_cls),
+        )
+
+
+class _SecretFileSource(PydanticBaseSettingsSource):
+    """MULLAMA_<NAME>__FILE=/run/secrets/x: the secret field's value is the file's content."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in SECRET_FIELDS:
+            var = env_name(name) + SECRET_FILE_SUFFIX
+            path = os.environ.get(var)
+            if path:
+                try:
+                    out[name] = Path(path).read_text().strip()
+                except OSError as exc:
+                    raise ConfigError(f"{var}: cannot read {path}: {exc.strerror}") from exc
+        return out
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Values from --config FILE, already flattened and checked by read_config_file."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_VALUES.get() or {})
+
+
+def section_of(field: str) -> str:
+    if field in MODEL_FIELDS:
+        return "models"
+    if field in SECURITY_FIELDS:
+        return "security"
+    return "server"
 
 
 def flag_name(field: str) -> str:
@@ -112,9 +317,59 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+def _parse_file(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        if path.suffix.lower() == ".toml":
+            return tomllib.loads(text)
+        return yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid: {exc}") from exc
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The file's settings, flattened to field names. Unknown sections or keys are errors
+    that name the key and the file; relative paths are taken from the file's folder."""
+    data = _parse_file(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected sections {', '.join(SECTIONS)}")
+    fields = Settings.model_fields
+    out: dict[str, Any] = {}
+    for section, body in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"unknown key {section!r} in config file {path} "
+                f"(sections are: {', '.join(SECTIONS)})"
+            )
+        if not isinstance(body, dict):
+            raise ConfigError(f"config file {path}: section {section!r} must be a mapping")
+        for key, value in body.items():
+            name = str(key).replace("-", "_")
+            if name not in fields or name in NOT_IN_FILE:
+                raise ConfigError(f"unknown key '{section}.{key}' in config file {path}")
+            if section_of(name) != section:
+                raise ConfigError(
+                    f"key '{section}.{key}' in config file {path} belongs in section "
+                    f"'{section_of(name)}'"
+                )
+            if _is_path(name) and isinstance(value, str) and value:
+                value = str((path.parent / value).expanduser())
+            out[name] = value
+    return out
+
+
+def _is_path(name: str) -> bool:
+    return Path in get_args(Settings.model_fields[name].annotation)
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per settings field; unset flags stay absent (argparse.SUPPRESS)."""
     for name, info in Settings.model_fields.items():
+        if name in ENV_ONLY_FIELDS:
+            continue
         ann = info.annotation
         kwargs: dict[str, Any] = {
             "dest": name,
@@ -133,19 +388,53 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_settings(cli_values: dict[str, Any] | None = None) -> Settings:
-    """Flags (already parsed) override the environment, which overrides defaults."""
-    return Settings(**(cli_values or {}))
+    """Flags (already parsed) override the environment, which overrides the config file
+    (``--config`` or MULLAMA_CONFIG), which overrides defaults."""
+    values = dict(cli_values or {})
+    path = values.get("config") or os.environ.get(env_name("config"))
+    file_values = read_config_file(Path(path)) if path else {}
+    token = _FILE_VALUES.set(file_values)
+    try:
+        return Settings(**values)
+    finally:
+        _FILE_VALUES.reset(token)
+
+
+def _redact(name: str, value: Any) -> Any:
+    if value is None or name not in SECRET_FIELDS:
+        return value
+    if name == "rate_limit_storage":
+        parts = urlsplit(str(value))
+        if parts.password is None:
+            return value
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":<redacted>@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return "<redacted>"
+
+
+def effective_config(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The configuration in config-file shape, secrets redacted (``mullama config show``)."""
+    dumped = settings.model_dump(mode="json")
+    out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for name in Settings.model_fields:
+        if name in NOT_IN_FILE:
+            continue
+        out[section_of(name)][name] = _redact(name, dumped[name])
+    return out
 
 
 def settings_markdown() -> str:
     """The reference table of every flag and environment variable."""
     lines = [
-        "| flag | environment | default | description |",
-        "| --- | --- | --- | --- |",
+        "| flag | environment | config file | default | description |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for name, info in Settings.model_fields.items():
         default = info.get_default(call_default_factory=True)
-        lines.append(
-            f"| `{flag_name(name)}` | `{env_name(name)}` | `{default!r}` | {info.description} |"
-        )
+        flag = "(none)" if name in ENV_ONLY_FIELDS else f"`{flag_name(name)}`"
+        env = f"`{env_name(name)}`"
+        if name in SECRET_FIELDS:
+            env += f", `{env_name(name)}{SECRET_FILE_SUFFIX}`"
+        where = "(none)" if name in NOT_IN_FILE else f"`{section_of(name)}.{name}`"
+        lines.append(f"| {flag} | {env} | {where} | `{default!r}` | {info.description} |")
     return "\n".join(lines) + "\n"

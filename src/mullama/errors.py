@@ -89,6 +89,34 @@ class PayloadTooLarge(ClientError):
     code = "request_too_large"
 
 
+class Unauthorized(ClientError):
+    """No API key, or one that is not known (401)."""
+
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.headers.setdefault("WWW-Authenticate", "Bearer")
+
+
+class Forbidden(ClientError):
+    """Authenticated (or not required), but not allowed here (403)."""
+
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class RateLimited(ClientError):
+    """Over a rate limit (429, with Retry-After)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
 class ServerError(MullamaError):
     """Mullama or the engine failed (5xx)."""
 
@@ -124,6 +152,14 @@ class Unavailable(ServerError):
         self.headers.setdefault("Retry-After", str(retry_after))
 
 
+class RequestTimeout(ServerError):
+    """The request ran longer than --request-timeout; its generation was cancelled."""
+
+    status = 504
+    type = "timeout_error"
+    code = "request_timeout"
+
+
 _BY_NAME: dict[str, type[MullamaError]] = {
     c.__name__: c
     for c in (
@@ -136,10 +172,14 @@ _BY_NAME: dict[str, type[MullamaError]] = {
         InvalidName,
         AlreadyExists,
         PayloadTooLarge,
+        Unauthorized,
+        Forbidden,
+        RateLimited,
         ServerError,
         EngineCrashed,
         DownloadFailed,
         NoSpace,
         Unavailable,
+        RequestTimeout,
     )
 }

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .. import __version__
-from ..api import health, monitoring
+from ..api import control, health, monitoring
 from ..api.errors import install_error_handlers
 from ..api.ollama import routes as ollama_routes
 from ..api.ollama.manage import ModelAdmin
@@ -26,8 +26,9 @@ from ..models.store import ModelStore
 from ..observability.access import AccessLogMiddleware
 from ..observability.hub import Observability
 from ..observability.tracing import Tracing
+from .guards import install_guards
 from .lifecycle import Lifecycle, Phase
-from .middleware import BodyLimitMiddleware, RequestIdMiddleware
+from .middleware import RequestIdMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,10 @@ def create_app(
     app.include_router(monitoring.router)
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
-    # Added innermost first: request id (outermost), access log, then the body limit.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_size)
+    app.include_router(control.router)
+    # add_middleware wraps what was added before: the guards (limits, drain, auth, rate
+    # limits) innermost, then the access log, then the request id outermost.
+    install_guards(app, settings)
     app.add_middleware(AccessLogMiddleware, obs=obs)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -13,6 +13,7 @@ import orjson
 from ...engine.protocol import Chunk, GenerateRequest, SamplingParams
 from ...errors import ClientError, MullamaError
 from ..profiles import profile_of
+from ..usage import metered
 from .schemas import ChatBody, EmbedBody, EmbeddingsBody, Format, GenerateBody, Options
 
 # Ollama's own defaults where they differ from the OpenAI side.
@@ -142,7 +143,7 @@ class OllamaService:
         if not body.prompt and not body.system:
             return _loaded(body.model, "response", load_ns, started, body.stream)
         req = self._generate_request(body, rid)
-        gen = self.models.generate(body.model, req, body.keep_alive)
+        gen = metered(self.models.generate(body.model, req, body.keep_alive))
         return await self._run(gen, body.model, "response", body.stream, started, load_ns)
 
     async def chat(self, body: ChatBody, rid: str) -> dict | AsyncIterator[bytes]:
@@ -159,7 +160,7 @@ class OllamaService:
         messages = profile.messages([{"role": m.role, "content": m.content} for m in body.messages])
         params = sampling_params(body.options, body.format, profile.defaults)
         req = GenerateRequest(rid, params, messages=messages, template=profile.template)
-        gen = self.models.generate(body.model, req, body.keep_alive)
+        gen = metered(self.models.generate(body.model, req, body.keep_alive))
         return await self._run(gen, body.model, "message", body.stream, started, load_ns)
 
     async def _run(

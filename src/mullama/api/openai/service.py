@@ -17,6 +17,7 @@ from ...engine.protocol import Chunk, GenerateRequest, SamplingParams
 from ...errors import ClientError, MullamaError
 from ..profiles import profile_of
 from ..streaming import aiter_merge
+from ..usage import metered
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
 
 
@@ -82,7 +83,7 @@ async def start_generations(
     started: list[tuple[Chunk, AsyncIterator[Chunk]]] = []
     try:
         for req in requests:
-            started.append(await _primed(models.generate(model, req, keep_alive)))
+            started.append(await _primed(metered(models.generate(model, req, keep_alive))))
     except BaseException:
         for _, gen in started:
             await gen.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,100 @@
+"""uvicorn's httptools protocol with request-header limits and read timeouts.
+
+uvicorn bounds neither the header size nor the time a client takes to send its headers
+or body on the httptools parser; a slow client (a byte every few seconds) would hold a
+connection forever. This subclass answers 431 past the header limits and cuts off a
+client that has not sent its headers, or then its body, within ``read_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class HeaderLimitExceeded(Exception):
+    pass
+
+
+def _response(status: bytes, message: bytes) -> bytes:
+    body = b'{"error": {"message": "' + message + b'", "type": "invalid_request_error"}}'
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+def limited_protocol(max_header_size: int, max_header_count: int, read_timeout: float) -> type:
+    class LimitedHttpToolsProtocol(HttpToolsProtocol):
+        _timer: asyncio.TimerHandle | None = None
+        _header_bytes = 0
+        _header_count = 0
+        _too_large = False
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._header_bytes = self._header_count = 0
+            self._arm()
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url), 0)
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4, 1)
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._arm()  # now the body must arrive within read_timeout
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._too_large:
+                super().send_400_response(msg)
+                return
+            self.transport.write(
+                _response(b"431 Request Header Fields Too Large", b"request headers too large")
+            )
+            self.transport.close()
+
+        def _count(self, size: int, count: int) -> None:
+            self._header_bytes += size
+            self._header_count += count
+            if self._header_bytes > max_header_size or self._header_count > max_header_count:
+                self._too_large = True
+                raise HeaderLimitExceeded()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._timer = self.loop.call_later(read_timeout, self._read_timed_out)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _read_timed_out(self) -> None:
+            self._timer = None
+            if self.transport.is_closing():
+                return
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete or not cycle.response_started:
+                self.transport.write(_response(b"408 Request Timeout", b"request read timeout"))
+            self.logger.warning("client %s too slow sending its request; closing", self.client)
+            self.transport.close()
+
+    return LimitedHttpToolsProtocol

@@ -1,0 +1,1 @@
+"""API keys, host checks and rate limits, as plain ASGI middleware."""

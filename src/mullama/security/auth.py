@@ -1,0 +1,118 @@
+"""API-key authentication and admin-route authorisation (plain ASGI middleware)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..api.errors import error_response
+from ..errors import Forbidden, MullamaError, Unauthorized
+from .keys import KeyRing
+from .policy import is_admin, is_local_caller, is_public, via_local_socket
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a key's name, or the client address when no key is needed."""
+
+    name: str
+    admin: bool
+    rate_key: str | None  # identity for rate limits; None = not limited
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+
+LOCAL_SOCKET = Principal("local-socket", admin=True, rate_key=None)
+
+
+def presented_key(scope: Scope) -> str | None:
+    """``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == b"x-api-key" and value.strip():
+            return value.decode("latin-1").strip()
+    return None
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+class AuthMiddleware:
+    """Deny by default: with keys configured, every path but the public ones needs a valid
+    key, and admin paths need an admin-scoped key. Without keys, admin paths are refused
+    to non-local callers when the daemon is exposed (non-loopback bind) unless
+    --allow-remote-admin. Stores the caller in ``scope["state"]["principal"]``."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: KeyRing,
+        *,
+        metrics_public: bool = False,
+        exposed: bool = False,
+        allow_remote_admin: bool = False,
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.metrics_public = metrics_public
+        self.exposed = exposed
+        self.allow_remote_admin = allow_remote_admin
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = self._authorize(scope)
+        except MullamaError as exc:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await error_response(scope["path"], exc)(scope, receive, send)
+            return
+        if principal is not None:
+            scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    def _authorize(self, scope: Scope) -> Principal | None:
+        path: str = scope["path"]
+        if via_local_socket(scope):
+            return LOCAL_SOCKET
+        if is_public(path, self.metrics_public):
+            return None
+        admin_path = is_admin(path)
+        if not self.keys:
+            if admin_path and self.exposed and not self.allow_remote_admin:
+                if not is_local_caller(scope):
+                    raise Forbidden(
+                        "model management is only allowed from this machine when no API "
+                        "keys are configured (set API keys or --allow-remote-admin)"
+                    )
+            addr = client_address(scope)
+            return Principal(f"client {addr}", admin=True, rate_key=f"addr:{addr}")
+        token = presented_key(scope)
+        if token is None:
+            raise Unauthorized(
+                "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+            )
+        key = self.keys.lookup(token)
+        if key is None:
+            raise Unauthorized("invalid API key")
+        if admin_path and key.scope != "admin":
+            raise Forbidden(f"API key {key.name!r} has scope inference; this route needs admin")
+        return Principal(
+            key.name,
+            admin=key.scope == "admin",
+            rate_key=f"key:{key.name}",
+            requests_per_minute=key.requests_per_minute,
+            tokens_per_minute=key.tokens_per_minute,
+        )

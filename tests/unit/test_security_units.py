@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from mullama.config import ConfigError
+from mullama.security.hosts import host_of, is_loopback_bind, is_loopback_host
+from mullama.security.keys import KeyRing, load_key_file
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["localhost", "localhost:8080", "127.0.0.1", "127.0.0.1:80", "[::1]", "[::1]:8080",
+     "LOCALHOST", "foo.localhost:1", "127.1.2.3"],
+)  # fmt: skip
+def test_loopback_hosts(value):
+    assert is_loopback_host(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["evil.example", "evil.example:8080", "127.0.0.1.evil.example", "127.0.0.1/health?",
+     "x/?", "localhost@evil.example", "localhost:80:80", "[::1", "localhost:abc",
+     "10.0.0.1", "", "localhost evil", "[fe80::1]"],
+)  # fmt: skip
+def test_other_hosts(value):
+    assert not is_loopback_host(value)
+
+
+def test_host_parsing():
+    assert host_of("Example.COM:81") == "example.com"
+    assert host_of("[::1]:9") == "::1"
+    assert host_of("a/b") is None
+
+
+def test_loopback_bind():
+    assert is_loopback_bind("127.0.0.1") and is_loopback_bind("::1")
+    assert is_loopback_bind("localhost")
+    assert not is_loopback_bind("0.0.0.0") and not is_loopback_bind("192.0.2.1")
+
+
+def test_key_file_keeps_only_hashes(tmp_path):
+    f = tmp_path / "keys.json"
+    digest = hashlib.sha256(b"second-key").hexdigest()
+    f.write_text(
+        '{"keys": [{"name": "a", "key": "first-key", "scope": "admin",'
+        ' "requests_per_minute": 5},'
+        f' {{"name": "b", "sha256": "{digest}", "tokens_per_minute": 100}}]}}'
+    )
+    keys = load_key_file(f)
+    assert [k.name for k in keys] == ["a", "b"]
+    assert "first-key" not in repr(keys)
+    ring = KeyRing(keys)
+    assert ring.lookup("first-key").scope == "admin"
+    assert ring.lookup("first-key").requests_per_minute == 5
+    b = ring.lookup("second-key")
+    assert (b.name, b.scope, b.tokens_per_minute) == ("b", "inference", 100)
+    assert ring.lookup("third") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[]", "non-empty"),
+        ("- {name: a, key: k, scope: root}", "scope"),
+        ("- {name: a}", "exactly one"),
+        ("- {name: a, key: k, sha256: abcd}", "exactly one"),
+        ("- {name: a, sha256: abcd}", "64 hex"),
+        ("- {name: a, key: k, colour: red}", "colour"),
+        ("- {name: a, key: k, requests_per_minute: -1}", "requests_per_minute"),
+        ("- {name: a, key: k}\n- {name: a, key: j}", "unique"),
+    ],
+)
+def test_bad_key_files(tmp_path, text, needle):
+    f = tmp_path / "keys.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        KeyRing(load_key_file(f))
