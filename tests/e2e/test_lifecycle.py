@@ -94,7 +94,12 @@ def test_shutdown_timeout_aborts_streams_with_an_error_event():
     sse = Stream(d.url + "/v1/chat/completions", _chat(1900))
     ndjson = Stream(
         d.url + "/api/chat",
-        {"model": MODEL, "messages": MSG, "options": {"num_predict": 1900}, "stream": True},
+        {
+            "model": MODEL,
+            "messages": MSG,
+            "options": {"num_predict": 1900, "ignore_eos": True},
+            "stream": True,
+        },
     )
     assert sse.first.wait(120) and ndjson.first.wait(120)
     d.proc.send_signal(signal.SIGTERM)
@@ -138,7 +143,11 @@ def test_request_timeout_cancels_the_generation():
         assert r.json()["error"]["type"] == "timeout_error"
         r = httpx.post(
             d.url + "/api/generate",
-            json={"model": MODEL, "prompt": "hi", "options": {"num_predict": 1900}},
+            json={
+                "model": MODEL,
+                "prompt": "hi",
+                "options": {"num_predict": 1900, "ignore_eos": True},
+            },
             timeout=120,
         )
         assert "longer than 1 s" in json.loads(r.text.splitlines()[-1])["error"]

@@ -11,21 +11,11 @@ from starlette.testclient import TestClient
 
 from mullama.config import Settings
 from mullama.daemon.app import create_app
-from mullama.errors import ModelNotFound
+from mullama.models.manager import ModelManager
 from mullama.security.policy import ADMIN_PATHS, HEALTH_PATHS, is_admin
 
 ADMIN_KEY = "adm-" + "a" * 32
 INFER_KEY = "inf-" + "b" * 32
-
-
-class FakeModels:
-    names: list[str] = []
-
-    def clients(self) -> list:
-        return []
-
-    def get(self, name):
-        raise ModelNotFound(f"no model {name}")
 
 
 @pytest.fixture
@@ -35,11 +25,12 @@ def app(tmp_path):
         f"- {{name: ops, key: {ADMIN_KEY}, scope: admin}}\n"
         f"- {{name: app, key: {INFER_KEY}, scope: inference}}\n"
     )
-    app = create_app(Settings(api_key_file=keys), models=FakeModels())  # type: ignore[arg-type]
+    settings = Settings(api_key_file=keys, cache_dir=str(tmp_path / "models"))
+    app = create_app(settings, models=ModelManager(settings))
 
     # Routes added later (other features) are protected without any change to security/.
-    @app.post("/api/pull")
-    async def pull(request: Request) -> dict:
+    @app.post("/api/push")  # an admin path with no route yet
+    async def push(request: Request) -> dict:
         return {"ok": True}
 
     @app.get("/v2/brand-new")

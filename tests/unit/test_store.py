@@ -12,7 +12,7 @@ from mullama.models.backup import backup, restore
 from mullama.models.custom import create_model, parse_definition
 from mullama.models.gguf import InvalidGGUF
 from mullama.models.pull import Puller
-from mullama.models.registry import resolve
+from mullama.models.registry import check_model_file, resolve
 from mullama.models.store import ModelStore, sha256_file
 from tests.hubstub import HubServer, tiny_gguf
 
@@ -154,7 +154,7 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path):
     (tmp_path / "flipped.gguf").write_bytes(bytes(flipped))
     for name in ("short.gguf", "flipped.gguf"):
         with pytest.raises(InvalidGGUF) as err:
-            resolve(str(tmp_path / name))
+            check_model_file(tmp_path / name)
         assert name in err.value.message
 
 

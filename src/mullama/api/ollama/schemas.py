@@ -26,6 +26,7 @@ class Options(_Strict):
     repeat_last_n: int | None = Field(default=None, ge=-1)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    ignore_eos: bool | None = None  # extension (as llama-server): generate to num_predict
 
 
 Format = Literal["json", ""] | dict[str, Any] | None

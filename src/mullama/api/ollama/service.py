@@ -43,6 +43,8 @@ def sampling_params(
         value = getattr(o, name)
         if value is not None:
             setattr(p, name, value)
+    if o.ignore_eos:
+        p.ignore_eos = True
     if o.repeat_last_n is not None:
         p.repeat_last_n = o.repeat_last_n
     if o.num_predict is not None and o.num_predict > 0:
