@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...models.custom import ModelParameters
+
 _CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
 
@@ -13,19 +15,13 @@ class _Strict(BaseModel):
     model_config = _CONFIG
 
 
-class Options(_Strict):
-    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
-    top_k: int | None = Field(default=None, ge=0)
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    seed: int | None = None
-    num_predict: int | None = Field(default=None, ge=-2)
-    num_ctx: int | None = Field(default=None, ge=1)
+class Options(ModelParameters):
+    """A request's options: a custom model's parameters (same names and ranges), plus
+    ``ignore_eos``; strict types, unknown options ignored as Ollama does."""
+
+    model_config = _CONFIG
+
     stop: list[str] | str | None = None
-    repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    repeat_last_n: int | None = Field(default=None, ge=-1)
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     ignore_eos: bool | None = None  # extension (as llama-server): generate to num_predict
 
 
