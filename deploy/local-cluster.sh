@@ -11,8 +11,9 @@
 #   curl --cacert "$DIR/tls/cert.pem" https://127.0.0.1:8443/v1/models
 #
 # Environment: CLUSTER_DIR (default ${TMPDIR:-/tmp}/mullama-cluster), INSTANCES (3),
-# BASE_PORT (18081: instances on 18081..), HTTP_PORT (8080), HTTPS_PORT (8443),
-# REDIS_PORT (16379), MULLAMA (the mullama command; default .venv/bin/mullama of this
+# BASE_PORT (18081: instances on 18081..; or PORTS="P1 P2 P3"), HTTP_PORT (8080), HTTPS_PORT (8443),
+# REDIS_PORT (16379), EMBED_INSTANCES (e.g. "1": the instances HAProxy sends embeddings
+# to; default all), MULLAMA (the mullama command; default .venv/bin/mullama of this
 # checkout, else mullama on PATH), PYTHON (python3). Needs redis-server, openssl, and
 # nginx or haproxy.
 set -euo pipefail
@@ -44,6 +45,16 @@ sys.exit(f"{url} did not answer 200")
 PY
 }
 
+port_of() {  # the i-th instance's port
+  if [ -n "${PORTS:-}" ]; then
+    local ports
+    read -r -a ports <<<"$PORTS"
+    echo "${ports[$(($1 - 1))]}"
+  else
+    echo $((BASE_PORT + $1 - 1))
+  fi
+}
+
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 start() {
@@ -72,7 +83,7 @@ start() {
 
   local backends=() i port
   for i in $(seq 1 "$INSTANCES"); do
-    port=$((BASE_PORT + i - 1))
+    port=$(port_of "$i")
     mkdir -p "$DIR/m$i"
     nohup "$MULLAMA" serve --http-addr 127.0.0.1 --http-port "$port" \
       --socket "unix://$DIR/m$i/mullama.sock" --rate-limit-storage "$storage" \
@@ -86,6 +97,9 @@ start() {
       say "instance m$i did not become ready; its log: $DIR/m$i/mullama.log"; exit 1; }
   done
 
+  for i in ${EMBED_INSTANCES:-}; do
+    backends+=(--embed-backend "127.0.0.1:$(port_of "$i")")
+  done
   local conf
   conf=$("$PYTHON" "$here/render.py" "$proxy" --workdir "$DIR/proxy" "${backends[@]}" \
     --http-port "$HTTP_PORT" --https-port "$HTTPS_PORT" \
@@ -142,5 +156,5 @@ case "$cmd" in
   start) start "$@" ;;
   stop) stop ;;
   status) status ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
