@@ -73,9 +73,7 @@ def render_nginx_site(
 
 def nginx_main(site: Path, workdir: Path) -> str:
     """A minimal nginx.conf that runs unprivileged from ``workdir`` and includes the site."""
-    temp = {
-        name: workdir / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    }
+    temp = {name: workdir / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     for path in temp.values():
         path.mkdir(parents=True, exist_ok=True)
     return f"""worker_processes 1;

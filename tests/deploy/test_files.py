@@ -107,7 +107,7 @@ def test_dockerfile_builds_llama_cpp_python_like_bootstrap(name):
     assert f'AMX_OFF="{amx}"' in text
     assert 'CFLAGS="$AMX_OFF" CXXFLAGS="$AMX_OFF"' in text
     assert re.search(r"^USER 10001", text, re.M)
-    assert "VOLUME [\"/var/lib/mullama/models\"]" in text
+    assert 'VOLUME ["/var/lib/mullama/models"]' in text
     assert "MULLAMA_CACHE_DIR=/var/lib/mullama/models" in text
     assert re.search(r"^EXPOSE 8080$", text, re.M)
     assert re.search(r"^HEALTHCHECK .*\n.*/health", text, re.M)
@@ -121,7 +121,9 @@ def test_dockerignore_keeps_only_what_the_build_copies():
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     assert lines[lines.index("*") :][:4] == ["*", "!pyproject.toml", "!README.md", "!src/"]
     for name in ("Dockerfile", "Dockerfile.cuda"):
-        copied = re.findall(r"^COPY (?!--from)(.+) \S+$", (DEPLOY / "docker" / name).read_text(), re.M)
+        copied = re.findall(
+            r"^COPY (?!--from)(.+) \S+$", (DEPLOY / "docker" / name).read_text(), re.M
+        )
         for sources in copied:
             for src in sources.split():
                 assert f"!{src.rstrip('/')}" in [x.rstrip("/") for x in lines], src
@@ -266,8 +268,9 @@ def test_deployment_probes_drain_and_secrets():
     secret_files = set(res["Secret"]["stringData"])
     assert Path(config["security"]["api_key_file"]).name in secret_files
     assert Path(env["MULLAMA_API_KEY__FILE"]).name in secret_files
-    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == (
-        res["PersistentVolumeClaim"]["metadata"]["name"]
+    assert (
+        volumes["models"]["persistentVolumeClaim"]["claimName"]
+        == (res["PersistentVolumeClaim"]["metadata"]["name"])
     )
     assert mounts["models"] == "/var/lib/mullama/models"
     ann = res["Ingress"]["metadata"]["annotations"]
@@ -306,7 +309,9 @@ def test_compose_files_mount_files_that_exist():
     for name in ("compose.yaml", "compose.gpu.yaml", "compose.full.yaml"):
         compose = yaml.safe_load((DEPLOY / "compose" / name).read_text())
         svc = compose["services"]["mullama"]
-        assert (ROOT / "deploy" / "compose" / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
+        assert (
+            ROOT / "deploy" / "compose" / svc["build"]["context"] / svc["build"]["dockerfile"]
+        ).is_file()
         assert svc["stop_grace_period"] == "60s"
         assert svc["environment"]["MULLAMA_API_KEY__FILE"].startswith("/run/secrets/")
         for service in compose["services"].values():
