@@ -106,7 +106,9 @@ start() {
     --cert "$DIR/tls/cert.pem" --key "$DIR/tls/key.pem")
   case "$proxy" in
     nginx) nginx -c "$conf" -e "$DIR/proxy/error.log" ;;
-    haproxy) haproxy -D -p "$DIR/proxy/haproxy.pid" -f "$conf" >"$DIR/proxy/haproxy.log" 2>&1 ;;
+    haproxy)
+      nohup haproxy -db -f "$conf" </dev/null >"$DIR/proxy/haproxy.log" 2>&1 &
+      echo $! > "$DIR/proxy/haproxy.pid" ;;
     *) say "unknown proxy $proxy"; exit 2 ;;
   esac
   wait_http "http://127.0.0.1:$HTTP_PORT/health/ready" 30 >/dev/null 2>&1 || true
@@ -135,7 +137,10 @@ stop() {
     for n in $(seq 1 600); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
   done
   alive "$DIR/redis/redis.pid" && kill "$(cat "$DIR/redis/redis.pid")" || true
-  for n in $(seq 1 100); do alive "$DIR/proxy/nginx.pid" || alive "$DIR/redis/redis.pid" || break; sleep 0.1; done
+  for n in $(seq 1 100); do
+    alive "$DIR/proxy/nginx.pid" || alive "$DIR/proxy/haproxy.pid" || alive "$DIR/redis/redis.pid" || break
+    sleep 0.1
+  done
   rm -f "$DIR/cluster.env"
   say "stopped (logs kept in $DIR)"
 }

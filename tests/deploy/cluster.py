@@ -71,7 +71,7 @@ class Cluster:
         return httpx.Client(
             base_url=self.url,
             verify=ssl.create_default_context(cafile=str(self.dir / "tls" / "cert.pem")),
-            timeout=120,
+            timeout=600,  # a hang guard: the machine may be busy
             **kw,
         )
 
