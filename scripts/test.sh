@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh test
 bash scripts/install-test-services.sh
 bash scripts/install-redis.sh   # redis-server for the shared rate-limit test
+bash scripts/install-deploy-tools.sh   # nginx, haproxy, logrotate, systemd-analyze (tests/deploy)
 .venv/bin/ruff check src tests benchmarks
 set +e
 .venv/bin/python -m pytest "$@"
