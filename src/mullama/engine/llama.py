@@ -210,9 +210,10 @@ class ContextConfig:
     n_threads: int
     embeddings: bool = False
     pooling: int = lc.LLAMA_POOLING_TYPE_UNSPECIFIED
-    # One KV stream per sequence (False) keeps each sequence's attention to its own
-    # cells; a unified pool (True) makes every token attend over all sequences' cells.
-    kv_unified: bool = False
+    # One KV pool shared by all sequences. Measured on SmolLM2-135M, 8 sequences, 2 cores:
+    # ~190 tok/s unified vs ~96 tok/s with one stream per sequence (llama.cpp then splits
+    # each step's batch by stream).
+    kv_unified: bool = True
 
 
 class Context:
