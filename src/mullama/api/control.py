@@ -7,12 +7,12 @@ import os
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..errors import Unavailable
 from .body import parse_json, validate
+from .responses import ORJSONResponse
 
 router = APIRouter()
 

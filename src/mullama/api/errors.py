@@ -6,10 +6,10 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ClientError, InvalidParameter, MullamaError, NotFound, ServerError
+from .responses import ORJSONResponse
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse
 
 from .. import __version__
+from .responses import ORJSONResponse
 
 router = APIRouter()
 

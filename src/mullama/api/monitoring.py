@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 
 from ..observability.metrics import CONTENT_TYPE
+from .responses import ORJSONResponse
 
 router = APIRouter()
 

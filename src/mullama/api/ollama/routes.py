@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 
 from ... import __version__
 from ..body import parse_body
+from ..responses import ORJSONResponse
 from ..streaming import DisconnectAwareStream, unless_disconnected
 from .manage import ModelAdmin
 from .models import OllamaModels

@@ -6,9 +6,10 @@ import asyncio
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 
 from ..body import parse_body
+from ..responses import ORJSONResponse
 from ..streaming import DisconnectAwareStream, unless_disconnected
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .service import OpenAIService
