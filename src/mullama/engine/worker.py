@@ -158,6 +158,25 @@ class Worker:
 
     def _prepare(self, msg: dict[str, Any]) -> Sequence:
         params = msg["params"]
+        tokens, param = self._prompt_tokens(msg)
+        n_prompt = len(tokens)
+        limit = min(self.ctx_per_seq, params.get("context_limit") or self.ctx_per_seq)
+        max_tokens = params.get("max_tokens")
+        _check_length(n_prompt, max_tokens, limit, param)
+        return Sequence(
+            id=msg["request_id"],
+            tokens=tokens,
+            n_prompt=n_prompt,
+            max_tokens=max_tokens if max_tokens is not None else limit,
+            sampler=self._sampler(params),
+            stops=StopMatcher(list(params.get("stop") or [])),
+            ignore_eos=bool(params.get("ignore_eos")),
+            ctx_limit=limit,
+        )
+
+    def _prompt_tokens(self, msg: dict[str, Any]) -> tuple[list[int], str]:
+        """The prompt's tokens (chat messages through the template, or raw text) and the
+        request field to name in errors."""
         if msg.get("messages") is not None:
             try:
                 text = self._template(msg.get("template")).render(msg["messages"])
@@ -176,21 +195,9 @@ class Worker:
             param = "prompt"
         if not tokens:
             raise InvalidParameter("the prompt is empty", param=param)
-        n_prompt = len(tokens)
-        limit = min(self.ctx_per_seq, params.get("context_limit") or self.ctx_per_seq)
-        max_tokens = params.get("max_tokens")
-        if n_prompt >= limit:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens, but the prompt "
-                f"has {n_prompt} tokens.",
-                param=param,
-            )
-        if max_tokens is not None and n_prompt + max_tokens > limit:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens, but {n_prompt + max_tokens} "
-                f"were requested ({n_prompt} in the prompt, {max_tokens} for the completion).",
-                param="max_tokens",
-            )
+        return tokens, param
+
+    def _sampler(self, params: dict[str, Any]) -> Sampler:
         grammar = params.get("grammar")
         if params.get("json_schema") is not None:
             schema = orjson.dumps(params["json_schema"], option=orjson.OPT_SORT_KEYS).decode()
@@ -211,19 +218,9 @@ class Worker:
             grammar=grammar,
         )
         try:
-            sampler = Sampler(self.model, cfg)
+            return Sampler(self.model, cfg)
         except ValueError as exc:
             raise InvalidParameter(str(exc), param="response_format") from exc
-        return Sequence(
-            id=msg["request_id"],
-            tokens=tokens,
-            n_prompt=n_prompt,
-            max_tokens=max_tokens if max_tokens is not None else limit,
-            sampler=sampler,
-            stops=StopMatcher(list(params.get("stop") or [])),
-            ignore_eos=bool(params.get("ignore_eos")),
-            ctx_limit=limit,
-        )
 
     # ---- embedding thread ----------------------------------------------------------
 
@@ -337,6 +334,22 @@ class Worker:
         for seq in list(self.sched.running) + list(self.sched.waiting):
             self.chan.send({"ev": "error", "id": seq.id, "error": err})
             seq.cancelled = True
+
+
+def _check_length(n_prompt: int, max_tokens: int | None, limit: int, param: str) -> None:
+    if n_prompt >= limit:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {limit} tokens, but the prompt "
+            f"has {n_prompt} tokens.",
+            param=param,
+        )
+    if max_tokens is not None and n_prompt + max_tokens > limit:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {limit} tokens, but "
+            f"{n_prompt + max_tokens} were requested ({n_prompt} in the prompt, "
+            f"{max_tokens} for the completion).",
+            param="max_tokens",
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
