@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -35,6 +34,7 @@ from .budget import estimate_bytes, fmt_bytes, parse_budget, parse_keep_alive
 from .gguf import GGUFInfo, read_gguf
 from .options import ModelOptions, parse_model_opts
 from .registry import EMBEDDED_NAME, ModelRef, resolve
+from .store import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,7 @@ class ModelEntry:
 
     @cached_property
     def _digest(self) -> str:
-        h = hashlib.sha256()
-        with self.path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        return h.hexdigest()
+        return sha256_file(self.path).removeprefix("sha256:")
 
     def digest(self) -> str:
         return self._digest
