@@ -206,3 +206,24 @@ def test_a_sequence_alone_that_cannot_fit_fails_cleanly():
     outs = run(sched)
     assert outs[-1].finish == "error"
     assert not sched.has_work()
+
+
+def test_batch_is_written_in_slot_order():
+    # With one KV stream per sequence, llama.cpp cuts a batch into micro-batches of
+    # consecutive sequence ids: tokens must come in slot order, whatever the admission
+    # order was.
+    sched, ctx = make(n_slots=3, n_batch=32)
+    sched.submit(seq("a", [1, 2], out=[5, EOG]))
+    sched.submit(seq("b", [3, 4], out=[6] * 30))
+    sched.submit(seq("c", [8, 9], out=[7] * 30))
+    sched.step()
+    assert {s.id: s.slot for s in sched.running} == {"a": 0, "b": 1, "c": 2}
+    run(sched, steps=2)  # "a" ends and frees slot 0
+    sched.submit(seq("d", [20, 21, 22], out=[9] * 30))
+    run(sched, steps=3)
+    assert [s.id for s in sched.running] == ["b", "c", "d"]
+    assert sched.slots[0].seq.id == "d"
+    for batch in ctx.batches:
+        ids = [row[2] for row in batch]
+        assert ids == sorted(ids), ids
+    assert [row[2] for row in ctx.batches[-1]] == [0, 1, 2]

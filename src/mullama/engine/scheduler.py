@@ -192,35 +192,43 @@ class Scheduler:
         best, best_len = free[0], -1
         for slot in free:
             n = _common_prefix(slot.cached, tokens)
-            if n > best_len or (n == best_len and not slot.cached):
+            # Ties: an empty slot before one whose cache could still serve someone, else
+            # the lowest index (running sequences on low, consecutive slots keep a step
+            # in one micro-batch; see _build_batch).
+            if n > best_len or (n == best_len and best.cached and not slot.cached):
                 best, best_len = slot, n
         return best
 
     def _build_batch(self) -> list[tuple[Sequence, int, int]]:
         """Fill the batch; returns (sequence, tokens added, logits row or -1)."""
+        budget = self.n_batch
+        takes: list[tuple[Sequence, int]] = []
+        # Decoding sequences first (one token each), then prompt chunks, oldest first.
+        for seq in self.running:
+            if seq.remaining == 1 and budget > 0:
+                takes.append((seq, 1))
+                budget -= 1
+        for seq in self.running:
+            if seq.remaining > 1 and budget > 0:
+                take = min(seq.remaining, budget)
+                takes.append((seq, take))
+                budget -= take
+        # Written in slot order: with one KV stream per sequence, llama.cpp cuts a batch
+        # into micro-batches of consecutive sequence ids, so slot order keeps a decode
+        # step in one micro-batch (the order does not matter to a unified cache).
+        takes.sort(key=lambda t: t[0].slot)
         batch = self.batch
         batch.clear()
-        budget = self.n_batch
         plan: list[tuple[Sequence, int, int]] = []
-        # Decoding sequences first (one token each), then prompt chunks, oldest first.
-        decoding = [s for s in self.running if s.remaining == 1]
-        prefilling = [s for s in self.running if s.remaining > 1]
-        for seq in decoding:
-            if budget <= 0:
-                break
-            row = batch.add(seq.tokens[seq.n_past], seq.n_past, seq.slot, True)
-            plan.append((seq, 1, row))
-            budget -= 1
-        for seq in prefilling:
-            if budget <= 0:
-                break
-            take = min(seq.remaining, budget)
+        for seq, take in takes:
             last = take == seq.remaining
-            row = batch.add_many(
-                seq.tokens[seq.n_past : seq.n_past + take], seq.n_past, seq.slot, last
-            )
+            if take == 1:
+                row = batch.add(seq.tokens[seq.n_past], seq.n_past, seq.slot, last)
+            else:
+                row = batch.add_many(
+                    seq.tokens[seq.n_past : seq.n_past + take], seq.n_past, seq.slot, last
+                )
             plan.append((seq, take, row if last else -1))
-            budget -= take
         return plan
 
     def _free_kv_for_retry(self, out: list[Output]) -> bool:
