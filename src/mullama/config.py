@@ -41,6 +41,8 @@ MODEL_FIELDS = frozenset(
         "context_size",
         "threads",
         "batch_size",
+        "kv_unified",
+        "burst_wait_ms",
         "gpu_layers",
         "load_timeout",
         "keep_alive",
@@ -103,12 +105,27 @@ class Settings(BaseSettings):
     context_size: int = Field(
         4096,
         ge=64,
-        description="Context length per sequence, in tokens; the shared KV cache holds "
+        description="Context length per sequence, in tokens; a model's KV cache holds "
         "context-size x parallel tokens.",
     )
     threads: int = Field(0, ge=0, description="CPU threads per model; 0 = all cores.")
     batch_size: int = Field(
         512, ge=16, description="Most tokens put into one llama_decode step (n_batch)."
+    )
+    kv_unified: bool = Field(
+        False,
+        description="One KV cache pool shared by all sequences of a model, instead of one "
+        "context-size stream per sequence. Per-sequence streams decode faster (attention "
+        "reads only the sequence's own cells); the shared pool lets idle prefix caches and "
+        "running sequences use each other's room.",
+    )
+    burst_wait_ms: float = Field(
+        2.5,
+        ge=0,
+        le=100,
+        description="When a model's engine is idle and a request arrives, wait while more "
+        "keep coming (gaps under this many ms, 4x this in all, until every slot has one) "
+        "so a burst of requests shares its first decode step; 0 = start at once.",
     )
     gpu_layers: int = Field(
         0, ge=-1, description="Layers to offload to the GPU (-1 = all); needs a GPU build."

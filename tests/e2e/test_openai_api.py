@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL
+from tests.conftest import MODEL, Daemon
 
 CHAT = [{"role": "user", "content": "Write a short poem about the sea."}]
 
@@ -39,6 +39,33 @@ def test_chat_max_tokens_gives_length(openai_client):
     )
     assert resp.choices[0].finish_reason == "length"
     assert resp.usage.completion_tokens == 3
+
+
+def test_ignore_eos_generates_text_past_the_models_end(openai_client):
+    # As a raw completion, this prompt makes SmolLM2 end at once: greedy picks an
+    # end-of-generation token first. ignore_eos must go on with real text to max_tokens,
+    # never emitting end tokens as empty pieces.
+    prompt = "Write a long story about a lighthouse keeper who finds a message in a bottle."
+    plain = openai_client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=8, temperature=0
+    )
+    assert plain.choices[0].finish_reason == "stop"
+    assert plain.usage.completion_tokens == 0
+    stream = openai_client.completions.create(
+        model=MODEL,
+        prompt=prompt,
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    pieces = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 8
+    # Every one of the 8 tokens is visible text (English: one piece per token).
+    assert len(pieces) == 8, pieces
 
 
 def test_chat_stream_with_usage(openai_client):
@@ -279,3 +306,47 @@ def test_openai_client_raises_not_found(openai_client):
     with pytest.raises(openai.NotFoundError) as info:
         openai_client.chat.completions.create(model="no-such-model", messages=CHAT)
     assert info.value.body["code"] == "model_not_found"
+
+
+def test_shared_kv_pool_mode_serves_concurrent_requests():
+    # --kv-unified: one KV pool for all sequences instead of one stream per sequence.
+    d = Daemon("--kv-unified", "--parallel", "2", "--context-size", "256").wait_healthy()
+    try:
+        client = openai.OpenAI(base_url=d.url + "/v1", api_key="x", max_retries=0, timeout=120)
+
+        async def run():
+            aclient = openai.AsyncOpenAI(base_url=d.url + "/v1", api_key="x", max_retries=0)
+            try:
+                return await asyncio.gather(
+                    *(
+                        aclient.chat.completions.create(
+                            model=MODEL,
+                            messages=[{"role": "user", "content": f"Count to {i + 3}."}],
+                            max_tokens=40,
+                            temperature=0,
+                            extra_body={"ignore_eos": True},
+                        )
+                        for i in range(4)
+                    )
+                )
+            finally:
+                await aclient.close()
+
+        replies = asyncio.run(run())
+        assert [r.usage.completion_tokens for r in replies] == [40] * 4
+        assert all(r.choices[0].message.content.strip() for r in replies)
+        # More requests than slots waited their turn in the one pool; the model still
+        # answers the same question the same way afterwards (temperature 0).
+        again = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Count to 3."}],
+            max_tokens=40,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
+        assert again.choices[0].message.content == replies[0].choices[0].message.content
+        status = d.model_status()
+        assert status["kv_unified"] is True and status["kv_cache_size"] == 512
+        client.close()
+    finally:
+        d.stop()

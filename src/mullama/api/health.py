@@ -73,6 +73,7 @@ async def system_status(request: Request) -> ORJSONResponse:
                 "queued_sequences": snap.queued,
                 "kv_cache_used": snap.kv_used,
                 "kv_cache_size": snap.kv_size,
+                "kv_unified": c.spec.kv_unified,
                 "tokens_generated": st.generated_total,
                 "tokens_per_second": round(snap.tokens_per_second, 3),
                 "parallel": c.spec.parallel,

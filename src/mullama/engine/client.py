@@ -41,6 +41,8 @@ class WorkerSpec:
     parallel: int = 4
     context_size: int = 4096
     batch_size: int = 512
+    kv_unified: bool = False
+    burst_wait_ms: float = 0.0
     threads: int = 0
     gpu_layers: int = 0
     log_level: str = "info"

@@ -71,6 +71,7 @@ class Worker:
         self.chan = chan
         self.model = Model(spec["path"], gpu_layers=int(spec.get("gpu_layers", 0)))
         self.info = self.model.info()
+        self.model.eog_tokens()  # found once now, not on the first ignore_eos request
         n_slots = int(spec["parallel"])
         self.ctx_per_seq = int(spec["context_size"])
         n_batch = int(spec["batch_size"])
@@ -82,6 +83,7 @@ class Worker:
                 n_batch=n_batch,
                 n_seq_max=n_slots,
                 n_threads=self.threads,
+                kv_unified=bool(spec.get("kv_unified", False)),
             ),
         )
         n_batch = self.ctx.n_batch
@@ -103,6 +105,7 @@ class Worker:
         self._embed_q: queue.Queue[dict[str, Any]] = queue.Queue()
         self._embed_ctx: Context | None = None
         self._last_stats: tuple[int, int] = (-1, -1)
+        self._burst_wait_s = max(0.0, float(spec.get("burst_wait_ms", 0.0))) / 1000.0
 
     # ---- reader thread ----------------------------------------------------------
 
@@ -216,6 +219,7 @@ class Worker:
             presence_penalty=params["presence_penalty"],
             frequency_penalty=params["frequency_penalty"],
             grammar=grammar,
+            ban_eog=bool(params.get("ignore_eos")),
         )
         try:
             return Sampler(self.model, cfg)
@@ -297,6 +301,8 @@ class Worker:
             with self._cond:
                 while not self._inbox and not sched.has_work():
                     self._cond.wait()
+                if self._burst_wait_s and not sched.has_work():
+                    self._gather_burst(len(sched.slots))
                 inbox, self._inbox = self._inbox, []
             for kind, payload in inbox:
                 if kind == "submit":
@@ -328,6 +334,23 @@ class Worker:
                         "generated_total": sched.generated_total,
                     }
                 )
+
+    def _gather_burst(self, n_slots: int) -> None:
+        """The engine was idle and a request came: wait while more keep arriving (gaps
+        under burst_wait_ms, 4x that in all, until every slot has one), so a burst of
+        clients shares the first step instead of the later ones waiting a whole step.
+        Called with the condition held."""
+        deadline = time.monotonic() + 4 * self._burst_wait_s
+        while True:
+            seen = len(self._inbox)
+            if sum(1 for kind, _ in self._inbox if kind == "submit") >= n_slots:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(min(left, self._burst_wait_s))
+            if len(self._inbox) == seen:  # a quiet gap: the burst is over
+                return
 
     def _fail_all(self, why: str) -> None:
         err = ServerError(f"the engine failed: {why}").to_wire()

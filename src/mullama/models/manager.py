@@ -126,6 +126,8 @@ class ModelManager:
                 parallel=opts.parallel,
                 context_size=opts.context_size,
                 batch_size=opts.batch_size,
+                kv_unified=s.kv_unified,
+                burst_wait_ms=s.burst_wait_ms,
                 threads=opts.threads,
                 gpu_layers=opts.gpu_layers,
                 log_level=s.log_level,
