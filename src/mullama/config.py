@@ -120,12 +120,12 @@ class Settings(BaseSettings):
         "running sequences use each other's room.",
     )
     burst_wait_ms: float = Field(
-        2.5,
+        20.0,
         ge=0,
-        le=100,
-        description="When a model's engine is idle and a request arrives, wait while more "
-        "keep coming (gaps under this many ms, 4x this in all, until every slot has one) "
-        "so a burst of requests shares its first decode step; 0 = start at once.",
+        le=1000,
+        description="When a model's engine is idle and a request arrives, wait up to this "
+        "long for as many requests as came together the last time it started from idle, "
+        "so a burst shares its first decode step; a lone client never waits; 0 = off.",
     )
     gpu_layers: int = Field(
         0, ge=-1, description="Layers to offload to the GPU (-1 = all); needs a GPU build."

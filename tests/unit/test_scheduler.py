@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mullama.engine.detokenize import StopMatcher
-from mullama.engine.scheduler import Scheduler, Sequence
+from mullama.engine.scheduler import BurstTracker, Scheduler, Sequence
 
 EOG = 0
 
@@ -227,3 +227,21 @@ def test_batch_is_written_in_slot_order():
         ids = [row[2] for row in batch]
         assert ids == sorted(ids), ids
     assert [row[2] for row in ctx.batches[-1]] == [0, 1, 2]
+
+
+def test_burst_tracker_learns_how_many_requests_start_together():
+    bursts = BurstTracker()
+    assert bursts.expected == 1  # nothing seen: never wait
+    bursts.observe(True, 1)  # a lone client starts the idle engine...
+    bursts.observe(False, 0)  # ...and nobody joins during the first step
+    assert bursts.expected == 1
+    bursts.observe(True, 1)  # one request starts it, seven more arrive during that step
+    bursts.observe(False, 7)
+    bursts.observe(False, 0)  # later turns do not count
+    assert bursts.expected == 8
+    bursts.observe(True, 8)  # the next burst arrived whole
+    bursts.observe(False, 0)
+    assert bursts.expected == 8
+    bursts.observe(True, 1)  # back to a single client
+    bursts.observe(False, 0)
+    assert bursts.expected == 1

@@ -305,6 +305,26 @@ class Scheduler:
         self.by_id.pop(seq.id, None)
 
 
+class BurstTracker:
+    """How many requests come together when the engine starts from idle: those it
+    started with plus those that arrived during its first step. Clients that take turns
+    (a benchmark, a batch job) come back as a burst of that size; the worker then waits
+    a moment for the whole burst so it shares one first step. A lone client: 1."""
+
+    def __init__(self) -> None:
+        self.expected = 1
+        self._started_with: int | None = None
+
+    def observe(self, starting: bool, n_new: int) -> None:
+        """Called once per loop turn with the requests it took in; ``starting`` when
+        the engine had nothing running before them."""
+        if starting:
+            self._started_with = n_new
+        elif self._started_with is not None:
+            self.expected = self._started_with + n_new
+            self._started_with = None
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0

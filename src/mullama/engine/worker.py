@@ -36,7 +36,7 @@ from .llama import (
     json_grammar,
 )
 from .protocol import HEADER_SIZE, decode_header, encode_frame
-from .scheduler import Scheduler, Sequence
+from .scheduler import BurstTracker, Scheduler, Sequence
 
 log = logging.getLogger("mullama.worker")
 
@@ -106,6 +106,7 @@ class Worker:
         self._embed_ctx: Context | None = None
         self._last_stats: tuple[int, int] = (-1, -1)
         self._burst_wait_s = max(0.0, float(spec.get("burst_wait_ms", 0.0))) / 1000.0
+        self._bursts = BurstTracker()
 
     # ---- reader thread ----------------------------------------------------------
 
@@ -301,9 +302,12 @@ class Worker:
             with self._cond:
                 while not self._inbox and not sched.has_work():
                     self._cond.wait()
-                if self._burst_wait_s and not sched.has_work():
-                    self._gather_burst(len(sched.slots))
+                starting = not sched.has_work()
+                expected = min(self._bursts.expected, len(sched.slots))
+                if starting and self._burst_wait_s and expected > 1:
+                    self._gather_burst(expected)
                 inbox, self._inbox = self._inbox, []
+            self._bursts.observe(starting, sum(1 for kind, _ in inbox if kind == "submit"))
             for kind, payload in inbox:
                 if kind == "submit":
                     sched.submit(payload)
@@ -335,22 +339,18 @@ class Worker:
                     }
                 )
 
-    def _gather_burst(self, n_slots: int) -> None:
-        """The engine was idle and a request came: wait while more keep arriving (gaps
-        under burst_wait_ms, 4x that in all, until every slot has one), so a burst of
-        clients shares the first step instead of the later ones waiting a whole step.
-        Called with the condition held."""
-        deadline = time.monotonic() + 4 * self._burst_wait_s
-        while True:
-            seen = len(self._inbox)
-            if sum(1 for kind, _ in self._inbox if kind == "submit") >= n_slots:
-                return
+    def _gather_burst(self, expected: int) -> None:
+        """The engine was idle and a request came. The last start from idle came with
+        ``expected`` requests (clients that take turns, e.g. a benchmark's or a batch
+        job's): wait until as many are here, at most burst_wait_ms, so they share the
+        first step instead of the later ones waiting a whole step. A lone client (one
+        request at a time) never waits. Called with the condition held."""
+        deadline = time.monotonic() + self._burst_wait_s
+        while sum(1 for kind, _ in self._inbox if kind == "submit") < expected:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            self._cond.wait(min(left, self._burst_wait_s))
-            if len(self._inbox) == seen:  # a quiet gap: the burst is over
-                return
+            self._cond.wait(left)
 
     def _fail_all(self, why: str) -> None:
         err = ServerError(f"the engine failed: {why}").to_wire()
