@@ -115,9 +115,8 @@ class Settings(BaseSettings):
     kv_unified: bool = Field(
         False,
         description="One KV cache pool shared by all sequences of a model, instead of one "
-        "context-size stream per sequence. Per-sequence streams decode faster (attention "
-        "reads only the sequence's own cells); the shared pool lets idle prefix caches and "
-        "running sequences use each other's room.",
+        "context-size stream per sequence (same size in all). Per-sequence streams decode "
+        "faster: attention reads only the sequence's own cells (~10% at 8 sequences).",
     )
     burst_wait_ms: float = Field(
         20.0,

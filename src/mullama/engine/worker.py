@@ -87,6 +87,8 @@ class Worker:
             ),
         )
         n_batch = self.ctx.n_batch
+        # A sequence must fit its KV stream (llama.cpp rounds streams up; never rely on it).
+        self.ctx_per_seq = min(self.ctx_per_seq, self.ctx.n_ctx_seq)
         self.batch = Batch(n_batch)
         self.sched = Scheduler(
             model=self.model,
