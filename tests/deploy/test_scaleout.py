@@ -5,8 +5,11 @@ replies."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
+import httpx
 import pytest
 
 from tests.conftest import MODEL, wait_for
@@ -35,11 +38,20 @@ def _failures(results: list[tuple[int, str]]) -> list[tuple[int, str]]:
     return [(code, text[:300]) for code, text in results if code != 200]
 
 
-def _cluster(tmp_path, proxy: str, *args: str, **kw):
+@contextmanager
+def _cluster(tmp_path, proxy: str, *args: str, **kw) -> Iterator[Cluster]:
+    """A started cluster, stopped afterwards; its logs are printed if the test fails."""
     missing = missing_tools(proxy)
     if missing:
         pytest.fail(f"missing {missing}: run scripts/install-deploy-tools.sh")
-    return Cluster(tmp_path, proxy, *args, **kw).start()
+    cluster = Cluster(tmp_path, proxy, *args, **kw).start()
+    try:
+        yield cluster
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        cluster.stop()
 
 
 def _spread_then_drain(cluster: Cluster) -> None:
@@ -82,20 +94,15 @@ def _spread_then_drain(cluster: Cluster) -> None:
 
 
 def _limits():
-    import httpx
-
     return httpx.Limits(max_connections=N, max_keepalive_connections=N)
 
 
 def test_nginx_spreads_load_and_hides_a_draining_instance(tmp_path):
-    cluster = _cluster(tmp_path, "nginx", *LEAN)
-    try:
+    with _cluster(tmp_path, "nginx", *LEAN) as cluster:
         with cluster.client() as client:
             # TLS terminated by nginx with the cluster's certificate; plain HTTP redirects.
             assert client.get("/health/ready").json()["status"] == "ready"
             http = cluster.env["HTTP_PORT"]
-            import httpx
-
             r = httpx.get(f"http://127.0.0.1:{http}/v1/models", timeout=30)
             assert r.status_code == 301 and r.headers["location"].startswith("https://")
             # A stream comes through unbuffered, as SSE.
@@ -108,16 +115,10 @@ def test_nginx_spreads_load_and_hides_a_draining_instance(tmp_path):
                 body = "".join(s.iter_text())
             assert body.rstrip().endswith("data: [DONE]")
         _spread_then_drain(cluster)
-    except BaseException:
-        print(cluster.logs())
-        raise
-    finally:
-        cluster.stop()
 
 
 def test_haproxy_spreads_load_routes_embeddings_and_hides_a_draining_instance(tmp_path):
-    cluster = _cluster(tmp_path, "haproxy", *LEAN, embed_instances="1")
-    try:
+    with _cluster(tmp_path, "haproxy", *LEAN, embed_instances="1") as cluster:
         with cluster.client() as client:
             # Embeddings go to their own backend: here, instance 1 only.
             for _ in range(4):
@@ -126,20 +127,14 @@ def test_haproxy_spreads_load_routes_embeddings_and_hides_a_draining_instance(tm
         served = [cluster.served(i, "/v1/embeddings") for i in range(3)]
         assert served == [4, 0, 0], served
         _spread_then_drain(cluster)
-    except BaseException:
-        print(cluster.logs())
-        raise
-    finally:
-        cluster.stop()
 
 
 def test_three_instances_share_one_rate_limit_budget_in_redis(tmp_path):
     budget = 9
-    cluster = _cluster(
+    with _cluster(
         tmp_path, "nginx", "--parallel", "1", "--context-size", "256",
         "--rate-limit-requests", str(budget),
-    )  # fmt: skip
-    try:
+    ) as cluster:  # fmt: skip
         with cluster.client() as client:
             codes = [client.get("/v1/models").status_code for _ in range(2 * budget)]
         assert codes.count(200) == budget, codes
@@ -152,8 +147,3 @@ def test_three_instances_share_one_rate_limit_budget_in_redis(tmp_path):
             for i in range(3)
         ]  # fmt: skip
         assert sum(ok) == budget and sum(1 for n in ok if n > 0) >= 2, ok
-    except BaseException:
-        print(cluster.logs())
-        raise
-    finally:
-        cluster.stop()
