@@ -81,7 +81,10 @@ class Model:
         self.vocab = lc.llama_model_get_vocab(self.ptr)
         self._pieces: dict[int, bytes] = {}
         self._buf = ctypes.create_string_buffer(256)
-        self._eog: list[int] | None = None
+        # End-of-generation tokens, found once (~16 ms for a 49k vocabulary): checked for
+        # every generated token, and masked for ignore_eos.
+        n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self.eog = frozenset(t for t in range(n_vocab) if lc.llama_vocab_is_eog(self.vocab, t))
 
     def close(self) -> None:
         if self.ptr:
@@ -148,15 +151,7 @@ class Model:
         return out
 
     def is_eog(self, token: int) -> bool:
-        return bool(lc.llama_vocab_is_eog(self.vocab, token))
-
-    def eog_tokens(self) -> list[int]:
-        """Every end-of-generation token of the vocabulary (found once)."""
-        if self._eog is None:
-            vocab = self.vocab
-            n = lc.llama_vocab_n_tokens(vocab)
-            self._eog = [t for t in range(n) if lc.llama_vocab_is_eog(vocab, t)]
-        return self._eog
+        return token in self.eog
 
 
 class Batch:
@@ -231,9 +226,6 @@ class ContextConfig:
 class Context:
     """A ``llama_context`` whose KV cache holds up to n_seq_max sequences."""
 
-    DECODE_OK = 0
-    DECODE_NO_KV = 1
-
     def __init__(self, model: Model, cfg: ContextConfig) -> None:
         p = lc.llama_context_default_params()
         p.n_ctx = cfg.n_ctx
@@ -263,6 +255,7 @@ class Context:
             self.ptr = None
 
     def decode(self, batch: Batch) -> int:
+        """0: done; 1: no room in the KV cache (the caller frees some and retries)."""
         rc = lc.llama_decode(self.ptr, batch.raw)
         if rc < 0 or rc == 2:
             raise EngineError(f"llama_decode failed with code {rc}")
@@ -316,7 +309,7 @@ class Sampler:
             and cfg.presence_penalty == 0.0
             and cfg.frequency_penalty == 0.0
         )
-        self.banned = np.array(model.eog_tokens() if cfg.ban_eog else [], dtype=np.intp)
+        self.banned = np.array(sorted(model.eog) if cfg.ban_eog else [], dtype=np.intp)
         add = self._add
         if len(self.banned):
             biases = (lc.llama_logit_bias * len(self.banned))()

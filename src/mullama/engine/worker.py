@@ -71,7 +71,6 @@ class Worker:
         self.chan = chan
         self.model = Model(spec["path"], gpu_layers=int(spec.get("gpu_layers", 0)))
         self.info = self.model.info()
-        self.model.eog_tokens()  # found once now, not on the first ignore_eos request
         n_slots = int(spec["parallel"])
         self.ctx_per_seq = int(spec["context_size"])
         n_batch = int(spec["batch_size"])
