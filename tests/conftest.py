@@ -27,7 +27,9 @@ def free_port() -> int:
 class Daemon:
     """``mullama serve`` in a subprocess, its log in a file (printed when a test fails)."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="mullama-test-", suffix=".log")[1])
@@ -36,7 +38,9 @@ class Daemon:
         self.socket = Path(tempfile.mkdtemp(prefix="mullama-sock-")) / "mullama.sock"
         if not any(a == "--socket" or a.startswith("--socket=") for a in args):
             args = ("--socket", f"unix://{self.socket}", *args)
-        cmd = [sys.executable, "-m", "mullama", "serve", "--http-port", str(self.port), *args]
+        # prefix: a command that runs the daemon (taskset -c 0, a cgroup wrapper, ...).
+        cmd = [*prefix, sys.executable, "-m", "mullama", "serve", "--http-port", str(self.port)]
+        cmd += args
         self.proc = subprocess.Popen(
             cmd,
             stdout=self._log,
@@ -56,6 +60,12 @@ class Daemon:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"daemon did not become healthy:\n{self.log()}")
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def log(self) -> str:
         self._log.flush()

@@ -40,6 +40,7 @@ MODEL_FIELDS = frozenset(
         "parallel",
         "context_size",
         "threads",
+        "cpu_share",
         "batch_size",
         "kv_unified",
         "burst_wait_ms",
@@ -108,7 +109,21 @@ class Settings(BaseSettings):
         description="Context length per sequence, in tokens; a model's KV cache holds "
         "context-size x parallel tokens.",
     )
-    threads: int = Field(0, ge=0, description="CPU threads per model; 0 = all cores.")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads per model; 0 = one per physical core this process may run "
+        "on, within its affinity mask (taskset, CPUAffinity=) and cgroup CPU quota "
+        "(CPUQuota=, a Kubernetes CPU limit, docker --cpus), at least 1.",
+    )
+    cpu_share: Literal["host", "daemon", "off"] = Field(
+        "host",
+        description="How models busy at the same time split the threads: host = all Mullama "
+        "engines on the same CPUs of this machine (other daemons included) split them "
+        "evenly between those decoding; daemon = only this daemon's models; off = every "
+        "model always runs --threads (oversubscribed cores make llama.cpp's spinning "
+        "threads stall each other).",
+    )
     batch_size: int = Field(
         512, ge=16, description="Most tokens put into one llama_decode step (n_batch)."
     )

@@ -280,6 +280,33 @@ def test_deployment_probes_drain_and_secrets():
     assert res["PodDisruptionBudget"]["spec"]["minAvailable"] >= 1
 
 
+def _cpus(value) -> float:
+    text = str(value)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def test_cpu_limits_are_whole_cpus_that_the_daemon_turns_into_threads():
+    """Each file sets a CPU limit; Mullama reads it as the cgroup quota and runs that many
+    threads (engine/cpu.py), so nothing sets --threads by hand beside it."""
+    from mullama.engine.cpu import choose_threads
+
+    unit = (DEPLOY / "systemd" / "mullama.service").read_text()
+    (quota,) = re.findall(r"^CPUQuota=(\d+)%$", unit, re.M)
+    limits = {"systemd": int(quota) / 100}
+    pod = _base()["Deployment"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    limits["kubernetes"] = _cpus(c["resources"]["limits"]["cpu"])
+    assert _cpus(c["resources"]["requests"]["cpu"]) == limits["kubernetes"]
+    for name in ("compose.yaml", "compose.full.yaml", "compose.gpu.yaml"):
+        service = yaml.safe_load((DEPLOY / "compose" / name).read_text())["services"]["mullama"]
+        limits[name] = float(service["cpus"])
+    for where, cpus in limits.items():
+        assert cpus == int(cpus) >= 1, where
+        assert choose_threads(64, 64, cpus) == int(cpus), where
+    texts = [p.read_text() for p in DEPLOY.rglob("*") if p.is_file()]
+    assert not any("MULLAMA_THREADS" in t or "--threads" in t for t in texts)
+
+
 def test_configmap_and_secret_are_read_by_the_daemon(tmp_path):
     """The ConfigMap's config file and the Secret's key file, as the daemon reads them."""
     from mullama.security.keys import load_key_file

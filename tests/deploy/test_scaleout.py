@@ -15,10 +15,10 @@ import pytest
 from tests.conftest import MODEL, wait_for
 from tests.deploy.cluster import CHAT, Cluster, missing_tools
 
-# One thread each (three instances share this machine's cores), and a drain long enough
-# for the victim's queue on a loaded machine (a hang guard, not a speed assertion).
-LEAN = ("--parallel", "2", "--context-size", "512", "--threads", "1",
-        "--shutdown-timeout", "120")  # fmt: skip
+# Default threads: the three instances share this machine's cores, and busy engines split
+# them (--cpu-share host). A drain long enough for the victim's queue on a loaded machine
+# (a hang guard, not a speed assertion).
+LEAN = ("--parallel", "2", "--context-size", "512", "--shutdown-timeout", "120")
 N = 30
 
 

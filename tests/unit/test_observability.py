@@ -120,7 +120,9 @@ def test_metrics_registry_is_per_instance_and_reads_live_gauges():
         active_requests=2,
         daemon_memory_bytes=100,
         version="9",
-        models=[ModelSnapshot("m", True, active=3, queued=1, kv_used=50, kv_size=200)],
+        models=[
+            ModelSnapshot("m", True, active=3, queued=1, kv_used=50, kv_size=200, threads=2)
+        ],
     )
     a, b = Metrics(lambda: snap, ["m"]), Metrics(lambda: snap, ["m"])
     a.requests.labels("/x", "m", "200").inc()
@@ -128,6 +130,7 @@ def test_metrics_registry_is_per_instance_and_reads_live_gauges():
     key = ("mullama_requests_total", (("endpoint", "/x"), ("model", "m"), ("status", "200")))
     assert fa[key] == 1 and key not in fb
     assert fa[("mullama_kv_cache_usage_ratio", (("model", "m"),))] == 0.25
+    assert fa[("mullama_engine_threads", (("model", "m"),))] == 2
     assert fa[("mullama_queue_depth", (("model", "m"),))] == 1
     assert fa[("mullama_requests_active", ())] == 2
     assert fa[("mullama_models_loaded", ())] == 1

@@ -61,8 +61,9 @@ async def system_status(request: Request) -> ORJSONResponse:
     lifecycle = request.app.state.lifecycle
     snapshot = obs.snapshot()
     snaps = {s.name: s for s in snapshot.models}
+    manager = request.app.state.models
     loaded = []
-    for c in request.app.state.models.clients():
+    for c in manager.clients():
         st, snap = c.stats(), snaps[c.name]
         loaded.append(
             {
@@ -74,6 +75,9 @@ async def system_status(request: Request) -> ORJSONResponse:
                 "kv_cache_used": snap.kv_used,
                 "kv_cache_size": snap.kv_size,
                 "kv_unified": c.spec.kv_unified,
+                "threads": c.spec.threads,
+                # Threads of its last decode step: its share while other models decode.
+                "threads_now": st.threads if snap.loaded else None,
                 "tokens_generated": st.generated_total,
                 "tokens_per_second": round(snap.tokens_per_second, 3),
                 "parallel": c.spec.parallel,
@@ -95,5 +99,10 @@ async def system_status(request: Request) -> ORJSONResponse:
                 "models_rss_bytes": sum(m.memory_bytes for m in snaps.values()),
             },
             "pid": os.getpid(),
+            "cpu": {
+                **manager.cpu.as_dict(),
+                "share": manager.settings.cpu_share,
+                "share_dir": manager.share_dir,
+            },
         }
     )

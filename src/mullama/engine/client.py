@@ -43,7 +43,8 @@ class WorkerSpec:
     batch_size: int = 512
     kv_unified: bool = False
     burst_wait_ms: float = 0.0
-    threads: int = 0
+    threads: int = 1  # resolved by the daemon from the CPU budget (engine/cpu.py)
+    cpu_share_dir: str | None = None  # where busy workers split the CPUs (engine/cpushare.py)
     gpu_layers: int = 0
     log_level: str = "info"
     log_format: str = "auto"
@@ -139,7 +140,9 @@ class WorkerClient:
         self._closing = False
         self._proc = proc
         self._writer = writer
-        self._stats = ModelStats(kv_size=int(self.info.get("kv_size", 0)))
+        self._stats = ModelStats(
+            kv_size=int(self.info.get("kv_size", 0)), threads=int(self.info.get("threads", 0))
+        )
         self._reader_task = asyncio.create_task(self._read_loop(reader), name=f"engine:{self.name}")
         log.info(
             "model %s loaded in worker pid %d (%.2fs)",
@@ -222,6 +225,7 @@ class WorkerClient:
             st = self._stats
             st.active, st.queued, st.kv_used = msg["active"], msg["queued"], msg["kv_used"]
             st.generated_total = msg["generated_total"]
+            st.threads = msg["threads"]
             return
         stream = self._streams.get(msg.get("id", ""))
         if stream is None:

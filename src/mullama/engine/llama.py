@@ -248,6 +248,13 @@ class Context:
         self.n_ctx_seq = lc.llama_n_ctx_seq(self.ptr)  # padded up, never below the ask
         self.n_batch = lc.llama_n_batch(self.ptr)
         self.n_seq_max = lc.llama_n_seq_max(self.ptr)
+        self.threads = cfg.n_threads
+
+    def set_threads(self, n: int) -> None:
+        """Threads for the next decodes (generation and prompt alike); takes effect at
+        once, with no cost of its own (llama.cpp's OpenMP team is sized per graph)."""
+        lc.llama_set_n_threads(self.ptr, n, n)
+        self.threads = n
 
     def close(self) -> None:
         if self.ptr:

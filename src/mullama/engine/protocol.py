@@ -87,6 +87,7 @@ class ModelStats:
     kv_used: int = 0
     kv_size: int = 0
     generated_total: int = 0
+    threads: int = 0  # decode threads of the last step (its share of the CPUs)
 
 
 class EngineClient(Protocol):

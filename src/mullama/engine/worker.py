@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ import orjson
 from ..errors import ContextLengthExceeded, InvalidParameter, MullamaError, ServerError
 from ..observability.logging import setup_logging
 from .chat_template import ChatTemplate, TemplateRenderError
+from .cpushare import CpuShare
 from .detokenize import StopMatcher
 from .llama import (
     Batch,
@@ -74,7 +76,11 @@ class Worker:
         n_slots = int(spec["parallel"])
         self.ctx_per_seq = int(spec["context_size"])
         n_batch = int(spec["batch_size"])
-        self.threads = int(spec["threads"]) or (os.cpu_count() or 1)
+        # The daemon resolves the thread count from the CPU budget (engine/cpu.py); it is
+        # this worker's share when it decodes alone.
+        self.threads = max(1, int(spec["threads"]))
+        share_dir = spec.get("cpu_share_dir")
+        self.share = CpuShare(Path(share_dir), self.threads) if share_dir else None
         self.ctx = Context(
             self.model,
             ContextConfig(
@@ -266,6 +272,18 @@ class Worker:
 
     def _embed(self, inputs: list[str], truncate: bool) -> tuple[list[list[float]], int]:
         ctx = self._embed_context()
+        if self.share is None:
+            return self._embed_on(ctx, inputs, truncate)
+        self.share.set_busy(True, "embed")
+        try:
+            ctx.set_threads(self.share.threads())
+            return self._embed_on(ctx, inputs, truncate)
+        finally:
+            self.share.set_busy(False, "embed")
+
+    def _embed_on(
+        self, ctx: Context, inputs: list[str], truncate: bool
+    ) -> tuple[list[list[float]], int]:
         limit = ctx.n_batch
         batch = Batch(limit)
         vectors: list[list[float]] = []
@@ -301,6 +319,8 @@ class Worker:
         sched = self.sched
         while True:
             with self._cond:
+                if not self._inbox and not sched.has_work():
+                    self._set_busy(False)
                 while not self._inbox and not sched.has_work():
                     self._cond.wait()
                 starting = not sched.has_work()
@@ -314,6 +334,9 @@ class Worker:
                     sched.submit(payload)
                 elif kind == "cancel":
                     sched.cancel(payload)
+            if sched.has_work():
+                self._set_busy(True)
+                self._fit_threads()
             try:
                 outputs = sched.step()
             except EngineError as exc:
@@ -337,8 +360,21 @@ class Worker:
                         "queued": stats[1],
                         "kv_used": sched.kv_used(),
                         "generated_total": sched.generated_total,
+                        "threads": self.ctx.threads,
                     }
                 )
+
+    def _set_busy(self, busy: bool) -> None:
+        if self.share is not None:
+            self.share.set_busy(busy)
+
+    def _fit_threads(self) -> None:
+        """Before each step: this worker's share of the CPUs among the busy workers."""
+        if self.share is not None:
+            n = self.share.threads()
+            if n != self.ctx.threads:
+                log.debug("decode threads %d -> %d", self.ctx.threads, n)
+                self.ctx.set_threads(n)
 
     def _gather_burst(self, expected: int) -> None:
         """The engine was idle and a request came. The last start from idle came with
@@ -410,6 +446,7 @@ def main(argv: list[str] | None = None) -> None:
                 "context_size": worker.ctx_per_seq,
                 "parallel": len(worker.sched.slots),
                 "kv_size": worker.ctx.n_ctx,
+                "threads": worker.threads,
                 "load_seconds": time.monotonic() - started,
             },
         }

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import difflib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from typing import Any
 
 from ..config import Settings
 from ..engine.client import WorkerClient, WorkerSpec
+from ..engine.cpu import CpuBudget, detect, format_cpu_list
+from ..engine.cpushare import share_dir
 from ..engine.protocol import Chunk, Embeddings, GenerateRequest
 from ..errors import (
     ClientError,
@@ -108,6 +111,16 @@ class ModelManager:
         self._changed = asyncio.Condition()
         self._closing = False
         self._observer: Any = None
+        self.cpu: CpuBudget = detect()
+        self.share_dir: str | None = None
+        if settings.cpu_share != "off":
+            cpus = format_cpu_list(self.cpu.allowed)
+            self.share_dir = str(share_dir(cpus, settings.cpu_share, os.getpid()))
+        log.info(
+            "CPU budget: %s; busy models split it: %s",
+            self.cpu.describe(),
+            f"{settings.cpu_share} ({self.share_dir})" if self.share_dir else "off",
+        )
         for spec in settings.model or [EMBEDDED_NAME]:
             ref = resolve(spec, cache_dir=settings.cache_dir)
             if ref.name in self._slots:
@@ -128,7 +141,8 @@ class ModelManager:
                 batch_size=opts.batch_size,
                 kv_unified=s.kv_unified,
                 burst_wait_ms=s.burst_wait_ms,
-                threads=opts.threads,
+                threads=opts.threads or self.cpu.threads,
+                cpu_share_dir=self.share_dir,
                 gpu_layers=opts.gpu_layers,
                 log_level=s.log_level,
                 log_format=s.log_format,

@@ -243,6 +243,7 @@ class Observability:
                     kv_size=st.kv_size,
                     memory_bytes=rss_bytes(c.pid) if alive else 0,
                     tokens_per_second=rate.rate() if rate is not None else 0.0,
+                    threads=st.threads if alive else 0,
                 )
             )
         return out

@@ -35,6 +35,7 @@ class ModelSnapshot:
     kv_size: int = 0
     memory_bytes: int = 0
     tokens_per_second: float = 0.0
+    threads: int = 0
 
 
 @dataclass
@@ -77,6 +78,12 @@ class _LiveCollector(Collector):
         depth = gauge("mullama_queue_depth", "Sequences waiting for a slot.", ("model",))
         seqs = gauge("mullama_sequences_active", "Sequences holding a slot.", ("model",))
         kv = gauge("mullama_kv_cache_usage_ratio", "Share of the KV cache in use.", ("model",))
+        threads = gauge(
+            "mullama_engine_threads",
+            "Decode threads of the model's last step (its share of the CPUs while other "
+            "engines decode too).",
+            ("model",),
+        )
         for m in snap.models:
             loaded.add_metric([m.name], 1 if m.loaded else 0)
             memory.add_metric(["worker", m.name], m.memory_bytes)
@@ -84,7 +91,9 @@ class _LiveCollector(Collector):
             depth.add_metric([m.name], m.queued)
             seqs.add_metric([m.name], m.active)
             kv.add_metric([m.name], m.kv_used / m.kv_size if m.kv_size else 0.0)
-        return [info, uptime, active, n_loaded, loaded, memory, tps, depth, seqs, kv]
+            if m.loaded:
+                threads.add_metric([m.name], m.threads)
+        return [info, uptime, active, n_loaded, loaded, memory, tps, depth, seqs, kv, threads]
 
 
 class Metrics:
