@@ -75,9 +75,11 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def measure(cmd: list[str], port: int, model: str, args: argparse.Namespace) -> dict:
+def measure(
+    cmd: list[str], port: int, model: str, args: argparse.Namespace, env: dict | None = None
+) -> dict:
     log = open(f"/tmp/bench-{port}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc)
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--baseline", help="also measure Mullama from this src/ folder")
     p.add_argument("--out")
     args = p.parse_args(argv)
 
@@ -149,31 +152,24 @@ def main(argv: list[str] | None = None) -> int:
     threads = str(os.cpu_count())
     ctx_per_seq = 2048
     runs: dict[str, list[dict]] = {"mullama": [], "llama-server": []}
+    if args.baseline:
+        runs["baseline"] = []
+
+    def mullama_cmd(port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "mullama", "serve", "--http-port", str(port),
+            "--parallel", str(args.parallel), "--context-size", str(ctx_per_seq),
+            "--threads", threads, "--log-level", "warning", "--socket", "none",
+        ]  # fmt: skip
+
     for _ in range(args.rounds):
         port = free_port()
-        runs["mullama"].append(
-            measure(
-                [
-                    sys.executable,
-                    "-m",
-                    "mullama",
-                    "serve",
-                    "--http-port",
-                    str(port),
-                    "--parallel",
-                    str(args.parallel),
-                    "--context-size",
-                    str(ctx_per_seq),
-                    "--threads",
-                    threads,
-                    "--log-level",
-                    "warning",
-                ],
-                port,
-                name,
-                args,
-            )
-        )
+        runs["mullama"].append(measure(mullama_cmd(port), port, name, args))
+        if args.baseline:
+            # Another checkout's code (e.g. `git worktree add /tmp/base main`), same venv.
+            env = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve())}
+            port = free_port()
+            runs["baseline"].append(measure(mullama_cmd(port), port, name, args, env))
         port = free_port()
         runs["llama-server"].append(
             measure(
@@ -225,6 +221,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{m['tok_per_s'] / s['tok_per_s']:.2f} | {ratio_b} | "
             f"{m['ttft_p50_ms']:.0f} / {s['ttft_p50_ms']:.0f} | {m['errors']} / {s['errors']} |"
         )
+    if args.baseline:
+        print(f"\nMullama / baseline ({args.baseline}):")
+        for conc in (1, args.parallel):
+            m = best([r[conc] for r in runs["mullama"]])
+            b = best([r[conc] for r in runs["baseline"]])
+            print(
+                f"- c={conc}: {m['tok_per_s']:.1f} / {b['tok_per_s']:.1f} tok/s = "
+                f"{m['tok_per_s'] / b['tok_per_s']:.2f}, TTFT p50 {m['ttft_p50_ms']:.0f} / "
+                f"{b['ttft_p50_ms']:.0f} ms"
+            )
     if args.out:
         Path(args.out).write_text(json.dumps({"runs": runs, "batched_bench": bench}, indent=2))
     return 0

@@ -160,7 +160,7 @@ def test_share_threads():
 
 
 def test_busy_workers_split_the_budget_and_take_more_back_slowly(tmp_path):
-    a, b = CpuShare(tmp_path / "s", 4), CpuShare(tmp_path / "s", 4)
+    a, b = CpuShare(tmp_path / "s", 4, raise_after=0.25), CpuShare(tmp_path / "s", 4)
     try:
         a.set_busy(True)
         assert a.threads(now=0.0) == 4

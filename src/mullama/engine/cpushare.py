@@ -60,7 +60,7 @@ def share_dir(cpus: str, mode: str, daemon_pid: int, base: str | None = None) ->
 class CpuShare:
     """This worker's claim in a share folder and its view of the others'."""
 
-    def __init__(self, directory: Path, total: int, raise_after: float = 0.25) -> None:
+    def __init__(self, directory: Path, total: int, raise_after: float = 0.1) -> None:
         self.dir = directory
         self.total = max(1, total)
         self.raise_after = raise_after
