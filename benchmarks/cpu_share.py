@@ -14,8 +14,11 @@ request's share of it as errors/timeouts:
   ../shared/tools/build-llama-anchors.sh)
 - one daemon serving two models (the same file under two names), concurrency 8 on each,
   against one model with --parallel 16 at concurrency 16
+- one daemon alone at concurrency 8 (the reference for the one below)
 - with --with-off: two daemons with --cpu-share off (the old default: every engine runs
-  all cores' threads), which can take minutes on 2 cores
+  all cores' threads), which can take minutes on 2 cores; the same with
+  OMP_WAIT_POLICY=PASSIVE (threads sleep at barriers instead of spinning); and one daemon
+  alone with OMP_WAIT_POLICY=PASSIVE
 
 Servers of a scenario run side by side; scenarios alternate over ``--rounds`` and the
 best round of each is kept. Prints a Markdown table; ``--out FILE`` writes the raw runs.
@@ -113,6 +116,16 @@ def scenarios(args: argparse.Namespace, bin_dir: Path, model: str) -> dict:
         out["2 daemons, --cpu-share off"] = two(
             lambda p: mullama(p, "--parallel", "8", "--cpu-share", "off")
         )
+        # The other cure for spinning: OpenMP threads that sleep at every barrier.
+        out["2 daemons, --cpu-share off, OMP_WAIT_POLICY=PASSIVE"] = two(
+            lambda p: ["env", "OMP_WAIT_POLICY=PASSIVE"]
+            + mullama(p, "--parallel", "8", "--cpu-share", "off")
+        )
+        p = free_port()
+        out["1 daemon alone, c=8, OMP_WAIT_POLICY=PASSIVE"] = (
+            [(p, ["env", "OMP_WAIT_POLICY=PASSIVE"] + mullama(p, "--parallel", "8"))],
+            [(p, NAME, 8)],
+        )
     p = free_port()
     out["1 daemon, 2 models, c=8 each"] = (
         [(p, mullama(p, "--parallel", "8", "--model", f"a={model}", "--model", f"b={model}"))],
@@ -120,6 +133,8 @@ def scenarios(args: argparse.Namespace, bin_dir: Path, model: str) -> dict:
     )
     p = free_port()
     out["1 daemon, 1 model, c=16"] = ([(p, mullama(p, "--parallel", "16"))], [(p, NAME, 16)])
+    p = free_port()
+    out["1 daemon alone, c=8"] = ([(p, mullama(p, "--parallel", "8"))], [(p, NAME, 8)])
     return out
 
 
