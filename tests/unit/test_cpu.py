@@ -216,3 +216,20 @@ def test_a_killed_busy_worker_leaves_no_claim(tmp_path):
         child.wait()
         child.stdout.close()
         child.stdin.close()
+
+
+def test_a_planted_link_or_fifo_cannot_misuse_the_share_folder(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o755)
+    (tmp_path / "link").symlink_to(target)
+    linked = CpuShare(tmp_path / "link", 2)
+    assert not linked.active and linked.threads() == 2  # sharing off, never chmod'ed
+    assert target.stat().st_mode & 0o7777 == 0o755
+    d = tmp_path / "s"
+    me = CpuShare(d, 2)
+    assert d.stat().st_mode & 0o7777 == 0o1777
+    os.mkfifo(d / "123.fifo")  # opening it blocking would hang the worker
+    (d / "456.link").symlink_to(target)
+    me.set_busy(True)
+    assert me.busy_workers() == 1
+    me.close()

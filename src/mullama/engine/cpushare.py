@@ -29,14 +29,13 @@ import contextlib
 import fcntl
 import logging
 import os
+import stat
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-
-MODES = ("host", "daemon", "off")
 
 
 def share_threads(total: int, busy: int) -> int:
@@ -57,6 +56,21 @@ def share_dir(cpus: str, mode: str, daemon_pid: int, base: str | None = None) ->
     return Path(base) / name
 
 
+def _open_folder(directory: Path) -> None:
+    """Create the share folder (sticky and world-writable, like /tmp: daemons of other
+    users meet there too) or check that the one there is a real folder, not a link."""
+    try:
+        directory.mkdir(mode=0o700)
+        os.chmod(directory, 0o1777)  # the folder we just made (mkdir's mode is umasked)
+    except FileExistsError:
+        pass
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"{directory} is not a folder")
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        raise OSError(f"{directory} is world-writable without the sticky bit")
+
+
 class CpuShare:
     """This worker's claim in a share folder and its view of the others'."""
 
@@ -65,8 +79,7 @@ class CpuShare:
         self.total = max(1, total)
         self.raise_after = raise_after
         self.busy = False
-        self._claims: set[str] = set()  # who in this worker is busy (decode, embed)
-        self._lock = threading.Lock()  # the decode and embedding threads both call in
+        self._lock = threading.Lock()  # threads() and close() come from two threads
         self.current = self.total
         self._higher_since: float | None = None
         self._peers: dict[str, int] = {}  # file name -> read-only fd used for probing
@@ -75,10 +88,9 @@ class CpuShare:
         self._name = f"{os.getpid()}.{os.urandom(4).hex()}"
         self._fd = -1
         try:
-            directory.mkdir(mode=0o1777, exist_ok=True)
-            with contextlib.suppress(PermissionError):  # another user's folder: use it
-                os.chmod(directory, 0o1777)  # as it is (mkdir's mode is cut by umask)
-            self._fd = os.open(directory / self._name, os.O_RDWR | os.O_CREAT, 0o644)
+            _open_folder(directory)
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            self._fd = os.open(directory / self._name, flags, 0o644)
         except OSError as exc:
             log.warning("CPU sharing is off: cannot use %s (%s)", directory, exc)
             return
@@ -88,19 +100,13 @@ class CpuShare:
     def active(self) -> bool:
         return self._fd >= 0
 
-    def set_busy(self, busy: bool, who: str = "decode") -> None:
-        """This worker is busy while any of its threads (``who``) is."""
+    def set_busy(self, busy: bool) -> None:
         with self._lock:
-            if busy:
-                self._claims.add(who)
-            else:
-                self._claims.discard(who)
-            now = bool(self._claims)
-            if now == self.busy:
+            if busy == self.busy:
                 return
-            self.busy = now
+            self.busy = busy
             if self._fd >= 0:
-                fcntl.flock(self._fd, fcntl.LOCK_EX if now else fcntl.LOCK_UN)
+                fcntl.flock(self._fd, fcntl.LOCK_EX if busy else fcntl.LOCK_UN)
 
     def busy_workers(self) -> int:
         """Busy workers in the folder, this one included when it is busy."""
@@ -115,7 +121,9 @@ class CpuShare:
             fd = self._peers.get(name)
             if fd is None:
                 try:
-                    fd = self._peers[name] = os.open(self.dir / name, os.O_RDONLY)
+                    # Never follow a link or block on a FIFO that someone put here.
+                    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW
+                    fd = self._peers[name] = os.open(self.dir / name, flags)
                 except OSError:
                     continue
             try:
@@ -150,6 +158,10 @@ class CpuShare:
         return self.current
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         for fd in self._peers.values():
             os.close(fd)
         self._peers.clear()

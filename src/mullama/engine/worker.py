@@ -81,6 +81,7 @@ class Worker:
         self.threads = max(1, int(spec["threads"]))
         share_dir = spec.get("cpu_share_dir")
         self.share = CpuShare(Path(share_dir), self.threads) if share_dir else None
+        self._embed_share = CpuShare(Path(share_dir), self.threads) if share_dir else None
         self.ctx = Context(
             self.model,
             ContextConfig(
@@ -121,7 +122,7 @@ class Worker:
         while True:
             msg = self.chan.recv()
             if msg is None:  # the daemon is gone: nothing left to serve
-                os._exit(0)
+                self._exit()
             op = msg.get("op")
             if op == "generate":
                 self._on_generate(msg)
@@ -130,7 +131,13 @@ class Worker:
             elif op == "embed":
                 self._embed_q.put(msg)
             elif op == "shutdown":
-                os._exit(0)
+                self._exit()
+
+    def _exit(self) -> None:
+        for share in (self.share, self._embed_share):
+            if share is not None:
+                share.close()  # its file; a killed worker's is removed by the next one
+        os._exit(0)
 
     def _post(self, kind: str, payload: Any) -> None:
         with self._cond:
@@ -272,14 +279,17 @@ class Worker:
 
     def _embed(self, inputs: list[str], truncate: bool) -> tuple[list[list[float]], int]:
         ctx = self._embed_context()
-        if self.share is None:
+        share = self._embed_share
+        if share is None:
             return self._embed_on(ctx, inputs, truncate)
-        self.share.set_busy(True, "embed")
+        # The embedding context decodes beside the decode loop: it claims a share of its
+        # own, so the two split this worker's threads like two workers would.
+        share.set_busy(True)
         try:
-            ctx.set_threads(self.share.threads())
+            ctx.set_threads(share.threads())
             return self._embed_on(ctx, inputs, truncate)
         finally:
-            self.share.set_busy(False, "embed")
+            share.set_busy(False)
 
     def _embed_on(
         self, ctx: Context, inputs: list[str], truncate: bool
