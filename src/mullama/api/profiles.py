@@ -5,23 +5,34 @@ override."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
-# Ollama option name -> SamplingParams field
-_PARAMS = {
-    "temperature": "temperature",
-    "top_k": "top_k",
-    "top_p": "top_p",
-    "min_p": "min_p",
-    "seed": "seed",
-    "repeat_penalty": "repeat_penalty",
-    "repeat_last_n": "repeat_last_n",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-    "stop": "stop",
-    "num_ctx": "context_limit",
-    "num_predict": "max_tokens",
-}
+from ..engine.protocol import SamplingParams
+
+_FIELDS = frozenset(f.name for f in fields(SamplingParams))
+# The Ollama option names that differ from SamplingParams' field names; every other
+# option of the same name as a field (temperature, top_k, stop, ...) maps to it as it is.
+_OLLAMA_RENAMES = {"num_ctx": "context_limit", "num_predict": "max_tokens"}
+# Fields that no option sets under the field's own name (format sets json_schema).
+_NOT_OPTIONS = frozenset(_OLLAMA_RENAMES.values()) | {"json_schema"}
+
+
+def from_ollama(options: Mapping[str, Any]) -> dict[str, Any]:
+    """SamplingParams fields from Ollama-named options (a request's ``options`` and a
+    custom model's ``parameters`` alike). Unset values, a ``num_predict`` of 0 or below
+    (Ollama's "until the end") and names that are no sampling parameter are left out."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        name = _OLLAMA_RENAMES.get(key, key)
+        if value is None or key in _NOT_OPTIONS or name not in _FIELDS:
+            continue
+        if name == "max_tokens" and (not isinstance(value, int) or value <= 0):
+            continue
+        if name == "stop":
+            value = [value] if isinstance(value, str) else list(value)
+        out[name] = value
+    return out
 
 
 class Profile:
@@ -35,14 +46,8 @@ class Profile:
     ) -> None:
         self.system = system
         self.template = template
-        self.defaults: dict[str, Any] = {}
-        for key, value in (parameters or {}).items():
-            field = _PARAMS.get(key)
-            if field is None or value is None:
-                continue
-            if field == "max_tokens" and (not isinstance(value, int) or value <= 0):
-                continue
-            self.defaults[field] = list(value) if field == "stop" else value
+        # The model's parameters as SamplingParams fields: defaults under a request's own.
+        self.defaults: dict[str, Any] = from_ollama(parameters or {})
 
     def messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.system and not any(m.get("role") == "system" for m in messages):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import llama_cpp as lc
 import numpy as np
 
+from .protocol import SamplingParams
+
 _LOG_VERBOSE = False
 _native_log = logging.getLogger("mullama.llama")
 # ggml log levels: 1 info, 2 warn, 3 error, 4 debug, 5 continuation of the last message.
@@ -283,27 +285,13 @@ class Context:
         return [x / norm for x in vec]
 
 
-@dataclass
-class SamplingConfig:
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    seed: int | None = None
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    grammar: str | None = None
-    # Never pick an end-of-generation token (ignore_eos): generation runs to max_tokens
-    # with real text, as llama-server does it.
-    ban_eog: bool = False
-
-
 class Sampler:
     """One per-request sampler chain; ``sample`` also accepts the token."""
 
-    def __init__(self, model: Model, cfg: SamplingConfig) -> None:
+    def __init__(self, model: Model, cfg: SamplingParams, grammar: str | None = None) -> None:
+        """``grammar``: GBNF (from ``cfg.json_schema``). ``cfg.ignore_eos`` bans the
+        end-of-generation tokens: generation runs to max_tokens with real text, as
+        llama-server does it."""
         self.ptr = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         self.n_vocab = lc.llama_vocab_n_tokens(model.vocab)
         # Plain greedy (no grammar, no penalties) is the argmax of the logits row; numpy
@@ -311,12 +299,12 @@ class Sampler:
         # into a candidates array). Both take the first of equal maxima.
         self.argmax_only = (
             cfg.temperature <= 0.0
-            and not cfg.grammar
+            and not grammar
             and cfg.repeat_penalty == 1.0
             and cfg.presence_penalty == 0.0
             and cfg.frequency_penalty == 0.0
         )
-        self.banned = np.array(sorted(model.eog) if cfg.ban_eog else [], dtype=np.intp)
+        self.banned = np.array(sorted(model.eog) if cfg.ignore_eos else [], dtype=np.intp)
         add = self._add
         if len(self.banned):
             biases = (lc.llama_logit_bias * len(self.banned))()
@@ -324,8 +312,8 @@ class Sampler:
                 biases[i].token = tok
                 biases[i].bias = -math.inf
             add(lc.llama_sampler_init_logit_bias(self.n_vocab, len(biases), biases))
-        if cfg.grammar:
-            g = lc.llama_sampler_init_grammar(model.vocab, cfg.grammar.encode(), b"root")
+        if grammar:
+            g = lc.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
             if not g:
                 self.close()
                 raise ValueError("the grammar could not be parsed")

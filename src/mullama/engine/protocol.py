@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 import orjson
@@ -45,8 +45,19 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     context_limit: int | None = None  # per-request cap on prompt + completion tokens
-    grammar: str | None = None  # GBNF, as llama.cpp takes it
     json_schema: dict[str, Any] | None = None  # constrain output to JSON ({} = any JSON)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> SamplingParams:
+        """The worker's side of ``GenerateRequest.to_wire``: a key this version does not
+        know is an error, never silently dropped."""
+        unknown = set(data) - _SAMPLING_FIELDS
+        if unknown:
+            raise ValueError(f"unknown sampling parameters: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+_SAMPLING_FIELDS = frozenset(f.name for f in fields(SamplingParams))
 
 
 @dataclass

@@ -33,11 +33,10 @@ from .llama import (
     EngineError,
     Model,
     Sampler,
-    SamplingConfig,
     init_backend,
     json_grammar,
 )
-from .protocol import HEADER_SIZE, decode_header, encode_frame
+from .protocol import HEADER_SIZE, SamplingParams, decode_header, encode_frame
 from .scheduler import BurstTracker, Scheduler, Sequence
 
 log = logging.getLogger("mullama.worker")
@@ -175,20 +174,19 @@ class Worker:
         return template
 
     def _prepare(self, msg: dict[str, Any]) -> Sequence:
-        params = msg["params"]
+        params = SamplingParams.from_wire(msg["params"])
         tokens, param = self._prompt_tokens(msg)
         n_prompt = len(tokens)
-        limit = min(self.ctx_per_seq, params.get("context_limit") or self.ctx_per_seq)
-        max_tokens = params.get("max_tokens")
-        _check_length(n_prompt, max_tokens, limit, param)
+        limit = min(self.ctx_per_seq, params.context_limit or self.ctx_per_seq)
+        _check_length(n_prompt, params.max_tokens, limit, param)
         return Sequence(
             id=msg["request_id"],
             tokens=tokens,
             n_prompt=n_prompt,
-            max_tokens=max_tokens if max_tokens is not None else limit,
+            max_tokens=params.max_tokens if params.max_tokens is not None else limit,
             sampler=self._sampler(params),
-            stops=StopMatcher(list(params.get("stop") or [])),
-            ignore_eos=bool(params.get("ignore_eos")),
+            stops=StopMatcher(list(params.stop)),
+            ignore_eos=params.ignore_eos,
             ctx_limit=limit,
         )
 
@@ -215,29 +213,16 @@ class Worker:
             raise InvalidParameter("the prompt is empty", param=param)
         return tokens, param
 
-    def _sampler(self, params: dict[str, Any]) -> Sampler:
-        grammar = params.get("grammar")
-        if params.get("json_schema") is not None:
-            schema = orjson.dumps(params["json_schema"], option=orjson.OPT_SORT_KEYS).decode()
+    def _sampler(self, params: SamplingParams) -> Sampler:
+        grammar = None
+        if params.json_schema is not None:
+            schema = orjson.dumps(params.json_schema, option=orjson.OPT_SORT_KEYS).decode()
             try:
                 grammar = json_grammar(schema)
             except ValueError as exc:
                 raise InvalidParameter(str(exc), param="response_format") from exc
-        cfg = SamplingConfig(
-            temperature=params["temperature"],
-            top_k=params["top_k"],
-            top_p=params["top_p"],
-            min_p=params["min_p"],
-            seed=params.get("seed"),
-            repeat_penalty=params["repeat_penalty"],
-            repeat_last_n=params["repeat_last_n"],
-            presence_penalty=params["presence_penalty"],
-            frequency_penalty=params["frequency_penalty"],
-            grammar=grammar,
-            ban_eog=bool(params.get("ignore_eos")),
-        )
         try:
-            return Sampler(self.model, cfg)
+            return Sampler(self.model, params, grammar)
         except ValueError as exc:
             raise InvalidParameter(str(exc), param="response_format") from exc
 

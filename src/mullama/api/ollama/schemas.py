@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...engine.protocol import SamplingParams
 from ...models.custom import ModelParameters
+from ..profiles import Profile, from_ollama
 
 _CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
@@ -24,6 +26,25 @@ class Options(ModelParameters):
     stop: list[str] | str | None = None
     ignore_eos: bool | None = None  # extension (as llama-server): generate to num_predict
 
+    def to_sampling_params(self, fmt: Format, profile: Profile) -> SamplingParams:
+        """Ollama's defaults, then the model's (a custom model's parameters), then the
+        request's options; ``format`` constrains the output to JSON."""
+        p = SamplingParams(**{**OLLAMA_DEFAULTS, **profile.defaults, **from_ollama(vars(self))})
+        if fmt == "json":
+            p.json_schema = {}
+        elif isinstance(fmt, dict):
+            p.json_schema = fmt
+        return p
+
+
+# Ollama's own defaults where they differ from SamplingParams' (the OpenAI side's).
+OLLAMA_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.8,
+    "top_k": 40,
+    "top_p": 0.9,
+    "min_p": 0.0,
+    "repeat_penalty": 1.1,
+}
 
 Format = Literal["json", ""] | dict[str, Any] | None
 KeepAlive = str | int | float | None

@@ -10,54 +10,15 @@ from typing import Any
 
 import orjson
 
-from ...engine.protocol import Chunk, GenerateRequest, SamplingParams
+from ...engine.protocol import Chunk, GenerateRequest
 from ...errors import ClientError, MullamaError
 from ..profiles import profile_of
 from ..usage import metered
-from .schemas import ChatBody, EmbedBody, EmbeddingsBody, Format, GenerateBody, Options
-
-# Ollama's own defaults where they differ from the OpenAI side.
-_DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "repeat_penalty": 1.1}
+from .schemas import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody, Options
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-def sampling_params(
-    options: Options | None, fmt: Format, defaults: dict[str, Any] | None = None
-) -> SamplingParams:
-    """Ollama's defaults, then the model's (a custom model's parameters), then the request's."""
-    p = SamplingParams(**{**_DEFAULTS, **(defaults or {})})  # type: ignore[arg-type]
-    o = options or Options()
-    for name in (
-        "temperature",
-        "top_k",
-        "top_p",
-        "min_p",
-        "seed",
-        "repeat_penalty",
-        "presence_penalty",
-        "frequency_penalty",
-    ):
-        value = getattr(o, name)
-        if value is not None:
-            setattr(p, name, value)
-    if o.ignore_eos:
-        p.ignore_eos = True
-    if o.repeat_last_n is not None:
-        p.repeat_last_n = o.repeat_last_n
-    if o.num_predict is not None and o.num_predict > 0:
-        p.max_tokens = o.num_predict
-    if o.num_ctx is not None:
-        p.context_limit = o.num_ctx
-    if o.stop is not None:
-        p.stop = [o.stop] if isinstance(o.stop, str) else list(o.stop)
-    if fmt == "json":
-        p.json_schema = {}
-    elif isinstance(fmt, dict):
-        p.json_schema = fmt
-    return p
 
 
 _IF_BLOCK = re.compile(r"\{\{-?\s*if\s+\.(\w+)\s*-?\}\}(.*?)\{\{-?\s*end\s*-?\}\}", re.S)
@@ -124,7 +85,7 @@ class OllamaService:
 
     def _generate_request(self, body: GenerateBody, rid: str) -> GenerateRequest:
         profile = profile_of(self.models, body.model)
-        params = sampling_params(body.options, body.format, profile.defaults)
+        params = (body.options or Options()).to_sampling_params(body.format, profile)
         if body.raw:
             return GenerateRequest(rid, params, prompt=body.prompt, add_special=False)
         system = body.system if body.system is not None else profile.system
@@ -160,7 +121,7 @@ class OllamaService:
             return _loaded(body.model, "message", load_ns, started, body.stream)
         profile = profile_of(self.models, body.model)
         messages = profile.messages([{"role": m.role, "content": m.content} for m in body.messages])
-        params = sampling_params(body.options, body.format, profile.defaults)
+        params = (body.options or Options()).to_sampling_params(body.format, profile)
         req = GenerateRequest(rid, params, messages=messages, template=profile.template)
         gen = metered(self.models.generate(body.model, req, body.keep_alive))
         return await self._run(gen, body.model, "message", body.stream, started, load_ns)

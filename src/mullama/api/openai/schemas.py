@@ -7,6 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ...engine.protocol import SamplingParams
+from ...errors import ClientError
+from ..profiles import Profile
+
 _CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
 
@@ -92,6 +96,44 @@ class _Sampling(_Strict):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def to_sampling_params(self, profile: Profile, max_tokens: int | None) -> SamplingParams:
+        """The request's values over the model's defaults (a custom model's parameters).
+        A request field named like a SamplingParams field sets it when given."""
+        p = SamplingParams(**profile.defaults)
+        for name in _SAMPLING_NAMES:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(p, name, value)
+        if max_tokens is not None:
+            p.max_tokens = max_tokens
+        if self.stop_list():
+            p.stop = self.stop_list()
+        p.json_schema = self._json_schema(p.json_schema)
+        return p
+
+    def _json_schema(self, default: dict[str, Any] | None) -> dict[str, Any] | None:
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return default
+        if fmt.type == "json_object":
+            return {}
+        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+            raise ClientError(
+                "response_format.json_schema.schema is required for type json_schema",
+                param="response_format",
+            )
+        return fmt.json_schema.schema_
+
+
+# Fields of both _Sampling and SamplingParams that copy across as they are; the others
+# need a conversion (max_tokens: chat's max_completion_tokens, stop: str or list).
+_SAMPLING_NAMES = tuple(
+    sorted(
+        (set(_Sampling.model_fields) & set(SamplingParams.__dataclass_fields__))
+        - {"max_tokens", "stop"}
+    )
+)
 
 
 class ChatCompletionRequest(_Sampling):

@@ -13,48 +13,12 @@ from typing import Any
 
 import orjson
 
-from ...engine.protocol import Chunk, GenerateRequest, SamplingParams
+from ...engine.protocol import Chunk, GenerateRequest
 from ...errors import ClientError, MullamaError
 from ..profiles import profile_of
 from ..streaming import aiter_merge
 from ..usage import metered
-from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
-
-
-def sampling_params(
-    req: _Sampling, max_tokens: int | None, defaults: dict[str, Any] | None = None
-) -> SamplingParams:
-    """The request's values over the model's defaults (a custom model's parameters)."""
-    p = SamplingParams(**(defaults or {}))
-    p.ignore_eos = req.ignore_eos
-    if max_tokens is not None:
-        p.max_tokens = max_tokens
-    if req.stop_list():
-        p.stop = req.stop_list()
-    for name in (
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "repeat_penalty",
-    ):
-        value = getattr(req, name)
-        if value is not None:
-            setattr(p, name, value)
-    fmt = req.response_format
-    if fmt is not None and fmt.type == "json_object":
-        p.json_schema = {}
-    elif fmt is not None and fmt.type == "json_schema":
-        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
-            raise ClientError(
-                "response_format.json_schema.schema is required for type json_schema",
-                param="response_format",
-            )
-        p.json_schema = fmt.json_schema.schema_
-    return p
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 
 @dataclass
@@ -126,7 +90,7 @@ class OpenAIService:
         messages = profile.messages(messages)
         out = []
         for i in range(req.n):
-            params = sampling_params(req, max_tokens, profile.defaults)
+            params = req.to_sampling_params(profile, max_tokens)
             if params.seed is not None:
                 params.seed += i
             out.append(
@@ -136,12 +100,12 @@ class OpenAIService:
 
     def _completion_requests(self, req: CompletionRequest, rid: str) -> list[GenerateRequest]:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        defaults = profile_of(self.models, req.model).defaults
-        max_tokens = req.max_tokens or defaults.get("max_tokens") or 16
+        profile = profile_of(self.models, req.model)
+        max_tokens = req.max_tokens or profile.defaults.get("max_tokens") or 16
         out = []
         for p_idx, prompt in enumerate(prompts):
             for i in range(req.n):
-                params = sampling_params(req, max_tokens, defaults)
+                params = req.to_sampling_params(profile, max_tokens)
                 if params.seed is not None:
                     params.seed += i
                 out.append(GenerateRequest(f"{rid}/{p_idx}/{i}", params, prompt=prompt))

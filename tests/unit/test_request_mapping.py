@@ -1,0 +1,94 @@
+"""Both APIs' requests -> SamplingParams, custom-model defaults, and the worker's reading of
+the wire form: pure code, checked without a daemon."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+
+from mullama.api.ollama.schemas import OLLAMA_DEFAULTS, Options
+from mullama.api.openai.schemas import ChatCompletionRequest, CompletionRequest
+from mullama.api.profiles import EMPTY, Profile, from_ollama
+from mullama.engine.protocol import GenerateRequest, SamplingParams
+from mullama.errors import ClientError
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def _chat(**kw) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, **kw})
+
+
+def test_openai_unset_fields_keep_the_engine_defaults():
+    assert _chat().to_sampling_params(EMPTY, None) == SamplingParams()
+
+
+def test_openai_fields_set_their_namesakes():
+    p = _chat(
+        temperature=0.3, top_p=0.5, top_k=7, min_p=0.1, seed=9, presence_penalty=0.4,
+        frequency_penalty=-0.2, repeat_penalty=1.3, ignore_eos=True, stop="END",
+    ).to_sampling_params(EMPTY, 12)  # fmt: skip
+    assert (p.temperature, p.top_p, p.top_k, p.min_p, p.seed) == (0.3, 0.5, 7, 0.1, 9)
+    assert (p.presence_penalty, p.frequency_penalty, p.repeat_penalty) == (0.4, -0.2, 1.3)
+    assert p.ignore_eos and p.stop == ["END"] and p.max_tokens == 12
+
+
+def test_openai_request_values_win_over_a_custom_models_parameters():
+    profile = Profile(parameters={"temperature": 0.1, "top_k": 5, "num_predict": 30, "stop": ["x"]})
+    p = _chat(temperature=0.9).to_sampling_params(profile, None)
+    assert (p.temperature, p.top_k, p.max_tokens, p.stop) == (0.9, 5, 30, ["x"])
+
+
+def test_openai_response_formats():
+    assert _chat(response_format={"type": "json_object"}).to_sampling_params(EMPTY, None).json_schema == {}
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    assert _chat(response_format=fmt).to_sampling_params(EMPTY, None).json_schema == schema
+    assert _chat(response_format={"type": "text"}).to_sampling_params(EMPTY, None).json_schema is None
+    with pytest.raises(ClientError) as err:
+        _chat(response_format={"type": "json_schema"}).to_sampling_params(EMPTY, None)
+    assert err.value.param == "response_format"
+
+
+def test_completion_request_converts_the_same_way():
+    req = CompletionRequest.model_validate({"model": "m", "prompt": "p", "stop": ["a", "b"]})
+    assert req.to_sampling_params(EMPTY, 16).stop == ["a", "b"]
+
+
+def test_ollama_defaults_then_model_then_request():
+    assert Options().to_sampling_params(None, EMPTY) == SamplingParams(**OLLAMA_DEFAULTS)
+    profile = Profile(parameters={"top_p": 0.7, "repeat_penalty": 1.0, "num_ctx": 256})
+    p = Options(top_p=0.2, num_predict=5, stop="END").to_sampling_params("json", profile)
+    assert (p.top_p, p.repeat_penalty, p.context_limit) == (0.2, 1.0, 256)
+    assert (p.max_tokens, p.stop, p.json_schema) == (5, ["END"], {})
+    assert p.top_k == OLLAMA_DEFAULTS["top_k"]
+
+
+def test_ollama_num_predict_zero_or_below_means_until_the_end():
+    for n in (0, -1, -2):
+        assert Options(num_predict=n).to_sampling_params(None, EMPTY).max_tokens is None
+
+
+def test_ollama_format_schema_and_ignore_eos():
+    schema = {"type": "object"}
+    p = Options(ignore_eos=True).to_sampling_params(schema, EMPTY)
+    assert p.ignore_eos and p.json_schema == schema
+
+
+def test_one_table_serves_options_and_model_parameters():
+    values = {"num_ctx": 64, "num_predict": 8, "temperature": 0.0, "stop": "s", "seed": None}
+    assert from_ollama(values) == {
+        "context_limit": 64, "max_tokens": 8, "temperature": 0.0, "stop": ["s"]
+    }  # fmt: skip
+    # Our own names are no Ollama options, and unknown names are left out.
+    assert from_ollama({"max_tokens": 3, "json_schema": {}, "mirostat": 1}) == {}
+    assert Profile(parameters=values).defaults == from_ollama(values)
+
+
+def test_sampling_params_cross_the_wire_and_refuse_unknown_keys():
+    params = SamplingParams(temperature=0.0, stop=["a"], json_schema={"type": "object"})
+    wire = GenerateRequest("r", params, prompt="p").to_wire()
+    assert SamplingParams.from_wire(wire["params"]) == params
+    with pytest.raises(ValueError, match="unknown sampling parameters: grammar"):
+        SamplingParams.from_wire({**asdict(params), "grammar": "root ::= x"})
