@@ -63,70 +63,70 @@ def _try_get(url: str) -> httpx.Response | None:
 
 def test_sigterm_drains_four_streams():
     # A generous drain window: the streams must finish on a loaded machine too.
-    d = Daemon("--parallel", "4", "--context-size", "1024", "--shutdown-timeout", "280")
-    d.wait_healthy()
-    streams = [Stream(d.url + "/v1/chat/completions", _chat(300)) for _ in range(4)]
-    for s in streams:
-        assert s.first.wait(120)
-    d.proc.send_signal(signal.SIGTERM)
-    refused = wait_for(
-        lambda: (r := _try_get(d.url + "/v1/models")) is not None and r.status_code == 503 and r
-    )
-    assert int(refused.headers["retry-after"]) >= 1
-    assert refused.json()["error"]["code"] == "unavailable"
-    assert _try_get(d.url + "/health/ready").status_code == 503
-    for s in streams:
-        s.join(300)
-        events = _sse_events(s.lines)
-        assert s.status == 200
-        assert events[-1] == "[DONE]"
-        assert not any(isinstance(e, dict) and "error" in e for e in events), events[-3:]
-        assert events[-2]["choices"][0]["finish_reason"] == "length"
-    assert d.proc.wait(120) == 0, d.log()
-    assert not d.socket.exists()
-    assert not d.socket.with_suffix(".pid").exists()
-    d.stop()
+    with Daemon(
+        "--parallel", "4", "--context-size", "1024", "--shutdown-timeout", "280"
+    ).wait_healthy() as d:
+        streams = [Stream(d.url + "/v1/chat/completions", _chat(300)) for _ in range(4)]
+        for s in streams:
+            assert s.first.wait(120)
+        d.proc.send_signal(signal.SIGTERM)
+        refused = wait_for(
+            lambda: (r := _try_get(d.url + "/v1/models")) is not None and r.status_code == 503 and r
+        )
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"]["code"] == "unavailable"
+        assert _try_get(d.url + "/health/ready").status_code == 503
+        for s in streams:
+            s.join(300)
+            events = _sse_events(s.lines)
+            assert s.status == 200
+            assert events[-1] == "[DONE]"
+            assert not any(isinstance(e, dict) and "error" in e for e in events), events[-3:]
+            assert events[-2]["choices"][0]["finish_reason"] == "length"
+        assert d.proc.wait(120) == 0, d.log()
+        assert not d.socket.exists()
+        assert not d.socket.with_suffix(".pid").exists()
 
 
 def test_shutdown_timeout_aborts_streams_with_an_error_event():
-    d = Daemon("--shutdown-timeout", "1", "--parallel", "2", "--context-size", "2048")
-    d.wait_healthy()
-    sse = Stream(d.url + "/v1/chat/completions", _chat(1900))
-    ndjson = Stream(
-        d.url + "/api/chat",
-        {
-            "model": MODEL,
-            "messages": MSG,
-            "options": {"num_predict": 1900, "ignore_eos": True},
-            "stream": True,
-        },
-    )
-    assert sse.first.wait(120) and ndjson.first.wait(120)
-    d.proc.send_signal(signal.SIGTERM)
-    sse.join(120)
-    ndjson.join(120)
-    events = _sse_events(sse.lines)
-    assert events[-1] == "[DONE]"
-    assert "shutting down" in events[-2]["error"]["message"]
-    last = json.loads(ndjson.lines[-1])
-    assert "shutting down" in last["error"]
-    assert d.proc.wait(120) == 0, d.log()
-    assert "aborted 2 request(s)" in d.log()
-    d.stop()
+    with Daemon(
+        "--shutdown-timeout", "1", "--parallel", "2", "--context-size", "2048"
+    ).wait_healthy() as d:
+        sse = Stream(d.url + "/v1/chat/completions", _chat(1900))
+        ndjson = Stream(
+            d.url + "/api/chat",
+            {
+                "model": MODEL,
+                "messages": MSG,
+                "options": {"num_predict": 1900, "ignore_eos": True},
+                "stream": True,
+            },
+        )
+        assert sse.first.wait(120) and ndjson.first.wait(120)
+        d.proc.send_signal(signal.SIGTERM)
+        sse.join(120)
+        ndjson.join(120)
+        events = _sse_events(sse.lines)
+        assert events[-1] == "[DONE]"
+        assert "shutting down" in events[-2]["error"]["message"]
+        last = json.loads(ndjson.lines[-1])
+        assert "shutting down" in last["error"]
+        assert d.proc.wait(120) == 0, d.log()
+        assert "aborted 2 request(s)" in d.log()
 
 
 def test_second_signal_stops_at_once():
-    d = Daemon("--shutdown-timeout", "600", "--parallel", "1", "--context-size", "2048")
-    d.wait_healthy()
-    s = Stream(d.url + "/v1/chat/completions", _chat(1900))
-    assert s.first.wait(120)
-    d.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: "draining" in d.log())
-    d.proc.send_signal(signal.SIGINT)
-    assert d.proc.wait(60) == 0, d.log()
-    s.join(60)
-    assert not any("finish_reason" in line and '"length"' in line for line in s.lines)
-    d.stop()
+    with Daemon(
+        "--shutdown-timeout", "600", "--parallel", "1", "--context-size", "2048"
+    ).wait_healthy() as d:
+        s = Stream(d.url + "/v1/chat/completions", _chat(1900))
+        assert s.first.wait(120)
+        d.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "draining" in d.log())
+        d.proc.send_signal(signal.SIGINT)
+        assert d.proc.wait(60) == 0, d.log()
+        s.join(60)
+        assert not any("finish_reason" in line and '"length"' in line for line in s.lines)
 
 
 def test_request_timeout_cancels_the_generation():
@@ -168,32 +168,32 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_daemon_stop_and_status_over_the_control_socket():
     sock = Path(tempfile.mkdtemp(prefix="mullama-ctl-")) / "mullama.sock"
-    d = Daemon("--socket", f"ipc://{sock}", "--parallel", "1", "--context-size", "256")
-    d.wait_healthy()
-    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
-    assert int(sock.with_suffix(".pid").read_text()) == d.proc.pid
-    status = _cli("status", "--socket", f"unix://{sock}")
-    assert status.returncode == 0, status.stderr
-    assert f"pid {d.proc.pid}" in status.stdout and "ready" in status.stdout
-    info = json.loads(_cli("status", "--json", "--socket", str(sock)).stdout)
-    assert info["models"] == [MODEL]
-    # A second daemon on the same socket refuses to start.
-    second = subprocess.run(
-        [sys.executable, "-m", "mullama", "serve", "--socket", str(sock),
-         "--http-port", str(free_port())],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert second.returncode == 1
-    assert "already running" in second.stderr and str(d.proc.pid) in second.stderr
-    stop = _cli("stop", "--socket", str(sock), "--timeout", "10")
-    assert stop.returncode == 0, stop.stderr
-    assert "stopped" in stop.stdout
-    assert d.proc.wait(60) == 0
-    assert not sock.exists() and not sock.with_suffix(".pid").exists()
-    gone = _cli("status", "--socket", str(sock))
-    assert gone.returncode == 3 and "no daemon is running" in gone.stderr
-    assert _cli("stop", "--socket", str(sock)).returncode == 3
-    d.stop()
+    with Daemon(
+        "--socket", f"ipc://{sock}", "--parallel", "1", "--context-size", "256"
+    ).wait_healthy() as d:
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        assert int(sock.with_suffix(".pid").read_text()) == d.proc.pid
+        status = _cli("status", "--socket", f"unix://{sock}")
+        assert status.returncode == 0, status.stderr
+        assert f"pid {d.proc.pid}" in status.stdout and "ready" in status.stdout
+        info = json.loads(_cli("status", "--json", "--socket", str(sock)).stdout)
+        assert info["models"] == [MODEL]
+        # A second daemon on the same socket refuses to start.
+        second = subprocess.run(
+            [sys.executable, "-m", "mullama", "serve", "--socket", str(sock),
+             "--http-port", str(free_port())],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert "already running" in second.stderr and str(d.proc.pid) in second.stderr
+        stop = _cli("stop", "--socket", str(sock), "--timeout", "10")
+        assert stop.returncode == 0, stop.stderr
+        assert "stopped" in stop.stdout
+        assert d.proc.wait(60) == 0
+        assert not sock.exists() and not sock.with_suffix(".pid").exists()
+        gone = _cli("status", "--socket", str(sock))
+        assert gone.returncode == 3 and "no daemon is running" in gone.stderr
+        assert _cli("stop", "--socket", str(sock)).returncode == 3
 
 
 def test_stale_socket_is_replaced():

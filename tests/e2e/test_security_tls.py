@@ -7,7 +7,6 @@ import ipaddress
 import ssl
 import subprocess
 import sys
-import time
 
 import httpx
 import openai
@@ -17,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import MODEL, Daemon
+from tests.conftest import MODEL, Daemon, wait_for
 
 
 def _key():
@@ -63,15 +62,15 @@ def test_https_verified_by_the_openai_client(tmp_path):
     ctx = ssl.create_default_context(cafile=str(cert))
     url = f"https://127.0.0.1:{d.port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
+
+        def healthy() -> bool:
             assert d.proc.poll() is None, d.log()
-            try:
-                if httpx.get(url + "/health", verify=ctx, timeout=2).status_code == 200:
-                    break
+            try:  # 503 while the model loads, a refused connection before the bind
+                return httpx.get(url + "/health", verify=ctx, timeout=2).status_code == 200
             except httpx.HTTPError:
-                assert time.monotonic() < deadline, d.log()
-                time.sleep(0.2)
+                return False
+
+        wait_for(healthy, timeout=120, interval=0.2)
         with httpx.Client(verify=ctx, timeout=60) as http:
             client = openai.OpenAI(
                 base_url=url + "/v1", api_key="unused", http_client=http, max_retries=0

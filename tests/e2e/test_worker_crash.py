@@ -55,6 +55,8 @@ def test_killed_worker_is_replaced(crash_daemon):
     for t in threads:
         t.start()
     assert got_tokens.wait(60)
+    # Both requests are in the worker (each holds one of its two slots) before it dies.
+    wait_for(lambda: crash_daemon.model_status()["active_sequences"] == 2)
     os.kill(old_pid, signal.SIGKILL)
     for t in threads:
         t.join(60)

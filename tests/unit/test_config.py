@@ -69,10 +69,15 @@ def test_serve_with_missing_model_file_exits_1(tmp_path):
 
 
 def test_console_script_and_module_agree():
-    out = subprocess.run(
-        [sys.executable, "-m", "mullama", "--version"], capture_output=True, text=True
-    )
-    assert out.stdout.startswith("mullama ")
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "mullama"
+    outs = [
+        subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        for cmd in ([str(script), "--version"], [sys.executable, "-m", "mullama", "--version"])
+    ]
+    assert outs[0].startswith("mullama ")
+    assert outs[0] == outs[1]
 
 
 def test_config_reference_is_current():
