@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+import orjson
 import pytest
 
 from mullama.api.ollama.schemas import OLLAMA_DEFAULTS, Options
 from mullama.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from mullama.api.profiles import EMPTY, Profile, from_ollama
-from mullama.engine.protocol import GenerateRequest, SamplingParams
+from mullama.engine.protocol import GenerateRequest, SamplingParams, Step, StepRow, WorkerSpec
 from mullama.errors import ClientError
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -86,9 +87,31 @@ def test_one_table_serves_options_and_model_parameters():
     assert Profile(parameters=values).defaults == from_ollama(values)
 
 
-def test_sampling_params_cross_the_wire_and_refuse_unknown_keys():
+def test_generate_frames_cross_the_wire_and_refuse_unknown_keys():
     params = SamplingParams(temperature=0.0, stop=["a"], json_schema={"type": "object"})
-    wire = GenerateRequest("r", params, prompt="p").to_wire()
-    assert SamplingParams.from_wire(wire["params"]) == params
-    with pytest.raises(ValueError, match="unknown sampling parameters: grammar"):
+    req = GenerateRequest("api-1", params, messages=MSG, template="{{ x }}")
+    wire = req.to_wire("api-1#7")
+    assert wire["op"] == "generate" and wire["id"] == "api-1#7" and "request_id" not in wire
+    back = GenerateRequest.from_wire(orjson.loads(orjson.dumps(wire)))
+    assert back == GenerateRequest("api-1#7", params, messages=MSG, template="{{ x }}")
+    with pytest.raises(ValueError, match="unknown SamplingParams fields: grammar"):
         SamplingParams.from_wire({**asdict(params), "grammar": "root ::= x"})
+    with pytest.raises(ValueError, match="unknown GenerateRequest fields: images"):
+        GenerateRequest.from_wire({**wire, "images": []})
+
+
+def test_step_frames_keep_their_rows_named():
+    step = Step(
+        rows=[StepRow("a#1", "Hi", 3, 5, None), StepRow("b#2", "", 9, 4, "length")],
+        admitted=[("b#2", 0.25)], active=2, queued=0, kv_used=21, generated_total=12, threads=1,
+    )  # fmt: skip
+    back = Step.from_wire(orjson.loads(orjson.dumps(step.to_wire())))
+    assert back.rows[1].finish == "length" and back.rows[0].text == "Hi"
+    assert back == Step(**{**vars(step), "admitted": [["b#2", 0.25]]})  # JSON has no tuples
+
+
+def test_worker_spec_round_trip():
+    spec = WorkerSpec(name="m", path="/x.gguf", threads=2, cpu_share_dir="/dev/shm/s")
+    assert WorkerSpec.from_wire(orjson.loads(orjson.dumps(spec.to_wire()))) == spec
+    with pytest.raises(ValueError, match="unknown WorkerSpec fields: n_threads"):
+        WorkerSpec.from_wire({**spec.to_wire(), "n_threads": 4})

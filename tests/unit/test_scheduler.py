@@ -75,7 +75,7 @@ class FakeSampler:
         pass
 
 
-def make(n_slots=2, n_batch=8, kv=10_000, ctx_per_seq=100):
+def make(n_slots=2, n_batch=8, kv=10_000):
     ctx = FakeCtx(kv)
     sched = Scheduler(
         model=FakeModel(),
@@ -83,7 +83,6 @@ def make(n_slots=2, n_batch=8, kv=10_000, ctx_per_seq=100):
         batch=FakeBatch(n_batch),
         n_slots=n_slots,
         n_batch=n_batch,
-        ctx_per_seq=ctx_per_seq,
     )
     return sched, ctx
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..engine.protocol import SamplingParams
+
+if TYPE_CHECKING:
+    from ..models.manager import ModelManager
 
 _FIELDS = frozenset(f.name for f in fields(SamplingParams))
 # The Ollama option names that differ from SamplingParams' field names; every other
@@ -58,7 +61,7 @@ class Profile:
 EMPTY = Profile()
 
 
-def profile_of(models: Any, name: str | None) -> Profile:
+def profile_of(models: ModelManager, name: str | None) -> Profile:
     """The profile of a served model (the ModelRef kept by the model manager)."""
     if not name:
         return EMPTY

@@ -8,10 +8,9 @@ they are produced. Without a Usage set, :func:`metered` returns the generation a
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ..engine.protocol import Chunk
+from ..engine.protocol import ChunkStream
 
 
 @dataclass
@@ -24,14 +23,14 @@ current_usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar(
 )
 
 
-def metered(gen: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+def metered(gen: ChunkStream) -> ChunkStream:
     usage = current_usage.get()
     if usage is None:
         return gen
     return _metered(gen, usage)
 
 
-async def _metered(gen: AsyncIterator[Chunk], usage: Usage) -> AsyncIterator[Chunk]:
+async def _metered(gen: ChunkStream, usage: Usage) -> ChunkStream:
     seen = 0
     try:
         async for chunk in gen:
@@ -40,4 +39,4 @@ async def _metered(gen: AsyncIterator[Chunk], usage: Usage) -> AsyncIterator[Chu
                 seen = chunk.completion_tokens
             yield chunk
     finally:
-        await gen.aclose()  # type: ignore[attr-defined]
+        await gen.aclose()

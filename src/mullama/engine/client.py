@@ -10,8 +10,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -20,6 +19,7 @@ from ..errors import EngineCrashed, MullamaError, ServerError
 from .protocol import (
     HEADER_SIZE,
     Chunk,
+    ChunkStream,
     Embeddings,
     EngineObserver,
     GenerateRequest,
@@ -27,29 +27,14 @@ from .protocol import (
     ModelStats,
     NullGenerationObserver,
     NullObserver,
+    Step,
+    StepRow,
+    WorkerSpec,
     decode_header,
     encode_frame,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class WorkerSpec:
-    name: str
-    path: str
-    parallel: int = 4
-    context_size: int = 4096
-    batch_size: int = 512
-    kv_unified: bool = False
-    burst_wait_ms: float = 0.0
-    threads: int = 1  # resolved by the daemon from the CPU budget (engine/cpu.py)
-    cpu_share_dir: str | None = None  # where busy workers split the CPUs (engine/cpushare.py)
-    gpu_layers: int = 0
-    log_level: str = "info"
-    log_format: str = "auto"
-    log_file: str | None = None
-    load_timeout: float = 300.0
 
 
 @dataclass
@@ -103,7 +88,7 @@ class WorkerClient:
 
     async def _spawn(self) -> None:
         parent, child = socket.socketpair()
-        spec = orjson.dumps(asdict(self.spec)).decode()
+        spec = orjson.dumps(self.spec.to_wire()).decode()
         started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -212,20 +197,20 @@ class WorkerClient:
     def _dispatch(self, msg: dict[str, Any]) -> None:
         ev = msg["ev"]
         if ev == "step":
+            step = Step.from_wire(msg)
             streams = self._streams
-            for sid, wait in msg.get("adm", ()):
+            for sid, wait in step.admitted:
                 stream = streams.get(sid)
                 if stream is not None:
                     stream.obs.admitted(wait)
-            for item in msg["out"]:
-                stream = streams.get(item[0])
+            for row in step.rows:
+                stream = streams.get(row.id)
                 if stream is not None:
-                    stream.obs.output(item[2], item[4])
-                    stream.queue.put_nowait(("chunk", item))
+                    stream.obs.output(row.n_generated, row.finish)
+                    stream.queue.put_nowait(("chunk", row))
             st = self._stats
-            st.active, st.queued, st.kv_used = msg["active"], msg["queued"], msg["kv_used"]
-            st.generated_total = msg["generated_total"]
-            st.threads = msg["threads"]
+            st.active, st.queued, st.kv_used = step.active, step.queued, step.kv_used
+            st.generated_total, st.threads = step.generated_total, step.threads
             return
         stream = self._streams.get(msg.get("id", ""))
         if stream is None:
@@ -237,7 +222,7 @@ class WorkerClient:
                 stream.obs.accepted(msg["prompt_tokens"])
             stream.queue.put_nowait((ev, msg))
 
-    # ---- EngineClient -------------------------------------------------------------
+    # ---- generate / embed / stats ---------------------------------------------------
 
     def stats(self) -> ModelStats:
         return self._stats
@@ -252,29 +237,25 @@ class WorkerClient:
         self._seq += 1
         return f"{hint}#{self._seq}"
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+    async def generate(self, request: GenerateRequest) -> ChunkStream:
         """Yields a first empty chunk carrying prompt_tokens once the worker accepted the
         request, then text deltas, the last one with finish_reason set."""
         await self.ensure_started()
         sid = self._new_id(request.request_id)
         stream = _Stream(obs=self.observer.generation(self.name, request.request_id))
         self._streams[sid] = stream
-        wire = request.to_wire()
-        wire["request_id"] = sid
-        wire["op"] = "generate"
+        wire = request.to_wire(sid)
         error: BaseException | None = None
         try:
             self._send(wire)
             while True:
                 kind, payload = await stream.queue.get()
                 if kind == "chunk":
-                    _, text, n_gen, n_prompt, finish = payload
-                    if finish is not None:
+                    row: StepRow = payload
+                    if row.finish is not None:
                         stream.done = True
-                        if finish == "error":
-                            raise ServerError("the KV cache cannot hold this sequence")
-                    yield Chunk(text, n_gen, n_prompt, finish)
-                    if finish is not None:
+                    yield Chunk(row.text, row.n_generated, row.n_prompt, row.finish)
+                    if row.finish is not None:
                         return
                 elif kind == "accepted":
                     yield Chunk(prompt_tokens=payload["prompt_tokens"])

@@ -37,7 +37,9 @@ class CpuBudget:
         return out
 
     def describe(self) -> str:
-        quota = "no quota" if self.quota is None else f"quota {self.quota:g} CPUs ({self.quota_source})"
+        quota = (
+            "no quota" if self.quota is None else f"quota {self.quota:g} CPUs ({self.quota_source})"
+        )
         return (
             f"{self.logical} logical CPUs, {len(self.allowed)} allowed "
             f"({format_cpu_list(self.allowed)}), {self.physical} physical cores among them, "

@@ -47,8 +47,10 @@ def share_dir(cpus: str, mode: str, daemon_pid: int, base: str | None = None) ->
     """The folder where workers that share these CPUs meet. ``daemon`` mode keeps each
     daemon's workers to themselves (instances then split the cores by hand)."""
     if base is None:
-        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else (
-            tempfile.gettempdir()
+        base = (
+            "/dev/shm"
+            if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
+            else (tempfile.gettempdir())
         )
     name = "mullama-cpu-" + cpus.replace(",", "_")
     if mode == "daemon":

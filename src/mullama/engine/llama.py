@@ -249,7 +249,6 @@ class Context:
         self.n_ctx = lc.llama_n_ctx(self.ptr)
         self.n_ctx_seq = lc.llama_n_ctx_seq(self.ptr)  # padded up, never below the ask
         self.n_batch = lc.llama_n_batch(self.ptr)
-        self.n_seq_max = lc.llama_n_seq_max(self.ptr)
         self.threads = cfg.n_threads
 
     def set_threads(self, n: int) -> None:

@@ -4,10 +4,11 @@ never pickle)."""
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -28,6 +29,47 @@ def decode_header(header: bytes) -> int:
 
 
 HEADER_SIZE = _HEADER.size
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
+def _strict(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` as keyword arguments of dataclass ``cls``; a key this version does not
+    know is an error (a frame from another version), never silently dropped."""
+    unknown = data.keys() - _field_names(cls)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
+    return data
+
+
+@dataclass
+class WorkerSpec:
+    """What a worker process serves and how: the daemon resolves every value."""
+
+    name: str
+    path: str
+    parallel: int = 4
+    context_size: int = 4096
+    batch_size: int = 512
+    kv_unified: bool = False
+    burst_wait_ms: float = 0.0
+    threads: int = 1  # resolved by the daemon from the CPU budget (engine/cpu.py)
+    cpu_share_dir: str | None = None  # where busy workers split the CPUs (engine/cpushare.py)
+    gpu_layers: int = 0
+    log_level: str = "info"
+    log_format: str = "auto"
+    log_file: str | None = None
+    load_timeout: float = 300.0
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> WorkerSpec:
+        return cls(**_strict(cls, data))
 
 
 @dataclass
@@ -51,13 +93,7 @@ class SamplingParams:
     def from_wire(cls, data: dict[str, Any]) -> SamplingParams:
         """The worker's side of ``GenerateRequest.to_wire``: a key this version does not
         know is an error, never silently dropped."""
-        unknown = set(data) - _SAMPLING_FIELDS
-        if unknown:
-            raise ValueError(f"unknown sampling parameters: {', '.join(sorted(unknown))}")
-        return cls(**data)
-
-
-_SAMPLING_FIELDS = frozenset(f.name for f in fields(SamplingParams))
+        return cls(**_strict(cls, data))
 
 
 @dataclass
@@ -71,8 +107,62 @@ class GenerateRequest:
     add_special: bool = True
     template: str | None = None  # a Jinja chat template overriding the model's (custom models)
 
+    def to_wire(self, wire_id: str) -> dict[str, Any]:
+        """The ``generate`` frame; ``wire_id`` names the sequence on the socket."""
+        out = asdict(self)
+        out["id"] = wire_id
+        del out["request_id"]
+        return {"op": "generate", **out}
+
+    @classmethod
+    def from_wire(cls, msg: dict[str, Any]) -> GenerateRequest:
+        data = {k: v for k, v in msg.items() if k not in ("op", "id")}
+        data = _strict(cls, {**data, "request_id": msg["id"]})
+        data["params"] = SamplingParams.from_wire(data["params"])
+        return cls(**data)
+
+
+class StepRow(NamedTuple):
+    """One sequence's output of one decode step."""
+
+    id: str
+    text: str
+    n_generated: int
+    n_prompt: int
+    finish: str | None  # "stop" | "length" | None while generating
+
+
+@dataclass
+class Step:
+    """A decode step's outputs and the worker's numbers after it (one frame per step)."""
+
+    rows: list[StepRow]
+    admitted: list[tuple[str, float]]  # (id, seconds waited in the queue) given a slot
+    active: int
+    queued: int
+    kv_used: int
+    generated_total: int
+    threads: int
+
     def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
+        # By hand, not asdict (a deep copy, on every step); rows as plain tuples (orjson
+        # does not take NamedTuple subclasses).
+        return {
+            "ev": "step",
+            "rows": [tuple(row) for row in self.rows],
+            "admitted": self.admitted,
+            "active": self.active,
+            "queued": self.queued,
+            "kv_used": self.kv_used,
+            "generated_total": self.generated_total,
+            "threads": self.threads,
+        }
+
+    @classmethod
+    def from_wire(cls, msg: dict[str, Any]) -> Step:
+        data = _strict(cls, {k: v for k, v in msg.items() if k != "ev"})
+        data["rows"] = [StepRow(*row) for row in data["rows"]]
+        return cls(**data)
 
 
 @dataclass
@@ -83,6 +173,10 @@ class Chunk:
     completion_tokens: int = 0
     prompt_tokens: int = 0
     finish_reason: str | None = None  # "stop" | "length" | None while generating
+
+
+# What a generation is on the daemon side: closing it early (aclose) cancels it.
+ChunkStream = AsyncGenerator[Chunk, None]
 
 
 @dataclass
@@ -99,18 +193,6 @@ class ModelStats:
     kv_size: int = 0
     generated_total: int = 0
     threads: int = 0  # decode threads of the last step (its share of the CPUs)
-
-
-class EngineClient(Protocol):
-    """The narrow interface api/ uses: generate, embed, and some numbers."""
-
-    name: str
-
-    def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]: ...
-
-    async def embed(self, inputs: list[str], truncate: bool = False) -> Embeddings: ...
-
-    def stats(self) -> ModelStats: ...
 
 
 # ---- observation hooks ------------------------------------------------------------

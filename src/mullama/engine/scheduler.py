@@ -14,18 +14,11 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from .detokenize import IncrementalText, StopMatcher
 
 log = logging.getLogger(__name__)
-
-
-class Engine(Protocol):
-    """The engine operations the scheduler needs (engine/llama.py provides them)."""
-
-    def decode(self, batch: Any) -> int: ...
-    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool: ...
 
 
 @dataclass(eq=False)
@@ -78,16 +71,12 @@ class Scheduler:
         batch: Any,
         n_slots: int,
         n_batch: int,
-        ctx_per_seq: int,
-        prefix_cache: bool = True,
     ) -> None:
         self.model = model
         self.ctx = ctx
         self.batch = batch
         self.slots = [Slot(i) for i in range(n_slots)]
         self.n_batch = n_batch
-        self.ctx_per_seq = ctx_per_seq
-        self.prefix_cache = prefix_cache
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._order = itertools.count()
@@ -168,11 +157,8 @@ class Scheduler:
                 return
             seq = self.waiting.popleft()
             slot = self._best_slot(free, seq.tokens)
-            reuse = 0
-            if self.prefix_cache:
-                reuse = _common_prefix(slot.cached, seq.tokens)
-                # A full hit must still decode the last prompt token to get logits.
-                reuse = min(reuse, len(seq.tokens) - 1)
+            # A full hit must still decode the last prompt token to get logits.
+            reuse = min(_common_prefix(slot.cached, seq.tokens), len(seq.tokens) - 1)
             if reuse < len(slot.cached) and not self.ctx.seq_rm(slot.index, reuse, -1):
                 self.ctx.seq_rm(slot.index, -1, -1)
                 reuse = 0
@@ -187,8 +173,6 @@ class Scheduler:
                 self.admitted.append(seq)
 
     def _best_slot(self, free: list[Slot], tokens: list[int]) -> Slot:
-        if not self.prefix_cache:
-            return free[0]
         best, best_len = free[0], -1
         for slot in free:
             n = _common_prefix(slot.cached, tokens)
@@ -292,7 +276,7 @@ class Scheduler:
         if seq.slot >= 0:
             slot = self.slots[seq.slot]
             slot.seq = None
-            if keep_cache and self.prefix_cache:
+            if keep_cache:
                 slot.cached = seq.tokens[: seq.n_past]
             else:
                 self.ctx.seq_rm(slot.index, -1, -1)

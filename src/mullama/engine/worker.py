@@ -36,7 +36,16 @@ from .llama import (
     init_backend,
     json_grammar,
 )
-from .protocol import HEADER_SIZE, SamplingParams, decode_header, encode_frame
+from .protocol import (
+    HEADER_SIZE,
+    GenerateRequest,
+    SamplingParams,
+    Step,
+    StepRow,
+    WorkerSpec,
+    decode_header,
+    encode_frame,
+)
 from .scheduler import BurstTracker, Scheduler, Sequence
 
 log = logging.getLogger("mullama.worker")
@@ -67,18 +76,18 @@ class Channel:
 
 
 class Worker:
-    def __init__(self, spec: dict[str, Any], chan: Channel) -> None:
+    def __init__(self, spec: WorkerSpec, chan: Channel) -> None:
         self.spec = spec
         self.chan = chan
-        self.model = Model(spec["path"], gpu_layers=int(spec.get("gpu_layers", 0)))
+        self.model = Model(spec.path, gpu_layers=spec.gpu_layers)
         self.info = self.model.info()
-        n_slots = int(spec["parallel"])
-        self.ctx_per_seq = int(spec["context_size"])
-        n_batch = int(spec["batch_size"])
+        n_slots = spec.parallel
+        self.ctx_per_seq = spec.context_size
+        n_batch = spec.batch_size
         # The daemon resolves the thread count from the CPU budget (engine/cpu.py); it is
         # this worker's share when it decodes alone.
-        self.threads = max(1, int(spec["threads"]))
-        share_dir = spec.get("cpu_share_dir")
+        self.threads = max(1, spec.threads)
+        share_dir = spec.cpu_share_dir
         self.share = CpuShare(Path(share_dir), self.threads) if share_dir else None
         self._embed_share = CpuShare(Path(share_dir), self.threads) if share_dir else None
         self.ctx = Context(
@@ -88,7 +97,7 @@ class Worker:
                 n_batch=n_batch,
                 n_seq_max=n_slots,
                 n_threads=self.threads,
-                kv_unified=bool(spec.get("kv_unified", False)),
+                kv_unified=spec.kv_unified,
             ),
         )
         n_batch = self.ctx.n_batch
@@ -101,7 +110,6 @@ class Worker:
             batch=self.batch,
             n_slots=n_slots,
             n_batch=n_batch,
-            ctx_per_seq=self.ctx_per_seq,
         )
         self.template = ChatTemplate(
             self.info.chat_template, self.info.bos_text, self.info.eos_text
@@ -112,7 +120,7 @@ class Worker:
         self._embed_q: queue.Queue[dict[str, Any]] = queue.Queue()
         self._embed_ctx: Context | None = None
         self._last_stats: tuple[int, int] = (-1, -1)
-        self._burst_wait_s = max(0.0, float(spec.get("burst_wait_ms", 0.0))) / 1000.0
+        self._burst_wait_s = max(0.0, spec.burst_wait_ms) / 1000.0
         self._bursts = BurstTracker()
 
     # ---- reader thread ----------------------------------------------------------
@@ -131,6 +139,8 @@ class Worker:
                 self._embed_q.put(msg)
             elif op == "shutdown":
                 self._exit()
+            else:
+                log.error("frame with an unknown op from the daemon: %r", op)
 
     def _exit(self) -> None:
         for share in (self.share, self._embed_share):
@@ -144,9 +154,9 @@ class Worker:
             self._cond.notify()
 
     def _on_generate(self, msg: dict[str, Any]) -> None:
-        req_id = msg["request_id"]
+        req_id = str(msg.get("id"))
         try:
-            seq = self._prepare(msg)
+            seq = self._prepare(GenerateRequest.from_wire(msg))
         except MullamaError as exc:
             self.chan.send({"ev": "error", "id": req_id, "error": exc.to_wire()})
             return
@@ -173,14 +183,14 @@ class Worker:
             self._templates[source] = template
         return template
 
-    def _prepare(self, msg: dict[str, Any]) -> Sequence:
-        params = SamplingParams.from_wire(msg["params"])
-        tokens, param = self._prompt_tokens(msg)
+    def _prepare(self, req: GenerateRequest) -> Sequence:
+        params = req.params
+        tokens, param = self._prompt_tokens(req)
         n_prompt = len(tokens)
         limit = min(self.ctx_per_seq, params.context_limit or self.ctx_per_seq)
         _check_length(n_prompt, params.max_tokens, limit, param)
         return Sequence(
-            id=msg["request_id"],
+            id=req.request_id,
             tokens=tokens,
             n_prompt=n_prompt,
             max_tokens=params.max_tokens if params.max_tokens is not None else limit,
@@ -190,12 +200,12 @@ class Worker:
             ctx_limit=limit,
         )
 
-    def _prompt_tokens(self, msg: dict[str, Any]) -> tuple[list[int], str]:
+    def _prompt_tokens(self, req: GenerateRequest) -> tuple[list[int], str]:
         """The prompt's tokens (chat messages through the template, or raw text) and the
         request field to name in errors."""
-        if msg.get("messages") is not None:
+        if req.messages is not None:
             try:
-                text = self._template(msg.get("template")).render(msg["messages"])
+                text = self._template(req.template).render(req.messages)
             except TemplateRenderError as exc:
                 raise InvalidParameter(str(exc), param="messages") from exc
             add_special = self.info.add_bos and not (
@@ -204,9 +214,8 @@ class Worker:
             tokens = self.model.tokenize(text, add_special=add_special, parse_special=True)
             param = "messages"
         else:
-            text = msg.get("prompt") or ""
             tokens = self.model.tokenize(
-                text, add_special=bool(msg.get("add_special", True)), parse_special=True
+                req.prompt or "", add_special=req.add_special, parse_special=True
             )
             param = "prompt"
         if not tokens:
@@ -341,23 +350,25 @@ class Worker:
             stats = (sched.n_active, sched.n_queued)
             if outputs or sched.admitted or stats != self._last_stats:
                 self._last_stats = stats
-                self.chan.send(
-                    {
-                        "ev": "step",
-                        "out": [
-                            [o.id, o.text, o.n_generated, o.n_prompt, o.finish] for o in outputs
-                        ],
-                        # [id, seconds waited in the queue] for sequences just given a slot
-                        "adm": [
-                            [s.id, (s.admitted_at or 0.0) - s.submitted_at] for s in sched.admitted
-                        ],
-                        "active": stats[0],
-                        "queued": stats[1],
-                        "kv_used": sched.kv_used(),
-                        "generated_total": sched.generated_total,
-                        "threads": self.ctx.threads,
-                    }
+                rows = []
+                for o in outputs:
+                    if o.finish == "error":  # the scheduler gave up on it (no KV room)
+                        err = ServerError("the KV cache cannot hold this sequence")
+                        self.chan.send({"ev": "error", "id": o.id, "error": err.to_wire()})
+                    else:
+                        rows.append(StepRow(o.id, o.text, o.n_generated, o.n_prompt, o.finish))
+                step = Step(
+                    rows=rows,
+                    admitted=[
+                        (s.id, (s.admitted_at or 0.0) - s.submitted_at) for s in sched.admitted
+                    ],
+                    active=stats[0],
+                    queued=stats[1],
+                    kv_used=sched.kv_used(),
+                    generated_total=sched.generated_total,
+                    threads=self.ctx.threads,
                 )
+                self.chan.send(step.to_wire())
 
     def _set_busy(self, busy: bool) -> None:
         if self.share is not None:
@@ -412,16 +423,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--spec", required=True)
     args = parser.parse_args(argv)
-    spec = orjson.loads(args.spec)
+    spec = WorkerSpec.from_wire(orjson.loads(args.spec))
     setup_logging(
-        str(spec.get("log_level", "info")),
-        str(spec.get("log_format", "auto")),
-        spec.get("log_file") or None,
-        static={"model": spec.get("name", "")},
-        tag=f"worker {os.getpid()} {spec.get('name', '')}",
+        spec.log_level,
+        spec.log_format,
+        spec.log_file or None,
+        static={"model": spec.name},
+        tag=f"worker {os.getpid()} {spec.name}",
     )
     chan = Channel(socket.socket(fileno=args.fd))
-    init_backend(verbose=spec.get("log_level") == "debug")
+    init_backend(verbose=spec.log_level == "debug")
     started = time.monotonic()
     try:
         worker = Worker(spec, chan)

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..engine.client import WorkerClient, WorkerSpec
+from ..engine.client import WorkerClient
 from ..engine.cpu import CpuBudget, detect, format_cpu_list
 from ..engine.cpushare import share_dir
-from ..engine.protocol import Chunk, Embeddings, GenerateRequest
+from ..engine.protocol import ChunkStream, Embeddings, GenerateRequest, WorkerSpec
 from ..errors import (
     ClientError,
     EngineCrashed,
@@ -109,7 +109,6 @@ class ModelManager:
         self.per_model = parse_model_opts(settings.model_opt)
         self._slots: dict[str, Slot] = {}
         self._changed = asyncio.Condition()
-        self._closing = False
         self._observer: Any = None
         self.cpu: CpuBudget = detect()
         self.share_dir: str | None = None
@@ -208,9 +207,6 @@ class ModelManager:
 
     def get(self, name: str | None) -> WorkerClient:
         return self._slot(name).client
-
-    def slot(self, name: str | None) -> Slot:
-        return self._slot(name)
 
     # ---- loading, budget, eviction ------------------------------------------------------
 
@@ -424,7 +420,7 @@ class ModelManager:
 
     async def generate(
         self, name: str | None, request: GenerateRequest, keep_alive: Any = None
-    ) -> AsyncIterator[Chunk]:
+    ) -> ChunkStream:
         async with self.lease(name, keep_alive) as slot:
             gen = slot.client.generate(request)
             try:
@@ -456,7 +452,6 @@ class ModelManager:
         return failed
 
     async def close(self) -> None:
-        self._closing = True
         await asyncio.gather(
             *(self._unload(s) for s in self._slots.values()), return_exceptions=True
         )

@@ -116,10 +116,6 @@ class Manifest:
     def id(self) -> str:
         return self.digest[:12]
 
-    @property
-    def is_custom(self) -> bool:
-        return bool(self.system or self.template or self.parameters)
-
 
 class ModelStore:
     def __init__(self, root: str | Path) -> None:

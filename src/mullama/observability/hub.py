@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..errors import MullamaError
@@ -31,6 +31,9 @@ MONITORING_PATHS = frozenset(
         "/api/system/status",
     }
 )
+
+if TYPE_CHECKING:
+    from ..models.manager import ModelManager
 
 
 def rss_bytes(pid: int | None) -> int:
@@ -140,7 +143,7 @@ class GenerationTracker:
 
 
 class Observability:
-    def __init__(self, models: Any, tracing: Tracing | None = None) -> None:
+    def __init__(self, models: ModelManager, tracing: Tracing | None = None) -> None:
         self.models = models  # ModelManager: names, clients()
         self.tracing = tracing
         self.started = time.time()

@@ -29,7 +29,6 @@ class RequestRecord:
     started: float = field(default_factory=time.perf_counter)
     started_ns: int = field(default_factory=time.time_ns)  # wall clock, for spans
     model: str | None = None
-    operation: str | None = None  # "chat", "text_completion", "embeddings"
     prompt_tokens: int = 0
     completion_tokens: int = 0
     first_token: float | None = None  # perf_counter of the first generated token

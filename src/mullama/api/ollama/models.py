@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -14,6 +14,9 @@ from ...models.aliases import check_name
 from ...models.gguf import GGUFInfo, human_params, read_gguf
 from ...models.registry import resolve
 from ...models.store import ModelStore
+
+if TYPE_CHECKING:
+    from ...models.manager import ModelManager
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ class _StoreEntry:
 
 
 class OllamaModels:
-    def __init__(self, models: Any, store: ModelStore | None = None) -> None:
+    def __init__(self, models: ModelManager, store: ModelStore | None = None) -> None:
         self.models = models
         self.store = store
 

@@ -31,7 +31,7 @@ def _service(request: Request) -> OllamaService:
 
 
 def _rid(request: Request) -> str:
-    return request.scope.get("state", {}).get("request_id") or "ollama"
+    return request.scope["state"]["request_id"]  # set by RequestIdMiddleware
 
 
 def _respond(result: object) -> Response:

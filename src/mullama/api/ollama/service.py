@@ -1,4 +1,4 @@
-"""Ollama-compatible generate, chat and embeddings on top of EngineClient."""
+"""Ollama-compatible generate, chat and embeddings on top of the model manager."""
 
 from __future__ import annotations
 
@@ -6,15 +6,18 @@ import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...engine.protocol import Chunk, GenerateRequest
+from ...engine.protocol import Chunk, ChunkStream, GenerateRequest
 from ...errors import ClientError, MullamaError
 from ..profiles import profile_of
 from ..usage import metered
 from .schemas import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody, Options
+
+if TYPE_CHECKING:
+    from ...models.manager import ModelManager
 
 
 def now_iso() -> str:
@@ -74,7 +77,7 @@ class Timings:
 
 
 class OllamaService:
-    def __init__(self, models: Any) -> None:
+    def __init__(self, models: ModelManager) -> None:
         self.models = models
 
     async def _load(self, name: str, keep_alive: Any) -> int:
@@ -128,7 +131,7 @@ class OllamaService:
 
     async def _run(
         self,
-        gen: AsyncIterator[Chunk],
+        gen: ChunkStream,
         model: str,
         kind: str,
         stream: bool,
@@ -138,7 +141,7 @@ class OllamaService:
         try:
             first = await gen.__anext__()  # errors before the response starts: HTTP errors
         except BaseException:
-            await gen.aclose()  # type: ignore[attr-defined]
+            await gen.aclose()
             raise
         timings = Timings(started, load_ns)
         if stream:
@@ -153,7 +156,7 @@ class OllamaService:
         return _final(model, kind, "".join(parts), last, first.prompt_tokens, timings)
 
     async def _stream(
-        self, gen: AsyncIterator[Chunk], first: Chunk, model: str, kind: str, timings: Timings
+        self, gen: ChunkStream, first: Chunk, model: str, kind: str, timings: Timings
     ) -> AsyncIterator[bytes]:
         last = first
         try:
@@ -166,7 +169,7 @@ class OllamaService:
         except MullamaError as exc:
             yield _line({"error": exc.message})
         finally:
-            await gen.aclose()  # type: ignore[attr-defined]
+            await gen.aclose()
 
     # ---- embeddings --------------------------------------------------------------------
 

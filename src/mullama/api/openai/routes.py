@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -24,7 +23,7 @@ def _service(request: Request) -> OpenAIService:
 
 
 def _request_id(request: Request) -> str:
-    return request.scope.get("state", {}).get("request_id") or f"req-{time.monotonic_ns()}"
+    return request.scope["state"]["request_id"]  # set by RequestIdMiddleware
 
 
 async def _respond(request: Request, result: object) -> Response:

@@ -1,4 +1,5 @@
-"""OpenAI-compatible completions, chat completions and embeddings on top of EngineClient."""
+"""OpenAI-compatible completions, chat completions and embeddings on top of the model
+manager."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...engine.protocol import Chunk, GenerateRequest
+from ...engine.protocol import Chunk, ChunkStream, GenerateRequest
 from ...errors import ClientError, MullamaError
 from ..profiles import profile_of
 from ..streaming import aiter_merge
 from ..usage import metered
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+if TYPE_CHECKING:
+    from ...models.manager import ModelManager
 
 
 @dataclass
@@ -29,28 +33,28 @@ class _Choice:
     finish_reason: str | None = None
 
 
-async def _primed(gen: AsyncIterator[Chunk]) -> tuple[Chunk, AsyncIterator[Chunk]]:
+async def _primed(gen: ChunkStream) -> tuple[Chunk, ChunkStream]:
     """Wait for the engine to accept the request (errors surface here, before any byte of
     the response is sent)."""
     try:
         first = await gen.__anext__()
     except BaseException:
-        await gen.aclose()  # type: ignore[attr-defined]
+        await gen.aclose()
         raise
     return first, gen
 
 
 async def start_generations(
-    models: Any, model: str, requests: list[GenerateRequest], keep_alive: Any = None
-) -> tuple[list[int], list[AsyncIterator[Chunk]]]:
+    models: ModelManager, model: str, requests: list[GenerateRequest], keep_alive: Any = None
+) -> tuple[list[int], list[ChunkStream]]:
     """Start every generation and wait until each is accepted; on any error, stop them all."""
-    started: list[tuple[Chunk, AsyncIterator[Chunk]]] = []
+    started: list[tuple[Chunk, ChunkStream]] = []
     try:
         for req in requests:
             started.append(await _primed(metered(models.generate(model, req, keep_alive))))
     except BaseException:
         for _, gen in started:
-            await gen.aclose()  # type: ignore[attr-defined]
+            await gen.aclose()
         raise
     return [c.prompt_tokens for c, _ in started], [g for _, g in started]
 
@@ -71,7 +75,7 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 
 class OpenAIService:
-    def __init__(self, models: Any) -> None:
+    def __init__(self, models: ModelManager) -> None:
         self.models = models
 
     # ---- requests -> engine requests ----------------------------------------------
@@ -147,7 +151,7 @@ class OpenAIService:
         created: int,
         model: str,
         prompt_tokens: list[int],
-        gens: list[AsyncIterator[Chunk]],
+        gens: list[ChunkStream],
         include_usage: bool,
     ) -> AsyncIterator[bytes]:
         def chunk(index: int, delta: dict[str, Any], finish: str | None) -> bytes:
@@ -227,7 +231,7 @@ class OpenAIService:
         created: int,
         model: str,
         n_prompt: int,
-        gens: list[AsyncIterator[Chunk]],
+        gens: list[ChunkStream],
         include_usage: bool,
     ) -> AsyncIterator[bytes]:
         completion = [0] * len(gens)
@@ -285,7 +289,7 @@ def _base64_floats(vec: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
 
 
-async def _collect(gens: list[AsyncIterator[Chunk]]) -> list[_Choice]:
+async def _collect(gens: list[ChunkStream]) -> list[_Choice]:
     choices = [_Choice() for _ in gens]
     async for i, c in aiter_merge(gens):
         ch = choices[i]
