@@ -1,8 +1,10 @@
-"""The one place where errors become HTTP responses (OpenAI shape)."""
+"""The one place where errors get their wire forms: a JSON response in the OpenAI or the
+Ollama shape, the error event ending an SSE stream, the error line ending an NDJSON one."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,27 +12,47 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ClientError, InvalidParameter, MullamaError, NotFound, ServerError
 from .responses import ORJSONResponse
+from .streaming import ndjson_line, sse
 
 log = logging.getLogger(__name__)
 
 
+def openai_body(exc: MullamaError) -> dict[str, Any]:
+    return {
+        "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
+    }
+
+
+def ollama_body(exc: MullamaError) -> dict[str, Any]:
+    return {"error": exc.message}
+
+
+def error_body(path: str, exc: MullamaError) -> dict[str, Any]:
+    """Ollama's shape under /api/, OpenAI's everywhere else."""
+    return ollama_body(exc) if path.startswith("/api/") else openai_body(exc)
+
+
+def sse_error(exc: MullamaError) -> bytes:
+    """The error event that ends an OpenAI stream (before ``data: [DONE]``)."""
+    return sse(openai_body(exc))
+
+
+def ndjson_error(exc: MullamaError) -> bytes:
+    """The error line that ends an Ollama stream."""
+    return ndjson_line(ollama_body(exc))
+
+
 def ollama_error(exc: MullamaError) -> ORJSONResponse:
-    return ORJSONResponse(
-        {"error": exc.message}, status_code=exc.status, headers=exc.headers or None
-    )
+    return ORJSONResponse(ollama_body(exc), status_code=exc.status, headers=exc.headers or None)
+
+
+def openai_error(exc: MullamaError) -> ORJSONResponse:
+    return ORJSONResponse(openai_body(exc), status_code=exc.status, headers=exc.headers or None)
 
 
 def error_response(path: str, exc: MullamaError) -> ORJSONResponse:
     """Ollama's shape under /api/, OpenAI's everywhere else."""
-    if path.startswith("/api/"):
-        return ollama_error(exc)
-    return openai_error(exc)
-
-
-def openai_error(exc: MullamaError) -> ORJSONResponse:
-    body = {
-        "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
-    }
+    body = error_body(path, exc)
     return ORJSONResponse(body, status_code=exc.status, headers=exc.headers or None)
 
 

@@ -6,11 +6,24 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse(obj: Any) -> bytes:
+    """One server-sent event (OpenAI streams)."""
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def ndjson_line(obj: Any) -> bytes:
+    """One line of newline-delimited JSON (Ollama streams)."""
+    return orjson.dumps(obj) + b"\n"
 
 
 class DisconnectAwareStream(StreamingResponse):

@@ -11,7 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ..api.errors import openai_body
+from ..errors import ClientError
 
 
 class HeaderLimitExceeded(Exception):
@@ -19,7 +23,11 @@ class HeaderLimitExceeded(Exception):
 
 
 def _response(status: bytes, message: bytes) -> bytes:
-    body = b'{"error": {"message": "' + message + b'", "type": "invalid_request_error"}}'
+    """A raw response written before any ASGI code runs (the path is not known yet: the
+    OpenAI shape, built by the one error builder)."""
+    code, _, reason = status.decode().partition(" ")
+    err = ClientError(message.decode(), status=int(code), code=reason.lower().replace(" ", "_"))
+    body = orjson.dumps(openai_body(err))
     return (
         b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
         b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body

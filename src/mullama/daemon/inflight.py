@@ -16,10 +16,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..api.errors import error_response
+from ..api.errors import error_response, ndjson_error, sse_error
+from ..api.streaming import SSE_DONE
 from ..errors import MullamaError, RequestTimeout, Unavailable
 from ..security.policy import is_admin, is_lifecycle_exempt
 from .lifecycle import Lifecycle
@@ -159,9 +159,8 @@ async def _send_error(
         return
     tail = b""
     if state.content_type.startswith(b"text/event-stream"):
-        body = {"message": err.message, "type": err.type, "param": err.param, "code": err.code}
-        tail = b"data: " + orjson.dumps({"error": body}) + b"\n\ndata: [DONE]\n\n"
+        tail = sse_error(err) + SSE_DONE
     elif state.content_type.startswith(b"application/x-ndjson"):
-        tail = orjson.dumps({"error": err.message}) + b"\n"
+        tail = ndjson_error(err)
     with contextlib.suppress(OSError):
         await send({"type": "http.response.body", "body": tail, "more_body": False})

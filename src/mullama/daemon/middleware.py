@@ -7,6 +7,7 @@ import uuid
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..api.errors import error_body
 from ..errors import PayloadTooLarge
 
 
@@ -76,20 +77,8 @@ class BodyLimitMiddleware:
 
 
 async def _send_413(scope: Scope, send: Send, limit: int) -> None:
-    message = f"request body is larger than {limit} bytes"
-    if scope["path"].startswith("/api/"):
-        body = orjson.dumps({"error": message})
-    else:
-        body = orjson.dumps(
-            {
-                "error": {
-                    "message": message,
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": "request_too_large",
-                }
-            }
-        )
+    err = PayloadTooLarge(f"request body is larger than {limit} bytes")
+    body = orjson.dumps(error_body(scope["path"], err))
     await send(
         {
             "type": "http.response.start",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import llama_cpp as lc
 import numpy as np
 
-from .protocol import SamplingParams
+from .protocol import SamplingParams, normalize
 
 _LOG_VERBOSE = False
 _native_log = logging.getLogger("mullama.llama")
@@ -279,9 +279,7 @@ class Context:
         ptr = lc.llama_get_embeddings_seq(self.ptr, seq)
         if not ptr:
             raise EngineError("the model produced no pooled embedding")
-        vec = ptr[:n_embd]
-        norm = math.sqrt(sum(x * x for x in vec)) or 1.0
-        return [x / norm for x in vec]
+        return normalize(ptr[:n_embd])
 
 
 class Sampler:

@@ -5,6 +5,7 @@ never pickle)."""
 from __future__ import annotations
 
 import functools
+import math
 import struct
 from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field, fields
@@ -177,6 +178,12 @@ class Chunk:
 
 # What a generation is on the daemon side: closing it early (aclose) cancels it.
 ChunkStream = AsyncGenerator[Chunk, None]
+
+
+def normalize(vec: list[float]) -> list[float]:
+    """Unit length (L2), as OpenAI's and Ollama's embeddings are; a zero vector stays."""
+    norm = math.sqrt(sum(x * x for x in vec)) or 1.0
+    return [x / norm for x in vec]
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import InvalidName, ModelNotFound
@@ -124,9 +125,9 @@ def hub_source(name: str) -> HubSource | None:
     return None
 
 
-def close_matches(name: str, candidates: list[str]) -> str:
+def close_matches(name: str, candidates: Iterable[str], cutoff: float = 0.5) -> str:
     """``; did you mean a, b?`` or an empty string."""
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=cutoff)
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 

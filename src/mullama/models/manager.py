@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import logging
 import os
 import time
@@ -33,6 +32,7 @@ from ..errors import (
     ServerError,
     Unavailable,
 )
+from .aliases import close_matches
 from .budget import estimate_bytes, fmt_bytes, parse_budget, parse_keep_alive
 from .gguf import GGUFInfo, read_gguf
 from .options import ModelOptions, parse_model_opts
@@ -182,8 +182,7 @@ class ModelManager:
         return self._add(ref, pinned=False)
 
     def _not_found(self, name: str) -> ModelNotFound:
-        close = difflib.get_close_matches(name, self._slots, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = close_matches(name, self._slots, cutoff=0.6)
         return ModelNotFound(f"The model '{name}' does not exist{hint}", param="model")
 
     def set_observer(self, observer: Any) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..errors import MullamaError
+from ..security.policy import HEALTH_PATHS, METRICS_PATH
 from .metrics import Metrics, ModelSnapshot, Snapshot
 from .requests import ModelSummary, RateMeter, RequestRecord, current_request
 from .tracing import Tracing
@@ -19,13 +20,9 @@ access_log = logging.getLogger("mullama.access")
 
 # Probes and scrapes: counted in mullama_requests_total under their own endpoint, but not
 # as API requests (active/total/failed stats) and logged at DEBUG, not INFO.
-MONITORING_PATHS = frozenset(
+MONITORING_PATHS = HEALTH_PATHS | frozenset(
     {
-        "/health",
-        "/v1/health",
-        "/health/live",
-        "/health/ready",
-        "/metrics",
+        METRICS_PATH,
         "/completion-metrics",
         "/v1/completion-metrics",
         "/api/system/status",

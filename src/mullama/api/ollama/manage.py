@@ -11,20 +11,16 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import orjson
-
 from ...errors import ClientError, MullamaError, ServerError
 from ...models.aliases import check_name
 from ...models.custom import create_model, parse_definition
 from ...models.pull import Puller
 from ...models.store import ModelStore
+from ..errors import ndjson_error
+from ..streaming import ndjson_line
 from .schemas import CopyBody, CreateBody, ModelBody, PullBody
 
 _DONE = object()
-
-
-def _line(obj: dict[str, Any]) -> bytes:
-    return orjson.dumps(obj) + b"\n"
 
 
 class ModelAdmin:
@@ -83,7 +79,7 @@ class ModelAdmin:
 
         async def gen() -> AsyncIterator[bytes]:
             for status in statuses:
-                yield _line({"status": status})
+                yield ndjson_line({"status": status})
 
         return gen()
 
@@ -93,9 +89,9 @@ async def _stream(first: Any, events: asyncio.Queue[Any]) -> AsyncIterator[bytes
     try:
         while item is not _DONE:
             if isinstance(item, MullamaError):
-                yield _line({"error": item.message})
+                yield ndjson_error(item)
                 return
-            yield _line(item)
+            yield ndjson_line(item)
             item = await _next(events, raise_errors=False)
     finally:
         cancel = getattr(events, "cancel", None)

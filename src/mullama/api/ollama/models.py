@@ -14,6 +14,7 @@ from ...models.aliases import check_name
 from ...models.gguf import GGUFInfo, human_params, read_gguf
 from ...models.registry import resolve
 from ...models.store import ModelStore
+from .service import iso_time
 
 if TYPE_CHECKING:
     from ...models.manager import ModelManager
@@ -30,10 +31,6 @@ def _details(info: GGUFInfo) -> dict[str, Any]:
         "parameter_size": human_params(info.parameter_count),
         "quantization_level": info.quantization,
     }
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 class _StoreEntry:
@@ -92,7 +89,7 @@ class OllamaModels:
                 {
                     "name": name,
                     "model": name,
-                    "modified_at": _iso(entry.modified),
+                    "modified_at": iso_time(entry.modified),
                     "size": entry.size,
                     "digest": digest,
                     "details": _details(info),
@@ -122,7 +119,7 @@ class OllamaModels:
             "size": slot.entry.size,
             "size_vram": 0,
             "memory_estimate": slot.estimate,
-            "expires_at": _iso(expires),
+            "expires_at": iso_time(expires),
             "pinned": slot.pinned,
             "loaded": slot.loaded,
             "pid": client.pid if slot.loaded else None,
@@ -163,7 +160,7 @@ class OllamaModels:
             "details": _details(info),
             "model_info": model_info,
             "capabilities": ["completion", "embedding"],
-            "modified_at": _iso(entry.modified),
+            "modified_at": iso_time(entry.modified),
         }
         if ref is not None and ref.system:
             out["system"] = ref.system

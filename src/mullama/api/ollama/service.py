@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from ...engine.protocol import Chunk, ChunkStream, GenerateRequest
 from ...errors import ClientError, MullamaError
+from ..errors import ndjson_error
 from ..profiles import profile_of
+from ..streaming import ndjson_line
 from ..usage import metered
 from .schemas import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody, Options
 
@@ -20,8 +20,10 @@ if TYPE_CHECKING:
     from ...models.manager import ModelManager
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+def iso_time(ts: float | None = None) -> str:
+    """Ollama's timestamps: ISO 8601 in UTC with a Z; now when ``ts`` is None."""
+    when = datetime.now(UTC) if ts is None else datetime.fromtimestamp(ts, UTC)
+    return when.isoformat().replace("+00:00", "Z")
 
 
 _IF_BLOCK = re.compile(r"\{\{-?\s*if\s+\.(\w+)\s*-?\}\}(.*?)\{\{-?\s*end\s*-?\}\}", re.S)
@@ -164,10 +166,10 @@ class OllamaService:
                 last = c
                 if c.text:
                     timings.mark_token()
-                    yield _line(_piece(model, kind, c.text))
-            yield _line(_final(model, kind, "", last, first.prompt_tokens, timings))
+                    yield ndjson_line(_piece(model, kind, c.text))
+            yield ndjson_line(_final(model, kind, "", last, first.prompt_tokens, timings))
         except MullamaError as exc:
-            yield _line({"error": exc.message})
+            yield ndjson_error(exc)
         finally:
             await gen.aclose()
 
@@ -191,12 +193,8 @@ class OllamaService:
         return {"embedding": result.vectors[0]}
 
 
-def _line(obj: dict[str, Any]) -> bytes:
-    return orjson.dumps(obj) + b"\n"
-
-
 def _piece(model: str, kind: str, text: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": model, "created_at": now_iso()}
+    out: dict[str, Any] = {"model": model, "created_at": iso_time()}
     if kind == "message":
         out["message"] = {"role": "assistant", "content": text}
     else:
@@ -225,6 +223,6 @@ def _loaded(model: str, kind: str, load_ns: int, started: int, stream: bool) -> 
         return out
 
     async def one() -> AsyncIterator[bytes]:
-        yield _line(out)
+        yield ndjson_line(out)
 
     return one()

@@ -4,7 +4,6 @@ manager."""
 from __future__ import annotations
 
 import base64
-import math
 import struct
 import time
 import uuid
@@ -12,12 +11,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from ...engine.protocol import Chunk, ChunkStream, GenerateRequest
+from ...engine.protocol import Chunk, ChunkStream, GenerateRequest, normalize
 from ...errors import ClientError, MullamaError
+from ..errors import sse_error
 from ..profiles import profile_of
-from ..streaming import aiter_merge
+from ..streaming import SSE_DONE, aiter_merge, sse
 from ..usage import metered
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
@@ -65,13 +63,6 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
-
-
-def sse(obj: Any) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
-SSE_DONE = b"data: [DONE]\n\n"
 
 
 class OpenAIService:
@@ -190,7 +181,7 @@ class OpenAIService:
                     }
                 )
         except MullamaError as exc:
-            yield sse({"error": error_body(exc)["error"]})
+            yield sse_error(exc)
         yield SSE_DONE
 
     # ---- completions ---------------------------------------------------------------
@@ -256,7 +247,7 @@ class OpenAIService:
             if include_usage:
                 yield sse({**base, "choices": [], "usage": _usage(n_prompt, sum(completion))})
         except MullamaError as exc:
-            yield sse({"error": error_body(exc)["error"]})
+            yield sse_error(exc)
         yield SSE_DONE
 
     # ---- embeddings ----------------------------------------------------------------
@@ -266,7 +257,7 @@ class OpenAIService:
         result = await self.models.embed(req.model, inputs, keep_alive=req.keep_alive)
         vectors = result.vectors
         if req.dimensions is not None:
-            vectors = [_normalize(v[: req.dimensions]) for v in vectors]
+            vectors = [normalize(v[: req.dimensions]) for v in vectors]
         encode = _base64_floats if req.encoding_format == "base64" else (lambda v: v)
         return {
             "object": "list",
@@ -277,11 +268,6 @@ class OpenAIService:
             "model": req.model,
             "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
         }
-
-
-def _normalize(vec: list[float]) -> list[float]:
-    norm = math.sqrt(sum(x * x for x in vec)) or 1.0
-    return [x / norm for x in vec]
 
 
 def _base64_floats(vec: list[float]) -> str:
@@ -299,14 +285,3 @@ async def _collect(gens: list[ChunkStream]) -> list[_Choice]:
         if c.finish_reason is not None:
             ch.finish_reason = c.finish_reason
     return choices
-
-
-def error_body(exc: MullamaError) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": exc.message,
-            "type": exc.type,
-            "param": exc.param,
-            "code": exc.code,
-        }
-    }
