@@ -32,7 +32,8 @@ class DisconnectAwareStream(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         iterator = self.body_iterator
-        stream = asyncio.ensure_future(self._stream(send))
+        # Starlette's own loop (start, body chunks, end), raced against the disconnect.
+        stream = asyncio.ensure_future(self.stream_response(send))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         try:
             await asyncio.wait({stream, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -49,16 +50,6 @@ class DisconnectAwareStream(StreamingResponse):
                 await aclose()
         if self.background is not None:
             await self.background()
-
-    async def _stream(self, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        async for chunk in self.body_iterator:
-            if not isinstance(chunk, bytes | memoryview):
-                chunk = chunk.encode(self.charset)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _wait_disconnect(receive: Receive) -> None:
