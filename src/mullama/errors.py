@@ -141,6 +141,13 @@ class NoSpace(ServerError):
     code = "no_space"
 
 
+class InsufficientMemory(ServerError):
+    """A model cannot fit the memory budget even with every other model unloaded (507)."""
+
+    status = 507
+    code = "insufficient_memory"
+
+
 class Unavailable(ServerError):
     """Temporarily unable to serve (503, with Retry-After)."""
 

@@ -27,6 +27,7 @@ from ..engine.protocol import ChunkStream, Embeddings, GenerateRequest, WorkerSp
 from ..errors import (
     ClientError,
     EngineCrashed,
+    InsufficientMemory,
     ModelNotFound,
     MullamaError,
     ServerError,
@@ -40,11 +41,6 @@ from .registry import EMBEDDED_NAME, ModelRef, resolve
 from .store import sha256_file
 
 log = logging.getLogger(__name__)
-
-
-class InsufficientMemory(ServerError):
-    status = 507
-    code = "insufficient_memory"
 
 
 class ModelEntry:
@@ -74,7 +70,7 @@ class ModelEntry:
 
 
 @dataclass
-class Slot:
+class ServedModel:
     """A model the manager knows: configured at start-up or loaded on demand."""
 
     entry: ModelEntry
@@ -107,7 +103,7 @@ class ModelManager:
         self.default_keep_alive = parse_keep_alive(settings.keep_alive)
         self.budget = parse_budget(settings.memory_budget)
         self.per_model = parse_model_opts(settings.model_opt)
-        self._slots: dict[str, Slot] = {}
+        self._served: dict[str, ServedModel] = {}
         self._changed = asyncio.Condition()
         self._observer: Any = None
         self.cpu: CpuBudget = detect()
@@ -122,13 +118,13 @@ class ModelManager:
         )
         for spec in settings.model or [EMBEDDED_NAME]:
             ref = resolve(spec, cache_dir=settings.cache_dir)
-            if ref.name in self._slots:
+            if ref.name in self._served:
                 raise ClientError(f"model name {ref.name!r} is given twice")
             self._add(ref, pinned=True)
 
     # ---- the set of models ------------------------------------------------------------
 
-    def _add(self, ref: ModelRef, pinned: bool) -> Slot:
+    def _add(self, ref: ModelRef, pinned: bool) -> ServedModel:
         opts = self.per_model.get(ref.name, ModelOptions()).with_defaults(self.settings)
         s = self.settings
         client = WorkerClient(
@@ -155,7 +151,7 @@ class ModelManager:
         if opts.keep_alive is not None:
             keep = parse_keep_alive(opts.keep_alive)
         pinned = pinned if opts.pinned is None else opts.pinned
-        slot = Slot(
+        served = ServedModel(
             entry=ModelEntry(ref.name, ref.path, ref),
             client=client,
             opts=opts,
@@ -163,15 +159,15 @@ class ModelManager:
             keep_alive=None if pinned else keep,
             base_keep_alive=None if pinned else keep,
         )
-        self._slots[ref.name] = slot
-        return slot
+        self._served[ref.name] = served
+        return served
 
-    def _slot(self, name: str | None) -> Slot:
+    def _find_or_add(self, name: str | None) -> ServedModel:
         if not name:
             raise ClientError("you must provide a model parameter", param="model")
-        slot = self._slots.get(name)
-        if slot is not None:
-            return slot
+        served = self._served.get(name)
+        if served is not None:
+            return served
         # Any model in the store can be loaded on demand; file paths only from --model.
         if name.endswith(".gguf") or name.startswith(("/", ".", "~")) or "=" in name:
             raise self._not_found(name)
@@ -182,145 +178,145 @@ class ModelManager:
         return self._add(ref, pinned=False)
 
     def _not_found(self, name: str) -> ModelNotFound:
-        hint = close_matches(name, self._slots, cutoff=0.6)
+        hint = close_matches(name, self._served, cutoff=0.6)
         return ModelNotFound(f"The model '{name}' does not exist{hint}", param="model")
 
     def set_observer(self, observer: Any) -> None:
         """Engine events (accept, admit, tokens, load) of every model go to ``observer``."""
         self._observer = observer
-        for slot in self._slots.values():
-            slot.client.observer = observer
+        for served in self._served.values():
+            served.client.observer = observer
 
     @property
     def names(self) -> list[str]:
-        return list(self._slots)
+        return list(self._served)
 
     def clients(self) -> list[WorkerClient]:
-        return [s.client for s in self._slots.values()]
+        return [s.client for s in self._served.values()]
 
-    def slots(self) -> list[Slot]:
-        return list(self._slots.values())
+    def served(self) -> list[ServedModel]:
+        return list(self._served.values())
 
     def entry(self, name: str | None) -> ModelEntry:
-        return self._slot(name).entry
+        return self._find_or_add(name).entry
 
     def get(self, name: str | None) -> WorkerClient:
-        return self._slot(name).client
+        return self._find_or_add(name).client
 
     # ---- loading, budget, eviction ------------------------------------------------------
 
-    def _estimate(self, slot: Slot) -> int:
-        if not slot.estimate:
-            o = slot.opts
-            slot.estimate = estimate_bytes(
-                slot.entry.gguf(), o.context_size * o.parallel, o.batch_size
+    def _estimate(self, served: ServedModel) -> int:
+        if not served.estimate:
+            o = served.opts
+            served.estimate = estimate_bytes(
+                served.entry.gguf(), o.context_size * o.parallel, o.batch_size
             )
-        return slot.estimate
+        return served.estimate
 
-    def _used(self, exclude: Slot | None = None) -> tuple[int, int]:
-        loaded = [s for s in self._slots.values() if (s.loaded or s.loading) and s is not exclude]
+    def _used(self, exclude: ServedModel | None = None) -> tuple[int, int]:
+        loaded = [s for s in self._served.values() if (s.loaded or s.loading) and s is not exclude]
         return sum(s.estimate for s in loaded), len(loaded)
 
     async def load(self, name: str | None, keep_alive: Any = None) -> float:
         """Make sure the model is loaded; returns the seconds spent loading (0 if it was)."""
-        slot = self._slot(name)
+        served = self._find_or_add(name)
         if keep_alive is not None:
-            self._set_keep_alive(slot, keep_alive)
-        if slot.loaded:
+            self._set_keep_alive(served, keep_alive)
+        if served.loaded:
             return 0.0
         started = time.perf_counter()
-        async with slot.load_lock:  # concurrent requests wait for this one load
-            if slot.loaded:
+        async with served.load_lock:  # concurrent requests wait for this one load
+            if served.loaded:
                 return 0.0
             now = time.monotonic()
-            if slot.last_error is not None and now < slot.retry_at:
-                raise _copy_error(slot.last_error, f" (retrying in {slot.retry_at - now:.0f}s)")
-            self._check_crash_loop(slot)
+            if served.last_error is not None and now < served.retry_at:
+                raise _copy_error(served.last_error, f" (retrying in {served.retry_at - now:.0f}s)")
+            self._check_crash_loop(served)
             try:  # reads and checks the GGUF before any worker starts
-                need = await asyncio.to_thread(self._estimate, slot)
+                need = await asyncio.to_thread(self._estimate, served)
             except MullamaError as exc:
                 bad = ServerError(
-                    f"model {slot.entry.name!r} cannot be loaded: {exc.message}",
+                    f"model {served.entry.name!r} cannot be loaded: {exc.message}",
                     code=exc.code,
                 )
-                self._record_failure(slot, bad)
-                slot.client.observer.loaded(slot.entry.name, 0.0, bad)
+                self._record_failure(served, bad)
+                served.client.observer.loaded(served.entry.name, 0.0, bad)
                 raise bad from exc
-            await self._make_room(slot, need)  # sets slot.loading
+            await self._make_room(served, need)  # sets served.loading
             try:
-                await slot.client.ensure_started()
+                await served.client.ensure_started()
             except MullamaError as exc:
-                self._record_failure(slot, exc)
+                self._record_failure(served, exc)
                 raise
             finally:
-                slot.loading = False
-            slot.failures = 0
-            slot.last_error = None
-            slot.last_used = time.monotonic()
-            self._schedule_expiry(slot)
+                served.loading = False
+            served.failures = 0
+            served.last_error = None
+            served.last_used = time.monotonic()
+            self._schedule_expiry(served)
         return time.perf_counter() - started
 
-    def _check_crash_loop(self, slot: Slot) -> None:
+    def _check_crash_loop(self, served: ServedModel) -> None:
         """A worker that crashed is restarted on the next request; one that keeps crashing
         (3 times within a minute) is restarted only after a growing pause."""
-        restarts = slot.client.restarts
-        if restarts == slot.seen_restarts:
+        restarts = served.client.restarts
+        if restarts == served.seen_restarts:
             return
         now = time.monotonic()
-        slot.crash_times = [t for t in slot.crash_times if now - t < 60]
-        slot.crash_times.extend([now] * (restarts - slot.seen_restarts))
-        slot.seen_restarts = restarts
-        if len(slot.crash_times) >= 3:
-            delay = min(2 ** (len(slot.crash_times) - 3), 60)
+        served.crash_times = [t for t in served.crash_times if now - t < 60]
+        served.crash_times.extend([now] * (restarts - served.seen_restarts))
+        served.seen_restarts = restarts
+        if len(served.crash_times) >= 3:
+            delay = min(2 ** (len(served.crash_times) - 3), 60)
             self._record_failure(
-                slot,
+                served,
                 EngineCrashed(
-                    f"the engine for model {slot.entry.name!r} crashed "
-                    f"{len(slot.crash_times)} times in the last minute"
+                    f"the engine for model {served.entry.name!r} crashed "
+                    f"{len(served.crash_times)} times in the last minute"
                 ),
                 delay,
             )
-            raise _copy_error(slot.last_error, f" (retrying in {delay}s)")  # type: ignore[arg-type]
+            raise _copy_error(served.last_error, f" (retrying in {delay}s)")  # type: ignore[arg-type]
 
-    def _record_failure(self, slot: Slot, exc: MullamaError, delay: float | None = None) -> None:
-        slot.failures += 1
+    def _record_failure(self, served: ServedModel, exc: MullamaError, delay: float | None = None) -> None:
+        served.failures += 1
         if delay is None:
-            delay = min(2 ** (slot.failures - 1), 60)
-        slot.retry_at = time.monotonic() + delay
-        slot.last_error = exc
+            delay = min(2 ** (served.failures - 1), 60)
+        served.retry_at = time.monotonic() + delay
+        served.last_error = exc
         log.error(
             "model %s failed to load (%d in a row; next try in %ds): %s",
-            slot.entry.name,
-            slot.failures,
+            served.entry.name,
+            served.failures,
             delay,
             exc.message,
         )
 
-    async def _make_room(self, slot: Slot, need: int) -> None:
+    async def _make_room(self, served: ServedModel, need: int) -> None:
         if need > self.budget:
             raise InsufficientMemory(
-                f"model {slot.entry.name!r} needs about {fmt_bytes(need)} (weights, KV cache "
+                f"model {served.entry.name!r} needs about {fmt_bytes(need)} (weights, KV cache "
                 f"and buffers) but the memory budget is {fmt_bytes(self.budget)}; raise "
                 "--memory-budget or lower its context size or parallel sequences"
             )
         deadline = time.monotonic() + self.settings.load_timeout
         async with self._changed:
             while True:
-                used, count = self._used(exclude=slot)
+                used, count = self._used(exclude=served)
                 if used + need <= self.budget and count < self.settings.max_loaded_models:
-                    slot.loading = True
+                    served.loading = True
                     return
-                victim = self._lru_idle(exclude=slot)
+                victim = self._lru_idle(exclude=served)
                 if victim is not None:
                     log.info(
-                        "evicting idle model %s to load %s", victim.entry.name, slot.entry.name
+                        "evicting idle model %s to load %s", victim.entry.name, served.entry.name
                     )
                     await self._unload(victim)
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Unavailable(
-                        f"no room to load model {slot.entry.name!r}: every loaded model is "
+                        f"no room to load model {served.entry.name!r}: every loaded model is "
                         f"busy (needs {fmt_bytes(need)}; {fmt_bytes(self.budget - used)} of "
                         f"{fmt_bytes(self.budget)} free, {count} of "
                         f"{self.settings.max_loaded_models} models loaded)",
@@ -329,99 +325,99 @@ class ModelManager:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), remaining)
 
-    def _lru_idle(self, exclude: Slot) -> Slot | None:
+    def _lru_idle(self, exclude: ServedModel) -> ServedModel | None:
         idle = [
             s
-            for s in self._slots.values()
+            for s in self._served.values()
             if s.loaded and s is not exclude and s.leases == 0 and not s.pinned
         ]
         return min(idle, key=lambda s: s.last_used) if idle else None
 
-    async def _unload(self, slot: Slot) -> None:
-        if slot.expiry is not None:
-            slot.expiry.cancel()
-            slot.expiry = None
-        slot.expires_at = None
-        await slot.client.close()
+    async def _unload(self, served: ServedModel) -> None:
+        if served.expiry is not None:
+            served.expiry.cancel()
+            served.expiry = None
+        served.expires_at = None
+        await served.client.close()
 
     async def unload(self, name: str | None) -> bool:
         """Unload now (operators). In-flight requests of the model fail."""
-        slot = self._slot(name)
-        was = slot.loaded
+        served = self._find_or_add(name)
+        was = served.loaded
         async with self._changed:
-            await self._unload(slot)
+            await self._unload(served)
             self._changed.notify_all()
         return was
 
     # ---- keep-alive ---------------------------------------------------------------------
 
-    def _set_keep_alive(self, slot: Slot, value: Any) -> None:
+    def _set_keep_alive(self, served: ServedModel, value: Any) -> None:
         """A request's keep_alive applies from its end on; requests without one bring the
         model's own back. Pinned models (--model) stay loaded whatever they ask."""
-        keep = slot.base_keep_alive if value is None else parse_keep_alive(value)
-        if not slot.pinned:
-            slot.keep_alive = keep
+        keep = served.base_keep_alive if value is None else parse_keep_alive(value)
+        if not served.pinned:
+            served.keep_alive = keep
 
-    def _schedule_expiry(self, slot: Slot) -> None:
-        if slot.expiry is not None:
-            slot.expiry.cancel()
-            slot.expiry = None
-        if slot.keep_alive is None:
-            slot.expires_at = None
+    def _schedule_expiry(self, served: ServedModel) -> None:
+        if served.expiry is not None:
+            served.expiry.cancel()
+            served.expiry = None
+        if served.keep_alive is None:
+            served.expires_at = None
             return
-        slot.expires_at = time.time() + slot.keep_alive
-        if slot.leases:
+        served.expires_at = time.time() + served.keep_alive
+        if served.leases:
             return  # counted from the end of the last request
         loop = asyncio.get_running_loop()
-        slot.expiry = loop.call_later(
-            slot.keep_alive, lambda: asyncio.ensure_future(self._expire(slot))
+        served.expiry = loop.call_later(
+            served.keep_alive, lambda: asyncio.ensure_future(self._expire(served))
         )
 
-    async def _expire(self, slot: Slot) -> None:
-        if slot.leases or not slot.loaded:
+    async def _expire(self, served: ServedModel) -> None:
+        if served.leases or not served.loaded:
             return
-        log.info("keep-alive of model %s expired: unloading", slot.entry.name)
+        log.info("keep-alive of model %s expired: unloading", served.entry.name)
         async with self._changed:
-            if slot.leases == 0:
-                await self._unload(slot)
+            if served.leases == 0:
+                await self._unload(served)
             self._changed.notify_all()
 
     # ---- leases: every request holds one ----------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def lease(self, name: str | None, keep_alive: Any = None) -> AsyncIterator[Slot]:
-        slot = self._slot(name)
-        self._set_keep_alive(slot, keep_alive)
-        limit = slot.opts.parallel + self.settings.max_queue
-        if slot.leases >= limit:
+    async def lease(self, name: str | None, keep_alive: Any = None) -> AsyncIterator[ServedModel]:
+        served = self._find_or_add(name)
+        self._set_keep_alive(served, keep_alive)
+        limit = served.opts.parallel + self.settings.max_queue
+        if served.leases >= limit:
             raise Unavailable(
-                f"model {slot.entry.name!r} is busy: {slot.leases} requests in flight, "
+                f"model {served.entry.name!r} is busy: {served.leases} requests in flight, "
                 f"queue limit {self.settings.max_queue}",
                 retry_after=2,
             )
-        slot.leases += 1
-        if slot.expiry is not None:
-            slot.expiry.cancel()
-            slot.expiry = None
+        served.leases += 1
+        if served.expiry is not None:
+            served.expiry.cancel()
+            served.expiry = None
         try:
             await self.load(name)
-            yield slot
+            yield served
         finally:
-            slot.leases -= 1
-            slot.last_used = time.monotonic()
-            if slot.leases == 0 and slot.loaded:
-                if slot.keep_alive == 0 and not slot.pinned:
-                    asyncio.ensure_future(self._expire(slot))
+            served.leases -= 1
+            served.last_used = time.monotonic()
+            if served.leases == 0 and served.loaded:
+                if served.keep_alive == 0 and not served.pinned:
+                    asyncio.ensure_future(self._expire(served))
                 else:
-                    self._schedule_expiry(slot)
+                    self._schedule_expiry(served)
             async with self._changed:
                 self._changed.notify_all()
 
     async def generate(
         self, name: str | None, request: GenerateRequest, keep_alive: Any = None
     ) -> ChunkStream:
-        async with self.lease(name, keep_alive) as slot:
-            gen = slot.client.generate(request)
+        async with self.lease(name, keep_alive) as served:
+            gen = served.client.generate(request)
             try:
                 async for chunk in gen:
                     yield chunk
@@ -431,14 +427,14 @@ class ModelManager:
     async def embed(
         self, name: str | None, inputs: list[str], truncate: bool = False, keep_alive: Any = None
     ) -> Embeddings:
-        async with self.lease(name, keep_alive) as slot:
-            return await slot.client.embed(inputs, truncate)
+        async with self.lease(name, keep_alive) as served:
+            return await served.client.embed(inputs, truncate)
 
     # ---- start / stop ---------------------------------------------------------------------
 
     async def start(self) -> dict[str, str]:
         """Load the pinned (--model) models; returns {name: error} for those that failed."""
-        names = [n for n, s in self._slots.items() if s.pinned]
+        names = [n for n, s in self._served.items() if s.pinned]
         results = await asyncio.gather(*(self.load(n) for n in names), return_exceptions=True)
         failed = {}
         for name, res in zip(names, results, strict=True):
@@ -452,7 +448,7 @@ class ModelManager:
 
     async def close(self) -> None:
         await asyncio.gather(
-            *(self._unload(s) for s in self._slots.values()), return_exceptions=True
+            *(self._unload(s) for s in self._served.values()), return_exceptions=True
         )
 
 

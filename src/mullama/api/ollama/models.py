@@ -17,7 +17,8 @@ from ...models.store import ModelStore
 from .service import iso_time
 
 if TYPE_CHECKING:
-    from ...models.manager import ModelManager
+    from ...models.manager import ModelManager, ServedModel
+
 
 log = logging.getLogger(__name__)
 
@@ -100,45 +101,45 @@ class OllamaModels:
     async def ps(self) -> list[dict[str, Any]]:
         """Loaded models, in Ollama's shape plus Mullama's own fields."""
         out = []
-        for slot in self.models.slots():
-            if not slot.loaded:
+        for served in self.models.served():
+            if not served.loaded:
                 continue
-            entry, info, digest = await self._entry(slot.entry.name)
-            out.append({**self._state(slot), "digest": digest, "details": _details(info)})
+            entry, info, digest = await self._entry(served.entry.name)
+            out.append({**self._state(served), "digest": digest, "details": _details(info)})
         return out
 
-    def _state(self, slot: Any) -> dict[str, Any]:
-        client = slot.client
+    def _state(self, served: ServedModel) -> dict[str, Any]:
+        client = served.client
         st = client.stats()
-        expires = slot.expires_at
+        expires = served.expires_at
         if expires is None:  # pinned or keep_alive < 0: far in the future, as Ollama does
             expires = (datetime.now(UTC) + timedelta(days=365 * 100)).timestamp()
         return {
-            "name": slot.entry.name,
-            "model": slot.entry.name,
-            "size": slot.entry.size,
+            "name": served.entry.name,
+            "model": served.entry.name,
+            "size": served.entry.size,
             "size_vram": 0,
-            "memory_estimate": slot.estimate,
+            "memory_estimate": served.estimate,
             "expires_at": iso_time(expires),
-            "pinned": slot.pinned,
-            "loaded": slot.loaded,
-            "pid": client.pid if slot.loaded else None,
-            "context_length": slot.opts.context_size,
-            "parallel": slot.opts.parallel,
-            "active_requests": slot.leases,
-            "active_sequences": st.active if slot.loaded else 0,
-            "queued_sequences": st.queued if slot.loaded else 0,
+            "pinned": served.pinned,
+            "loaded": served.loaded,
+            "pid": client.pid if served.loaded else None,
+            "context_length": served.opts.context_size,
+            "parallel": served.opts.parallel,
+            "active_requests": served.leases,
+            "active_sequences": st.active if served.loaded else 0,
+            "queued_sequences": st.queued if served.loaded else 0,
         }
 
     async def catalog(self) -> list[dict[str, Any]]:
         """Every model this daemon can serve, with its loaded state."""
         out = []
-        for slot in self.models.slots():
-            info = await asyncio.to_thread(slot.entry.gguf)
-            state = self._state(slot)
-            if not slot.loaded:
+        for served in self.models.served():
+            info = await asyncio.to_thread(served.entry.gguf)
+            state = self._state(served)
+            if not served.loaded:
                 state["expires_at"] = None
-            out.append({**state, "path": str(slot.entry.path), "details": _details(info)})
+            out.append({**state, "path": str(served.entry.path), "details": _details(info)})
         return out
 
     async def show(self, name: str) -> dict[str, Any]:
