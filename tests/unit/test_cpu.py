@@ -82,11 +82,17 @@ def test_v2_quota_is_the_smallest_on_the_path(tmp_path):
     assert cgroup_quota(proc) == (2.0, str(mount / "a"))
 
 
-def test_v1_quota_in_a_container_whose_group_is_the_mount_root(tmp_path):
-    mount = tmp_path / "cpu"
+def _v1_group(tmp: Path, quota: str) -> Path:
+    """A cgroup v1 cpu hierarchy root with this quota (period 100 ms)."""
+    mount = tmp / "cpu"
     mount.mkdir()
-    (mount / "cpu.cfs_quota_us").write_text("150000\n")
+    (mount / "cpu.cfs_quota_us").write_text(f"{quota}\n")
     (mount / "cpu.cfs_period_us").write_text("100000\n")
+    return mount
+
+
+def test_v1_quota_in_a_container_whose_group_is_the_mount_root(tmp_path):
+    mount = _v1_group(tmp_path, "150000")
     proc = _proc(
         tmp_path,
         "4:cpu,cpuacct:/docker/abc123\n1:name=systemd:/docker/abc123\n",
@@ -99,10 +105,7 @@ def test_v1_quota_in_a_container_whose_group_is_the_mount_root(tmp_path):
 
 
 def test_no_quota_when_files_are_missing_or_unlimited(tmp_path):
-    mount = tmp_path / "cpu"
-    mount.mkdir()
-    (mount / "cpu.cfs_quota_us").write_text("-1\n")
-    (mount / "cpu.cfs_period_us").write_text("100000\n")
+    mount = _v1_group(tmp_path, "-1")
     proc = _proc(
         tmp_path,
         "3:cpu:/\n0::/\n",

@@ -42,14 +42,6 @@ def ndjson_error(exc: MullamaError) -> bytes:
     return ndjson_line(ollama_body(exc))
 
 
-def ollama_error(exc: MullamaError) -> ORJSONResponse:
-    return ORJSONResponse(ollama_body(exc), status_code=exc.status, headers=exc.headers or None)
-
-
-def openai_error(exc: MullamaError) -> ORJSONResponse:
-    return ORJSONResponse(openai_body(exc), status_code=exc.status, headers=exc.headers or None)
-
-
 def error_response(path: str, exc: MullamaError) -> ORJSONResponse:
     """Ollama's shape under /api/, OpenAI's everywhere else."""
     body = error_body(path, exc)

@@ -5,15 +5,14 @@ override."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from ..engine.protocol import SamplingParams
+from ..engine.protocol import SamplingParams, field_names
 
 if TYPE_CHECKING:
     from ..models.manager import ModelManager
 
-_FIELDS = frozenset(f.name for f in fields(SamplingParams))
+_FIELDS = field_names(SamplingParams)
 # The Ollama option names that differ from SamplingParams' field names; every other
 # option of the same name as a field (temperature, top_k, stop, ...) maps to it as it is.
 _OLLAMA_RENAMES = {"num_ctx": "context_limit", "num_predict": "max_tokens"}

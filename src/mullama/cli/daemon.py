@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import httpx
 
 from ..config import load_settings
+from ..engine.cpushare import pid_alive
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -53,16 +53,6 @@ def _call(path: Path, method: str, url: str, **kw: Any) -> httpx.Response | None
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     path = _socket(args)
     if path is None:
@@ -101,7 +91,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     wait = (args.timeout if args.timeout is not None else 30.0) + STOP_GRACE
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        if not _alive(pid) or not path.exists():
+        if not pid_alive(pid) or not path.exists():
             print(f"mullama daemon (pid {pid}) stopped")
             return EXIT_OK
         time.sleep(0.1)

@@ -15,6 +15,7 @@ sample trees); nothing here imports llama.cpp.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -108,16 +109,10 @@ def parse_cpu_list(text: str) -> tuple[int, ...]:
 def format_cpu_list(cpus: tuple[int, ...]) -> str:
     """(0, 1, 2, 3, 8) -> ``0-3,8``."""
     parts: list[str] = []
-    run: list[int] = []
-    for cpu in sorted(cpus):
-        if run and cpu == run[-1] + 1:
-            run.append(cpu)
-            continue
-        if run:
-            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [cpu]
-    if run:
-        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    # Consecutive CPUs share the same (cpu - position) key.
+    for _, run in itertools.groupby(enumerate(sorted(cpus)), lambda p: p[1] - p[0]):
+        ids = [cpu for _, cpu in run]
+        parts.append(f"{ids[0]}-{ids[-1]}" if len(ids) > 1 else str(ids[0]))
     return ",".join(parts)
 
 

@@ -73,6 +73,17 @@ def _open_folder(directory: Path) -> None:
         raise OSError(f"{directory} is world-writable without the sticky bit")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (also the CLI's check for a daemon's pid file)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class CpuShare:
     """This worker's claim in a share folder and its view of the others'."""
 
@@ -180,10 +191,6 @@ class CpuShare:
                 pid = entry.name.partition(".")[0]
                 if not pid.isdigit() or entry.name == self._name:
                     continue
-                try:
-                    os.kill(int(pid), 0)
-                except ProcessLookupError:
+                if not pid_alive(int(pid)):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
-                except PermissionError:
-                    pass  # alive, another user's

@@ -33,14 +33,15 @@ HEADER_SIZE = _HEADER.size
 
 
 @functools.cache
-def _field_names(cls: type) -> frozenset[str]:
+def field_names(cls: type) -> frozenset[str]:
+    """The field names of dataclass ``cls`` (computed once per class)."""
     return frozenset(f.name for f in fields(cls))
 
 
 def _strict(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     """``data`` as keyword arguments of dataclass ``cls``; a key this version does not
     know is an error (a frame from another version), never silently dropped."""
-    unknown = data.keys() - _field_names(cls)
+    unknown = data.keys() - field_names(cls)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
     return data

@@ -89,7 +89,7 @@ class Worker:
         self.threads = max(1, spec.threads)
         share_dir = spec.cpu_share_dir
         self.share = CpuShare(Path(share_dir), self.threads) if share_dir else None
-        self._embed_share = CpuShare(Path(share_dir), self.threads) if share_dir else None
+        self._embed_share: CpuShare | None = None  # made on the first embedding request
         self.ctx = Context(
             self.model,
             ContextConfig(
@@ -273,11 +273,14 @@ class Worker:
 
     def _embed(self, inputs: list[str], truncate: bool) -> tuple[list[list[float]], int]:
         ctx = self._embed_context()
-        share = self._embed_share
-        if share is None:
+        if self.share is None:
             return self._embed_on(ctx, inputs, truncate)
         # The embedding context decodes beside the decode loop: it claims a share of its
-        # own, so the two split this worker's threads like two workers would.
+        # own, so the two split this worker's threads like two workers would. Made here,
+        # not at start, so workers that never embed add no file for others to probe.
+        if self._embed_share is None:
+            self._embed_share = CpuShare(self.share.dir, self.threads)
+        share = self._embed_share
         share.set_busy(True)
         try:
             ctx.set_threads(share.threads())

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ...engine.protocol import SamplingParams
+from ...engine.protocol import SamplingParams, field_names
 from ...errors import ClientError
 from ..profiles import Profile
 
@@ -130,7 +130,7 @@ class _Sampling(_Strict):
 # need a conversion (max_tokens: chat's max_completion_tokens, stop: str or list).
 _SAMPLING_NAMES = tuple(
     sorted(
-        (set(_Sampling.model_fields) & set(SamplingParams.__dataclass_fields__))
+        (set(_Sampling.model_fields) & field_names(SamplingParams))
         - {"max_tokens", "stop"}
     )
 )
