@@ -314,6 +314,12 @@ def test_pulled_model_is_served_on_demand(hub, tmp_path):
         assert client.pull(NAME).status == "success"
         loaded = {m.model for m in client.ps().models}
         assert NAME not in loaded
+        # Looking a model up changes nothing: it is not served until a request uses it.
+        assert httpx.get(f"{d.url}/v1/models/{NAME}").json()["id"] == NAME
+        client.show(NAME)
+        served = {m["name"] for m in httpx.get(f"{d.url}/api/models").json()["models"]}
+        assert NAME not in served
+        digest = {m.model: m.digest for m in client.list().models}[NAME]
         reply = client.chat(
             model=NAME,
             messages=[{"role": "user", "content": "Hi"}],
@@ -321,6 +327,9 @@ def test_pulled_model_is_served_on_demand(hub, tmp_path):
             stream=False,
         )
         assert reply.message.content and reply.load_duration > 0
+        # One digest: the same once served as when it was only stored.
+        assert {m.model: m.digest for m in client.list().models}[NAME] == digest
+        assert {m.model: m.digest for m in client.ps().models}[NAME] == digest
         oai = openai.OpenAI(base_url=d.url + "/v1", api_key="x", max_retries=0)
         out = oai.completions.create(model=NAME, prompt="Hello", max_tokens=3)
         assert out.choices[0].text

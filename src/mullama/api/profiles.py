@@ -61,14 +61,11 @@ EMPTY = Profile()
 
 
 def profile_of(models: ModelManager, name: str | None) -> Profile:
-    """The profile of a served model (the ModelRef kept by the model manager)."""
+    """The profile of a model (its ModelRef, served or in the store); a lookup only."""
     if not name:
         return EMPTY
     try:
-        entry = models.entry(name)
+        ref = models.find(name).ref
     except Exception:  # noqa: BLE001 - unknown models fail later, with the usual error
-        return EMPTY
-    ref = getattr(entry, "ref", None)
-    if ref is None:
         return EMPTY
     return Profile(ref.system, ref.template, ref.parameters)

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from ..config import Settings
@@ -46,13 +45,14 @@ log = logging.getLogger(__name__)
 class ModelEntry:
     """A servable model: its name, file and (lazily, cached) GGUF metadata and digest."""
 
-    def __init__(self, name: str, path: Path, ref: ModelRef | None = None) -> None:
-        self.name = name
-        self.path = path
+    def __init__(self, ref: ModelRef) -> None:
+        self.name = ref.name
+        self.path = ref.path
         self.ref = ref  # a custom model's system prompt, template and default parameters
-        stat = path.stat()
-        self.size = stat.st_size
-        self.modified = stat.st_mtime
+        if ref.size is None or ref.modified is None:
+            stat = ref.path.stat()
+        self.size = ref.size if ref.size is not None else stat.st_size
+        self.modified = ref.modified if ref.modified is not None else stat.st_mtime
 
     @cached_property
     def _gguf(self) -> GGUFInfo:
@@ -63,6 +63,10 @@ class ModelEntry:
 
     @cached_property
     def _digest(self) -> str:
+        # One digest whether served or not: the manifest's for a model in the store (no
+        # hashing), the file's own sha256 for a bare GGUF path (hashed once, on demand).
+        if self.ref.digest is not None:
+            return self.ref.digest
         return sha256_file(self.path).removeprefix("sha256:")
 
     def digest(self) -> str:
@@ -152,7 +156,7 @@ class ModelManager:
             keep = parse_keep_alive(opts.keep_alive)
         pinned = pinned if opts.pinned is None else opts.pinned
         served = ServedModel(
-            entry=ModelEntry(ref.name, ref.path, ref),
+            entry=ModelEntry(ref),
             client=client,
             opts=opts,
             pinned=pinned,
@@ -162,20 +166,29 @@ class ModelManager:
         self._served[ref.name] = served
         return served
 
-    def _find_or_add(self, name: str | None) -> ServedModel:
+    def _resolve(self, name: str | None) -> ModelRef:
+        """What a name not served yet would serve; any model in the store can be loaded on
+        demand, file paths only from --model."""
         if not name:
             raise ClientError("you must provide a model parameter", param="model")
-        served = self._served.get(name)
-        if served is not None:
-            return served
-        # Any model in the store can be loaded on demand; file paths only from --model.
         if name.endswith(".gguf") or name.startswith(("/", ".", "~")) or "=" in name:
             raise self._not_found(name)
         try:
-            ref = resolve(name, cache_dir=self.settings.cache_dir)
+            return resolve(name, cache_dir=self.settings.cache_dir)
         except ModelNotFound:
             raise self._not_found(name) from None
-        return self._add(ref, pinned=False)
+
+    def find(self, name: str | None) -> ModelEntry:
+        """The model ``name`` means (served, or in the store), without registering it:
+        looking a model up changes nothing. Raises ModelNotFound."""
+        served = self._served.get(name or "")
+        return served.entry if served is not None else ModelEntry(self._resolve(name))
+
+    def register(self, name: str | None) -> ServedModel:
+        """Serve ``name`` from now on (loaded on demand, unloaded when idle): the explicit
+        step that loading, leasing and unloading take, and lookups never do."""
+        served = self._served.get(name or "")
+        return served if served is not None else self._add(self._resolve(name), pinned=False)
 
     def _not_found(self, name: str) -> ModelNotFound:
         hint = close_matches(name, self._served, cutoff=0.6)
@@ -197,12 +210,6 @@ class ModelManager:
     def served(self) -> list[ServedModel]:
         return list(self._served.values())
 
-    def entry(self, name: str | None) -> ModelEntry:
-        return self._find_or_add(name).entry
-
-    def get(self, name: str | None) -> WorkerClient:
-        return self._find_or_add(name).client
-
     # ---- loading, budget, eviction ------------------------------------------------------
 
     def _estimate(self, served: ServedModel) -> int:
@@ -219,7 +226,7 @@ class ModelManager:
 
     async def load(self, name: str | None, keep_alive: Any = None) -> float:
         """Make sure the model is loaded; returns the seconds spent loading (0 if it was)."""
-        served = self._find_or_add(name)
+        served = self.register(name)
         if keep_alive is not None:
             self._set_keep_alive(served, keep_alive)
         if served.loaded:
@@ -342,7 +349,10 @@ class ModelManager:
 
     async def unload(self, name: str | None) -> bool:
         """Unload now (operators). In-flight requests of the model fail."""
-        served = self._find_or_add(name)
+        served = self._served.get(name or "")
+        if served is None:
+            self.find(name)  # an unknown name is an error; a known one is simply not loaded
+            return False
         was = served.loaded
         async with self._changed:
             await self._unload(served)
@@ -386,7 +396,7 @@ class ModelManager:
 
     @contextlib.asynccontextmanager
     async def lease(self, name: str | None, keep_alive: Any = None) -> AsyncIterator[ServedModel]:
-        served = self._find_or_add(name)
+        served = self.register(name)
         self._set_keep_alive(served, keep_alive)
         limit = served.opts.parallel + self.settings.max_queue
         if served.leases >= limit:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from ..errors import ClientError, InvalidName, ModelNotFound
 from .aliases import EMBEDDED_NAME, check_name, hub_source, is_local_path, unknown_model
 from .embedded import embedded_model_path
 from .gguf import read_gguf
-from .store import ModelStore
+from .store import Manifest, ModelStore
 
 __all__ = [
     "EMBEDDED_NAME",
@@ -34,6 +34,11 @@ class ModelRef:
     system: str | None = None
     template: str | None = None
     parameters: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # A model in the store is known by its manifest: content digest, size of all parts,
+    # when it was stored. A bare file (a path after --model) has none of these.
+    digest: str | None = None
+    size: int | None = None
+    modified: float | None = None
 
 
 def default_cache_dir() -> Path:
@@ -65,10 +70,11 @@ def resolve(spec: str, *, cache_dir: str | Path | None = None) -> ModelRef:
         name, _, raw = spec.partition("=")
         if not name.strip():
             raise ClientError(f"missing model name in {spec!r}")
-        ref = resolve(raw, cache_dir=cache_dir)
-        return ModelRef(name.strip(), ref.path, ref.system, ref.template, ref.parameters)
+        return replace(resolve(raw, cache_dir=cache_dir), name=name.strip())
     if spec == EMBEDDED_NAME:
-        return ModelRef(EMBEDDED_NAME, embedded_model_path())
+        # The digest a store copy of the built-in model has too (Manifest.digest).
+        digest = Manifest(name=EMBEDDED_NAME, embedded=True).digest
+        return ModelRef(EMBEDDED_NAME, embedded_model_path(), digest=digest)
     path = Path(spec).expanduser()
     if is_local_path(spec) or (not spec.startswith(("hf:", "hf.co/")) and path.is_file()):
         if not path.is_file():
@@ -84,6 +90,9 @@ def resolve(spec: str, *, cache_dir: str | Path | None = None) -> ModelRef:
             system=manifest.system,
             template=manifest.template,
             parameters=dict(manifest.parameters),
+            digest=manifest.digest,
+            size=manifest.size,
+            modified=manifest.modified,
         )
     if hub_source(spec) is not None:
         raise ModelNotFound(

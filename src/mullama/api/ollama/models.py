@@ -10,14 +10,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ...errors import MullamaError
-from ...models.aliases import check_name
-from ...models.gguf import GGUFInfo, human_params, read_gguf
-from ...models.registry import resolve
+from ...models.gguf import GGUFInfo, human_params
 from ...models.store import ModelStore
 from .service import iso_time
 
 if TYPE_CHECKING:
-    from ...models.manager import ModelManager, ServedModel
+    from ...models.manager import ModelEntry, ModelManager, ServedModel
 
 
 log = logging.getLogger(__name__)
@@ -34,40 +32,13 @@ def _details(info: GGUFInfo) -> dict[str, Any]:
     }
 
 
-class _StoreEntry:
-    """A model in the store that this daemon is not serving: same shape as ModelEntry."""
-
-    def __init__(self, store: ModelStore, name: str) -> None:
-        ref = resolve(name, cache_dir=store.root)
-        manifest = store.require(name)
-        self.name = name
-        self.path = ref.path
-        self.ref = ref
-        self.size = manifest.size
-        self.modified = manifest.modified
-        self._digest = manifest.digest
-
-    def gguf(self) -> GGUFInfo:
-        return read_gguf(self.path)
-
-    def digest(self) -> str:
-        return self._digest
-
-
 class OllamaModels:
     def __init__(self, models: ModelManager, store: ModelStore | None = None) -> None:
         self.models = models
         self.store = store
 
-    def _lookup(self, name: str) -> Any:
-        if name in self.models.names or self.store is None:
-            return self.models.entry(name)
-        if self.store.get(check_name(name)) is None:
-            return self.models.entry(name)  # the usual "model not found"
-        return _StoreEntry(self.store, name)
-
-    async def _entry(self, name: str) -> tuple[Any, GGUFInfo, str]:
-        entry = await asyncio.to_thread(self._lookup, name)
+    async def _entry(self, name: str) -> tuple[ModelEntry, GGUFInfo, str]:
+        entry = await asyncio.to_thread(self.models.find, name)
         info = await asyncio.to_thread(entry.gguf)
         digest = await asyncio.to_thread(entry.digest)
         return entry, info, digest
@@ -150,9 +121,9 @@ class OllamaModels:
             if not k.startswith("tokenizer.ggml.") and not isinstance(v, list)
         }
         model_info["general.parameter_count"] = info.parameter_count
-        ref = getattr(entry, "ref", None)
-        template = (ref.template if ref else None) or info.chat_template or ""
-        params = dict(ref.parameters) if ref else {}
+        ref = entry.ref
+        template = ref.template or info.chat_template or ""
+        params = dict(ref.parameters)
         out = {
             "license": info.get("general.license", ""),
             "modelfile": f"FROM {entry.path}\n",
@@ -163,7 +134,7 @@ class OllamaModels:
             "capabilities": ["completion", "embedding"],
             "modified_at": iso_time(entry.modified),
         }
-        if ref is not None and ref.system:
+        if ref.system:
             out["system"] = ref.system
         return out
 

@@ -78,7 +78,7 @@ async def list_models(request: Request) -> Response:
 
 @router.get("/models/{name:path}")
 async def get_model(name: str, request: Request) -> Response:
-    request.app.state.models.get(name)
+    await asyncio.to_thread(request.app.state.models.find, name)  # 404 if unknown
     created = int(request.app.state.started_at)
     return ORJSONResponse(
         {"id": name, "object": "model", "created": created, "owned_by": "mullama"}
