@@ -225,8 +225,9 @@ def test_queue_limit_gives_503_with_retry_after():
                 for _ in range(3)
             ]
             wait_for(
-                lambda: (m := d.model_status())["active_sequences"] == 1
-                and m["queued_sequences"] == 2
+                lambda: (
+                    (m := d.model_status())["active_sequences"] == 1 and m["queued_sequences"] == 2
+                )
             )
             over = [_complete(d, "smollm2:135m", max_tokens=4) for _ in range(3)]
             assert [f.result().status_code for f in held] == [200, 200, 200]

@@ -183,8 +183,12 @@ def test_busy_workers_split_the_budget_and_take_more_back_slowly(tmp_path):
 
 
 def test_share_dirs_keep_cpu_sets_and_daemons_apart(tmp_path):
-    assert share_dir("0-1", "host", 10, str(tmp_path)) == share_dir("0-1", "host", 11, str(tmp_path))
-    assert share_dir("0-1", "host", 10, str(tmp_path)) != share_dir("2-3", "host", 10, str(tmp_path))
+    assert share_dir("0-1", "host", 10, str(tmp_path)) == share_dir(
+        "0-1", "host", 11, str(tmp_path)
+    )
+    assert share_dir("0-1", "host", 10, str(tmp_path)) != share_dir(
+        "2-3", "host", 10, str(tmp_path)
+    )
     assert share_dir("0-1", "daemon", 10, str(tmp_path)) != share_dir(
         "0-1", "daemon", 11, str(tmp_path)
     )

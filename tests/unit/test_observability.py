@@ -120,9 +120,7 @@ def test_metrics_registry_is_per_instance_and_reads_live_gauges():
         active_requests=2,
         daemon_memory_bytes=100,
         version="9",
-        models=[
-            ModelSnapshot("m", True, active=3, queued=1, kv_used=50, kv_size=200, threads=2)
-        ],
+        models=[ModelSnapshot("m", True, active=3, queued=1, kv_used=50, kv_size=200, threads=2)],
     )
     a, b = Metrics(lambda: snap, ["m"]), Metrics(lambda: snap, ["m"])
     a.requests.labels("/x", "m", "200").inc()

@@ -11,8 +11,26 @@ import pytest
 from mullama.api.ollama.schemas import OLLAMA_DEFAULTS, Options
 from mullama.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from mullama.api.profiles import EMPTY, Profile, from_ollama
-from mullama.engine.protocol import GenerateRequest, SamplingParams, Step, StepRow, WorkerSpec
-from mullama.errors import ClientError
+from mullama.engine.protocol import (
+    Accepted,
+    Cancel,
+    EmbedRequest,
+    EmbedResult,
+    Failed,
+    GenerateRequest,
+    LoadFailed,
+    ProtocolError,
+    Ready,
+    SamplingParams,
+    Shutdown,
+    Step,
+    StepRow,
+    WorkerInfo,
+    WorkerSpec,
+    read_command,
+    read_event,
+)
+from mullama.errors import ClientError, ContextLengthExceeded, ServerError
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -42,11 +60,16 @@ def test_openai_request_values_win_over_a_custom_models_parameters():
 
 
 def test_openai_response_formats():
-    assert _chat(response_format={"type": "json_object"}).to_sampling_params(EMPTY, None).json_schema == {}
+    assert (
+        _chat(response_format={"type": "json_object"}).to_sampling_params(EMPTY, None).json_schema
+        == {}
+    )
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
     assert _chat(response_format=fmt).to_sampling_params(EMPTY, None).json_schema == schema
-    assert _chat(response_format={"type": "text"}).to_sampling_params(EMPTY, None).json_schema is None
+    assert (
+        _chat(response_format={"type": "text"}).to_sampling_params(EMPTY, None).json_schema is None
+    )
     with pytest.raises(ClientError) as err:
         _chat(response_format={"type": "json_schema"}).to_sampling_params(EMPTY, None)
     assert err.value.param == "response_format"
@@ -115,3 +138,70 @@ def test_worker_spec_round_trip():
     assert WorkerSpec.from_wire(orjson.loads(orjson.dumps(spec.to_wire()))) == spec
     with pytest.raises(ValueError, match="unknown WorkerSpec fields: n_threads"):
         WorkerSpec.from_wire({**spec.to_wire(), "n_threads": 4})
+
+
+def _across(wire: dict) -> dict:
+    return orjson.loads(orjson.dumps(wire))
+
+
+def test_every_frame_type_reads_back_as_itself():
+    info = WorkerInfo(
+        n_ctx_train=8192, n_embd=576, n_params=134_515_008, size_bytes=90_000_000,
+        description="llama 135M", context_size=1024, parallel=4, kv_size=4096, threads=2,
+        load_seconds=0.4,
+    )  # fmt: skip
+    req = GenerateRequest("r#1", SamplingParams(), prompt="hi")
+    for cmd in (req, Cancel("r#1"), EmbedRequest("e#2", ["a", "b"], True), Shutdown()):
+        wire = cmd.to_wire("r#1") if cmd is req else cmd.to_wire()
+        assert read_command(_across(wire)) == cmd
+    for event in (Ready(info), Accepted("r#1", 12), EmbedResult("e#2", [[0.5, 0.5]], 3)):
+        assert read_event(_across(event.to_wire())) == event
+    # Errors travel in their wire form and come back as the same kind, message and field.
+    failed = read_event(
+        _across(Failed("r#1", ContextLengthExceeded("too long", param="messages")).to_wire())
+    )
+    assert isinstance(failed, Failed) and isinstance(failed.error, ContextLengthExceeded)
+    assert (failed.id, failed.error.message, failed.error.param) == ("r#1", "too long", "messages")
+    load = read_event(_across(LoadFailed(ServerError("bad file")).to_wire()))
+    assert isinstance(load, LoadFailed) and load.error.message == "bad file"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"op": "launch", "id": "x"},  # no such op
+        {"id": "x"},  # no op at all
+        {"op": "cancel"},  # a required field is missing
+        {"op": "cancel", "id": "x", "reason": "y"},  # a field this version does not know
+        {"op": "generate", "id": 7, "params": {}},  # the id is no string
+        {"op": "generate", "id": "x", "params": None},
+        ["op", "cancel"],  # not an object
+    ],
+)
+def test_a_malformed_command_is_a_protocol_error_naming_the_frame(frame):
+    with pytest.raises(ProtocolError, match="malformed frame from the daemon|must be a"):
+        read_command(frame)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"ev": "tokens", "id": "x"},
+        {"ev": "accepted", "id": "x"},
+        {"ev": "error", "id": "x", "error": "boom"},  # the error is no wire-form object
+        {"ev": "ready", "info": {"threads": 2}},  # incomplete load facts
+        {
+            "ev": "step",
+            "rows": [["x", "a"]],
+            "admitted": [],
+            "active": 1,
+            "queued": 0,
+            "kv_used": 1,
+            "generated_total": 1,
+            "threads": 1,
+        },  # a row missing columns
+    ],  # fmt: skip
+)
+def test_a_malformed_event_is_a_protocol_error_naming_the_frame(frame):
+    with pytest.raises(ProtocolError, match="malformed frame from the worker"):
+        read_event(frame)

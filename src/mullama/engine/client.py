@@ -18,28 +18,44 @@ import orjson
 from ..errors import EngineCrashed, MullamaError, ServerError
 from .protocol import (
     HEADER_SIZE,
+    Accepted,
+    Cancel,
     Chunk,
     ChunkStream,
     Embeddings,
+    EmbedRequest,
+    EmbedResult,
     EngineObserver,
+    Failed,
     GenerateRequest,
     GenerationObserver,
+    LoadFailed,
     ModelStats,
     NullGenerationObserver,
     NullObserver,
+    ProtocolError,
+    Ready,
+    Shutdown,
     Step,
     StepRow,
+    WorkerInfo,
     WorkerSpec,
     decode_header,
     encode_frame,
+    read_event,
 )
 
 log = logging.getLogger(__name__)
 
 
+# What a request's queue receives: a step's row for it, its acceptance, an embedding
+# result, or the error that ends it.
+_Item = StepRow | Accepted | EmbedResult | MullamaError
+
+
 @dataclass
 class _Stream:
-    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
     done: bool = False
     obs: GenerationObserver = field(default_factory=NullGenerationObserver)
 
@@ -50,7 +66,8 @@ class WorkerClient:
     def __init__(self, spec: WorkerSpec) -> None:
         self.name = spec.name
         self.spec = spec
-        self.info: dict[str, Any] = {}
+        self.info: WorkerInfo | None = None
+        self.load_seconds_total = 0.0  # spawn to ready, as the daemon saw it
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -108,7 +125,12 @@ class WorkerClient:
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         try:
             msg = await asyncio.wait_for(_read_frame(reader), self.spec.load_timeout)
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError) as exc:
+            first = read_event(msg)
+            if not isinstance(first, Ready | LoadFailed):
+                raise ProtocolError(f"the worker's first frame is {msg.get('ev')!r}, not 'ready'")
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ProtocolError) as exc:
+            if isinstance(exc, ProtocolError):
+                log.error("%s", exc)
             writer.close()
             _kill(proc)
             await proc.wait()
@@ -116,24 +138,22 @@ class WorkerClient:
                 f"model {self.name!r} failed to load: the engine process exited"
                 f" (code {proc.returncode})"
             ) from exc
-        if msg.get("ev") != "ready":
+        if isinstance(first, LoadFailed):
             writer.close()
             await proc.wait()
-            raise MullamaError.from_wire(msg.get("error", {}))
-        self.info = msg["info"]
-        self.info["load_seconds_total"] = time.monotonic() - started
+            raise first.error
+        self.info = first.info
+        self.load_seconds_total = time.monotonic() - started
         self._closing = False
         self._proc = proc
         self._writer = writer
-        self._stats = ModelStats(
-            kv_size=int(self.info.get("kv_size", 0)), threads=int(self.info.get("threads", 0))
-        )
+        self._stats = ModelStats(kv_size=first.info.kv_size, threads=first.info.threads)
         self._reader_task = asyncio.create_task(self._read_loop(reader), name=f"engine:{self.name}")
         log.info(
             "model %s loaded in worker pid %d (%.2fs)",
             self.name,
             proc.pid,
-            self.info["load_seconds_total"],
+            self.load_seconds_total,
         )
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -143,7 +163,7 @@ class WorkerClient:
         self._writer = None
         if writer is not None:
             with contextlib.suppress(Exception):
-                writer.write(encode_frame({"op": "shutdown"}))
+                writer.write(encode_frame(Shutdown().to_wire()))
                 await writer.drain()
                 writer.close()
         if proc is not None and proc.returncode is None:
@@ -191,47 +211,56 @@ class WorkerClient:
 
     def _fail_streams(self, err: MullamaError) -> None:
         for stream in self._streams.values():
-            stream.queue.put_nowait(("error", err))
+            stream.queue.put_nowait(err)
         self._streams.clear()
 
-    def _dispatch(self, msg: dict[str, Any]) -> None:
-        ev = msg["ev"]
-        if ev == "step":
-            step = Step.from_wire(msg)
+    def _dispatch(self, msg: Any) -> None:
+        try:
+            event = read_event(msg)
+        except ProtocolError as exc:
+            log.error("%s", exc)  # a bug or a version mismatch: the request it names fails
+            sid = msg.get("id") if isinstance(msg, dict) else None
+            stream = self._streams.get(sid) if isinstance(sid, str) else None
+            if stream is not None:
+                stream.queue.put_nowait(ServerError(f"the engine sent a malformed reply: {exc}"))
+            return
+        if isinstance(event, Step):
             streams = self._streams
-            for sid, wait in step.admitted:
+            for sid, wait in event.admitted:
                 stream = streams.get(sid)
                 if stream is not None:
                     stream.obs.admitted(wait)
-            for row in step.rows:
+            for row in event.rows:
                 stream = streams.get(row.id)
                 if stream is not None:
                     stream.obs.output(row.n_generated, row.finish)
-                    stream.queue.put_nowait(("chunk", row))
+                    stream.queue.put_nowait(row)
             st = self._stats
-            st.active, st.queued, st.kv_used = step.active, step.queued, step.kv_used
-            st.generated_total, st.threads = step.generated_total, step.threads
-            return
-        stream = self._streams.get(msg.get("id", ""))
-        if stream is None:
-            return
-        if ev == "error":
-            stream.queue.put_nowait(("error", MullamaError.from_wire(msg["error"])))
+            st.active, st.queued, st.kv_used = event.active, event.queued, event.kv_used
+            st.generated_total, st.threads = event.generated_total, event.threads
+        elif isinstance(event, Accepted | Failed | EmbedResult):
+            stream = self._streams.get(event.id)
+            if stream is None:
+                return
+            if isinstance(event, Failed):
+                stream.queue.put_nowait(event.error)
+                return
+            if isinstance(event, Accepted):
+                stream.obs.accepted(event.prompt_tokens)
+            stream.queue.put_nowait(event)
         else:
-            if ev == "accepted":
-                stream.obs.accepted(msg["prompt_tokens"])
-            stream.queue.put_nowait((ev, msg))
+            log.error("unexpected %s frame from the worker of %s", type(event).__name__, self.name)
 
     # ---- generate / embed / stats ---------------------------------------------------
 
     def stats(self) -> ModelStats:
         return self._stats
 
-    def _send(self, obj: Any) -> None:
+    def _send(self, wire: dict[str, Any]) -> None:
         writer = self._writer
         if writer is None:
             raise EngineCrashed(f"the engine process for model {self.name!r} is not running")
-        writer.write(encode_frame(obj))
+        writer.write(encode_frame(wire))
 
     def _new_id(self, hint: str) -> str:
         self._seq += 1
@@ -249,19 +278,18 @@ class WorkerClient:
         try:
             self._send(wire)
             while True:
-                kind, payload = await stream.queue.get()
-                if kind == "chunk":
-                    row: StepRow = payload
-                    if row.finish is not None:
+                item = await stream.queue.get()
+                if isinstance(item, StepRow):
+                    if item.finish is not None:
                         stream.done = True
-                    yield Chunk(row.text, row.n_generated, row.n_prompt, row.finish)
-                    if row.finish is not None:
+                    yield Chunk(item.text, item.n_generated, item.n_prompt, item.finish)
+                    if item.finish is not None:
                         return
-                elif kind == "accepted":
-                    yield Chunk(prompt_tokens=payload["prompt_tokens"])
+                elif isinstance(item, Accepted):
+                    yield Chunk(prompt_tokens=item.prompt_tokens)
                 else:
                     stream.done = True
-                    raise payload
+                    raise item if isinstance(item, MullamaError) else _unexpected(item)
         except BaseException as exc:
             error = exc
             raise
@@ -270,7 +298,7 @@ class WorkerClient:
             self._streams.pop(sid, None)
             if not stream.done and self._writer is not None:
                 with contextlib.suppress(Exception):
-                    self._send({"op": "cancel", "id": sid})
+                    self._send(Cancel(sid).to_wire())
 
     async def embed(self, inputs: list[str], truncate: bool = False) -> Embeddings:
         await self.ensure_started()
@@ -278,14 +306,18 @@ class WorkerClient:
         stream = _Stream()
         self._streams[sid] = stream
         try:
-            self._send({"op": "embed", "id": sid, "inputs": inputs, "truncate": truncate})
-            kind, payload = await stream.queue.get()
+            self._send(EmbedRequest(sid, inputs, truncate).to_wire())
+            item = await stream.queue.get()
         finally:
             self._streams.pop(sid, None)
-        if kind == "error":
-            raise payload
-        self.observer.embedded(self.name, int(payload["tokens"]))
-        return Embeddings(payload["vectors"], payload["tokens"])
+        if not isinstance(item, EmbedResult):
+            raise item if isinstance(item, MullamaError) else _unexpected(item)
+        self.observer.embedded(self.name, item.tokens)
+        return Embeddings(item.vectors, item.tokens)
+
+
+def _unexpected(item: object) -> ServerError:
+    return ServerError(f"the engine answered with an unexpected {type(item).__name__}")
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""What the API layer knows about the engine: request/chunk dataclasses, the EngineClient
-protocol, and the framed wire format between daemon and worker (length-prefixed JSON,
-never pickle)."""
+"""What the API layer knows about the engine, and every message between daemon and
+worker: each declared once here with ``to_wire``/``from_wire``, used by both ends. Frames
+are length-prefixed JSON (never pickle); daemon→worker frames carry ``op``, worker→daemon
+frames ``ev``, and every message about one sequence names it by ``id``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import math
 import struct
 from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import orjson
+
+from ..errors import MullamaError
 
 _HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
@@ -45,6 +48,34 @@ def _strict(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
     return data
+
+
+class ProtocolError(ValueError):
+    """A frame that is no message of this version: a bug or a version mismatch, logged by
+    the end that reads it (never answered with a silent default)."""
+
+
+class _Message:
+    """A frame type: ``TAG`` is its ``op`` (daemon→worker) or ``ev`` (worker→daemon)."""
+
+    TAG: ClassVar[tuple[str, str]]
+    # Fields that hold a MullamaError, sent in its wire form (errors.py).
+    ERRORS: ClassVar[frozenset[str]] = frozenset()
+
+    def to_wire(self) -> dict[str, Any]:
+        key, tag = self.TAG
+        out: dict[str, Any] = {key: tag}
+        for name in field_names(type(self)):
+            value = getattr(self, name)
+            out[name] = value.to_wire() if name in self.ERRORS else value
+        return out
+
+    @classmethod
+    def from_wire(cls, msg: dict[str, Any]) -> Any:
+        data = _strict(cls, {k: v for k, v in msg.items() if k != cls.TAG[0]})
+        for name in cls.ERRORS & data.keys():
+            data[name] = MullamaError.from_wire(data[name])
+        return cls(**data)
 
 
 @dataclass
@@ -119,9 +150,127 @@ class GenerateRequest:
     @classmethod
     def from_wire(cls, msg: dict[str, Any]) -> GenerateRequest:
         data = {k: v for k, v in msg.items() if k not in ("op", "id")}
-        data = _strict(cls, {**data, "request_id": msg["id"]})
-        data["params"] = SamplingParams.from_wire(data["params"])
+        data = _strict(cls, {**data, "request_id": _need(msg, "id", str)})
+        data["params"] = SamplingParams.from_wire(_need(data, "params", dict))
         return cls(**data)
+
+
+def _need(msg: dict[str, Any], key: str, kind: type) -> Any:
+    value = msg.get(key)
+    if not isinstance(value, kind):
+        raise ProtocolError(f"field {key!r} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+# ---- daemon → worker --------------------------------------------------------------
+
+
+@dataclass
+class Cancel(_Message):
+    """Stop a sequence (its client went away); its slot is freed at the next step."""
+
+    TAG = ("op", "cancel")
+    id: str
+
+
+@dataclass
+class EmbedRequest(_Message):
+    TAG = ("op", "embed")
+    id: str
+    inputs: list[str]
+    truncate: bool = False
+
+
+@dataclass
+class Shutdown(_Message):
+    TAG = ("op", "shutdown")
+
+
+Command = GenerateRequest | Cancel | EmbedRequest | Shutdown
+
+
+def read_command(msg: Any) -> Command:
+    """A daemon→worker frame as its message type; ProtocolError if it is none."""
+    try:
+        op = msg["op"]
+        if op == "generate":
+            return GenerateRequest.from_wire(msg)
+        kind = _COMMANDS[op]
+        return kind.from_wire(msg)  # type: ignore[no-any-return]
+    except ProtocolError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed frame from the daemon ({exc!r}): {msg!r:.200}") from exc
+
+
+_COMMANDS: dict[str, type[_Message]] = {c.TAG[1]: c for c in (Cancel, EmbedRequest, Shutdown)}
+
+
+# ---- worker → daemon --------------------------------------------------------------
+
+
+@dataclass
+class WorkerInfo:
+    """What a worker found when it loaded its model (the ``ready`` frame)."""
+
+    n_ctx_train: int
+    n_embd: int
+    n_params: int
+    size_bytes: int
+    description: str
+    context_size: int  # per sequence, after llama.cpp's rounding
+    parallel: int
+    kv_size: int
+    threads: int
+    load_seconds: float
+
+
+@dataclass
+class Ready(_Message):
+    TAG = ("ev", "ready")
+    info: WorkerInfo
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ev": "ready", "info": asdict(self.info)}
+
+    @classmethod
+    def from_wire(cls, msg: dict[str, Any]) -> Ready:
+        _strict(cls, {k: v for k, v in msg.items() if k != "ev"})
+        return cls(WorkerInfo(**_strict(WorkerInfo, _need(msg, "info", dict))))
+
+
+@dataclass
+class LoadFailed(_Message):
+    TAG = ("ev", "load_failed")
+    ERRORS = frozenset({"error"})
+    error: MullamaError
+
+
+@dataclass
+class Accepted(_Message):
+    """The worker tokenized the request and queued it."""
+
+    TAG = ("ev", "accepted")
+    id: str
+    prompt_tokens: int
+
+
+@dataclass
+class Failed(_Message):
+    """One request failed in the worker: the error as the client will see it."""
+
+    TAG = ("ev", "error")
+    ERRORS = frozenset({"error"})
+    id: str
+    error: MullamaError
+
+
+@dataclass
+class EmbedResult(_Message):
+    TAG = ("ev", "embed")
+    id: str
+    vectors: list[list[float]]
+    tokens: int
 
 
 class StepRow(NamedTuple):
@@ -165,6 +314,24 @@ class Step:
         data = _strict(cls, {k: v for k, v in msg.items() if k != "ev"})
         data["rows"] = [StepRow(*row) for row in data["rows"]]
         return cls(**data)
+
+
+Event = Step | Ready | LoadFailed | Accepted | Failed | EmbedResult
+
+_EVENTS: dict[str, type[_Message]] = {
+    e.TAG[1]: e for e in (Ready, LoadFailed, Accepted, Failed, EmbedResult)
+}
+
+
+def read_event(msg: Any) -> Event:
+    """A worker→daemon frame as its message type; ProtocolError if it is none."""
+    try:
+        ev = msg["ev"]
+        if ev == "step":
+            return Step.from_wire(msg)
+        return _EVENTS[ev].from_wire(msg)  # type: ignore[no-any-return]
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed frame from the worker ({exc!r}): {msg!r:.200}") from exc
 
 
 @dataclass

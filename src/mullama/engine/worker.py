@@ -38,13 +38,24 @@ from .llama import (
 )
 from .protocol import (
     HEADER_SIZE,
+    Accepted,
+    Cancel,
+    EmbedRequest,
+    EmbedResult,
+    Failed,
     GenerateRequest,
+    LoadFailed,
+    ProtocolError,
+    Ready,
     SamplingParams,
+    Shutdown,
     Step,
     StepRow,
+    WorkerInfo,
     WorkerSpec,
     decode_header,
     encode_frame,
+    read_command,
 )
 from .scheduler import BurstTracker, Scheduler, Sequence
 
@@ -59,8 +70,9 @@ class Channel:
         self._lock = threading.Lock()
         self._rfile = sock.makefile("rb", buffering=1 << 16)
 
-    def send(self, obj: Any) -> None:
-        data = encode_frame(obj)
+    def send(self, message: Any) -> None:
+        """``message`` is one of protocol.py's worker→daemon types."""
+        data = encode_frame(message.to_wire())
         with self._lock:
             self.sock.sendall(data)
 
@@ -117,7 +129,7 @@ class Worker:
         self._templates: dict[str, ChatTemplate] = {}
         self._inbox: list[tuple[str, Any]] = []
         self._cond = threading.Condition()
-        self._embed_q: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._embed_q: queue.Queue[EmbedRequest] = queue.Queue()
         self._embed_ctx: Context | None = None
         self._last_stats: tuple[int, int] = (-1, -1)
         self._burst_wait_s = max(0.0, spec.burst_wait_ms) / 1000.0
@@ -130,17 +142,24 @@ class Worker:
             msg = self.chan.recv()
             if msg is None:  # the daemon is gone: nothing left to serve
                 self._exit()
-            op = msg.get("op")
-            if op == "generate":
-                self._on_generate(msg)
-            elif op == "cancel":
-                self._post("cancel", msg["id"])
-            elif op == "embed":
-                self._embed_q.put(msg)
-            elif op == "shutdown":
+            try:
+                cmd = read_command(msg)
+            except ProtocolError as exc:
+                log.error("%s", exc)
+                sid = msg.get("id") if isinstance(msg, dict) else None
+                if isinstance(sid, str):  # its sender must not wait for ever
+                    self.chan.send(
+                        Failed(sid, ServerError(f"the engine refused the request: {exc}"))
+                    )
+                continue
+            if isinstance(cmd, GenerateRequest):
+                self._on_generate(cmd)
+            elif isinstance(cmd, Cancel):
+                self._post("cancel", cmd.id)
+            elif isinstance(cmd, EmbedRequest):
+                self._embed_q.put(cmd)
+            elif isinstance(cmd, Shutdown):
                 self._exit()
-            else:
-                log.error("frame with an unknown op from the daemon: %r", op)
 
     def _exit(self) -> None:
         for share in (self.share, self._embed_share):
@@ -153,19 +172,19 @@ class Worker:
             self._inbox.append((kind, payload))
             self._cond.notify()
 
-    def _on_generate(self, msg: dict[str, Any]) -> None:
-        req_id = str(msg.get("id"))
+    def _on_generate(self, req: GenerateRequest) -> None:
         try:
-            seq = self._prepare(GenerateRequest.from_wire(msg))
+            seq = self._prepare(req)
         except MullamaError as exc:
-            self.chan.send({"ev": "error", "id": req_id, "error": exc.to_wire()})
+            self.chan.send(Failed(req.request_id, exc))
             return
         except Exception as exc:  # noqa: BLE001 - a bad request must not kill the worker
-            log.exception("preparing request %s failed", req_id)
-            err = ServerError(f"could not prepare the request: {exc}")
-            self.chan.send({"ev": "error", "id": req_id, "error": err.to_wire()})
+            log.exception("preparing request %s failed", req.request_id)
+            self.chan.send(
+                Failed(req.request_id, ServerError(f"could not prepare the request: {exc}"))
+            )
             return
-        self.chan.send({"ev": "accepted", "id": req_id, "prompt_tokens": seq.n_prompt})
+        self.chan.send(Accepted(req.request_id, seq.n_prompt))
         self._post("submit", seq)
 
     def _template(self, source: str | None) -> ChatTemplate:
@@ -239,18 +258,17 @@ class Worker:
 
     def embedder(self) -> None:
         while True:
-            msg = self._embed_q.get()
+            req = self._embed_q.get()
             try:
-                vectors, n_tokens = self._embed(msg["inputs"], bool(msg.get("truncate")))
+                vectors, n_tokens = self._embed(req.inputs, req.truncate)
             except MullamaError as exc:
-                self.chan.send({"ev": "error", "id": msg["id"], "error": exc.to_wire()})
+                self.chan.send(Failed(req.id, exc))
                 continue
             except Exception as exc:  # noqa: BLE001
                 log.exception("embedding failed")
-                err = ServerError(f"embedding failed: {exc}")
-                self.chan.send({"ev": "error", "id": msg["id"], "error": err.to_wire()})
+                self.chan.send(Failed(req.id, ServerError(f"embedding failed: {exc}")))
                 continue
-            self.chan.send({"ev": "embed", "id": msg["id"], "vectors": vectors, "tokens": n_tokens})
+            self.chan.send(EmbedResult(req.id, vectors, n_tokens))
 
     def _embed_context(self) -> Context:
         if self._embed_ctx is None:
@@ -357,7 +375,7 @@ class Worker:
                 for o in outputs:
                     if o.finish == "error":  # the scheduler gave up on it (no KV room)
                         err = ServerError("the KV cache cannot hold this sequence")
-                        self.chan.send({"ev": "error", "id": o.id, "error": err.to_wire()})
+                        self.chan.send(Failed(o.id, err))
                     else:
                         rows.append(StepRow(o.id, o.text, o.n_generated, o.n_prompt, o.finish))
                 step = Step(
@@ -371,7 +389,7 @@ class Worker:
                     generated_total=sched.generated_total,
                     threads=self.ctx.threads,
                 )
-                self.chan.send(step.to_wire())
+                self.chan.send(step)
 
     def _set_busy(self, busy: bool) -> None:
         if self.share is not None:
@@ -399,9 +417,9 @@ class Worker:
             self._cond.wait(left)
 
     def _fail_all(self, why: str) -> None:
-        err = ServerError(f"the engine failed: {why}").to_wire()
+        err = ServerError(f"the engine failed: {why}")
         for seq in list(self.sched.running) + list(self.sched.waiting):
-            self.chan.send({"ev": "error", "id": seq.id, "error": err})
+            self.chan.send(Failed(seq.id, err))
             seq.cancelled = True
 
 
@@ -440,25 +458,24 @@ def main(argv: list[str] | None = None) -> None:
     try:
         worker = Worker(spec, chan)
     except (EngineError, OSError) as exc:
-        chan.send({"ev": "load_failed", "error": ServerError(str(exc)).to_wire()})
+        chan.send(LoadFailed(ServerError(str(exc))))
         sys.exit(1)
     info = worker.info
     chan.send(
-        {
-            "ev": "ready",
-            "info": {
-                "n_ctx_train": info.n_ctx_train,
-                "n_embd": info.n_embd,
-                "n_params": info.n_params,
-                "size_bytes": info.size_bytes,
-                "description": info.description,
-                "context_size": worker.ctx_per_seq,
-                "parallel": len(worker.sched.slots),
-                "kv_size": worker.ctx.n_ctx,
-                "threads": worker.threads,
-                "load_seconds": time.monotonic() - started,
-            },
-        }
+        Ready(
+            WorkerInfo(
+                n_ctx_train=info.n_ctx_train,
+                n_embd=info.n_embd,
+                n_params=info.n_params,
+                size_bytes=info.size_bytes,
+                description=info.description,
+                context_size=worker.ctx_per_seq,
+                parallel=len(worker.sched.slots),
+                kv_size=worker.ctx.n_ctx,
+                threads=worker.threads,
+                load_seconds=time.monotonic() - started,
+            )
+        )
     )
     threading.Thread(target=worker.reader, name="reader", daemon=True).start()
     threading.Thread(target=worker.embedder, name="embedder", daemon=True).start()

@@ -285,7 +285,9 @@ class ModelManager:
             )
             raise _copy_error(served.last_error, f" (retrying in {delay}s)")  # type: ignore[arg-type]
 
-    def _record_failure(self, served: ServedModel, exc: MullamaError, delay: float | None = None) -> None:
+    def _record_failure(
+        self, served: ServedModel, exc: MullamaError, delay: float | None = None
+    ) -> None:
         served.failures += 1
         if delay is None:
             delay = min(2 ** (served.failures - 1), 60)

@@ -129,10 +129,7 @@ class _Sampling(_Strict):
 # Fields of both _Sampling and SamplingParams that copy across as they are; the others
 # need a conversion (max_tokens: chat's max_completion_tokens, stop: str or list).
 _SAMPLING_NAMES = tuple(
-    sorted(
-        (set(_Sampling.model_fields) & field_names(SamplingParams))
-        - {"max_tokens", "stop"}
-    )
+    sorted((set(_Sampling.model_fields) & field_names(SamplingParams)) - {"max_tokens", "stop"})
 )
 
 
