@@ -72,6 +72,9 @@ def test_generate_raw_system_and_template(client):
     )
     assert templated.response
     assert templated.prompt_eval_count > 10
+    with pytest.raises(ollama.ResponseError) as info:
+        client.generate(model=MODEL, prompt="x", template="{{ .Messages }}", stream=False)
+    assert info.value.status_code == 400 and ".Messages is not supported" in info.value.error
 
 
 def test_durations_are_real_and_add_up(client):

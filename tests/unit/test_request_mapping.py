@@ -11,6 +11,7 @@ import pytest
 from mullama.api.ollama.schemas import OLLAMA_DEFAULTS, Options
 from mullama.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from mullama.api.profiles import EMPTY, Profile, from_ollama
+from mullama.engine.chat_template import ChatTemplate
 from mullama.engine.protocol import (
     Accepted,
     Cancel,
@@ -30,7 +31,8 @@ from mullama.engine.protocol import (
     read_command,
     read_event,
 )
-from mullama.errors import ClientError, ContextLengthExceeded, ServerError
+from mullama.errors import ClientError, ContextLengthExceeded, InvalidParameter, ServerError
+from mullama.models.custom import go_to_jinja
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -205,3 +207,36 @@ def test_a_malformed_command_is_a_protocol_error_naming_the_frame(frame):
 def test_a_malformed_event_is_a_protocol_error_naming_the_frame(frame):
     with pytest.raises(ProtocolError, match="malformed frame from the worker"):
         read_event(frame)
+
+
+def _render_go(template: str, messages: list[dict]) -> str:
+    return ChatTemplate(go_to_jinja(template)).render(messages)
+
+
+def test_go_templates_see_the_system_prompt_and_the_last_user_turn():
+    template = "{{ if .System }}S:{{ .System }}\n{{ end }}U:{{ .Prompt }}\nA:{{ .Response }}"
+    system = [{"role": "system", "content": "be brief"}]
+    assert _render_go(template, [*system, *MSG]) == "S:be brief\nU:hi\nA:"
+    assert _render_go(template, MSG) == "U:hi\nA:"  # the if-block drops out
+    turns = [*MSG, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "2nd"}]
+    assert _render_go(template, turns) == "U:2nd\nA:"  # single-turn, as Ollama's are
+
+
+def test_go_template_trim_markers_and_trailing_newline_are_kept():
+    assert _render_go("a  {{- .Prompt -}}  \nb", MSG) == "ahib"  # Go's trims, both sides
+    assert _render_go("a {{ .Prompt }} b", MSG) == "a hi b"
+    assert _render_go("<<{{ .Prompt }}>>\n", MSG) == "<<hi>>\n"
+
+
+@pytest.mark.parametrize(
+    ("template", "named"),
+    [
+        ("{{ .Messages }}", ".Messages is not supported"),
+        ("{{ range .Messages }}x{{ end }}", "unsupported Go template syntax"),
+        ("{{ .Prompt }}{% if x %}", "unsupported Go template syntax"),
+    ],
+)
+def test_go_template_outside_the_subset_is_refused_by_name(template, named):
+    with pytest.raises(InvalidParameter, match=named) as info:
+        go_to_jinja(template)
+    assert info.value.param == "template" and info.value.status == 400

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -10,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from ...engine.protocol import Chunk, ChunkStream, GenerateRequest
 from ...errors import ClientError, MullamaError
+from ...models.custom import go_to_jinja
 from ..errors import ndjson_error
 from ..profiles import profile_of
 from ..streaming import ndjson_line
-from ..usage import metered
 from .schemas import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody, Options
 
 if TYPE_CHECKING:
@@ -24,32 +23,6 @@ def iso_time(ts: float | None = None) -> str:
     """Ollama's timestamps: ISO 8601 in UTC with a Z; now when ``ts`` is None."""
     when = datetime.now(UTC) if ts is None else datetime.fromtimestamp(ts, UTC)
     return when.isoformat().replace("+00:00", "Z")
-
-
-_IF_BLOCK = re.compile(r"\{\{-?\s*if\s+\.(\w+)\s*-?\}\}(.*?)\{\{-?\s*end\s*-?\}\}", re.S)
-_VAR = re.compile(r"\{\{-?\s*\.(\w+)\s*-?\}\}")
-
-
-def render_go_template(template: str, values: dict[str, str]) -> str:
-    """The subset of Ollama's Go templates a per-request ``template`` uses:
-    ``{{ .System }}``, ``{{ .Prompt }}``, ``{{ .Response }}`` and ``{{ if .X }}…{{ end }}``."""
-
-    def block(m: re.Match[str]) -> str:
-        return m.group(2) if values.get(m.group(1)) else ""
-
-    def var(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if name not in ("System", "Prompt", "Response"):
-            raise ClientError(f"template: unsupported variable .{name}")
-        return values.get(name, "")
-
-    text = _IF_BLOCK.sub(block, template)
-    if "{{" in _VAR.sub("", text):
-        raise ClientError(
-            "template: only {{ .System }}, {{ .Prompt }}, {{ .Response }} and "
-            "{{ if .X }}...{{ end }} are supported"
-        )
-    return _VAR.sub(var, text)
 
 
 class Timings:
@@ -94,14 +67,14 @@ class OllamaService:
         if body.raw:
             return GenerateRequest(rid, params, prompt=body.prompt, add_special=False)
         system = body.system if body.system is not None else profile.system
-        if body.template:
-            values = {"System": system or "", "Prompt": body.prompt, "Response": ""}
-            return GenerateRequest(rid, params, prompt=render_go_template(body.template, values))
         messages = []
         if system:
             messages.append({"role": "system", "content": system})
         messages.append({"role": "user", "content": body.prompt})
-        return GenerateRequest(rid, params, messages=messages, template=profile.template)
+        # A request's Go template goes the way a custom model's does: converted to Jinja
+        # (one implementation, one set of errors) and rendered by the worker.
+        template = go_to_jinja(body.template) if body.template else profile.template
+        return GenerateRequest(rid, params, messages=messages, template=template)
 
     async def generate(self, body: GenerateBody, rid: str) -> dict | AsyncIterator[bytes]:
         started = time.perf_counter_ns()
@@ -111,7 +84,7 @@ class OllamaService:
         if not body.prompt and not body.system:
             return _loaded(body.model, "response", load_ns, started, body.stream)
         req = self._generate_request(body, rid)
-        gen = metered(self.models.generate(body.model, req, body.keep_alive))
+        gen = self.models.generate(body.model, req, body.keep_alive)
         return await self._run(gen, body.model, "response", body.stream, started, load_ns)
 
     async def chat(self, body: ChatBody, rid: str) -> dict | AsyncIterator[bytes]:
@@ -128,7 +101,7 @@ class OllamaService:
         messages = profile.messages([{"role": m.role, "content": m.content} for m in body.messages])
         params = (body.options or Options()).to_sampling_params(body.format, profile)
         req = GenerateRequest(rid, params, messages=messages, template=profile.template)
-        gen = metered(self.models.generate(body.model, req, body.keep_alive))
+        gen = self.models.generate(body.model, req, body.keep_alive)
         return await self._run(gen, body.model, "message", body.stream, started, load_ns)
 
     async def _run(

@@ -16,7 +16,6 @@ from ...errors import ClientError, MullamaError
 from ..errors import sse_error
 from ..profiles import profile_of
 from ..streaming import SSE_DONE, aiter_merge, sse
-from ..usage import metered
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
@@ -49,7 +48,7 @@ async def start_generations(
     started: list[tuple[Chunk, ChunkStream]] = []
     try:
         for req in requests:
-            started.append(await _primed(metered(models.generate(model, req, keep_alive))))
+            started.append(await _primed(models.generate(model, req, keep_alive)))
     except BaseException:
         for _, gen in started:
             await gen.aclose()
