@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -32,42 +32,6 @@ from pydantic_settings import (
 ENV_PREFIX = "MULLAMA_"
 SECRET_FILE_SUFFIX = "__FILE"
 
-# Config-file sections. Fields not listed under models/security live in ``server``.
-MODEL_FIELDS = frozenset(
-    {
-        "model",
-        "model_opt",
-        "parallel",
-        "context_size",
-        "threads",
-        "cpu_share",
-        "batch_size",
-        "kv_unified",
-        "burst_wait_ms",
-        "gpu_layers",
-        "load_timeout",
-        "keep_alive",
-        "max_loaded_models",
-        "memory_budget",
-        "max_queue",
-        "cache_dir",
-    }
-)
-SECURITY_FIELDS = frozenset(
-    {
-        "api_key",
-        "api_key_file",
-        "metrics_public",
-        "allow_remote_admin",
-        "cors_origins",
-        "rate_limit_requests",
-        "rate_limit_tokens",
-        "rate_limit_storage",
-        "tls_cert",
-        "tls_key",
-    }
-)
-SECTIONS = ("server", "security", "models")
 # Never shown by ``config show``; readable from MULLAMA_<NAME>__FILE.
 SECRET_FIELDS = frozenset({"api_key", "rate_limit_storage"})
 # No command-line flag (a flag would show the secret in ``ps``).
@@ -85,8 +49,74 @@ _FILE_VALUES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.Contex
 )
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+class ServerSettings(BaseModel):
+    """The ``server`` section: listening, limits per request and connection, logs, tracing."""
+
+    http_addr: str = Field("127.0.0.1", description="Address to listen on.")
+    http_port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="Log line format on stderr: json (one object per line) or text; "
+        "auto = text on a terminal, json otherwise.",
+    )
+    log_file: str | None = Field(
+        None, description="Also append log lines to this file (the daemon's and workers')."
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="Export OpenTelemetry traces over OTLP/HTTP to this URL "
+        "(e.g. http://127.0.0.1:4318); needs the tracing extra.",
+    )
+    max_body_size: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes."
+    )
+    config: Path | None = Field(
+        None, description="Configuration file (YAML or TOML) with server/security/models sections."
+    )
+    socket: str | None = Field(
+        None,
+        description="Control socket, ipc:///path or unix:///path (mode 0600; the API over a "
+        "unix socket, used by `mullama daemon stop|status`). Default: "
+        "$XDG_RUNTIME_DIR/mullama/mullama.sock, else /run/mullama/mullama.sock when "
+        "writable, else a per-user temp dir. `none` turns it off.",
+    )
+    request_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a request may run; then its generation is cancelled and the "
+        "client gets an error (model management routes are exempt).",
+    )
+    shutdown_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM/SIGINT, seconds in-flight requests may take to finish before "
+        "they are aborted.",
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Most concurrent connections; more get 503."
+    )
+    max_header_size: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Largest request line plus headers, in bytes (431 beyond it).",
+    )
+    max_header_count: int = Field(100, ge=8, description="Most request headers (431 beyond).")
+    read_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a client may take to send the request headers, and again the "
+        "body; slower clients are disconnected.",
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle keep-alive connection stays open."
+    )
+
+
+class ModelSettings(BaseModel):
+    """The ``models`` section: which models, how each is loaded and run, the store."""
 
     model: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -94,12 +124,16 @@ class Settings(BaseSettings):
         "NAME=PATH. Repeatable; comma-separated in the environment. "
         "Default: the embedded smollm2:135m.",
     )
+    model_opt: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Per-model setting NAME:key=value (keys: context_size, parallel, threads, "
+        "batch_size, gpu_layers, keep_alive, pinned). Repeatable; comma-separated in the "
+        "environment.",
+    )
     cache_dir: str = Field(
         "~/.mullama/models",
         description="Model store: pulled and created models (blobs + manifests).",
     )
-    http_addr: str = Field("127.0.0.1", description="Address to listen on.")
-    http_port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on.")
     parallel: int = Field(
         4, ge=1, le=256, description="Sequences decoded together per model (slots)."
     )
@@ -144,25 +178,6 @@ class Settings(BaseSettings):
     gpu_layers: int = Field(
         0, ge=-1, description="Layers to offload to the GPU (-1 = all); needs a GPU build."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="Log level."
-    )
-    log_format: Literal["auto", "json", "text"] = Field(
-        "auto",
-        description="Log line format on stderr: json (one object per line) or text; "
-        "auto = text on a terminal, json otherwise.",
-    )
-    log_file: str | None = Field(
-        None, description="Also append log lines to this file (the daemon's and workers')."
-    )
-    otlp_endpoint: str | None = Field(
-        None,
-        description="Export OpenTelemetry traces over OTLP/HTTP to this URL "
-        "(e.g. http://127.0.0.1:4318); needs the tracing extra.",
-    )
-    max_body_size: int = Field(
-        10 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes."
-    )
     load_timeout: float = Field(
         300.0,
         gt=0,
@@ -186,58 +201,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Requests per model that may wait for a free sequence; beyond it, 503.",
     )
-    model_opt: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Per-model setting NAME:key=value (keys: context_size, parallel, threads, "
-        "batch_size, gpu_layers, keep_alive, pinned). Repeatable; comma-separated in the "
-        "environment.",
-    )
 
-    # ---- config file and control socket -------------------------------------------------
-    config: Path | None = Field(
-        None, description="Configuration file (YAML or TOML) with server/security/models sections."
-    )
-    socket: str | None = Field(
-        None,
-        description="Control socket, ipc:///path or unix:///path (mode 0600; the API over a "
-        "unix socket, used by `mullama daemon stop|status`). Default: "
-        "$XDG_RUNTIME_DIR/mullama/mullama.sock, else /run/mullama/mullama.sock when "
-        "writable, else a per-user temp dir. `none` turns it off.",
-    )
 
-    # ---- request limits and lifecycle ---------------------------------------------------
-    request_timeout: float = Field(
-        300.0,
-        gt=0,
-        description="Seconds a request may run; then its generation is cancelled and the "
-        "client gets an error (model management routes are exempt).",
-    )
-    shutdown_timeout: float = Field(
-        30.0,
-        ge=0,
-        description="On SIGTERM/SIGINT, seconds in-flight requests may take to finish before "
-        "they are aborted.",
-    )
-    max_connections: int = Field(
-        1000, ge=1, description="Most concurrent connections; more get 503."
-    )
-    max_header_size: int = Field(
-        32 * 1024,
-        ge=1024,
-        description="Largest request line plus headers, in bytes (431 beyond it).",
-    )
-    max_header_count: int = Field(100, ge=8, description="Most request headers (431 beyond).")
-    read_timeout: float = Field(
-        30.0,
-        gt=0,
-        description="Seconds a client may take to send the request headers, and again the "
-        "body; slower clients are disconnected.",
-    )
-    keep_alive_timeout: float = Field(
-        5.0, gt=0, description="Seconds an idle keep-alive connection stays open."
-    )
+class SecuritySettings(BaseModel):
+    """The ``security`` section: API keys, rate limits, CORS, TLS."""
 
-    # ---- security -------------------------------------------------------------------------
     api_key: SecretStr | None = Field(
         None,
         description="One API key with admin scope (environment or config file only; "
@@ -278,6 +246,23 @@ class Settings(BaseSettings):
     )
     tls_cert: Path | None = Field(None, description="TLS certificate (PEM) to serve HTTPS.")
     tls_key: Path | None = Field(None, description="TLS private key (PEM) for --tls-cert.")
+
+
+# A config-file section per class; a field belongs to the class that declares it, so a new
+# field cannot land in a section by accident.
+SECTIONS: dict[str, type[BaseModel]] = {
+    "server": ServerSettings,
+    "models": ModelSettings,
+    "security": SecuritySettings,
+}
+
+
+class Settings(SecuritySettings, ModelSettings, ServerSettings, BaseSettings):
+    """Every setting, flat (settings.http_port): flags, env and the file all name fields
+    directly; the sections above only group them. Fields are listed server, models,
+    security (pydantic collects bases from the last)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     @field_validator("model", "model_opt", "cors_origins", mode="before")
     @classmethod
@@ -333,11 +318,11 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
 
 
 def section_of(field: str) -> str:
-    if field in MODEL_FIELDS:
-        return "models"
-    if field in SECURITY_FIELDS:
-        return "security"
-    return "server"
+    """The config-file section of a field: the section class that declares it."""
+    for section, cls in SECTIONS.items():
+        if field in cls.model_fields:
+            return section
+    raise KeyError(field)
 
 
 def flag_name(field: str) -> str:

@@ -89,3 +89,38 @@ def test_config_reference_is_current():
     assert settings_markdown() in doc, (
         "docs/CONFIG.md is stale: regenerate it (mullama config docs)"
     )
+
+
+def test_every_field_is_declared_by_exactly_one_section():
+    from mullama.config import SECTIONS, section_of
+
+    owners = {
+        name: [s for s, cls in SECTIONS.items() if name in cls.model_fields]
+        for name in Settings.model_fields
+    }
+    assert all(len(found) == 1 for found in owners.values()), owners
+    assert section_of("http_port") == "server" and section_of("parallel") == "models"
+    assert section_of("tls_cert") == "security"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "ok"),
+    [
+        ("context_size", "8", False), ("context_size", "64", True),
+        ("parallel", "0", False), ("parallel", "257", False), ("parallel", "2", True),
+        ("batch_size", "8", False), ("gpu_layers", "-2", False), ("gpu_layers", "-1", True),
+        ("threads", "-1", False), ("threads", "0", True), ("parallel", "two", False),
+    ],
+)  # fmt: skip
+def test_model_opt_obeys_the_rules_of_the_global_flag(key, value, ok):
+    from mullama.errors import ClientError
+    from mullama.models.options import parse_model_opts
+
+    if ok:
+        load_settings({key: value})
+        assert getattr(parse_model_opts([f"m:{key}={value}"])["m"], key) == int(value)
+        return
+    with pytest.raises(ValueError):
+        load_settings({key: value})
+    with pytest.raises(ClientError, match=f"--model-opt 'm:{key}={value}': {key}: Input should"):
+        parse_model_opts([f"m:{key}={value}"])

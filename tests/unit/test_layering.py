@@ -40,3 +40,15 @@ def test_only_engine_llama_imports_llama_cpp():
             continue
         for name in _imports(path):
             assert not name.startswith("llama_cpp"), (path, name)
+
+
+def test_security_takes_only_the_error_builders_from_api():
+    """The guards answer in each API's own error shape (api/errors.py) and know nothing
+    else of the API layer; the API layer never reaches back into the guards."""
+    for path in (SRC / "security").rglob("*.py"):
+        for name in _imports(path):
+            if name.startswith("..api") or name.startswith("mullama.api"):
+                assert name.startswith(("..api.errors", "mullama.api.errors")), (path, name)
+    for path in (SRC / "api").rglob("*.py"):
+        for name in _imports(path):
+            assert "security" not in name.split("."), (path, name)

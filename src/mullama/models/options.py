@@ -1,13 +1,23 @@
-"""Per-model settings: ``--model-opt NAME:key=value`` (repeatable) over the global flags."""
+"""Per-model settings: ``--model-opt NAME:key=value`` (repeatable) over the global flags.
+
+A value is checked by the very field definition of the global flag it overrides (its type
+and bounds in config.py), so ``--model-opt m:context_size=8`` is refused exactly as
+``--context-size 8`` is."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import TypeAdapter, ValidationError
+
+from ..config import Settings
 from ..errors import ClientError
 
-_INT_KEYS = ("context_size", "parallel", "threads", "batch_size", "gpu_layers")
+# Filled from the global settings when a model does not set them (keep_alive and pinned
+# have their own defaults: the daemon's keep-alive, pinned when given with --model).
+_FROM_SETTINGS = ("context_size", "parallel", "threads", "batch_size", "gpu_layers")
 
 
 @dataclass(frozen=True)
@@ -22,11 +32,21 @@ class ModelOptions:
 
     def with_defaults(self, settings: Any) -> ModelOptions:
         """Fill what this model does not set from the global settings."""
-        values = {k: getattr(settings, k) for k in _INT_KEYS if getattr(self, k) is None}
+        values = {k: getattr(settings, k) for k in _FROM_SETTINGS if getattr(self, k) is None}
         return replace(self, **values)
 
 
 KEYS = tuple(f.name for f in fields(ModelOptions))
+
+
+@functools.cache
+def _validator(key: str) -> TypeAdapter[Any]:
+    if key == "pinned":  # per model only: whether it stays loaded
+        return TypeAdapter(bool)
+    info = Settings.model_fields[key]
+    if not info.metadata:
+        return TypeAdapter(info.annotation)
+    return TypeAdapter(Annotated[(info.annotation, *info.metadata)])  # type: ignore[arg-type]
 
 
 def parse_model_opts(items: list[str]) -> dict[str, ModelOptions]:
@@ -42,17 +62,10 @@ def parse_model_opts(items: list[str]) -> dict[str, ModelOptions]:
             raise ClientError(
                 f"--model-opt {item!r}: unknown key {key!r} (one of {', '.join(KEYS)})"
             )
-        value: Any = raw.strip()
-        if key in _INT_KEYS:
-            try:
-                value = int(value)
-            except ValueError:
-                raise ClientError(f"--model-opt {item!r}: {key} must be an integer") from None
-            if value < (0 if key in ("threads",) else -1 if key == "gpu_layers" else 1):
-                raise ClientError(f"--model-opt {item!r}: {key} is out of range")
-        elif key == "pinned":
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ClientError(f"--model-opt {item!r}: pinned must be true or false")
-            value = value.lower() in ("true", "1", "yes")
+        try:
+            value = _validator(key).validate_python(raw.strip())
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"]
+            raise ClientError(f"--model-opt {item!r}: {key}: {msg}") from None
         out.setdefault(name.strip(), {})[key] = value
     return {name: ModelOptions(**vals) for name, vals in out.items()}
