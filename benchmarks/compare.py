@@ -75,6 +75,43 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of a process (all its threads) or of one of its threads."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+def cpu_snapshot(pid: int) -> dict[str, float]:
+    """CPU seconds so far of a server process (``server``: llama-server, or Mullama's
+    daemon: HTTP, SSE, the API layer) and of its child processes (``worker``: Mullama's
+    engine process; ``worker_main``: the worker's main thread, which runs the Python
+    scheduler and takes its share of llama_decode; the rest are llama.cpp's threads)."""
+    snap = {"server": _cpu_seconds(pid), "worker": 0.0, "worker_main": 0.0}
+    for child in _children(pid):
+        snap["worker"] += _cpu_seconds(child)
+        snap["worker_main"] += _cpu_seconds(child, child)
+    snap["client"] = time.process_time()  # this process: the load generator
+    return snap
+
+
+def cpu_per_token(before: dict[str, float], after: dict[str, float], tokens: int) -> dict:
+    """CPU milliseconds per generated token, by side."""
+    return {k: round((after[k] - before[k]) * 1000 / max(tokens, 1), 3) for k in before}
+
+
 def measure(
     cmd: list[str], port: int, model: str, args: argparse.Namespace, env: dict | None = None
 ) -> dict:
@@ -95,7 +132,12 @@ def measure(
                 temperature=0.0,
                 timeout=600.0,
             )
-            out[conc] = loadgen.asyncio.run(loadgen.run(ns))
+            before = cpu_snapshot(proc.pid)
+            result = loadgen.asyncio.run(loadgen.run(ns))
+            result["cpu_ms_per_token"] = cpu_per_token(
+                before, cpu_snapshot(proc.pid), result["completion_tokens"]
+            )
+            out[conc] = result
         return out
     finally:
         stop(proc)
@@ -230,6 +272,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"- c={conc}: {m['tok_per_s']:.1f} / {b['tok_per_s']:.1f} tok/s = "
                 f"{m['tok_per_s'] / b['tok_per_s']:.2f}, TTFT p50 {m['ttft_p50_ms']:.0f} / "
                 f"{b['ttft_p50_ms']:.0f} ms"
+            )
+    print(
+        "\nCPU ms per streamed token (of the best round; server = llama-server, or Mullama's "
+        "daemon process; worker = Mullama's engine process, worker_main its main thread; "
+        "client = the load generator):\n"
+    )
+    print("| concurrency | server | daemon or server | worker | worker main thread | client |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for conc in (1, args.parallel):
+        for label in runs:
+            c = best([r[conc] for r in runs[label]])["cpu_ms_per_token"]
+            print(
+                f"| {conc} | {label} | {c['server']:.3f} | {c['worker']:.3f} | "
+                f"{c['worker_main']:.3f} | {c['client']:.3f} |"
             )
     if args.out:
         Path(args.out).write_text(json.dumps({"runs": runs, "batched_bench": bench}, indent=2))
