@@ -113,9 +113,42 @@ def test_missing_model(daemon):
     assert err["param"] == "model"
 
 
-def test_unknown_fields_are_ignored(daemon):
-    body = {"model": MODEL, "messages": MSG, "max_tokens": 2, "frobnicate": {"x": 1}, "user": "u"}
+def test_fields_that_change_nothing_here_are_accepted(daemon):
+    body = {"model": MODEL, "messages": MSG, "max_tokens": 2, "user": "u",
+            "metadata": {"team": "a"}, "store": False, "service_tier": "auto",
+            "tool_choice": "none", "parallel_tool_calls": True, "tools": []}  # fmt: skip
     assert _post(daemon, "/v1/chat/completions", json=body).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "param", "says"),
+    [
+        ("/v1/chat/completions", {"frobnicate": {"x": 1}}, "frobnicate", "unknown field"),
+        ("/v1/chat/completions", {"logprobs": True}, "logprobs", "not supported"),
+        ("/v1/chat/completions", {"logit_bias": {"42": 5}}, "logit_bias", "not supported"),
+        ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice", "tool calling"),
+        ("/v1/completions", {"suffix": "end"}, "suffix", "not supported"),
+        ("/v1/completions", {"best_of": 3}, "best_of", "use n"),
+        ("/api/chat", {"think": True}, "think", "thinking"),
+        ("/api/chat", {"options": {"mirostat": 2}}, "options.mirostat", "mirostat"),
+        ("/api/chat", {"options": {"top_z": 1}}, "options.top_z", "unknown field"),
+        ("/api/generate", {"suffix": "}"}, "suffix", "not supported"),
+    ],
+)
+def test_fields_that_would_change_the_answer_are_refused_by_name(daemon, path, extra, param, says):
+    if path.startswith("/api/"):
+        body = {"model": MODEL, "stream": False, **extra}
+        body["messages" if path == "/api/chat" else "prompt"] = MSG if path == "/api/chat" else "hi"
+        resp = _post(daemon, path, json=body)
+        assert resp.status_code == 400
+        assert param in resp.json()["error"] and says in resp.json()["error"]  # Ollama's shape
+        return
+    body = {"model": MODEL, "max_tokens": 2, **extra}
+    body["messages" if path.endswith("chat/completions") else "prompt"] = (
+        MSG if path.endswith("chat/completions") else "hi"
+    )
+    err = _error(_post(daemon, path, json=body), 400)
+    assert err["param"] == param and says in err["message"]
 
 
 def test_body_over_limit_is_413_without_reading_it(daemon):

@@ -240,3 +240,12 @@ def test_go_template_outside_the_subset_is_refused_by_name(template, named):
     with pytest.raises(InvalidParameter, match=named) as info:
         go_to_jinja(template)
     assert info.value.param == "template" and info.value.status == 400
+
+
+def test_api_reference_lists_every_refused_and_ignored_field():
+    from pathlib import Path
+
+    from mullama.api.reference import fields_markdown
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "API.md").read_text()
+    assert fields_markdown() in doc, "docs/API.md is stale: regenerate its table (api/reference.py)"

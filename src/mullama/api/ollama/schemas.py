@@ -1,4 +1,5 @@
-"""Ollama request bodies (types checked strictly, unknown fields ignored)."""
+"""Ollama request bodies: types checked strictly; on generate, chat and embed a field or
+option Mullama does not implement is refused by name (api/fields.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...engine.protocol import SamplingParams
 from ...models.custom import ModelParameters
+from ..fields import TOOLS, Refusing
 from ..profiles import Profile, from_ollama
 
 _CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
@@ -17,11 +19,25 @@ class _Strict(BaseModel):
     model_config = _CONFIG
 
 
-class Options(ModelParameters):
+class Options(Refusing, ModelParameters):
     """A request's options: a custom model's parameters (same names and ranges), plus
-    ``ignore_eos``; strict types, unknown options ignored as Ollama does."""
+    ``ignore_eos``; strict types. Options about hardware and memory are accepted and
+    ignored (Mullama decides those per model, at load); sampling options it does not
+    implement are refused, where Ollama would quietly use them."""
 
     model_config = _CONFIG
+    WHERE = "options."
+    IGNORED = frozenset(
+        {"num_gpu", "main_gpu", "num_thread", "num_batch", "use_mmap", "use_mlock", "numa",
+         "low_vram", "f16_kv", "vocab_only", "logits_all", "num_keep", "penalize_newline",
+         "mirostat_tau", "mirostat_eta"}
+    )  # fmt: skip
+    REFUSED = {
+        "mirostat": "mirostat sampling is not implemented",
+        "typical_p": "typical sampling is not implemented",
+        "tfs_z": "tail-free sampling is not implemented",
+    }
+    NEUTRAL = {"mirostat": (0,), "typical_p": (1.0, 1), "tfs_z": (1.0, 1)}
 
     stop: list[str] | str | None = None
     ignore_eos: bool | None = None  # extension (as llama-server): generate to num_predict
@@ -50,7 +66,11 @@ Format = Literal["json", ""] | dict[str, Any] | None
 KeepAlive = str | int | float | None
 
 
-class GenerateBody(_Strict):
+_THINK = "thinking mode is not implemented"
+
+
+class GenerateBody(_Strict, Refusing):
+    REFUSED = {"suffix": "insertion (suffix) is not implemented", "think": _THINK}
     model: str
     prompt: str = ""
     system: str | None = None
@@ -64,13 +84,17 @@ class GenerateBody(_Strict):
     context: list[int] | None = None
 
 
-class Message(_Strict):
+class Message(_Strict, Refusing):
+    REFUSE_UNKNOWN = False
+    WHERE = "messages[]."
+    REFUSED = {"tool_calls": TOOLS, "tool_name": TOOLS, "thinking": _THINK}
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
 
 
-class ChatBody(_Strict):
+class ChatBody(_Strict, Refusing):
+    REFUSED = {"tools": TOOLS, "think": _THINK}
     model: str
     messages: list[Message] = Field(default_factory=list)
     stream: bool = True
@@ -79,7 +103,8 @@ class ChatBody(_Strict):
     keep_alive: KeepAlive = None
 
 
-class EmbedBody(_Strict):
+class EmbedBody(_Strict, Refusing):
+    REFUSED = {"dimensions": "truncating embeddings to fewer dimensions is not implemented"}
     model: str
     input: str | list[str]
     truncate: bool = True
@@ -87,7 +112,7 @@ class EmbedBody(_Strict):
     keep_alive: KeepAlive = None
 
 
-class EmbeddingsBody(_Strict):
+class EmbeddingsBody(_Strict, Refusing):
     model: str
     prompt: str
     options: Options | None = None

@@ -1,14 +1,15 @@
-"""OpenAI request bodies. Strict types (a string is not a number), no NaN/Infinity,
-unknown fields ignored."""
+"""OpenAI request bodies. Strict types (a string is not a number), no NaN/Infinity; a
+field Mullama does not implement is refused by name (api/fields.py)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...engine.protocol import SamplingParams, field_names
 from ...errors import ClientError
+from ..fields import LOGPROBS, TOOLS, Refusing
 from ..profiles import Profile
 
 _CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
@@ -30,7 +31,13 @@ class ImagePart(_Strict):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class ChatMessage(_Strict):
+class ChatMessage(_Strict, Refusing):
+    # Assistant messages that clients send back carry more (refusal, annotations, audio):
+    # only the fields that would change the prompt are refused.
+    REFUSE_UNKNOWN = False
+    WHERE = "messages[]."
+    REFUSED = {"tool_calls": TOOLS, "tool_call_id": TOOLS, "function_call": TOOLS}
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -66,7 +73,14 @@ class ResponseFormat(_Strict):
 Stop = str | list[str] | None
 
 
-class _Sampling(_Strict):
+# Accepted by every OpenAI request and ignored: they change nothing for a local server.
+_NO_OPS = frozenset(
+    {"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"}
+)
+
+
+class _Sampling(_Strict, Refusing):
+    IGNORED = _NO_OPS
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -134,11 +148,38 @@ _SAMPLING_NAMES = tuple(
 
 
 class ChatCompletionRequest(_Sampling):
+    REFUSED: ClassVar[dict[str, str]] = {
+        "tools": TOOLS,
+        "tool_choice": TOOLS,
+        "functions": TOOLS,
+        "function_call": TOOLS,
+        "logprobs": LOGPROBS,
+        "top_logprobs": LOGPROBS,
+        "logit_bias": "token biases are not implemented",
+        "prediction": "predicted outputs are not implemented",
+        "audio": "audio output is not implemented (text models only)",
+        "modalities": "only text output is implemented",
+        "web_search_options": "there is no web search in a local server",
+        "reasoning_effort": "reasoning effort is not implemented",
+        "verbosity": "verbosity is not implemented",
+    }
+    NEUTRAL = {"tool_choice": ("none", "auto"), "function_call": ("none", "auto"),
+               "modalities": (["text"],), "top_logprobs": (0,)}  # fmt: skip
+    IGNORED = _NO_OPS | {"parallel_tool_calls"}  # only means something with tools
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
 
 class CompletionRequest(_Sampling):
+    REFUSED: ClassVar[dict[str, str]] = {
+        "logprobs": LOGPROBS,
+        "suffix": "insertion (suffix) is not implemented",
+        "best_of": "best_of is not implemented; use n",
+        "logit_bias": "token biases are not implemented",
+    }
+    NEUTRAL = {"best_of": (1,)}
+
     prompt: str | list[str]
     echo: bool = False
 
@@ -150,7 +191,8 @@ class CompletionRequest(_Sampling):
         return value
 
 
-class EmbeddingRequest(_Strict):
+class EmbeddingRequest(_Strict, Refusing):
+    IGNORED = _NO_OPS
     model: str
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
