@@ -20,6 +20,16 @@ def _run(stops, pieces):
     return "".join(emitted) + m.flush(), False
 
 
+def test_a_character_cut_off_at_the_end_is_dropped_not_replaced():
+    sun = "🌞".encode()
+    dec = IncrementalText()
+    text = "".join(dec.feed(p) for p in (sun, sun, sun[:2]))  # max_tokens cut the third
+    assert text + dec.flush() == "🌞🌞"
+    assert "\ufffd" not in text
+    dec = IncrementalText()  # invalid bytes inside the text still show as U+FFFD
+    assert dec.feed(b"a\xffb") + dec.flush() == "a\ufffdb"
+
+
 def test_stop_split_across_pieces_is_never_emitted():
     text, stopped = _run(["END"], ["Hello E", "N", "D and more"])
     assert (text, stopped) == ("Hello ", True)

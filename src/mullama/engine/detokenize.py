@@ -21,7 +21,11 @@ class IncrementalText:
         return self._decoder.decode(piece)
 
     def flush(self) -> str:
-        return self._decoder.decode(b"", final=True)
+        """The end of the text. Whatever the decoder still holds is the start of a
+        character the end cut off (max_tokens inside a multi-byte character): dropped, as
+        llama-server does, rather than shown as U+FFFD."""
+        self._decoder.reset()
+        return ""
 
 
 class StopMatcher:
