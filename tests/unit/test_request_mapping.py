@@ -15,6 +15,7 @@ from mullama.engine.chat_template import ChatTemplate
 from mullama.engine.protocol import (
     Accepted,
     Cancel,
+    DetokenizeRequest,
     EmbedRequest,
     EmbedResult,
     Failed,
@@ -26,6 +27,9 @@ from mullama.engine.protocol import (
     Shutdown,
     Step,
     StepRow,
+    Text,
+    TokenizeRequest,
+    Tokens,
     WorkerInfo,
     WorkerSpec,
     read_command,
@@ -150,13 +154,24 @@ def test_every_frame_type_reads_back_as_itself():
     info = WorkerInfo(
         n_ctx_train=8192, n_embd=576, n_params=134_515_008, size_bytes=90_000_000,
         description="llama 135M", context_size=1024, parallel=4, kv_size=4096, threads=2,
-        load_seconds=0.4,
+        load_seconds=0.4, n_vocab=49152, bos_token="<s>", eos_token="</s>", add_bos=True,
+        chat_template=None,
     )  # fmt: skip
     req = GenerateRequest("r#1", SamplingParams(), prompt="hi")
-    for cmd in (req, Cancel("r#1"), EmbedRequest("e#2", ["a", "b"], True), Shutdown()):
-        wire = cmd.to_wire("r#1") if cmd is req else cmd.to_wire()
+    commands = (
+        req, Cancel("r#1"), EmbedRequest("e#2", ["a", "b"], True), Shutdown(),
+        TokenizeRequest("t#3", messages=MSG, add_generation_prompt=False, with_pieces=True),
+        DetokenizeRequest("d#4", [1, 2, 3]),
+        GenerateRequest("r#5", SamplingParams(), prompt_tokens=[7, 8]),
+    )  # fmt: skip
+    for cmd in commands:
+        wire = cmd.to_wire(cmd.request_id) if isinstance(cmd, GenerateRequest) else cmd.to_wire()
         assert read_command(_across(wire)) == cmd
-    for event in (Ready(info), Accepted("r#1", 12), EmbedResult("e#2", [[0.5, 0.5]], 3)):
+    events = (
+        Ready(info), Accepted("r#1", 12), EmbedResult("e#2", [[0.5, 0.5]], 3),
+        Tokens("t#3", [1, 2], ["a", "b"]), Text("d#4", "abc"),
+    )  # fmt: skip
+    for event in events:
         assert read_event(_across(event.to_wire())) == event
     # Errors travel in their wire form and come back as the same kind, message and field.
     failed = read_event(

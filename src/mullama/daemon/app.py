@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .. import __version__
-from ..api import control, health, monitoring
+from ..api import control, health, monitoring, tokenizer
 from ..api.errors import install_error_handlers
 from ..api.ollama import routes as ollama_routes
 from ..api.ollama.manage import ModelAdmin
@@ -93,6 +93,7 @@ def create_app(
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
     app.include_router(control.router)
+    app.include_router(tokenizer.router)
     # add_middleware wraps what was added before: the guards (limits, drain, auth, rate
     # limits) innermost, then the access log, then the request id outermost.
     install_guards(app, settings)

@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -22,6 +22,7 @@ from .protocol import (
     Cancel,
     Chunk,
     ChunkStream,
+    DetokenizeRequest,
     Embeddings,
     EmbedRequest,
     EmbedResult,
@@ -38,6 +39,9 @@ from .protocol import (
     Shutdown,
     Step,
     StepRow,
+    Text,
+    TokenizeRequest,
+    Tokens,
     WorkerInfo,
     WorkerSpec,
     decode_header,
@@ -46,11 +50,12 @@ from .protocol import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # What a request's queue receives: a step's row for it, its acceptance, an embedding
 # result, or the error that ends it.
-_Item = StepRow | Accepted | EmbedResult | MullamaError
+_Item = StepRow | Accepted | EmbedResult | Tokens | Text | MullamaError
 
 
 @dataclass
@@ -238,7 +243,7 @@ class WorkerClient:
             st = self._stats
             st.active, st.queued, st.kv_used = event.active, event.queued, event.kv_used
             st.generated_total, st.threads = event.generated_total, event.threads
-        elif isinstance(event, Accepted | Failed | EmbedResult):
+        elif isinstance(event, Accepted | Failed | EmbedResult | Tokens | Text):
             stream = self._streams.get(event.id)
             if stream is None:
                 return
@@ -300,20 +305,40 @@ class WorkerClient:
                 with contextlib.suppress(Exception):
                     self._send(Cancel(sid).to_wire())
 
-    async def embed(self, inputs: list[str], truncate: bool = False) -> Embeddings:
+    async def _ask(self, hint: str, make: Any, kind: type[T]) -> T:
+        """One request, one reply of type ``kind`` (or the error that answers it)."""
         await self.ensure_started()
-        sid = self._new_id("embed")
+        sid = self._new_id(hint)
         stream = _Stream()
         self._streams[sid] = stream
         try:
-            self._send(EmbedRequest(sid, inputs, truncate).to_wire())
+            self._send(make(sid).to_wire())
             item = await stream.queue.get()
         finally:
             self._streams.pop(sid, None)
-        if not isinstance(item, EmbedResult):
+        if not isinstance(item, kind):
             raise item if isinstance(item, MullamaError) else _unexpected(item)
-        self.observer.embedded(self.name, item.tokens)
-        return Embeddings(item.vectors, item.tokens)
+        return item
+
+    async def embed(self, inputs: list[str], truncate: bool = False) -> Embeddings:
+        result = await self._ask(
+            "embed", lambda sid: EmbedRequest(sid, inputs, truncate), EmbedResult
+        )
+        self.observer.embedded(self.name, result.tokens)
+        return Embeddings(result.vectors, result.tokens)
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokens:
+        """``request.id`` is set here (the socket's own id)."""
+
+        def make(sid: str) -> TokenizeRequest:
+            request.id = sid
+            return request
+
+        return await self._ask("tokenize", make, Tokens)
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        reply = await self._ask("detokenize", lambda sid: DetokenizeRequest(sid, tokens), Text)
+        return reply.text
 
 
 def _unexpected(item: object) -> ServerError:

@@ -155,6 +155,37 @@ class Model:
     def is_eog(self, token: int) -> bool:
         return token in self.eog
 
+    # Safe from any thread (their own buffers, no cache): the reader thread's tokenizer
+    # endpoints run beside the decode loop.
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of ``tokens``, special tokens shown as their text."""
+        arr = (lc.llama_token * len(tokens))(*tokens)
+        cap = 8 * len(tokens) + 16
+        buf = ctypes.create_string_buffer(cap)
+        n = lc.llama_detokenize(self.vocab, arr, len(tokens), buf, cap, False, True)
+        if n < 0:
+            cap = -n
+            buf = ctypes.create_string_buffer(cap)
+            n = lc.llama_detokenize(self.vocab, arr, len(tokens), buf, cap, False, True)
+        if n < 0:
+            raise EngineError("detokenization failed")
+        return buf.raw[:n].decode("utf-8", "replace")
+
+    def piece_texts(self, tokens: list[int]) -> list[str]:
+        """Each token's own text (special tokens as their text)."""
+        buf = ctypes.create_string_buffer(256)
+        out = []
+        for token in tokens:
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+            if n < 0:
+                big = ctypes.create_string_buffer(-n)
+                n = lc.llama_token_to_piece(self.vocab, token, big, len(big), 0, True)
+                out.append(big.raw[:n].decode("utf-8", "replace"))
+            else:
+                out.append(buf.raw[:n].decode("utf-8", "replace"))
+        return out
+
 
 class Batch:
     """A ``llama_batch`` with a fixed capacity; ``add`` refuses to overflow it."""

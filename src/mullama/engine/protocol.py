@@ -131,12 +131,14 @@ class SamplingParams:
 
 @dataclass
 class GenerateRequest:
-    """Either ``messages`` (rendered with the model's chat template) or ``prompt``."""
+    """``messages`` (rendered with the model's chat template), ``prompt`` (text) or
+    ``prompt_tokens`` (token ids, checked against the vocabulary)."""
 
     request_id: str
     params: SamplingParams
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
+    prompt_tokens: list[int] | None = None
     add_special: bool = True
     template: str | None = None  # a Jinja chat template overriding the model's (custom models)
 
@@ -182,11 +184,33 @@ class EmbedRequest(_Message):
 
 
 @dataclass
+class TokenizeRequest(_Message):
+    """``text`` as it is, or ``messages`` through the chat template (``template`` a custom
+    model's); ``with_pieces`` also returns each token's text."""
+
+    TAG = ("op", "tokenize")
+    id: str
+    text: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    add_special: bool = True
+    add_generation_prompt: bool = True
+    template: str | None = None
+    with_pieces: bool = False
+
+
+@dataclass
+class DetokenizeRequest(_Message):
+    TAG = ("op", "detokenize")
+    id: str
+    tokens: list[int]
+
+
+@dataclass
 class Shutdown(_Message):
     TAG = ("op", "shutdown")
 
 
-Command = GenerateRequest | Cancel | EmbedRequest | Shutdown
+Command = GenerateRequest | Cancel | EmbedRequest | TokenizeRequest | DetokenizeRequest | Shutdown
 
 
 def read_command(msg: Any) -> Command:
@@ -203,7 +227,9 @@ def read_command(msg: Any) -> Command:
         raise ProtocolError(f"malformed frame from the daemon ({exc!r}): {msg!r:.200}") from exc
 
 
-_COMMANDS: dict[str, type[_Message]] = {c.TAG[1]: c for c in (Cancel, EmbedRequest, Shutdown)}
+_COMMANDS: dict[str, type[_Message]] = {
+    c.TAG[1]: c for c in (Cancel, EmbedRequest, TokenizeRequest, DetokenizeRequest, Shutdown)
+}
 
 
 # ---- worker → daemon --------------------------------------------------------------
@@ -223,6 +249,11 @@ class WorkerInfo:
     kv_size: int
     threads: int
     load_seconds: float
+    n_vocab: int
+    bos_token: str  # the tokens' text ("" when the model has none)
+    eos_token: str
+    add_bos: bool
+    chat_template: str | None  # the GGUF's own
 
 
 @dataclass
@@ -273,6 +304,21 @@ class EmbedResult(_Message):
     tokens: int
 
 
+@dataclass
+class Tokens(_Message):
+    TAG = ("ev", "tokens")
+    id: str
+    tokens: list[int]
+    pieces: list[str] | None = None
+
+
+@dataclass
+class Text(_Message):
+    TAG = ("ev", "text")
+    id: str
+    text: str
+
+
 class StepRow(NamedTuple):
     """One sequence's output of one decode step."""
 
@@ -316,10 +362,12 @@ class Step:
         return cls(**data)
 
 
-Event = Step | Ready | LoadFailed | Accepted | Failed | EmbedResult
+Event = Step | Ready | LoadFailed | Accepted | Failed | EmbedResult | Tokens | Text
+# The answers to one request, delivered to the request's queue by its id.
+Reply = Accepted | Failed | EmbedResult | Tokens | Text
 
 _EVENTS: dict[str, type[_Message]] = {
-    e.TAG[1]: e for e in (Ready, LoadFailed, Accepted, Failed, EmbedResult)
+    e.TAG[1]: e for e in (Ready, LoadFailed, Accepted, Failed, EmbedResult, Tokens, Text)
 }
 
 

@@ -40,6 +40,7 @@ from .protocol import (
     HEADER_SIZE,
     Accepted,
     Cancel,
+    DetokenizeRequest,
     EmbedRequest,
     EmbedResult,
     Failed,
@@ -51,6 +52,9 @@ from .protocol import (
     Shutdown,
     Step,
     StepRow,
+    Text,
+    TokenizeRequest,
+    Tokens,
     WorkerInfo,
     WorkerSpec,
     decode_header,
@@ -158,6 +162,8 @@ class Worker:
                 self._post("cancel", cmd.id)
             elif isinstance(cmd, EmbedRequest):
                 self._embed_q.put(cmd)
+            elif isinstance(cmd, TokenizeRequest | DetokenizeRequest):
+                self._on_tokenizer(cmd)
             elif isinstance(cmd, Shutdown):
                 self._exit()
 
@@ -186,6 +192,41 @@ class Worker:
             return
         self.chan.send(Accepted(req.request_id, seq.n_prompt))
         self._post("submit", seq)
+
+    def _on_tokenizer(self, req: TokenizeRequest | DetokenizeRequest) -> None:
+        """The tokenizer endpoints, answered on the reader thread (the tokenizer is
+        thread-safe, and these never wait for the decode loop)."""
+        try:
+            if isinstance(req, DetokenizeRequest):
+                self.chan.send(
+                    Text(req.id, self.model.detokenize(self._check_ids(req.tokens, "tokens")))
+                )
+                return
+            if req.messages is not None:
+                text = self._render(req.messages, req.template, req.add_generation_prompt)
+                tokens = self._chat_tokens(text)
+            else:
+                tokens = self.model.tokenize(
+                    req.text or "", add_special=req.add_special, parse_special=True
+                )
+            pieces = self.model.piece_texts(tokens) if req.with_pieces else None
+            self.chan.send(Tokens(req.id, tokens, pieces))
+        except MullamaError as exc:
+            self.chan.send(Failed(req.id, exc))
+        except Exception as exc:  # noqa: BLE001 - a bad request must not kill the worker
+            log.exception("tokenizer request %s failed", req.id)
+            self.chan.send(Failed(req.id, ServerError(f"tokenizer request failed: {exc}")))
+
+    def _check_ids(self, tokens: list[int], param: str) -> list[int]:
+        n_vocab = self.info.n_vocab
+        for i, tok in enumerate(tokens):
+            if not isinstance(tok, int) or isinstance(tok, bool) or not 0 <= tok < n_vocab:
+                raise InvalidParameter(
+                    f"{param}[{i}] = {tok!r} is not a token of this model (ids are 0 to "
+                    f"{n_vocab - 1})",
+                    param=param,
+                )
+        return tokens
 
     def _template(self, source: str | None) -> ChatTemplate:
         """The model's chat template, or a custom model's override (compiled once)."""
@@ -223,15 +264,11 @@ class Worker:
         """The prompt's tokens (chat messages through the template, or raw text) and the
         request field to name in errors."""
         if req.messages is not None:
-            try:
-                text = self._template(req.template).render(req.messages)
-            except TemplateRenderError as exc:
-                raise InvalidParameter(str(exc), param="messages") from exc
-            add_special = self.info.add_bos and not (
-                self.info.bos_text and text.startswith(self.info.bos_text)
-            )
-            tokens = self.model.tokenize(text, add_special=add_special, parse_special=True)
+            tokens = self._chat_tokens(self._render(req.messages, req.template, True))
             param = "messages"
+        elif req.prompt_tokens is not None:
+            tokens = list(self._check_ids(req.prompt_tokens, "prompt"))
+            param = "prompt"
         else:
             tokens = self.model.tokenize(
                 req.prompt or "", add_special=req.add_special, parse_special=True
@@ -240,6 +277,19 @@ class Worker:
         if not tokens:
             raise InvalidParameter("the prompt is empty", param=param)
         return tokens, param
+
+    def _render(self, messages: list[dict[str, Any]], template: str | None, gen: bool) -> str:
+        try:
+            return self._template(template).render(messages, add_generation_prompt=gen)
+        except TemplateRenderError as exc:
+            raise InvalidParameter(str(exc), param="messages") from exc
+
+    def _chat_tokens(self, text: str) -> list[int]:
+        """A rendered chat's tokens: BOS added unless the template wrote it already."""
+        add_special = self.info.add_bos and not (
+            self.info.bos_text and text.startswith(self.info.bos_text)
+        )
+        return self.model.tokenize(text, add_special=add_special, parse_special=True)
 
     def _sampler(self, params: SamplingParams) -> Sampler:
         grammar = None
@@ -474,6 +524,11 @@ def main(argv: list[str] | None = None) -> None:
                 kv_size=worker.ctx.n_ctx,
                 threads=worker.threads,
                 load_seconds=time.monotonic() - started,
+                n_vocab=info.n_vocab,
+                bos_token=info.bos_text,
+                eos_token=info.eos_text,
+                add_bos=info.add_bos,
+                chat_template=info.chat_template,
             )
         )
     )

@@ -22,7 +22,15 @@ from ..config import Settings
 from ..engine.client import WorkerClient
 from ..engine.cpu import CpuBudget, detect, format_cpu_list
 from ..engine.cpushare import share_dir
-from ..engine.protocol import ChunkStream, Embeddings, GenerateRequest, WorkerSpec
+from ..engine.protocol import (
+    ChunkStream,
+    Embeddings,
+    GenerateRequest,
+    TokenizeRequest,
+    Tokens,
+    WorkerInfo,
+    WorkerSpec,
+)
 from ..errors import (
     ClientError,
     EngineCrashed,
@@ -441,6 +449,35 @@ class ModelManager:
     ) -> Embeddings:
         async with self.lease(name, keep_alive) as served:
             return await served.client.embed(inputs, truncate)
+
+    async def tokenize(
+        self, name: str | None, request: TokenizeRequest, keep_alive: Any = None
+    ) -> tuple[Tokens, WorkerInfo]:
+        """The tokens, and the facts of the model's tokenizer (for max_model_len)."""
+        async with self.lease(name, keep_alive) as served:
+            tokens = await served.client.tokenize(request)
+            return tokens, self._worker_info(served)
+
+    async def detokenize(self, name: str | None, tokens: list[int], keep_alive: Any = None) -> str:
+        async with self.lease(name, keep_alive) as served:
+            return await served.client.detokenize(tokens)
+
+    async def tokenizer_info(self, name: str | None) -> WorkerInfo:
+        async with self.lease(name) as served:
+            return self._worker_info(served)
+
+    @staticmethod
+    def _worker_info(served: ServedModel) -> WorkerInfo:
+        info = served.client.info
+        if info is None:  # loaded a moment ago and crashed since
+            raise EngineCrashed(f"the engine of model {served.entry.name!r} is not running")
+        return info
+
+    @property
+    def default_name(self) -> str:
+        """The model a request that names none means: the first one given with --model."""
+        pinned = [n for n, s in self._served.items() if s.pinned]
+        return (pinned or list(self._served) or [""])[0]
 
     # ---- start / stop ---------------------------------------------------------------------
 

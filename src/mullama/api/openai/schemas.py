@@ -71,6 +71,7 @@ class ResponseFormat(_Strict):
 
 
 Stop = str | list[str] | None
+Prompt = str | list[str] | list[int] | list[list[int]]
 
 
 # Accepted by every OpenAI request and ignored: they change nothing for a local server.
@@ -180,15 +181,28 @@ class CompletionRequest(_Sampling):
     }
     NEUTRAL = {"best_of": (1,)}
 
-    prompt: str | list[str]
+    # Text, several texts, token ids (checked against the model's vocabulary), or
+    # several lists of token ids: lm-evaluation-harness sends the last.
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
 
     @field_validator("prompt")
     @classmethod
-    def _check_prompt(cls, value: str | list[str]) -> str | list[str]:
+    def _check_prompt(cls, value: Prompt) -> Prompt:
         if isinstance(value, list) and not value:
             raise ValueError("prompt must not be an empty list")
+        if isinstance(value, list) and any(isinstance(p, list) and not p for p in value):
+            raise ValueError("a prompt of token ids must not be empty")
         return value
+
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: its text, or its token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and isinstance(p[0], int):
+            return [p]  # type: ignore[list-item]
+        return list(p)  # type: ignore[arg-type]
 
 
 class EmbeddingRequest(_Strict, Refusing):

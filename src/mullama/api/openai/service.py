@@ -93,7 +93,7 @@ class OpenAIService:
         return out
 
     def _completion_requests(self, req: CompletionRequest, rid: str) -> list[GenerateRequest]:
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        prompts = req.prompts()
         profile = profile_of(self.models, req.model)
         max_tokens = req.max_tokens or profile.defaults.get("max_tokens") or 16
         out = []
@@ -102,7 +102,10 @@ class OpenAIService:
                 params = req.to_sampling_params(profile, max_tokens)
                 if params.seed is not None:
                     params.seed += i
-                out.append(GenerateRequest(f"{rid}/{p_idx}/{i}", params, prompt=prompt))
+                if isinstance(prompt, str):
+                    out.append(GenerateRequest(f"{rid}/{p_idx}/{i}", params, prompt=prompt))
+                else:
+                    out.append(GenerateRequest(f"{rid}/{p_idx}/{i}", params, prompt_tokens=prompt))
         return out
 
     # ---- chat ------------------------------------------------------------------------
@@ -197,7 +200,7 @@ class OpenAIService:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return self._completion_stream(cid, created, req.model, n_prompt, gens, include_usage)
         choices = await _collect(gens)
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        prompts = await self._echoed(req) if req.echo else []
         return {
             "id": cid,
             "object": "text_completion",
@@ -248,6 +251,16 @@ class OpenAIService:
         except MullamaError as exc:
             yield sse_error(exc)
         yield SSE_DONE
+
+    async def _echoed(self, req: CompletionRequest) -> list[str]:
+        """The prompts' text, for ``echo`` (token prompts are detokenized)."""
+        out = []
+        for prompt in req.prompts():
+            if isinstance(prompt, str):
+                out.append(prompt)
+            else:
+                out.append(await self.models.detokenize(req.model, prompt, req.keep_alive))
+        return out
 
     # ---- embeddings ----------------------------------------------------------------
 

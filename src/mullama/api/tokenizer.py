@@ -1,0 +1,121 @@
+"""The model's tokenizer over HTTP, in vLLM's shapes: ``POST /tokenize`` (text, or chat
+messages through the model's template), ``POST /detokenize`` and ``GET /tokenizer_info``,
+also under ``/v1``. With these, lm-evaluation-harness's ``local-completions`` needs no
+Hugging Face tokenizer. ``model`` may be left out: the first model given with --model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import ConfigDict, Field, model_validator
+
+from ..engine.protocol import TokenizeRequest
+from ..errors import ClientError
+from ..models.manager import ModelManager
+from .body import parse_body
+from .fields import Refusing
+from .openai.schemas import ChatMessage
+from .profiles import profile_of
+from .responses import ORJSONResponse
+
+router = APIRouter()
+
+_CONFIG = ConfigDict(extra="ignore", strict=True)
+
+
+class TokenizeBody(Refusing):
+    model_config = _CONFIG
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    add_special_tokens: bool | None = None  # default: on for a prompt, off for messages
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeBody:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt and messages")
+        if self.messages is not None and self.add_special_tokens is not None:
+            # Messages get exactly the tokens a chat request feeds the model (the
+            # template decides about BOS); a setting that would differ is refused.
+            raise ValueError("add_special_tokens applies to prompt only")
+        return self
+
+
+class DetokenizeBody(Refusing):
+    model_config = _CONFIG
+
+    model: str | None = None
+    tokens: list[int]
+
+
+def _models(request: Request) -> ModelManager:
+    return request.app.state.models
+
+
+def _name(models: ModelManager, given: str | None) -> str:
+    name = given or models.default_name
+    if not name:
+        raise ClientError("you must provide a model parameter", param="model")
+    return name
+
+
+async def _tokenize(request: Request) -> Response:
+    body = await parse_body(request, TokenizeBody)
+    models = _models(request)
+    name = _name(models, body.model)
+    req = TokenizeRequest(id="", with_pieces=body.return_token_strs)
+    if body.messages is not None:
+        profile = profile_of(models, name)
+        req.messages = profile.messages(
+            [{"role": m.role, "content": m.text()} for m in body.messages]
+        )
+        req.template = profile.template
+        req.add_generation_prompt = body.add_generation_prompt
+    else:
+        req.text = body.prompt
+        req.add_special = body.add_special_tokens is not False
+    tokens, info = await models.tokenize(name, req)
+    out: dict[str, Any] = {
+        "count": len(tokens.tokens),
+        "max_model_len": info.context_size,
+        "tokens": tokens.tokens,
+        "token_strs": tokens.pieces,
+    }
+    return ORJSONResponse(out)
+
+
+async def _detokenize(request: Request) -> Response:
+    body = await parse_body(request, DetokenizeBody)
+    models = _models(request)
+    text = await models.detokenize(_name(models, body.model), body.tokens)
+    return ORJSONResponse({"prompt": text})
+
+
+async def _tokenizer_info(request: Request) -> Response:
+    models = _models(request)
+    name = _name(models, request.query_params.get("model"))
+    info = await models.tokenizer_info(name)
+    template = profile_of(models, name).template or info.chat_template
+    return ORJSONResponse(
+        {
+            "model": name,
+            "tokenizer_class": "llama.cpp (GGUF vocabulary)",
+            "vocab_size": info.n_vocab,
+            "bos_token": info.bos_token or None,
+            "eos_token": info.eos_token or None,
+            "add_bos_token": info.add_bos,
+            "model_max_length": info.context_size,
+            "chat_template": template,
+        }
+    )
+
+
+for prefix in ("", "/v1"):
+    router.add_api_route(f"{prefix}/tokenize", _tokenize, methods=["POST"])
+    router.add_api_route(f"{prefix}/detokenize", _detokenize, methods=["POST"])
+    router.add_api_route(f"{prefix}/tokenizer_info", _tokenizer_info, methods=["GET"])
