@@ -62,4 +62,3 @@ class Refusing(BaseModel):
 
 
 TOOLS = "tool calling is not implemented yet"
-LOGPROBS = "log probabilities are not implemented yet"

@@ -287,7 +287,9 @@ class WorkerClient:
                 if isinstance(item, StepRow):
                     if item.finish is not None:
                         stream.done = True
-                    yield Chunk(item.text, item.n_generated, item.n_prompt, item.finish)
+                    yield Chunk(
+                        item.text, item.n_generated, item.n_prompt, item.finish, item.logprobs
+                    )
                     if item.finish is not None:
                         return
                 elif isinstance(item, Accepted):

@@ -280,6 +280,7 @@ class Context:
         self.n_ctx = lc.llama_n_ctx(self.ptr)
         self.n_ctx_seq = lc.llama_n_ctx_seq(self.ptr)  # padded up, never below the ask
         self.n_batch = lc.llama_n_batch(self.ptr)
+        self.n_vocab = lc.llama_vocab_n_tokens(model.vocab)
         self.threads = cfg.n_threads
 
     def set_threads(self, n: int) -> None:
@@ -299,6 +300,14 @@ class Context:
         if rc < 0 or rc == 2:
             raise EngineError(f"llama_decode failed with code {rc}")
         return rc
+
+    def logits(self, row: int) -> np.ndarray:
+        """The logits of a batch row that asked for them: a view of llama.cpp's buffer,
+        valid until the next decode."""
+        ptr = lc.llama_get_logits_ith(self.ptr, row)
+        if not ptr:
+            raise EngineError(f"no logits for batch row {row}")
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         return bool(lc.llama_memory_seq_rm(self.mem, seq, p0, p1))

@@ -121,6 +121,7 @@ class SamplingParams:
     ignore_eos: bool = False
     context_limit: int | None = None  # per-request cap on prompt + completion tokens
     json_schema: dict[str, Any] | None = None  # constrain output to JSON ({} = any JSON)
+    logprobs: int | None = None  # report each token's logprob and this many alternatives
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> SamplingParams:
@@ -327,6 +328,8 @@ class StepRow(NamedTuple):
     n_generated: int
     n_prompt: int
     finish: str | None  # "stop" | "length" | None while generating
+    # With logprobs: one entry per token of this step, [bytes, logprob, [[bytes, lp]...]]
+    logprobs: list[Any] | None = None
 
 
 @dataclass
@@ -390,6 +393,7 @@ class Chunk:
     completion_tokens: int = 0
     prompt_tokens: int = 0
     finish_reason: str | None = None  # "stop" | "length" | None while generating
+    logprobs: list[Any] | None = None  # the StepRow entries of this chunk's tokens
 
 
 # What a generation is on the daemon side: closing it early (aclose) cancels it.

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .detokenize import IncrementalText, StopMatcher
 
@@ -31,6 +34,7 @@ class Sequence:
     stops: StopMatcher
     ignore_eos: bool = False
     ctx_limit: int = 1 << 30
+    top_logprobs: int | None = None  # None: no logprobs; else alternatives per token
     text: IncrementalText = field(default_factory=IncrementalText)
     n_past: int = 0
     n_generated: int = 0
@@ -46,6 +50,11 @@ class Sequence:
         return len(self.tokens) - self.n_past
 
 
+# One generated token's log probability, as it crosses the socket: the token's bytes, its
+# logprob, and the most likely alternatives as [bytes, logprob] pairs, best first.
+LogprobEntry = list[Any]
+
+
 @dataclass
 class Output:
     id: str
@@ -53,6 +62,7 @@ class Output:
     n_generated: int
     n_prompt: int
     finish: str | None
+    logprobs: list[LogprobEntry] | None = None
 
 
 @dataclass
@@ -243,6 +253,7 @@ class Scheduler:
     def _sample(self, seq: Sequence, row: int, out: list[Output]) -> None:
         if seq.cancelled:
             return
+        scored = self._distribution(seq, row) if seq.top_logprobs is not None else None
         token = seq.sampler.sample(self.ctx, row)
         model = self.model
         finish = None
@@ -266,9 +277,33 @@ class Scheduler:
                 if not stopped:
                     text += seq.stops.flush()
             seq.finish = finish
-        # The first token is always reported (time to first token), text or not.
-        if text or finish is not None or seq.n_generated == 1:
-            out.append(Output(seq.id, text, seq.n_generated, seq.n_prompt, finish))
+        entries = None
+        if scored is not None and not eog:  # an end-of-generation token is no content
+            entries = [self._entry(token, scored)]
+        # The first token is always reported (time to first token), text or not; with
+        # logprobs, every token (its entry travels with the step that made it).
+        if text or finish is not None or seq.n_generated == 1 or entries:
+            out.append(Output(seq.id, text, seq.n_generated, seq.n_prompt, finish, entries))
+
+    def _distribution(self, seq: Sequence, row: int) -> tuple[Any, float, list[LogprobEntry]]:
+        """The raw model distribution of this row (before penalties, temperature and any
+        constraint): the logits row, its log-sum-exp and the top alternatives, all read
+        before the sampler runs (ignore_eos writes -inf into the row)."""
+        x = self.ctx.logits(row)  # llama.cpp's buffer, valid until the next decode
+        m = float(x.max())
+        lse = m + math.log(float(np.exp(x - m).sum()))
+        k = seq.top_logprobs or 0
+        top: list[LogprobEntry] = []
+        if k:
+            piece = self.model.piece
+            best = np.argpartition(x, -k)[-k:]
+            for t in sorted(best.tolist(), key=lambda t: -float(x[t])):
+                top.append([list(piece(t)), float(x[t]) - lse])
+        return x, lse, top
+
+    def _entry(self, token: int, scored: tuple[Any, float, list[LogprobEntry]]) -> LogprobEntry:
+        x, lse, top = scored
+        return [list(self.model.piece(token)), float(x[token]) - lse, top]
 
     def _release(self, seq: Sequence, keep_cache: bool = True) -> None:
         if seq in self.running:

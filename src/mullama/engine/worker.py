@@ -258,6 +258,7 @@ class Worker:
             stops=StopMatcher(list(params.stop)),
             ignore_eos=params.ignore_eos,
             ctx_limit=limit,
+            top_logprobs=params.logprobs,
         )
 
     def _prompt_tokens(self, req: GenerateRequest) -> tuple[list[int], str]:
@@ -427,7 +428,9 @@ class Worker:
                         err = ServerError("the KV cache cannot hold this sequence")
                         self.chan.send(Failed(o.id, err))
                     else:
-                        rows.append(StepRow(o.id, o.text, o.n_generated, o.n_prompt, o.finish))
+                        rows.append(
+                            StepRow(o.id, o.text, o.n_generated, o.n_prompt, o.finish, o.logprobs)
+                        )
                 step = Step(
                     rows=rows,
                     admitted=[

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ...engine.protocol import SamplingParams, field_names
-from ...errors import ClientError
-from ..fields import LOGPROBS, TOOLS, Refusing
+from ...errors import ClientError, InvalidParameter
+from ..fields import TOOLS, Refusing
 from ..profiles import Profile
 
 _CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
@@ -125,7 +125,12 @@ class _Sampling(_Strict, Refusing):
         if self.stop_list():
             p.stop = self.stop_list()
         p.json_schema = self._json_schema(p.json_schema)
+        p.logprobs = self.top_logprobs_wanted()
         return p
+
+    def top_logprobs_wanted(self) -> int | None:
+        """None: no logprobs; else how many alternatives each token reports."""
+        return None
 
     def _json_schema(self, default: dict[str, Any] | None) -> dict[str, Any] | None:
         fmt = self.response_format
@@ -154,8 +159,6 @@ class ChatCompletionRequest(_Sampling):
         "tool_choice": TOOLS,
         "functions": TOOLS,
         "function_call": TOOLS,
-        "logprobs": LOGPROBS,
-        "top_logprobs": LOGPROBS,
         "logit_bias": "token biases are not implemented",
         "prediction": "predicted outputs are not implemented",
         "audio": "audio output is not implemented (text models only)",
@@ -165,16 +168,26 @@ class ChatCompletionRequest(_Sampling):
         "verbosity": "verbosity is not implemented",
     }
     NEUTRAL = {"tool_choice": ("none", "auto"), "function_call": ("none", "auto"),
-               "modalities": (["text"],), "top_logprobs": (0,)}  # fmt: skip
+               "modalities": (["text"],)}  # fmt: skip
     IGNORED = _NO_OPS | {"parallel_tool_calls"}  # only means something with tools
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidParameter("top_logprobs needs logprobs: true", param="top_logprobs")
+        return self
+
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Sampling):
     REFUSED: ClassVar[dict[str, str]] = {
-        "logprobs": LOGPROBS,
         "suffix": "insertion (suffix) is not implemented",
         "best_of": "best_of is not implemented; use n",
         "logit_bias": "token biases are not implemented",
@@ -185,6 +198,19 @@ class CompletionRequest(_Sampling):
     # several lists of token ids: lm-evaluation-harness sends the last.
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _no_prompt_scoring_yet(self) -> CompletionRequest:
+        if self.echo and self.logprobs is not None:
+            raise InvalidParameter(
+                "echo with logprobs (scoring the prompt) is not implemented yet",
+                param="echo",
+            )
+        return self
+
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod

@@ -16,6 +16,7 @@ from ...errors import ClientError, MullamaError
 from ..errors import sse_error
 from ..profiles import profile_of
 from ..streaming import SSE_DONE, aiter_merge, sse
+from .logprobs import CompletionLogprobs, chat_content
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ class _Choice:
     completion_tokens: int = 0
     prompt_tokens: int = 0
     finish_reason: str | None = None
+    logprobs: list[Any] = field(default_factory=list)  # the engine's entries, in order
 
 
 async def _primed(gen: ChunkStream) -> tuple[Chunk, ChunkStream]:
@@ -119,7 +121,9 @@ class OpenAIService:
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._chat_stream(cid, created, req.model, prompt_tokens, gens, include_usage)
+            return self._chat_stream(
+                cid, created, req.model, prompt_tokens, gens, include_usage, req.logprobs
+            )
         choices = await _collect(gens)
         return {
             "id": cid,
@@ -130,7 +134,7 @@ class OpenAIService:
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": "".join(c.text)},
-                    "logprobs": None,
+                    "logprobs": {"content": chat_content(c.logprobs)} if req.logprobs else None,
                     "finish_reason": c.finish_reason,
                 }
                 for i, c in enumerate(choices)
@@ -146,15 +150,19 @@ class OpenAIService:
         prompt_tokens: list[int],
         gens: list[ChunkStream],
         include_usage: bool,
+        logprobs: bool = False,
     ) -> AsyncIterator[bytes]:
-        def chunk(index: int, delta: dict[str, Any], finish: str | None) -> bytes:
+        def chunk(
+            index: int, delta: dict[str, Any], finish: str | None, entries: Any = None
+        ) -> bytes:
+            lp = {"content": chat_content(entries)} if entries else None
             obj: dict[str, Any] = {
                 "id": cid,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
                 "choices": [
-                    {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+                    {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
                 ],
             }
             if include_usage:
@@ -167,8 +175,8 @@ class OpenAIService:
                 yield chunk(i, {"role": "assistant", "content": ""}, None)
             async for i, c in aiter_merge(gens):
                 completion[i] = c.completion_tokens
-                if c.text:
-                    yield chunk(i, {"content": c.text}, None)
+                if c.text or (logprobs and c.logprobs):
+                    yield chunk(i, {"content": c.text}, None, c.logprobs)
                 if c.finish_reason is not None:
                     yield chunk(i, {}, c.finish_reason)
             if include_usage:
@@ -198,7 +206,9 @@ class OpenAIService:
         n_prompt = sum(prompt_tokens[:: req.n])
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._completion_stream(cid, created, req.model, n_prompt, gens, include_usage)
+            return self._completion_stream(
+                cid, created, req.model, n_prompt, gens, include_usage, req.logprobs is not None
+            )
         choices = await _collect(gens)
         prompts = await self._echoed(req) if req.echo else []
         return {
@@ -210,7 +220,9 @@ class OpenAIService:
                 {
                     "index": i,
                     "text": (prompts[i // req.n] if req.echo else "") + "".join(c.text),
-                    "logprobs": None,
+                    "logprobs": (
+                        CompletionLogprobs().add(c.logprobs) if req.logprobs is not None else None
+                    ),
                     "finish_reason": c.finish_reason,
                 }
                 for i, c in enumerate(choices)
@@ -226,13 +238,15 @@ class OpenAIService:
         n_prompt: int,
         gens: list[ChunkStream],
         include_usage: bool,
+        logprobs: bool = False,
     ) -> AsyncIterator[bytes]:
         completion = [0] * len(gens)
+        offsets = [CompletionLogprobs() for _ in gens]
         base = {"id": cid, "object": "text_completion", "created": created, "model": model}
         try:
             async for i, c in aiter_merge(gens):
                 completion[i] = c.completion_tokens
-                if c.text or c.finish_reason is not None:
+                if c.text or c.finish_reason is not None or (logprobs and c.logprobs):
                     yield sse(
                         {
                             **base,
@@ -240,7 +254,9 @@ class OpenAIService:
                                 {
                                     "index": i,
                                     "text": c.text,
-                                    "logprobs": None,
+                                    "logprobs": (
+                                        offsets[i].add(c.logprobs or []) if logprobs else None
+                                    ),
                                     "finish_reason": c.finish_reason,
                                 }
                             ],
@@ -293,6 +309,8 @@ async def _collect(gens: list[ChunkStream]) -> list[_Choice]:
         ch = choices[i]
         if c.text:
             ch.text.append(c.text)
+        if c.logprobs:
+            ch.logprobs.extend(c.logprobs)
         ch.completion_tokens = c.completion_tokens
         if c.finish_reason is not None:
             ch.finish_reason = c.finish_reason

@@ -1,0 +1,52 @@
+"""Log probabilities in OpenAI's two shapes, from the engine's entries (one per generated
+token: its bytes, its logprob, the top alternatives as [bytes, logprob]). A token's text
+is its bytes decoded; a token that holds part of a UTF-8 character shows U+FFFD there, and
+its ``bytes`` are exact, as OpenAI's are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _text(raw: list[int]) -> str:
+    return bytes(raw).decode("utf-8", "replace")
+
+
+def chat_content(entries: list[Any]) -> list[dict[str, Any]]:
+    """``choices[].logprobs.content`` items (chat completions, streamed or not)."""
+    return [
+        {
+            "token": _text(raw),
+            "logprob": lp,
+            "bytes": raw,
+            "top_logprobs": [
+                {"token": _text(alt), "logprob": alt_lp, "bytes": alt} for alt, alt_lp in top
+            ],
+        }
+        for raw, lp, top in entries
+    ]
+
+
+class CompletionLogprobs:
+    """The legacy completions shape, built chunk by chunk: ``tokens``, ``token_logprobs``,
+    ``top_logprobs`` (one {token: logprob} object per token) and ``text_offset`` (where
+    each token starts in the choice's text, echoed prompt included)."""
+
+    def __init__(self, offset: int = 0) -> None:
+        self.offset = offset
+
+    def add(self, entries: list[Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "tokens": [],
+            "token_logprobs": [],
+            "top_logprobs": [],
+            "text_offset": [],
+        }
+        for raw, lp, top in entries:
+            token = _text(raw)
+            out["tokens"].append(token)
+            out["token_logprobs"].append(lp)
+            out["top_logprobs"].append({_text(alt): alt_lp for alt, alt_lp in top})
+            out["text_offset"].append(self.offset)
+            self.offset += len(token)
+        return out
