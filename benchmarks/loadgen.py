@@ -62,6 +62,8 @@ async def one_request(
         "stream_options": {"include_usage": True},
         "ignore_eos": True,
     }
+    if getattr(args, "logprobs", None) is not None:
+        body["logprobs"] = args.logprobs
     start = time.perf_counter()
     first: float | None = None
     chunks = 0
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--logprobs", type=int, help="ask for this many top logprobs per token")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     out = asyncio.run(run(args))

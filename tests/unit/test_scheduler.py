@@ -27,9 +27,9 @@ class FakeBatch:
         self.rows.append((token, pos, seq, logits))
         return self.n - 1
 
-    def add_many(self, tokens, start, seq, last_logits):
+    def add_many(self, tokens, start, seq, last_logits, all_logits=False):
         for k, t in enumerate(tokens):
-            self.add(t, start + k, seq, last_logits and k == len(tokens) - 1)
+            self.add(t, start + k, seq, all_logits or (last_logits and k == len(tokens) - 1))
         return self.n - 1
 
 

@@ -211,8 +211,16 @@ class Batch:
         self.n = i + 1
         return i
 
-    def add_many(self, tokens: list[int], start_pos: int, seq: int, last_logits: bool) -> int:
-        """Add a run of tokens of one sequence; returns the row of the last one."""
+    def add_many(
+        self,
+        tokens: list[int],
+        start_pos: int,
+        seq: int,
+        last_logits: bool,
+        all_logits: bool = False,
+    ) -> int:
+        """Add a run of tokens of one sequence; returns the row of the last one. Logits for
+        the last row (``last_logits``) or for every row (``all_logits``)."""
         i0 = self.n
         n = len(tokens)
         if i0 + n > self.capacity:
@@ -225,7 +233,7 @@ class Batch:
             pos[i] = start_pos + k
             nseq[i] = 1
             seqid[i][0] = seq
-            logit[i] = 0
+            logit[i] = all_logits
         if last_logits and n:
             logit[i0 + n - 1] = 1
         self.n = i0 + n

@@ -122,6 +122,7 @@ class SamplingParams:
     context_limit: int | None = None  # per-request cap on prompt + completion tokens
     json_schema: dict[str, Any] | None = None  # constrain output to JSON ({} = any JSON)
     logprobs: int | None = None  # report each token's logprob and this many alternatives
+    prompt_logprobs: bool = False  # the prompt's tokens' too (echo scoring); needs logprobs
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> SamplingParams:

@@ -23,6 +23,10 @@ from .detokenize import IncrementalText, StopMatcher
 
 log = logging.getLogger(__name__)
 
+# Prompt tokens per step of a sequence scoring its prompt: each row keeps a vocabulary of
+# logits (64 x 49k floats = 12 MB for SmolLM2), so a long prompt is scored in chunks.
+SCORE_CHUNK = 64
+
 
 @dataclass(eq=False)
 class Sequence:
@@ -35,6 +39,8 @@ class Sequence:
     ignore_eos: bool = False
     ctx_limit: int = 1 << 30
     top_logprobs: int | None = None  # None: no logprobs; else alternatives per token
+    score_prompt: bool = False  # also the prompt's tokens' logprobs (echo scoring)
+    prompt_entries: list[Any] = field(default_factory=list)  # sent with the first output
     text: IncrementalText = field(default_factory=IncrementalText)
     n_past: int = 0
     n_generated: int = 0
@@ -50,8 +56,9 @@ class Sequence:
         return len(self.tokens) - self.n_past
 
 
-# One generated token's log probability, as it crosses the socket: the token's bytes, its
-# logprob, and the most likely alternatives as [bytes, logprob] pairs, best first.
+# One generated token's log probability, as it crosses the socket: the token (its text,
+# or its bytes as a list of ints when they are not whole UTF-8), its logprob, and the most
+# likely alternatives as [token, logprob] pairs, best first.
 LogprobEntry = list[Any]
 
 
@@ -87,6 +94,7 @@ class Scheduler:
         self.batch = batch
         self.slots = [Slot(i) for i in range(n_slots)]
         self.n_batch = n_batch
+        self._pieces: dict[int, str | list[int]] = {}  # tokens as logprob entries carry them
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._order = itertools.count()
@@ -144,8 +152,15 @@ class Scheduler:
             if not self._free_kv_for_retry(out):
                 return out
         for seq, taken, row in plan:
+            if seq.score_prompt and seq.n_past < seq.n_prompt and not seq.cancelled:
+                self._score(seq, taken, row)
             seq.n_past += taken
-            if row >= 0:
+            if seq.n_past < len(seq.tokens) or seq.cancelled:
+                continue  # more of the prompt to go
+            if seq.max_tokens == 0:  # scoring only: the prompt was the whole job
+                seq.finish = "length"
+                out.append(Output(seq.id, "", 0, seq.n_prompt, "length", seq.prompt_entries))
+            else:
                 self._sample(seq, row, out)
         for seq in [s for s in self.running if s.finish is not None]:
             self._release(seq)
@@ -169,6 +184,8 @@ class Scheduler:
             slot = self._best_slot(free, seq.tokens)
             # A full hit must still decode the last prompt token to get logits.
             reuse = min(_common_prefix(slot.cached, seq.tokens), len(seq.tokens) - 1)
+            if seq.score_prompt:
+                reuse = 0  # every prompt token's logits are needed: nothing reused
             if reuse < len(slot.cached) and not self.ctx.seq_rm(slot.index, reuse, -1):
                 self.ctx.seq_rm(slot.index, -1, -1)
                 reuse = 0
@@ -194,7 +211,8 @@ class Scheduler:
         return best
 
     def _build_batch(self) -> list[tuple[Sequence, int, int]]:
-        """Fill the batch; returns (sequence, tokens added, logits row or -1)."""
+        """Fill the batch; returns (sequence, tokens added, logits row or -1). A sequence
+        scoring its prompt has logits on every row; its rows end at the one returned."""
         budget = self.n_batch
         takes: list[tuple[Sequence, int]] = []
         # Decoding sequences first (one token each), then prompt chunks, oldest first.
@@ -205,6 +223,8 @@ class Scheduler:
         for seq in self.running:
             if seq.remaining > 1 and budget > 0:
                 take = min(seq.remaining, budget)
+                if seq.score_prompt:  # logits for every token: bounded output memory
+                    take = min(take, SCORE_CHUNK)
                 takes.append((seq, take))
                 budget -= take
         # Written in slot order: with one KV stream per sequence, llama.cpp cuts a batch
@@ -216,13 +236,18 @@ class Scheduler:
         plan: list[tuple[Sequence, int, int]] = []
         for seq, take in takes:
             last = take == seq.remaining
+            scoring = seq.score_prompt and seq.n_past < seq.n_prompt
             if take == 1:
-                row = batch.add(seq.tokens[seq.n_past], seq.n_past, seq.slot, last)
+                row = batch.add(seq.tokens[seq.n_past], seq.n_past, seq.slot, last or scoring)
             else:
                 row = batch.add_many(
-                    seq.tokens[seq.n_past : seq.n_past + take], seq.n_past, seq.slot, last
+                    seq.tokens[seq.n_past : seq.n_past + take],
+                    seq.n_past,
+                    seq.slot,
+                    last,
+                    all_logits=scoring,
                 )
-            plan.append((seq, take, row if last else -1))
+            plan.append((seq, take, row if last or scoring else -1))
         return plan
 
     def _free_kv_for_retry(self, out: list[Output]) -> bool:
@@ -247,6 +272,7 @@ class Scheduler:
         self.running.remove(victim)
         victim.slot = -1
         victim.n_past = 0
+        victim.prompt_entries = []  # scored again from the start
         self.waiting.appendleft(victim)
         return True
 
@@ -280,10 +306,27 @@ class Scheduler:
         entries = None
         if scored is not None and not eog:  # an end-of-generation token is no content
             entries = [self._entry(token, scored)]
+        if seq.prompt_entries:  # the prompt's, ahead of the first generated token
+            entries = seq.prompt_entries + (entries or [])
+            seq.prompt_entries = []
         # The first token is always reported (time to first token), text or not; with
         # logprobs, every token (its entry travels with the step that made it).
         if text or finish is not None or seq.n_generated == 1 or entries:
             out.append(Output(seq.id, text, seq.n_generated, seq.n_prompt, finish, entries))
+
+    def _score(self, seq: Sequence, taken: int, last_row: int) -> None:
+        """The logprobs of the prompt tokens this chunk's rows predict: row j holds the
+        distribution of the token after position n_past + j. The first prompt token has
+        none (OpenAI's null)."""
+        first = last_row - taken + 1
+        if seq.n_past == 0:
+            seq.prompt_entries.append([self._wire_piece(seq.tokens[0]), None, []])
+        for j in range(taken):
+            nxt = seq.n_past + j + 1
+            if nxt >= seq.n_prompt:
+                break  # the last prompt row predicts the first generated token
+            entry = self._entry(seq.tokens[nxt], self._distribution(seq, first + j))
+            seq.prompt_entries.append(entry)
 
     def _distribution(self, seq: Sequence, row: int) -> tuple[Any, float, list[LogprobEntry]]:
         """The raw model distribution of this row (before penalties, temperature and any
@@ -295,15 +338,27 @@ class Scheduler:
         k = seq.top_logprobs or 0
         top: list[LogprobEntry] = []
         if k:
-            piece = self.model.piece
             best = np.argpartition(x, -k)[-k:]
             for t in sorted(best.tolist(), key=lambda t: -float(x[t])):
-                top.append([list(piece(t)), float(x[t]) - lse])
+                top.append([self._wire_piece(t), float(x[t]) - lse])
         return x, lse, top
+
+    def _wire_piece(self, token: int) -> str | list[int]:
+        """A token as logprob entries carry it: text when its bytes are whole UTF-8 (most
+        tokens: a smaller frame), else the bytes themselves. Cached per token."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            raw = self.model.piece(token)
+            try:
+                cached = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                cached = list(raw)
+            self._pieces[token] = cached
+        return cached
 
     def _entry(self, token: int, scored: tuple[Any, float, list[LogprobEntry]]) -> LogprobEntry:
         x, lse, top = scored
-        return [list(self.model.piece(token)), float(x[token]) - lse, top]
+        return [self._wire_piece(token), float(x[token]) - lse, top]
 
     def _release(self, seq: Sequence, keep_cache: bool = True) -> None:
         if seq in self.running:

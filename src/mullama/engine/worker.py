@@ -259,6 +259,7 @@ class Worker:
             ignore_eos=params.ignore_eos,
             ctx_limit=limit,
             top_logprobs=params.logprobs,
+            score_prompt=params.prompt_logprobs and params.logprobs is not None,
         )
 
     def _prompt_tokens(self, req: GenerateRequest) -> tuple[list[int], str]:

@@ -1,15 +1,20 @@
 """Log probabilities in OpenAI's two shapes, from the engine's entries (one per generated
-token: its bytes, its logprob, the top alternatives as [bytes, logprob]). A token's text
-is its bytes decoded; a token that holds part of a UTF-8 character shows U+FFFD there, and
-its ``bytes`` are exact, as OpenAI's are."""
+token: the token, its logprob, the top alternatives as [token, logprob]; a token is its
+text, or its raw bytes as a list of ints when they are not whole UTF-8). A token that holds
+part of a UTF-8 character shows U+FFFD in its text, and its ``bytes`` are exact, as
+OpenAI's are."""
 
 from __future__ import annotations
 
 from typing import Any
 
 
-def _text(raw: list[int]) -> str:
-    return bytes(raw).decode("utf-8", "replace")
+def _text(token: str | list[int]) -> str:
+    return token if isinstance(token, str) else bytes(token).decode("utf-8", "replace")
+
+
+def _bytes(token: str | list[int]) -> list[int]:
+    return list(token.encode()) if isinstance(token, str) else token
 
 
 def chat_content(entries: list[Any]) -> list[dict[str, Any]]:
@@ -18,9 +23,10 @@ def chat_content(entries: list[Any]) -> list[dict[str, Any]]:
         {
             "token": _text(raw),
             "logprob": lp,
-            "bytes": raw,
+            "bytes": _bytes(raw),
             "top_logprobs": [
-                {"token": _text(alt), "logprob": alt_lp, "bytes": alt} for alt, alt_lp in top
+                {"token": _text(alt), "logprob": alt_lp, "bytes": _bytes(alt)}
+                for alt, alt_lp in top
             ],
         }
         for raw, lp, top in entries
@@ -46,7 +52,9 @@ class CompletionLogprobs:
             token = _text(raw)
             out["tokens"].append(token)
             out["token_logprobs"].append(lp)
-            out["top_logprobs"].append({_text(alt): alt_lp for alt, alt_lp in top})
+            # The first prompt token has no logprob, and no alternatives (null, as OpenAI).
+            alts = {_text(alt): alt_lp for alt, alt_lp in top} if lp is not None else None
+            out["top_logprobs"].append(alts)
             out["text_offset"].append(self.offset)
             self.offset += len(token)
         return out

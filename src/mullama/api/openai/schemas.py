@@ -199,18 +199,25 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
+    # 0 only with echo: score the prompt, generate nothing (lm-evaluation-harness).
+    max_tokens: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
-    def _no_prompt_scoring_yet(self) -> CompletionRequest:
-        if self.echo and self.logprobs is not None:
+    def _zero_tokens_only_to_score(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
             raise InvalidParameter(
-                "echo with logprobs (scoring the prompt) is not implemented yet",
-                param="echo",
+                "max_tokens 0 generates nothing: it is only for scoring a prompt (with echo)",
+                param="max_tokens",
             )
         return self
 
     def top_logprobs_wanted(self) -> int | None:
         return self.logprobs
+
+    def to_sampling_params(self, profile: Profile, max_tokens: int | None) -> SamplingParams:
+        p = super().to_sampling_params(profile, max_tokens)
+        p.prompt_logprobs = self.echo and self.logprobs is not None
+        return p
 
     @field_validator("prompt")
     @classmethod

@@ -97,7 +97,9 @@ class OpenAIService:
     def _completion_requests(self, req: CompletionRequest, rid: str) -> list[GenerateRequest]:
         prompts = req.prompts()
         profile = profile_of(self.models, req.model)
-        max_tokens = req.max_tokens or profile.defaults.get("max_tokens") or 16
+        max_tokens = req.max_tokens
+        if max_tokens is None:
+            max_tokens = profile.defaults.get("max_tokens") or 16
         out = []
         for p_idx, prompt in enumerate(prompts):
             for i in range(req.n):
@@ -204,13 +206,20 @@ class OpenAIService:
         cid = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         n_prompt = sum(prompt_tokens[:: req.n])
+        try:
+            prompts = await self._echoed(req) if req.echo else []
+        except BaseException:
+            for gen in gens:
+                await gen.aclose()
+            raise
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            echo = [prompts[i // req.n] for i in range(len(gens))] if req.echo else None
             return self._completion_stream(
-                cid, created, req.model, n_prompt, gens, include_usage, req.logprobs is not None
-            )
+                cid, created, req.model, n_prompt, gens, include_usage,
+                req.logprobs is not None, echo,
+            )  # fmt: skip
         choices = await _collect(gens)
-        prompts = await self._echoed(req) if req.echo else []
         return {
             "id": cid,
             "object": "text_completion",
@@ -239,21 +248,25 @@ class OpenAIService:
         gens: list[ChunkStream],
         include_usage: bool,
         logprobs: bool = False,
+        echo: list[str] | None = None,
     ) -> AsyncIterator[bytes]:
+        """``echo``: each choice's prompt text, sent ahead of its first text."""
         completion = [0] * len(gens)
         offsets = [CompletionLogprobs() for _ in gens]
+        prefix = list(echo) if echo is not None else [""] * len(gens)
         base = {"id": cid, "object": "text_completion", "created": created, "model": model}
         try:
             async for i, c in aiter_merge(gens):
                 completion[i] = c.completion_tokens
-                if c.text or c.finish_reason is not None or (logprobs and c.logprobs):
+                if c.text or c.finish_reason is not None or (logprobs and c.logprobs) or prefix[i]:
+                    text, prefix[i] = prefix[i] + c.text, ""
                     yield sse(
                         {
                             **base,
                             "choices": [
                                 {
                                     "index": i,
-                                    "text": c.text,
+                                    "text": text,
                                     "logprobs": (
                                         offsets[i].add(c.logprobs or []) if logprobs else None
                                     ),
