@@ -166,3 +166,23 @@ def test_streamed_echo_starts_with_the_prompt(openai_client):
         model=MODEL, prompt="One, two,", max_tokens=3, temperature=0, echo=True
     )
     assert text == whole.choices[0].text and text.startswith("One, two,")
+
+
+def test_ollama_logprobs_through_the_ollama_client(daemon):
+    import ollama
+
+    client = ollama.Client(host=daemon.url, timeout=120)
+    opts = {"temperature": 0, "num_predict": 6}
+    chat = client.chat(model=MODEL, messages=MSG, options=opts, logprobs=True, top_logprobs=2)
+    assert len(chat.logprobs) == chat.eval_count == 6
+    assert "".join(e.token for e in chat.logprobs) == chat.message.content
+    assert all(e.logprob <= 0 and len(e.top_logprobs) == 2 for e in chat.logprobs)
+    streamed = list(
+        client.generate(model=MODEL, prompt="The sky is", options=opts, logprobs=True, stream=True)
+    )
+    whole = client.generate(model=MODEL, prompt="The sky is", options=opts, logprobs=True)
+    tokens = [e.token for part in streamed for e in (part.logprobs or [])]
+    assert tokens == [e.token for e in whole.logprobs] and "".join(tokens) == whole.response
+    with pytest.raises(ollama.ResponseError) as info:
+        client.chat(model=MODEL, messages=MSG, top_logprobs=2)
+    assert info.value.status_code == 400 and "top_logprobs" in info.value.error

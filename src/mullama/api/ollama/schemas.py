@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ...engine.protocol import SamplingParams
+from ...errors import InvalidParameter
 from ...models.custom import ModelParameters
 from ..fields import TOOLS, Refusing
 from ..profiles import Profile, from_ollama
@@ -66,10 +67,30 @@ Format = Literal["json", ""] | dict[str, Any] | None
 KeepAlive = str | int | float | None
 
 
+class _Logprobs(BaseModel):
+    """``logprobs`` / ``top_logprobs`` of /api/generate and /api/chat (Ollama 0.12)."""
+
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> Any:
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidParameter("top_logprobs needs logprobs: true", param="top_logprobs")
+        return self
+
+    def sampling_params(
+        self, options: Options | None, fmt: Format, profile: Profile
+    ) -> SamplingParams:
+        p = (options or Options()).to_sampling_params(fmt, profile)
+        p.logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return p
+
+
 _THINK = "thinking mode is not implemented"
 
 
-class GenerateBody(_Strict, Refusing):
+class GenerateBody(_Strict, _Logprobs, Refusing):
     REFUSED = {"suffix": "insertion (suffix) is not implemented", "think": _THINK}
     model: str
     prompt: str = ""
@@ -93,7 +114,7 @@ class Message(_Strict, Refusing):
     images: list[str] | None = None
 
 
-class ChatBody(_Strict, Refusing):
+class ChatBody(_Strict, _Logprobs, Refusing):
     REFUSED = {"tools": TOOLS, "think": _THINK}
     model: str
     messages: list[Message] = Field(default_factory=list)

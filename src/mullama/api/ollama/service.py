@@ -11,9 +11,10 @@ from ...engine.protocol import Chunk, ChunkStream, GenerateRequest
 from ...errors import ClientError, MullamaError
 from ...models.custom import go_to_jinja
 from ..errors import ndjson_error
+from ..logprobs import chat_content
 from ..profiles import profile_of
 from ..streaming import ndjson_line
-from .schemas import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody, Options
+from .schemas import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody
 
 if TYPE_CHECKING:
     from ...models.manager import ModelManager
@@ -63,7 +64,7 @@ class OllamaService:
 
     def _generate_request(self, body: GenerateBody, rid: str) -> GenerateRequest:
         profile = profile_of(self.models, body.model)
-        params = (body.options or Options()).to_sampling_params(body.format, profile)
+        params = body.sampling_params(body.options, body.format, profile)
         if body.raw:
             return GenerateRequest(rid, params, prompt=body.prompt, add_special=False)
         system = body.system if body.system is not None else profile.system
@@ -99,7 +100,7 @@ class OllamaService:
             return _loaded(body.model, "message", load_ns, started, body.stream)
         profile = profile_of(self.models, body.model)
         messages = profile.messages([{"role": m.role, "content": m.content} for m in body.messages])
-        params = (body.options or Options()).to_sampling_params(body.format, profile)
+        params = body.sampling_params(body.options, body.format, profile)
         req = GenerateRequest(rid, params, messages=messages, template=profile.template)
         gen = self.models.generate(body.model, req, body.keep_alive)
         return await self._run(gen, body.model, "message", body.stream, started, load_ns)
@@ -122,13 +123,19 @@ class OllamaService:
         if stream:
             return self._stream(gen, first, model, kind, timings)
         parts: list[str] = []
+        entries: list[Any] = []
         last = first
         async for c in gen:
             if c.text:
                 timings.mark_token()
                 parts.append(c.text)
+            if c.logprobs:
+                entries.extend(c.logprobs)
             last = c
-        return _final(model, kind, "".join(parts), last, first.prompt_tokens, timings)
+        out = _final(model, kind, "".join(parts), last, first.prompt_tokens, timings)
+        if entries:
+            out["logprobs"] = chat_content(entries)
+        return out
 
     async def _stream(
         self, gen: ChunkStream, first: Chunk, model: str, kind: str, timings: Timings
@@ -137,9 +144,13 @@ class OllamaService:
         try:
             async for c in gen:
                 last = c
-                if c.text:
-                    timings.mark_token()
-                    yield ndjson_line(_piece(model, kind, c.text))
+                if c.text or c.logprobs:
+                    if c.text:
+                        timings.mark_token()
+                    piece = _piece(model, kind, c.text)
+                    if c.logprobs:
+                        piece["logprobs"] = chat_content(c.logprobs)
+                    yield ndjson_line(piece)
             yield ndjson_line(_final(model, kind, "", last, first.prompt_tokens, timings))
         except MullamaError as exc:
             yield ndjson_error(exc)

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from ...engine.protocol import Chunk, ChunkStream, GenerateRequest, normalize
 from ...errors import ClientError, MullamaError
 from ..errors import sse_error
+from ..logprobs import CompletionLogprobs, chat_content
 from ..profiles import profile_of
 from ..streaming import SSE_DONE, aiter_merge, sse
-from .logprobs import CompletionLogprobs, chat_content
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""Log probabilities in OpenAI's two shapes, from the engine's entries (one per generated
+"""Log probabilities in OpenAI's two shapes (Ollama's is OpenAI's chat entries, at the top
+of each response), from the engine's entries (one per generated
 token: the token, its logprob, the top alternatives as [token, logprob]; a token is its
 text, or its raw bytes as a list of ints when they are not whole UTF-8). A token that holds
 part of a UTF-8 character shows U+FFFD in its text, and its ``bytes`` are exact, as
