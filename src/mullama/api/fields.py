@@ -61,4 +61,4 @@ class Refusing(BaseModel):
         return data
 
 
-TOOLS = "tool calling is not implemented yet"
+TOOLS = "tool calling on the Ollama API is not implemented yet (/v1/chat/completions has it)"

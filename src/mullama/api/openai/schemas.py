@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ...engine.protocol import SamplingParams, field_names
 from ...errors import ClientError, InvalidParameter
-from ..fields import TOOLS, Refusing
+from ..fields import Refusing
 from ..profiles import Profile
+from ..tools import ToolCallIn, ToolChoice, ToolSpec
 
 _CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
@@ -36,11 +37,13 @@ class ChatMessage(_Strict, Refusing):
     # only the fields that would change the prompt are refused.
     REFUSE_UNKNOWN = False
     WHERE = "messages[]."
-    REFUSED = {"tool_calls": TOOLS, "tool_call_id": TOOLS, "function_call": TOOLS}
+    REFUSED = {"function_call": "the functions API is replaced by tools; send tool_calls"}
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # which call a tool message answers
 
     def text(self) -> str:
         if self.content is None:
@@ -155,10 +158,8 @@ _SAMPLING_NAMES = tuple(
 
 class ChatCompletionRequest(_Sampling):
     REFUSED: ClassVar[dict[str, str]] = {
-        "tools": TOOLS,
-        "tool_choice": TOOLS,
-        "functions": TOOLS,
-        "function_call": TOOLS,
+        "functions": "the functions API is replaced by tools",
+        "function_call": "the functions API is replaced by tool_choice",
         "logit_bias": "token biases are not implemented",
         "prediction": "predicted outputs are not implemented",
         "audio": "audio output is not implemented (text models only)",
@@ -167,14 +168,15 @@ class ChatCompletionRequest(_Sampling):
         "reasoning_effort": "reasoning effort is not implemented",
         "verbosity": "verbosity is not implemented",
     }
-    NEUTRAL = {"tool_choice": ("none", "auto"), "function_call": ("none", "auto"),
-               "modalities": (["text"],)}  # fmt: skip
-    IGNORED = _NO_OPS | {"parallel_tool_calls"}  # only means something with tools
+    NEUTRAL = {"function_call": ("none", "auto"), "modalities": (["text"],)}  # fmt: skip
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[ToolSpec] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> ChatCompletionRequest:

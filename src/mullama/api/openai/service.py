@@ -17,6 +17,7 @@ from ..errors import sse_error
 from ..logprobs import CompletionLogprobs, chat_content
 from ..profiles import profile_of
 from ..streaming import SSE_DONE, aiter_merge, sse
+from ..tools import ToolPlan, history_message, plan_tools
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
@@ -72,7 +73,9 @@ class OpenAIService:
 
     # ---- requests -> engine requests ----------------------------------------------
 
-    def _chat_requests(self, req: ChatCompletionRequest, rid: str) -> list[GenerateRequest]:
+    def _chat_requests(
+        self, req: ChatCompletionRequest, rid: str, plan: ToolPlan
+    ) -> list[GenerateRequest]:
         messages = []
         for i, m in enumerate(req.messages):
             if m.has_media():
@@ -80,13 +83,18 @@ class OpenAIService:
                     f"model {req.model!r} takes text only; messages[{i}] has non-text content",
                     param=f"messages[{i}].content",
                 )
-            messages.append({"role": m.role, "content": m.text()})
+            messages.append(
+                history_message(m.role, m.text(), m.tool_calls, m.tool_call_id, m.name, i)
+            )
         max_tokens = req.max_completion_tokens or req.max_tokens
         profile = profile_of(self.models, req.model)
-        messages = profile.messages(messages)
+        messages = _with_instruction(profile.messages(messages), plan.instruction())
+        constraint = plan.constraint()
         out = []
         for i in range(req.n):
             params = req.to_sampling_params(profile, max_tokens)
+            if constraint is not None:
+                params.json_schema = constraint
             if params.seed is not None:
                 params.seed += i
             out.append(
@@ -115,7 +123,8 @@ class OpenAIService:
     # ---- chat ------------------------------------------------------------------------
 
     async def chat(self, req: ChatCompletionRequest, rid: str) -> dict | AsyncIterator[bytes]:
-        requests = self._chat_requests(req, rid)
+        plan = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, req.response_format)
+        requests = self._chat_requests(req, rid, plan)
         prompt_tokens, gens = await start_generations(
             self.models, req.model, requests, req.keep_alive
         )
@@ -124,9 +133,10 @@ class OpenAIService:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return self._chat_stream(
-                cid, created, req.model, prompt_tokens, gens, include_usage, req.logprobs
+                cid, created, req.model, prompt_tokens, gens, include_usage, req.logprobs, plan
             )
         choices = await _collect(gens)
+        messages = [_reply(plan, c) for c in choices]
         return {
             "id": cid,
             "object": "chat.completion",
@@ -135,9 +145,9 @@ class OpenAIService:
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": "".join(c.text)},
+                    "message": messages[i][0],
                     "logprobs": {"content": chat_content(c.logprobs)} if req.logprobs else None,
-                    "finish_reason": c.finish_reason,
+                    "finish_reason": messages[i][1],
                 }
                 for i, c in enumerate(choices)
             ],
@@ -153,7 +163,12 @@ class OpenAIService:
         gens: list[ChunkStream],
         include_usage: bool,
         logprobs: bool = False,
+        plan: ToolPlan | None = None,
     ) -> AsyncIterator[bytes]:
+        """With tools, a reply that may be a call is held back until it is known: sent
+        as tool-call deltas if it is one, as text if not."""
+        held = [_Held(plan) if plan is not None and plan.active else None for _ in gens]
+
         def chunk(
             index: int, delta: dict[str, Any], finish: str | None, entries: Any = None
         ) -> bytes:
@@ -177,6 +192,11 @@ class OpenAIService:
                 yield chunk(i, {"role": "assistant", "content": ""}, None)
             async for i, c in aiter_merge(gens):
                 completion[i] = c.completion_tokens
+                hold = held[i]
+                if hold is not None:
+                    for delta, entries, finish in hold.feed(c):
+                        yield chunk(i, delta, finish, entries if logprobs else None)
+                    continue
                 if c.text or (logprobs and c.logprobs):
                     yield chunk(i, {"content": c.text}, None, c.logprobs)
                 if c.finish_reason is not None:
@@ -314,6 +334,68 @@ class OpenAIService:
 def _base64_floats(vec: list[float]) -> str:
     """OpenAI's base64 encoding: little-endian float32s."""
     return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+
+
+def _with_instruction(
+    messages: list[dict[str, Any]], instruction: str | None
+) -> list[dict[str, Any]]:
+    """The tools' instruction, in the system message (made if there is none)."""
+    if instruction is None:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        first = {**messages[0], "content": f"{messages[0]['content']}\n\n{instruction}"}
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": instruction}, *messages]
+
+
+def _reply(plan: ToolPlan, choice: _Choice) -> tuple[dict[str, Any], str | None]:
+    """A whole reply as a chat message, and its finish reason."""
+    text = "".join(choice.text)
+    calls = plan.calls(text) if choice.finish_reason != "length" else None
+    if calls:
+        return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+    return {"role": "assistant", "content": text}, choice.finish_reason
+
+
+class _Held:
+    """One streamed choice whose reply may be a tool call: text is held while it could
+    still be one; the call goes out whole once the reply ends."""
+
+    def __init__(self, plan: ToolPlan) -> None:
+        self.plan = plan
+        self.text = ""
+        self.entries: list[Any] = []
+        self.holding = True
+
+    def feed(self, c: Chunk) -> list[tuple[dict[str, Any], Any, str | None]]:
+        out: list[tuple[dict[str, Any], Any, str | None]] = []
+        if not self.holding:
+            if c.text or c.logprobs:
+                out.append(({"content": c.text}, c.logprobs, None))
+        else:
+            self.text += c.text
+            self.entries += c.logprobs or []
+            if not self.plan.could_be_call(self.text):
+                self.holding = False
+                out.append(({"content": self.text}, self.entries, None))
+        if c.finish_reason is None:
+            return out
+        if self.holding:
+            choice = _Choice(text=[self.text], finish_reason=c.finish_reason)
+            message, finish = _reply(self.plan, choice)
+            for k, call in enumerate(message.get("tool_calls") or []):
+                fn = call["function"]
+                first = {"index": k, "id": call["id"], "type": "function",
+                         "function": {"name": fn["name"], "arguments": ""}}  # fmt: skip
+                out.append(({"tool_calls": [first]}, None, None))
+                rest = {"index": k, "function": {"arguments": fn["arguments"]}}
+                out.append(({"tool_calls": [rest]}, None, None))
+            if not message.get("tool_calls"):
+                out.append(({"content": self.text}, self.entries, None))
+            out.append(({}, None, finish))
+        else:
+            out.append(({}, None, c.finish_reason))
+        return out
 
 
 async def _collect(gens: list[ChunkStream]) -> list[_Choice]:

@@ -1,0 +1,248 @@
+"""Tool calling for models whose chat template knows nothing of tools (SmolLM2's, Gemma's):
+the generic format.
+
+The tools are described to the model in a system instruction, with the one reply shape
+it may use to call them: a JSON object ``{"tool_calls": [{"name": ..., "arguments":
+{...}}]}``. Earlier calls and their results are written into the conversation in the same
+words. ``tool_choice`` is enforced by constraining generation to that shape with each
+tool's own parameter schema (``required``: at least one call; a named function: exactly
+one call of it); ``auto`` lets the model choose, and a reply that is such an object is
+read as calls; ``none`` shows no tools and reads no calls.
+
+Templates with their own tool syntax (Hermes/Qwen, Llama 3.x, Mistral) are not yet used
+natively: every model gets this format.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from jsonschema import SchemaError
+from jsonschema.validators import validator_for
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import InvalidParameter
+
+_CONFIG = ConfigDict(extra="ignore", strict=True)
+
+
+class FunctionSpec(BaseModel):
+    model_config = _CONFIG
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolSpec(BaseModel):
+    model_config = _CONFIG
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class _Name(BaseModel):
+    model_config = _CONFIG
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = _CONFIG
+
+    type: Literal["function"]
+    function: _Name
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class CalledFunction(BaseModel):
+    model_config = _CONFIG
+
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it back
+
+
+class ToolCallIn(BaseModel):
+    """A call in the conversation's history (an assistant message's ``tool_calls``)."""
+
+    model_config = _CONFIG
+
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+@dataclass
+class ToolPlan:
+    """What a request's tools do to its prompt, its constraint and its reply."""
+
+    tools: list[ToolSpec]
+    choice: ToolChoice
+    parallel: bool
+
+    @property
+    def active(self) -> bool:
+        return bool(self.tools) and self.choice != "none"
+
+    def instruction(self) -> str | None:
+        if not self.active:
+            return None
+        lines = [
+            "You can call tools. To call tools, reply with only a JSON object of this form "
+            'and nothing else: {"tool_calls": [{"name": "<tool name>", "arguments": '
+            "{<the arguments>}}]}"
+            + ("" if self.parallel else " with exactly one call")
+            + ". To answer without a tool, reply with plain text.",
+            "The tools:",
+        ]
+        for tool in self._offered():
+            f = tool.function
+            params = orjson.dumps(f.parameters or {"type": "object"}).decode()
+            lines.append(f"- {f.name}: {f.description or ''} Arguments (JSON schema): {params}")
+        return "\n".join(lines)
+
+    def _offered(self) -> list[ToolSpec]:
+        if isinstance(self.choice, NamedToolChoice):
+            return [t for t in self.tools if t.function.name == self.choice.function.name]
+        return self.tools
+
+    def constraint(self) -> dict[str, Any] | None:
+        """The JSON schema a reply must follow, or None (``auto``: the model chooses)."""
+        if not self.active or self.choice == "auto":
+            return None
+        calls = [
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": t.function.name},
+                    "arguments": t.function.parameters or {"type": "object"},
+                },
+                "required": ["name", "arguments"],
+            }
+            for t in self._offered()
+        ]
+        items = calls[0] if len(calls) == 1 else {"anyOf": calls}
+        # At most one call per offered tool when calls may come in parallel: a small
+        # model held to the shape would otherwise repeat calls until max_tokens.
+        most = len(calls) if self.parallel and not isinstance(self.choice, NamedToolChoice) else 1
+        array: dict[str, Any] = {"type": "array", "items": items, "minItems": 1, "maxItems": most}
+        return {"type": "object", "properties": {"tool_calls": array}, "required": ["tool_calls"]}
+
+    def calls(self, text: str) -> list[dict[str, Any]] | None:
+        """The reply's tool calls in OpenAI's shape, or None when it is plain text (or a
+        call cut short: never a broken call)."""
+        if not self.active:
+            return None
+        body = text.strip()
+        if not body.startswith("{"):
+            return None
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        raw = obj.get("tool_calls") if isinstance(obj, dict) else None
+        names = {t.function.name for t in self._offered()}
+        if not isinstance(raw, list) or not raw:
+            return None
+        out = []
+        for call in raw if self.parallel else raw[:1]:
+            if not isinstance(call, dict) or call.get("name") not in names:
+                return None
+            args = call.get("arguments", {})
+            out.append(
+                {
+                    "id": f"call_{uuid.uuid4().hex[:24]}",
+                    "type": "function",
+                    "function": {
+                        "name": call["name"],
+                        "arguments": orjson.dumps(args).decode(),
+                    },
+                }
+            )
+        return out
+
+    def could_be_call(self, text: str) -> bool:
+        """While streaming: may this start of a reply still turn out to be a call?"""
+        return self.active and (not text.strip() or text.lstrip().startswith("{"))
+
+
+def plan_tools(
+    tools: list[ToolSpec] | None,
+    choice: ToolChoice | None,
+    parallel: bool | None,
+    response_format: Any,
+) -> ToolPlan:
+    """Check the request's tools and choice; errors name what cannot be honoured."""
+    tools = tools or []
+    if choice is None:
+        choice = "auto" if tools else "none"
+    if not tools and choice != "none" and choice != "auto":
+        raise InvalidParameter(
+            "tool_choice needs tools: there is no tool to call", param="tool_choice"
+        )
+    names = [t.function.name for t in tools]
+    if len(set(names)) != len(names):
+        raise InvalidParameter("tools: two tools have the same name", param="tools")
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+        raise InvalidParameter(
+            f"tool_choice names {choice.function.name!r}, which is not in tools "
+            f"({', '.join(names)})",
+            param="tool_choice",
+        )
+    for i, tool in enumerate(tools):
+        params = tool.function.parameters
+        if params is None:
+            continue
+        try:
+            validator_for(params).check_schema(params)
+        except SchemaError as exc:
+            raise InvalidParameter(
+                f"tools[{i}] ({tool.function.name}): the parameters are not a valid JSON "
+                f"schema: {exc.message}",
+                param=f"tools[{i}].function.parameters",
+            ) from None
+        if params.get("type", "object") != "object":
+            raise InvalidParameter(
+                f"tools[{i}] ({tool.function.name}): parameters must be an object schema",
+                param=f"tools[{i}].function.parameters",
+            )
+    plan = ToolPlan(tools, choice, parallel is not False)
+    if plan.constraint() is not None and response_format is not None:
+        if getattr(response_format, "type", "text") != "text":
+            raise InvalidParameter(
+                "response_format cannot be combined with a tool_choice that forces a call",
+                param="response_format",
+            )
+    return plan
+
+
+def history_message(role: str, content: str, calls: list[ToolCallIn] | None, call_id: str | None,
+                    name: str | None, index: int) -> dict[str, Any]:  # fmt: skip
+    """One message of the conversation as the generic format writes it for the model."""
+    if role == "tool":
+        if not call_id:
+            raise InvalidParameter(
+                f"messages[{index}]: a tool message needs tool_call_id",
+                param=f"messages[{index}].tool_call_id",
+            )
+        who = f" ({name})" if name else ""
+        return {"role": "user", "content": f"Result of tool call {call_id}{who}: {content}"}
+    if calls:
+        parsed = []
+        for k, call in enumerate(calls):
+            try:
+                args = orjson.loads(call.function.arguments or "{}")
+            except orjson.JSONDecodeError:
+                raise InvalidParameter(
+                    f"messages[{index}].tool_calls[{k}].function.arguments is not valid JSON",
+                    param=f"messages[{index}].tool_calls[{k}].function.arguments",
+                ) from None
+            parsed.append({"name": call.function.name, "arguments": args})
+        text = orjson.dumps({"tool_calls": parsed}).decode()
+        return {"role": "assistant", "content": (content + "\n" + text) if content else text}
+    return {"role": role, "content": content}

@@ -1,0 +1,184 @@
+"""Tool calling through the openai SDK, unchanged: every tool_choice form, history with
+calls and results, streaming, and the requests that cannot be honoured."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from tests.conftest import MODEL
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two numbers",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _chat(client, **kw):
+    kw = {"messages": ASK, "temperature": 0, "max_tokens": 100, **kw}
+    return client.chat.completions.create(model=MODEL, **kw)
+
+
+def _check_call(call, name, schema):
+    import jsonschema
+
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == name
+    jsonschema.validate(json.loads(call.function.arguments), schema)  # a JSON string
+
+
+def test_required_gives_at_least_one_schema_valid_call(openai_client):
+    out = _chat(openai_client, tools=[WEATHER, ADD], tool_choice="required")
+    choice = out.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    calls = choice.message.tool_calls
+    assert 1 <= len(calls) <= 2 and len({c.id for c in calls}) == len(calls)
+    for call in calls:
+        spec = WEATHER if call.function.name == "get_weather" else ADD
+        _check_call(call, spec["function"]["name"], spec["function"]["parameters"])
+
+
+def test_a_named_tool_choice_calls_exactly_that_function(openai_client):
+    named = {"type": "function", "function": {"name": "add"}}
+    out = _chat(openai_client, tools=[WEATHER, ADD], tool_choice=named)
+    calls = out.choices[0].message.tool_calls
+    assert len(calls) == 1
+    _check_call(calls[0], "add", ADD["function"]["parameters"])
+
+
+def test_parallel_tool_calls_false_means_one_call(openai_client):
+    out = _chat(
+        openai_client, tools=[WEATHER, ADD], tool_choice="required", parallel_tool_calls=False
+    )
+    assert len(out.choices[0].message.tool_calls) == 1
+
+
+def test_none_never_calls_and_answers_in_text(openai_client):
+    out = _chat(openai_client, tools=[WEATHER], tool_choice="none", max_tokens=20)
+    choice = out.choices[0]
+    assert choice.message.tool_calls is None and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+
+
+def test_history_with_calls_and_results_is_accepted(openai_client):
+    history = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {
+                        "name": "get_weather",
+                        "arguments": '{"city": "Paris", "unit": "c"}',
+                    },
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees and sunny"},
+    ]
+    out = _chat(openai_client, messages=history, tools=[WEATHER], tool_choice="none", max_tokens=20)
+    assert out.choices[0].message.content
+    # The history's calls and result reach the model: the prompt is longer than the question's.
+    bare = _chat(openai_client, tools=[WEATHER], tool_choice="none", max_tokens=1)
+    assert out.usage.prompt_tokens > bare.usage.prompt_tokens + 20
+
+
+def test_streamed_calls_assemble_to_the_whole_answer(openai_client):
+    whole = _chat(
+        openai_client, tools=[WEATHER, ADD], tool_choice="required", parallel_tool_calls=False
+    )
+    stream = _chat(
+        openai_client,
+        tools=[WEATHER, ADD],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        stream=True,
+    )
+    names, args, finish, ids = [], "", None, []
+    for chunk in stream:
+        for choice in chunk.choices:
+            for d in choice.delta.tool_calls or []:
+                if d.id:
+                    ids.append(d.id)
+                    names.append(d.function.name)
+                    assert d.function.arguments == ""
+                else:
+                    assert d.function.name is None  # never a name twice
+                    args += d.function.arguments
+            assert not choice.delta.content
+            finish = choice.finish_reason or finish
+    call = whole.choices[0].message.tool_calls[0]
+    assert names == [call.function.name] and len(ids) == 1
+    assert args == call.function.arguments and finish == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("kw", "param", "says"),
+    [
+        ({"tool_choice": "required"}, "tool_choice", "needs tools"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+         "tool_choice", "not in tools"),
+        ({"tools": [{"type": "function", "function": {"name": "bad", "parameters": {"type": 5}}}]},
+         "tools[0].function.parameters", "bad"),
+        ({"messages": [*ASK, {"role": "tool", "content": "x"}], "tools": [WEATHER]},
+         "messages[1].tool_call_id", "tool_call_id"),
+        ({"messages": [*ASK, {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+          "function": {"name": "get_weather", "arguments": "{not json"}}]}], "tools": [WEATHER]},
+         "messages[1].tool_calls[0].function.arguments", "not valid JSON"),
+        ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}},
+         "response_format", "cannot be combined"),
+    ],
+)  # fmt: skip
+def test_what_cannot_be_honoured_is_a_400_that_says_why(openai_client, kw, param, says):
+    with pytest.raises(openai.BadRequestError) as info:
+        _chat(openai_client, **kw)
+    assert info.value.body["param"] == param and says in info.value.body["message"]
+
+
+def test_instructor_gets_its_typed_result_in_tools_and_json_schema_modes(daemon):
+    """instructor, unchanged, in its two default ways of asking for a typed result."""
+    import instructor
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        country: str
+
+    raw = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    for mode in (instructor.Mode.TOOLS, instructor.Mode.JSON_SCHEMA):
+        client = instructor.from_openai(raw, mode=mode)
+        city = client.chat.completions.create(
+            model=MODEL,
+            response_model=City,
+            messages=[{"role": "user", "content": "Paris is a city in France. Extract it."}],
+            temperature=0,
+            max_tokens=60,
+            max_retries=0,
+        )
+        assert isinstance(city, City) and city.name and city.country
