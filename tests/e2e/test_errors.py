@@ -124,9 +124,10 @@ def test_fields_that_change_nothing_here_are_accepted(daemon):
     ("path", "extra", "param", "says"),
     [
         ("/v1/chat/completions", {"frobnicate": {"x": 1}}, "frobnicate", "unknown field"),
-        ("/v1/chat/completions", {"tools": [{"type": "function"}]}, "tools", "tool calling"),
+        ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions", "replaced by tools"),
         ("/v1/chat/completions", {"logit_bias": {"42": 5}}, "logit_bias", "not supported"),
-        ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice", "tool calling"),
+        ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice", "needs tools"),
+        ("/api/chat", {"tools": [{"type": "function"}]}, "tools", "tool calling"),
         ("/v1/completions", {"suffix": "end"}, "suffix", "not supported"),
         ("/v1/completions", {"best_of": 3}, "best_of", "use n"),
         ("/api/chat", {"think": True}, "think", "thinking"),
