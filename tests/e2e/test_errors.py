@@ -127,7 +127,7 @@ def test_fields_that_change_nothing_here_are_accepted(daemon):
         ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions", "replaced by tools"),
         ("/v1/chat/completions", {"logit_bias": {"42": 5}}, "logit_bias", "not supported"),
         ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice", "needs tools"),
-        ("/api/chat", {"tools": [{"type": "function"}]}, "tools", "tool calling"),
+        ("/api/chat", {"tool_choice": "required"}, "tool_choice", "needs tools"),
         ("/v1/completions", {"suffix": "end"}, "suffix", "not supported"),
         ("/v1/completions", {"best_of": 3}, "best_of", "use n"),
         ("/api/chat", {"think": True}, "think", "thinking"),

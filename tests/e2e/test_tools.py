@@ -8,7 +8,24 @@ import json
 import openai
 import pytest
 
-from tests.conftest import MODEL
+from tests.conftest import MODEL, Daemon
+
+
+# A daemon of their own: the long tool instructions must not change what the shared
+# daemon's KV cache holds for other tests (llama.cpp's numbers depend on the batch shapes
+# a prompt is decoded in, and prefix reuse changes them).
+@pytest.fixture(scope="module")
+def daemon():
+    with Daemon("--parallel", "2", "--context-size", "2048").wait_healthy() as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def openai_client(daemon):
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    yield client
+    client.close()
+
 
 WEATHER = {
     "type": "function",
@@ -182,3 +199,63 @@ def test_instructor_gets_its_typed_result_in_tools_and_json_schema_modes(daemon)
             max_retries=0,
         )
         assert isinstance(city, City) and city.name and city.country
+
+
+def test_ollama_chat_tools_through_the_ollama_client(daemon):
+    """/api/chat: arguments as an object, a streamed call whole in one line, tool results
+    with tool_name, history arguments as objects or strings, tool_choice as an extension."""
+    import ollama
+
+    client = ollama.Client(host=daemon.url, timeout=120)
+    opts = {"temperature": 0, "num_predict": 100}
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    # tool_choice is Mullama's extension on /api/chat: the client passes it as-is via httpx.
+    import httpx
+
+    body = {"model": MODEL, "messages": ASK, "tools": [WEATHER, ADD], "tool_choice": forced,
+            "options": opts, "stream": False}  # fmt: skip
+    reply = httpx.post(daemon.url + "/api/chat", json=body, timeout=120).json()
+    calls = reply["message"]["tool_calls"]
+    assert len(calls) == 1 and calls[0]["function"]["name"] == "get_weather"
+    assert (
+        isinstance(calls[0]["function"]["arguments"], dict) and calls[0]["function"]["index"] == 0
+    )
+    assert reply["message"]["content"] == "" and reply["done"]
+    lines = [
+        line
+        for line in httpx.post(
+            daemon.url + "/api/chat", json={**body, "stream": True}, timeout=120
+        ).iter_lines()
+        if line
+    ]
+    import json as _json
+
+    with_calls = [
+        _json.loads(x) for x in lines if "tool_calls" in _json.loads(x).get("message", {})
+    ]
+    assert len(with_calls) == 1  # the call arrives whole, in one line
+    assert (
+        with_calls[0]["message"]["tool_calls"][0]["function"]["arguments"]
+        == calls[0]["function"]["arguments"]
+    )
+    # The ollama client's own shapes: tools, a history call with object arguments and a
+    # tool result by tool_name; "auto" may answer in text or call, both are well formed.
+    history = [
+        *ASK,
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}}]},
+        {"role": "tool", "content": "21 degrees and sunny", "tool_name": "get_weather"},
+    ]  # fmt: skip
+    answer = client.chat(model=MODEL, messages=history, tools=[WEATHER], options=opts)
+    assert answer.message.content or answer.message.tool_calls
+    string_args = [{**history[1], "tool_calls": [{"function": {"name": "get_weather",
+                   "arguments": '{"city": "Paris", "unit": "c"}'}}]}]  # fmt: skip
+    resp = httpx.post(
+        daemon.url + "/api/chat",
+        json={"model": MODEL, "messages": [*ASK, *string_args], "stream": False, "options": opts},
+        timeout=120,
+    )
+    assert resp.status_code == 200
+    bad = httpx.post(daemon.url + "/api/chat", json={**body, "tool_choice": {"type": "function",
+                     "function": {"name": "nope"}}})  # fmt: skip
+    assert bad.status_code == 400 and "not in tools" in bad.json()["error"]

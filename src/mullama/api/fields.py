@@ -59,6 +59,3 @@ class Refusing(BaseModel):
                     param=param,
                 )
         return data
-
-
-TOOLS = "tool calling on the Ollama API is not implemented yet (/v1/chat/completions has it)"

@@ -175,9 +175,10 @@ def plan_tools(
     tools: list[ToolSpec] | None,
     choice: ToolChoice | None,
     parallel: bool | None,
-    response_format: Any,
+    output_format: str | None,
 ) -> ToolPlan:
-    """Check the request's tools and choice; errors name what cannot be honoured."""
+    """Check the request's tools and choice; errors name what cannot be honoured.
+    ``output_format``: the request field that already constrains the output, if any."""
     tools = tools or []
     if choice is None:
         choice = "auto" if tools else "none"
@@ -212,13 +213,39 @@ def plan_tools(
                 param=f"tools[{i}].function.parameters",
             )
     plan = ToolPlan(tools, choice, parallel is not False)
-    if plan.constraint() is not None and response_format is not None:
-        if getattr(response_format, "type", "text") != "text":
-            raise InvalidParameter(
-                "response_format cannot be combined with a tool_choice that forces a call",
-                param="response_format",
-            )
+    if plan.constraint() is not None and output_format is not None:
+        raise InvalidParameter(
+            f"{output_format} cannot be combined with a tool_choice that forces a call",
+            param=output_format,
+        )
     return plan
+
+
+def with_instruction(
+    messages: list[dict[str, Any]], instruction: str | None
+) -> list[dict[str, Any]]:
+    """The tools' instruction, in the system message (made if there is none)."""
+    if instruction is None:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        first = {**messages[0], "content": f"{messages[0]['content']}\n\n{instruction}"}
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": instruction}, *messages]
+
+
+def ollama_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI-shaped calls in Ollama's: ``arguments`` an object, with ``index``."""
+    return [
+        {
+            "id": c["id"],
+            "function": {
+                "index": k,
+                "name": c["function"]["name"],
+                "arguments": orjson.loads(c["function"]["arguments"]),
+            },
+        }
+        for k, c in enumerate(calls)
+    ]
 
 
 def history_message(role: str, content: str, calls: list[ToolCallIn] | None, call_id: str | None,

@@ -10,8 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ...engine.protocol import SamplingParams
 from ...errors import InvalidParameter
 from ...models.custom import ModelParameters
-from ..fields import TOOLS, Refusing
+from ..fields import Refusing
 from ..profiles import Profile, from_ollama
+from ..tools import ToolChoice, ToolSpec
 
 _CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
@@ -105,17 +106,34 @@ class GenerateBody(_Strict, _Logprobs, Refusing):
     context: list[int] | None = None
 
 
+class OllamaFunctionCall(BaseModel):
+    model_config = _CONFIG
+    name: str
+    # An object, as Ollama sends it; a JSON string is taken too (Ollama itself refuses it).
+    arguments: dict[str, Any] | str = Field(default_factory=dict)
+
+
+class OllamaToolCall(BaseModel):
+    model_config = _CONFIG
+    id: str | None = None
+    function: OllamaFunctionCall
+
+
 class Message(_Strict, Refusing):
     REFUSE_UNKNOWN = False
     WHERE = "messages[]."
-    REFUSED = {"tool_calls": TOOLS, "tool_name": TOOLS, "thinking": _THINK}
+    REFUSED = {"thinking": _THINK}
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
+    tool_calls: list[OllamaToolCall] | None = None
+    tool_name: str | None = None  # which tool a tool message is the result of
 
 
 class ChatBody(_Strict, _Logprobs, Refusing):
-    REFUSED = {"tools": TOOLS, "think": _THINK}
+    REFUSED = {"think": _THINK}
+    tools: list[ToolSpec] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None  # extension: OpenAI's meaning
     model: str
     messages: list[Message] = Field(default_factory=list)
     stream: bool = True

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ...engine.protocol import Chunk, ChunkStream, GenerateRequest
 from ...errors import ClientError, MullamaError
 from ...models.custom import go_to_jinja
@@ -14,6 +16,14 @@ from ..errors import ndjson_error
 from ..logprobs import chat_content
 from ..profiles import profile_of
 from ..streaming import ndjson_line
+from ..tools import (
+    ToolCallIn,
+    ToolPlan,
+    history_message,
+    ollama_calls,
+    plan_tools,
+    with_instruction,
+)
 from .schemas import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody
 
 if TYPE_CHECKING:
@@ -99,11 +109,15 @@ class OllamaService:
         if not body.messages:
             return _loaded(body.model, "message", load_ns, started, body.stream)
         profile = profile_of(self.models, body.model)
-        messages = profile.messages([{"role": m.role, "content": m.content} for m in body.messages])
+        plan = plan_tools(body.tools, body.tool_choice, None, "format" if body.format else None)
+        messages = [_history(m, i) for i, m in enumerate(body.messages)]
+        messages = with_instruction(profile.messages(messages), plan.instruction())
         params = body.sampling_params(body.options, body.format, profile)
+        if (constraint := plan.constraint()) is not None:
+            params.json_schema = constraint
         req = GenerateRequest(rid, params, messages=messages, template=profile.template)
         gen = self.models.generate(body.model, req, body.keep_alive)
-        return await self._run(gen, body.model, "message", body.stream, started, load_ns)
+        return await self._run(gen, body.model, "message", body.stream, started, load_ns, plan)
 
     async def _run(
         self,
@@ -113,6 +127,7 @@ class OllamaService:
         stream: bool,
         started: int,
         load_ns: int,
+        plan: ToolPlan | None = None,
     ) -> dict | AsyncIterator[bytes]:
         try:
             first = await gen.__anext__()  # errors before the response starts: HTTP errors
@@ -121,7 +136,7 @@ class OllamaService:
             raise
         timings = Timings(started, load_ns)
         if stream:
-            return self._stream(gen, first, model, kind, timings)
+            return self._stream(gen, first, model, kind, timings, plan)
         parts: list[str] = []
         entries: list[Any] = []
         last = first
@@ -132,18 +147,39 @@ class OllamaService:
             if c.logprobs:
                 entries.extend(c.logprobs)
             last = c
-        out = _final(model, kind, "".join(parts), last, first.prompt_tokens, timings)
+        text = "".join(parts)
+        calls = _calls(plan, text, last)
+        out = _final(model, kind, "" if calls else text, last, first.prompt_tokens, timings)
+        if calls:
+            out["message"]["tool_calls"] = calls
         if entries:
             out["logprobs"] = chat_content(entries)
         return out
 
     async def _stream(
-        self, gen: ChunkStream, first: Chunk, model: str, kind: str, timings: Timings
+        self,
+        gen: ChunkStream,
+        first: Chunk,
+        model: str,
+        kind: str,
+        timings: Timings,
+        plan: ToolPlan | None = None,
     ) -> AsyncIterator[bytes]:
+        """With tools, a reply that may be a call is held back; a call then arrives whole,
+        in one line, as Ollama sends it."""
         last = first
+        held: str | None = "" if plan is not None and plan.active else None
         try:
             async for c in gen:
                 last = c
+                if held is not None:
+                    held += c.text
+                    if c.text:
+                        timings.mark_token()
+                    if plan is not None and not plan.could_be_call(held):
+                        yield ndjson_line(_piece(model, kind, held))
+                        held = None
+                    continue
                 if c.text or c.logprobs:
                     if c.text:
                         timings.mark_token()
@@ -151,6 +187,12 @@ class OllamaService:
                     if c.logprobs:
                         piece["logprobs"] = chat_content(c.logprobs)
                     yield ndjson_line(piece)
+            if held:
+                calls = _calls(plan, held, last)
+                piece = _piece(model, kind, "" if calls else held)
+                if calls:
+                    piece["message"]["tool_calls"] = calls
+                yield ndjson_line(piece)
             yield ndjson_line(_final(model, kind, "", last, first.prompt_tokens, timings))
         except MullamaError as exc:
             yield ndjson_error(exc)
@@ -175,6 +217,35 @@ class OllamaService:
     async def embeddings(self, body: EmbeddingsBody) -> dict:
         result = await self.models.embed(body.model, [body.prompt], True, body.keep_alive)
         return {"embedding": result.vectors[0]}
+
+
+def _history(m: Any, index: int) -> dict[str, Any]:
+    """An Ollama message as the generic tool format writes it (see api/tools.py)."""
+    if m.role == "tool":
+        who = f" ({m.tool_name})" if m.tool_name else ""
+        return {"role": "user", "content": f"Result of tool call{who}: {m.content}"}
+    calls = None
+    if m.tool_calls:
+        calls = []
+        for k, call in enumerate(m.tool_calls):
+            args = call.function.arguments
+            text = args if isinstance(args, str) else orjson.dumps(args).decode()
+            calls.append(
+                ToolCallIn.model_validate(
+                    {
+                        "id": call.id or f"call_{k}",
+                        "function": {"name": call.function.name, "arguments": text},
+                    }
+                )
+            )
+    return history_message(m.role, m.content, calls, None, None, index)
+
+
+def _calls(plan: ToolPlan | None, text: str, last: Chunk) -> list[dict[str, Any]] | None:
+    if plan is None or last.finish_reason == "length":
+        return None
+    calls = plan.calls(text)
+    return ollama_calls(calls) if calls else None
 
 
 def _piece(model: str, kind: str, text: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from ..errors import sse_error
 from ..logprobs import CompletionLogprobs, chat_content
 from ..profiles import profile_of
 from ..streaming import SSE_DONE, aiter_merge, sse
-from ..tools import ToolPlan, history_message, plan_tools
+from ..tools import ToolPlan, history_message, plan_tools, with_instruction
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class OpenAIService:
             )
         max_tokens = req.max_completion_tokens or req.max_tokens
         profile = profile_of(self.models, req.model)
-        messages = _with_instruction(profile.messages(messages), plan.instruction())
+        messages = with_instruction(profile.messages(messages), plan.instruction())
         constraint = plan.constraint()
         out = []
         for i in range(req.n):
@@ -123,7 +123,11 @@ class OpenAIService:
     # ---- chat ------------------------------------------------------------------------
 
     async def chat(self, req: ChatCompletionRequest, rid: str) -> dict | AsyncIterator[bytes]:
-        plan = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, req.response_format)
+        fmt = req.response_format
+        plan = plan_tools(
+            req.tools, req.tool_choice, req.parallel_tool_calls,
+            "response_format" if fmt is not None and fmt.type != "text" else None,
+        )  # fmt: skip
         requests = self._chat_requests(req, rid, plan)
         prompt_tokens, gens = await start_generations(
             self.models, req.model, requests, req.keep_alive
@@ -334,18 +338,6 @@ class OpenAIService:
 def _base64_floats(vec: list[float]) -> str:
     """OpenAI's base64 encoding: little-endian float32s."""
     return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
-
-
-def _with_instruction(
-    messages: list[dict[str, Any]], instruction: str | None
-) -> list[dict[str, Any]]:
-    """The tools' instruction, in the system message (made if there is none)."""
-    if instruction is None:
-        return messages
-    if messages and messages[0]["role"] == "system":
-        first = {**messages[0], "content": f"{messages[0]['content']}\n\n{instruction}"}
-        return [first, *messages[1:]]
-    return [{"role": "system", "content": instruction}, *messages]
 
 
 def _reply(plan: ToolPlan, choice: _Choice) -> tuple[dict[str, Any], str | None]:
