@@ -15,6 +15,7 @@ natively: every model gets this format.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -149,19 +150,21 @@ class ToolPlan:
         names = {t.function.name for t in self._offered()}
         if not isinstance(raw, list) or not raw:
             return None
+        written = _raw_arguments(body)
         out = []
-        for call in raw if self.parallel else raw[:1]:
+        for k, call in enumerate(raw if self.parallel else raw[:1]):
             if not isinstance(call, dict) or call.get("name") not in names:
                 return None
             args = call.get("arguments", {})
+            if not isinstance(args, dict):
+                return None
+            # The arguments as the model wrote them, not re-serialised.
+            text = written[k] if written else orjson.dumps(args).decode()
             out.append(
                 {
                     "id": f"call_{uuid.uuid4().hex[:24]}",
                     "type": "function",
-                    "function": {
-                        "name": call["name"],
-                        "arguments": orjson.dumps(args).decode(),
-                    },
+                    "function": {"name": call["name"], "arguments": text},
                 }
             )
         return out
@@ -169,6 +172,62 @@ class ToolPlan:
     def could_be_call(self, text: str) -> bool:
         """While streaming: may this start of a reply still turn out to be a call?"""
         return self.active and (not text.strip() or text.lstrip().startswith("{"))
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _skip(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _raw_arguments(body: str) -> list[str] | None:
+    """Each call's ``arguments`` exactly as written in a reply already known to be valid
+    JSON of the call shape; None if its layout is not the expected one."""
+    try:
+        pos = _skip(body, 0)
+        if body[pos] != "{":
+            return None
+        key, pos = _DECODER.raw_decode(body, _skip(body, pos + 1))
+        pos = _skip(body, pos)
+        if key != "tool_calls" or body[pos] != ":":
+            return None
+        pos = _skip(body, pos + 1)
+        if body[pos] != "[":
+            return None
+        pos += 1
+        out: list[str] = []
+        while True:
+            pos = _skip(body, pos)
+            if body[pos] == "]":
+                return out
+            if body[pos] == ",":
+                pos += 1
+                continue
+            if body[pos] != "{":
+                return None
+            pos += 1
+            raw = "{}"
+            while True:
+                pos = _skip(body, pos)
+                if body[pos] == "}":
+                    pos += 1
+                    break
+                if body[pos] == ",":
+                    pos += 1
+                    continue
+                name, pos = _DECODER.raw_decode(body, pos)
+                pos = _skip(body, pos)
+                pos = _skip(body, pos + 1)  # the ':'
+                start = pos
+                _, pos = _DECODER.raw_decode(body, pos)
+                if name == "arguments":
+                    raw = body[start:pos]
+            out.append(raw)
+    except (IndexError, ValueError):
+        return None
 
 
 def plan_tools(

@@ -296,7 +296,9 @@ class Worker:
     def _sampler(self, params: SamplingParams) -> Sampler:
         grammar = None
         if params.json_schema is not None:
-            schema = orjson.dumps(params.json_schema, option=orjson.OPT_SORT_KEYS).decode()
+            # Key order kept: the grammar writes an object's properties in the schema's
+            # order (what a model writes first changes what it writes next).
+            schema = orjson.dumps(params.json_schema).decode()
             try:
                 grammar = json_grammar(schema)
             except ValueError as exc:
