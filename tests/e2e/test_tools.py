@@ -259,30 +259,3 @@ def test_ollama_chat_tools_through_the_ollama_client(daemon):
     bad = httpx.post(daemon.url + "/api/chat", json={**body, "tool_choice": {"type": "function",
                      "function": {"name": "nope"}}})  # fmt: skip
     assert bad.status_code == 400 and "not in tools" in bad.json()["error"]
-
-
-def test_constrained_output_keeps_the_schemas_property_order(openai_client):
-    """What a model writes first changes what it writes next: properties come in the
-    schema's order, not sorted (here the reverse of alphabetical)."""
-    schema = {
-        "type": "object",
-        "properties": {
-            "zeta": {"enum": ["x", "y"]},
-            "mid": {"type": "boolean"},
-            "alpha": {"enum": [1, 2]},
-        },
-        "required": ["zeta", "mid", "alpha"],
-    }
-    out = _chat(
-        openai_client,
-        messages=[{"role": "user", "content": "Give me a JSON object."}],
-        response_format={"type": "json_schema", "json_schema": {"name": "o", "schema": schema}},
-        max_tokens=80,
-    )
-    assert list(json.loads(out.choices[0].message.content)) == ["zeta", "mid", "alpha"]
-    call = (
-        _chat(openai_client, tools=[WEATHER], tool_choice="required")
-        .choices[0]
-        .message.tool_calls[0]
-    )
-    assert list(json.loads(call.function.arguments)) == ["city", "unit"]

@@ -296,9 +296,10 @@ class Worker:
     def _sampler(self, params: SamplingParams) -> Sampler:
         grammar = None
         if params.json_schema is not None:
-            # Key order kept: the grammar writes an object's properties in the schema's
-            # order (what a model writes first changes what it writes next).
-            schema = orjson.dumps(params.json_schema).decode()
+            # Keys sorted (the grammar then writes properties alphabetically). The schema's
+            # own order was tried: with GBNF's unbounded strings, a free-text first field
+            # ("name") ran to max_tokens in sampled replies; it waits for llguidance.
+            schema = orjson.dumps(params.json_schema, option=orjson.OPT_SORT_KEYS).decode()
             try:
                 grammar = json_grammar(schema)
             except ValueError as exc:
