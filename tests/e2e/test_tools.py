@@ -259,3 +259,50 @@ def test_ollama_chat_tools_through_the_ollama_client(daemon):
     bad = httpx.post(daemon.url + "/api/chat", json={**body, "tool_choice": {"type": "function",
                      "function": {"name": "nope"}}})  # fmt: skip
     assert bad.status_code == 400 and "not in tools" in bad.json()["error"]
+
+
+def test_langchain_chat_openai_structured_output_tools_and_logprobs(daemon):
+    """LangChain's ChatOpenAI, unchanged: both structured-output methods, bind_tools with a
+    forced tool_choice, and logprobs."""
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        """A city and its country."""
+
+        name: str
+        country: str
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    llm = ChatOpenAI(
+        base_url=daemon.url + "/v1", api_key="x", model=MODEL, temperature=0, max_tokens=80,
+        max_retries=0,
+    )  # fmt: skip
+    for method in ("function_calling", "json_schema"):
+        city = llm.with_structured_output(City, method=method).invoke(
+            "Paris is a city in France. Extract the city."
+        )
+        assert isinstance(city, City) and city.name and city.country
+    msg = llm.bind_tools([get_weather], tool_choice="get_weather").invoke("Weather in Paris?")
+    assert [c["name"] for c in msg.tool_calls] == ["get_weather"]
+    assert isinstance(msg.tool_calls[0]["args"].get("city"), str)
+    scored = llm.bind(logprobs=True).invoke("Hi")
+    entries = scored.response_metadata["logprobs"]["content"]
+    assert entries and "".join(e["token"] for e in entries) == scored.content
+
+
+def test_langchain_chat_ollama_structured_output(daemon):
+    """LangChain's ChatOllama, unchanged, in its default structured-output method."""
+    from langchain_ollama import ChatOllama
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        country: str
+
+    llm = ChatOllama(base_url=daemon.url, model=MODEL, temperature=0, num_predict=80)
+    city = llm.with_structured_output(City).invoke("Paris is a city in France. Extract the city.")
+    assert isinstance(city, City) and city.name and city.country
