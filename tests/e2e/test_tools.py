@@ -151,8 +151,11 @@ def test_streamed_calls_assemble_to_the_whole_answer(openai_client):
             assert not choice.delta.content
             finish = choice.finish_reason or finish
     call = whole.choices[0].message.tool_calls[0]
-    assert names == [call.function.name] and len(ids) == 1
-    assert args == call.function.arguments and finish == "tool_calls"
+    assert names == [call.function.name] and len(ids) == 1 and finish == "tool_calls"
+    # The same call. Its text can differ in a space: the second request reuses the first's
+    # cached prefix, and llama.cpp's numbers depend on the batch shapes (the deltas add up
+    # exactly to what the model wrote: tests/unit/test_tools.py, cut at every character).
+    assert json.loads(args) == json.loads(call.function.arguments)
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,9 @@
 the generic format.
 
 The tools are described to the model in a system instruction, with the one reply shape
-it may use to call them: a JSON object ``{"tool_calls": [{"name": ..., "arguments":
-{...}}]}``. Earlier calls and their results are written into the conversation in the same
+it may use to call them: a JSON object ``{"tool_calls": [{"name": ..., "parameters":
+{...}}]}`` (Llama 3's words; the grammar writes keys sorted, so the name comes first and
+a stream can announce a call before its arguments). Earlier calls and their results are written into the conversation in the same
 words. ``tool_choice`` is enforced by constraining generation to that shape with each
 tool's own parameter schema (``required``: at least one call; a named function: exactly
 one call of it); ``auto`` lets the model choose, and a reply that is such an object is
@@ -16,6 +17,7 @@ natively: every model gets this format.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -95,7 +97,7 @@ class ToolPlan:
             return None
         lines = [
             "You can call tools. To call tools, reply with only a JSON object of this form "
-            'and nothing else: {"tool_calls": [{"name": "<tool name>", "arguments": '
+            'and nothing else: {"tool_calls": [{"name": "<tool name>", "parameters": '
             "{<the arguments>}}]}"
             + ("" if self.parallel else " with exactly one call")
             + ". To answer without a tool, reply with plain text.",
@@ -121,9 +123,9 @@ class ToolPlan:
                 "type": "object",
                 "properties": {
                     "name": {"const": t.function.name},
-                    "arguments": t.function.parameters or {"type": "object"},
+                    "parameters": t.function.parameters or {"type": "object"},
                 },
-                "required": ["name", "arguments"],
+                "required": ["name", "parameters"],
             }
             for t in self._offered()
         ]
@@ -155,7 +157,7 @@ class ToolPlan:
         for k, call in enumerate(raw if self.parallel else raw[:1]):
             if not isinstance(call, dict) or call.get("name") not in names:
                 return None
-            args = call.get("arguments", {})
+            args = call.get("parameters", call.get("arguments", {}))
             if not isinstance(args, dict):
                 return None
             # The arguments as the model wrote them, not re-serialised.
@@ -223,11 +225,91 @@ def _raw_arguments(body: str) -> list[str] | None:
                 pos = _skip(body, pos + 1)  # the ':'
                 start = pos
                 _, pos = _DECODER.raw_decode(body, pos)
-                if name == "arguments":
+                if name in ("parameters", "arguments"):
                     raw = body[start:pos]
             out.append(raw)
     except (IndexError, ValueError):
         return None
+
+
+_CALLS_OPEN = re.compile(r'\s*\{\s*"tool_calls"\s*:\s*\[\s*')
+_CALL_HEAD = re.compile(
+    r'\s*,?\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:parameters|arguments)"\s*:\s*'
+)
+_CALL_TAIL = re.compile(r"\s*\}")
+
+
+class CallStream:
+    """Reads a streamed reply of the call shape as it is written, so a call is announced
+    as soon as its name is known and its arguments go out as the model writes them (raw
+    substrings: they add up to exactly the final ``arguments``). Anything else, and any
+    layout it cannot follow, is left to the whole-reply reading at the end."""
+
+    def __init__(self, plan: ToolPlan) -> None:
+        self.names = {t.function.name for t in plan._offered()}
+        self.most = None if plan.parallel else 1
+        self.pos = 0
+        self.phase = "open"  # open -> head -> args -> head ... | lost
+        self.sent = 0  # calls announced
+        self.args_from = 0  # where the current call's arguments start / were sent up to
+
+    @property
+    def started(self) -> bool:
+        return self.sent > 0
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        """Tool-call deltas for what ``text`` (the whole reply so far) adds."""
+        out: list[dict[str, Any]] = []
+        while self.phase != "lost":
+            if self.phase == "open":
+                m = _CALLS_OPEN.match(text, self.pos)
+                if m is None or m.end() == len(text):
+                    if not _could_open(text[self.pos :]):
+                        self.phase = "lost"
+                    break
+                self.pos, self.phase = m.end(), "head"
+            elif self.phase == "head":
+                if self.most is not None and self.sent >= self.most:
+                    break
+                m = _CALL_HEAD.match(text, self.pos)
+                if m is None:
+                    break  # not yet there (or the list ends): the end decides
+                name = orjson.loads(f'"{m.group(1)}"')
+                if name not in self.names:
+                    self.phase = "lost"
+                    break
+                out.append({"index": self.sent, "id": f"call_{uuid.uuid4().hex[:24]}",
+                            "type": "function", "function": {"name": name, "arguments": ""}})  # fmt: skip
+                self.sent += 1
+                self.pos = self.args_from = m.end()
+                self.phase = "args"
+            else:  # args: everything before the object closes belongs to it
+                if self.args_from == self.pos:  # nothing sent yet: start at the value
+                    self.pos = self.args_from = _skip(text, self.pos)
+                    if self.pos == len(text):
+                        break
+                try:
+                    _, end = _DECODER.raw_decode(text, self.pos)
+                except ValueError:
+                    end = None
+                upto = len(text) if end is None else end
+                if upto > self.args_from:
+                    piece = text[self.args_from : upto]
+                    out.append({"index": self.sent - 1, "function": {"arguments": piece}})
+                    self.args_from = upto
+                if end is None:
+                    break
+                tail = _CALL_TAIL.match(text, end)
+                if tail is None:
+                    break
+                self.pos, self.phase = tail.end(), "head"
+        return out
+
+
+def _could_open(text: str) -> bool:
+    """May ``text`` still grow into the opening ``{"tool_calls": [``?"""
+    squeezed = "".join(text.split())
+    return '{"tool_calls":['.startswith(squeezed) or squeezed.startswith('{"tool_calls":[')
 
 
 def plan_tools(
@@ -328,7 +410,7 @@ def history_message(role: str, content: str, calls: list[ToolCallIn] | None, cal
                     f"messages[{index}].tool_calls[{k}].function.arguments is not valid JSON",
                     param=f"messages[{index}].tool_calls[{k}].function.arguments",
                 ) from None
-            parsed.append({"name": call.function.name, "arguments": args})
+            parsed.append({"name": call.function.name, "parameters": args})
         text = orjson.dumps({"tool_calls": parsed}).decode()
         return {"role": "assistant", "content": (content + "\n" + text) if content else text}
     return {"role": role, "content": content}

@@ -17,7 +17,7 @@ from ..errors import sse_error
 from ..logprobs import CompletionLogprobs, chat_content
 from ..profiles import profile_of
 from ..streaming import SSE_DONE, aiter_merge, sse
-from ..tools import ToolPlan, history_message, plan_tools, with_instruction
+from ..tools import CallStream, ToolPlan, history_message, plan_tools, with_instruction
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
@@ -350,11 +350,14 @@ def _reply(plan: ToolPlan, choice: _Choice) -> tuple[dict[str, Any], str | None]
 
 
 class _Held:
-    """One streamed choice whose reply may be a tool call: text is held while it could
-    still be one; the call goes out whole once the reply ends."""
+    """One streamed choice whose reply may be a tool call. Calls of the generic shape
+    are followed as they are written (api/tools.CallStream): announced once the name is
+    known, arguments sent as they come. Text is held while it could still be a call,
+    then released; a reply the stream could not follow is read whole at the end."""
 
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
+        self.calls = CallStream(plan)
         self.text = ""
         self.entries: list[Any] = []
         self.holding = True
@@ -364,29 +367,37 @@ class _Held:
         if not self.holding:
             if c.text or c.logprobs:
                 out.append(({"content": c.text}, c.logprobs, None))
-        else:
-            self.text += c.text
-            self.entries += c.logprobs or []
-            if not self.plan.could_be_call(self.text):
-                self.holding = False
-                out.append(({"content": self.text}, self.entries, None))
-        if c.finish_reason is None:
+            if c.finish_reason is not None:
+                out.append(({}, None, c.finish_reason))
             return out
-        if self.holding:
-            choice = _Choice(text=[self.text], finish_reason=c.finish_reason)
-            message, finish = _reply(self.plan, choice)
-            for k, call in enumerate(message.get("tool_calls") or []):
-                fn = call["function"]
-                first = {"index": k, "id": call["id"], "type": "function",
-                         "function": {"name": fn["name"], "arguments": ""}}  # fmt: skip
-                out.append(({"tool_calls": [first]}, None, None))
-                rest = {"index": k, "function": {"arguments": fn["arguments"]}}
-                out.append(({"tool_calls": [rest]}, None, None))
-            if not message.get("tool_calls"):
-                out.append(({"content": self.text}, self.entries, None))
-            out.append(({}, None, finish))
-        else:
-            out.append(({}, None, c.finish_reason))
+        self.text += c.text
+        self.entries += c.logprobs or []
+        for delta in self.calls.feed(self.text):
+            out.append(({"tool_calls": [delta]}, None, None))
+        if not self.calls.started and not self.plan.could_be_call(self.text):
+            self.holding = False
+            out.append(({"content": self.text}, self.entries, None))
+        if c.finish_reason is not None:
+            out += self._end(c.finish_reason)
+        return out
+
+    def _end(self, finish: str) -> list[tuple[dict[str, Any], Any, str | None]]:
+        if not self.holding:
+            return [({}, None, finish)]
+        if self.calls.started:  # sent as they came; whole unless the reply was cut off
+            return [({}, None, "tool_calls" if finish != "length" else finish)]
+        out: list[tuple[dict[str, Any], Any, str | None]] = []
+        message, reason = _reply(self.plan, _Choice(text=[self.text], finish_reason=finish))
+        for k, call in enumerate(message.get("tool_calls") or []):
+            fn = call["function"]
+            first = {"index": k, "id": call["id"], "type": "function",
+                     "function": {"name": fn["name"], "arguments": ""}}  # fmt: skip
+            out.append(({"tool_calls": [first]}, None, None))
+            rest = {"index": k, "function": {"arguments": fn["arguments"]}}
+            out.append(({"tool_calls": [rest]}, None, None))
+        if not message.get("tool_calls"):
+            out.append(({"content": self.text}, self.entries, None))
+        out.append(({}, None, reason))
         return out
 
 
