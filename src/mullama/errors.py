@@ -79,6 +79,14 @@ class InvalidName(ClientError):
     code = "invalid_model_name"
 
 
+class ClientDisconnected(ClientError):
+    """The client went away before its answer was ready (nginx's 499): its generation
+    was cancelled. Nobody reads the response; it is counted, not logged as an error."""
+
+    status = 499
+    code = "client_closed_request"
+
+
 class AlreadyExists(ClientError):
     status = 409
     code = "already_exists"

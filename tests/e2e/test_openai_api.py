@@ -283,6 +283,7 @@ def test_abandoned_non_stream_request_is_cancelled(daemon):
     from tests.conftest import wait_for
 
     before = daemon.model_status()
+    log_start = len(daemon.log())
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             daemon.url + "/v1/completions",
@@ -292,6 +293,9 @@ def test_abandoned_non_stream_request_is_cancelled(daemon):
     wait_for(lambda: daemon.model_status()["active_sequences"] == 0, timeout=120)
     after = daemon.model_status()
     assert after["tokens_generated"] - before["tokens_generated"] < 1000
+    # A client leaving is normal: counted as 499, no traceback in the log.
+    wait_for(lambda: '"status":499' in daemon.log()[log_start:])
+    assert "Traceback" not in daemon.log()[log_start:]
 
 
 def test_health(daemon):

@@ -11,6 +11,8 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from ..errors import ClientDisconnected
+
 T = TypeVar("T")
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -70,7 +72,9 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         if not task.done():
             task.cancel()
     if task.cancelled() or not task.done():
-        raise asyncio.CancelledError("client disconnected")
+        # An answer to nobody, but a normal one: raising CancelledError here made the
+        # ASGI server log a traceback for every client that left.
+        raise ClientDisconnected("the client disconnected; its generation was cancelled")
     return task.result()
 
 
