@@ -94,6 +94,7 @@ def test_tokenizer_endpoints_refuse_bad_input_in_openai_shape(daemon):
         daemon, "/tokenize", {"prompt": "x", "messages": [{"role": "user", "content": "y"}]}
     )
     assert both.status_code == 400 and "exactly one of prompt and messages" in both.text
+    assert both.json()["error"]["param"] is None  # the rule is about the whole body
 
 
 def test_tokenizer_info_names_the_special_tokens_and_template(daemon):

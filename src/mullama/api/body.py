@@ -46,6 +46,8 @@ def validate(model: type[M], data: dict) -> M:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         param = _param(tuple(err["loc"]))
+        if not param:  # a rule about the whole body (e.g. "exactly one of a and b")
+            raise InvalidParameter(f"Invalid request: {err['msg']}") from exc
         raise InvalidParameter(f"Invalid value for '{param}': {err['msg']}", param=param) from exc
 
 
