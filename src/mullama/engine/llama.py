@@ -82,7 +82,6 @@ class Model:
             raise EngineError(f"llama.cpp could not load model file {path}")
         self.vocab = lc.llama_model_get_vocab(self.ptr)
         self._pieces: dict[int, bytes] = {}
-        self._buf = ctypes.create_string_buffer(256)
         # End-of-generation tokens, found once (~16 ms for a 49k vocabulary): checked for
         # every generated token, and masked for ignore_eos.
         n_vocab = lc.llama_vocab_n_tokens(self.vocab)
@@ -138,12 +137,14 @@ class Model:
         return list(arr[:n])
 
     def piece(self, token: int, special: bool = False) -> bytes:
-        """The bytes of one token (cached: the vocabulary never changes)."""
+        """The bytes of one token (cached: the vocabulary never changes). Safe from any
+        thread: a miss converts into a buffer of its own (the reader thread's tokenizer
+        endpoints run beside the decode loop)."""
         key = token if not special else -token - 1
         cached = self._pieces.get(key)
         if cached is not None:
             return cached
-        buf = self._buf
+        buf = ctypes.create_string_buffer(256)
         n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
@@ -155,11 +156,9 @@ class Model:
     def is_eog(self, token: int) -> bool:
         return token in self.eog
 
-    # Safe from any thread (their own buffers, no cache): the reader thread's tokenizer
-    # endpoints run beside the decode loop.
-
     def detokenize(self, tokens: list[int]) -> str:
-        """The text of ``tokens``, special tokens shown as their text."""
+        """The text of ``tokens``, special tokens shown as their text (safe from any
+        thread: its own buffers)."""
         arr = (lc.llama_token * len(tokens))(*tokens)
         cap = 8 * len(tokens) + 16
         buf = ctypes.create_string_buffer(cap)
@@ -171,20 +170,6 @@ class Model:
         if n < 0:
             raise EngineError("detokenization failed")
         return buf.raw[:n].decode("utf-8", "replace")
-
-    def piece_texts(self, tokens: list[int]) -> list[str]:
-        """Each token's own text (special tokens as their text)."""
-        buf = ctypes.create_string_buffer(256)
-        out = []
-        for token in tokens:
-            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
-            if n < 0:
-                big = ctypes.create_string_buffer(-n)
-                n = lc.llama_token_to_piece(self.vocab, token, big, len(big), 0, True)
-                out.append(big.raw[:n].decode("utf-8", "replace"))
-            else:
-                out.append(buf.raw[:n].decode("utf-8", "replace"))
-        return out
 
 
 class Batch:
@@ -391,12 +376,10 @@ class Sampler:
 
     def sample(self, ctx: Context, row: int) -> int:
         if self.argmax_only:
-            logits = lc.llama_get_logits_ith(ctx.ptr, row)
-            if logits:
-                values = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
-                if len(self.banned):
-                    values[self.banned] = -np.inf  # llama.cpp's own buffer, read once
-                return int(values.argmax())
+            values = ctx.logits(row)
+            if len(self.banned):
+                values[self.banned] = -np.inf  # llama.cpp's own buffer, read once
+            return int(values.argmax())
         return lc.llama_sampler_sample(self.ptr, ctx.ptr, row)
 
     def close(self) -> None:

@@ -209,7 +209,7 @@ class Worker:
                 tokens = self.model.tokenize(
                     req.text or "", add_special=req.add_special, parse_special=True
                 )
-            pieces = self.model.piece_texts(tokens) if req.with_pieces else None
+            pieces = [self.model.token_text(t) for t in tokens] if req.with_pieces else None
             self.chan.send(Tokens(req.id, tokens, pieces))
         except MullamaError as exc:
             self.chan.send(Failed(req.id, exc))
