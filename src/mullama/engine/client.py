@@ -36,6 +36,7 @@ from .protocol import (
     NullObserver,
     ProtocolError,
     Ready,
+    Reply,
     Shutdown,
     Step,
     StepRow,
@@ -243,7 +244,7 @@ class WorkerClient:
             st = self._stats
             st.active, st.queued, st.kv_used = event.active, event.queued, event.kv_used
             st.generated_total, st.threads = event.generated_total, event.threads
-        elif isinstance(event, Accepted | Failed | EmbedResult | Tokens | Text):
+        elif isinstance(event, Reply):
             stream = self._streams.get(event.id)
             if stream is None:
                 return

@@ -178,17 +178,19 @@ class Worker:
             self._inbox.append((kind, payload))
             self._cond.notify()
 
+    def _failed(self, req_id: str, exc: Exception, what: str) -> None:
+        """Answer a request that failed: with its own error, or, for anything else (a bug:
+        it must not kill the worker), a logged server error saying ``what`` failed."""
+        if not isinstance(exc, MullamaError):
+            log.exception("request %s: %s", req_id, what)
+            exc = ServerError(f"{what}: {exc}")
+        self.chan.send(Failed(req_id, exc))
+
     def _on_generate(self, req: GenerateRequest) -> None:
         try:
             seq = self._prepare(req)
-        except MullamaError as exc:
-            self.chan.send(Failed(req.request_id, exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - a bad request must not kill the worker
-            log.exception("preparing request %s failed", req.request_id)
-            self.chan.send(
-                Failed(req.request_id, ServerError(f"could not prepare the request: {exc}"))
-            )
+        except Exception as exc:  # noqa: BLE001 - see _failed
+            self._failed(req.request_id, exc, "could not prepare the request")
             return
         self.chan.send(Accepted(req.request_id, seq.n_prompt))
         self._post("submit", seq)
@@ -211,11 +213,8 @@ class Worker:
                 )
             pieces = [self.model.token_text(t) for t in tokens] if req.with_pieces else None
             self.chan.send(Tokens(req.id, tokens, pieces))
-        except MullamaError as exc:
-            self.chan.send(Failed(req.id, exc))
-        except Exception as exc:  # noqa: BLE001 - a bad request must not kill the worker
-            log.exception("tokenizer request %s failed", req.id)
-            self.chan.send(Failed(req.id, ServerError(f"tokenizer request failed: {exc}")))
+        except Exception as exc:  # noqa: BLE001 - see _failed
+            self._failed(req.id, exc, "tokenizer request failed")
 
     def _check_ids(self, tokens: list[int], param: str) -> list[int]:
         n_vocab = self.info.n_vocab
@@ -316,12 +315,8 @@ class Worker:
             req = self._embed_q.get()
             try:
                 vectors, n_tokens = self._embed(req.inputs, req.truncate)
-            except MullamaError as exc:
-                self.chan.send(Failed(req.id, exc))
-                continue
-            except Exception as exc:  # noqa: BLE001
-                log.exception("embedding failed")
-                self.chan.send(Failed(req.id, ServerError(f"embedding failed: {exc}")))
+            except Exception as exc:  # noqa: BLE001 - see _failed
+                self._failed(req.id, exc, "embedding failed")
                 continue
             self.chan.send(EmbedResult(req.id, vectors, n_tokens))
 
