@@ -41,25 +41,26 @@ def _streamed(plan: ToolPlan, reply: str, step: int) -> tuple[list[str], dict[in
 @pytest.mark.parametrize("reply", RECORDED)
 def test_a_stream_cut_anywhere_adds_up_to_the_whole_reading(reply):
     plan = ToolPlan(TOOLS, "required", True)
-    whole = plan.calls(reply)
+    whole = plan.calls(reply, "stop")
     assert whole is not None
     for step in range(1, 12):
         names, args = _streamed(plan, reply, step)
         assert names == [c["function"]["name"] for c in whole]
         assert [args[i] for i in range(len(whole))] == [c["function"]["arguments"] for c in whole]
+    assert plan.calls(reply, "length") is None  # cut off by max_tokens: never a call
     for call, raw in zip(whole, orjson.loads(reply)["tool_calls"], strict=True):
         assert orjson.loads(call["function"]["arguments"]) == raw["parameters"]
 
 
 def test_arguments_are_the_models_own_text():
     reply = RECORDED[2]
-    call = ToolPlan(TOOLS, "required", True).calls(reply)[0]
+    call = ToolPlan(TOOLS, "required", True).calls(reply, "stop")[0]
     assert call["function"]["arguments"] == '{"city": "Par}is \\"x\\"", "unit": "c"}'
 
 
 def test_one_call_only_when_parallel_calls_are_off():
     plan = ToolPlan(TOOLS, "required", False)
-    assert len(plan.calls(RECORDED[0])) == 1
+    assert len(plan.calls(RECORDED[0], "stop")) == 1
     assert _streamed(plan, RECORDED[0], 1)[0] == ["get_weather"]
 
 
@@ -70,7 +71,7 @@ def test_one_call_only_when_parallel_calls_are_off():
 )  # fmt: skip
 def test_text_unknown_tools_and_cut_calls_are_no_calls(reply):
     plan = ToolPlan(TOOLS, "auto", True)
-    assert plan.calls(reply) is None
+    assert plan.calls(reply, "stop") is None
     if "rm_rf" in reply or reply.startswith("Hello") or "answer" in reply:
         assert _streamed(plan, reply, 1)[0] == []
 
@@ -78,5 +79,7 @@ def test_text_unknown_tools_and_cut_calls_are_no_calls(reply):
 def test_none_reads_no_calls_and_shows_no_tools():
     plan = ToolPlan(TOOLS, "none", True)
     assert (
-        plan.calls(RECORDED[1]) is None and plan.instruction() is None and plan.constraint() is None
+        plan.calls(RECORDED[1], "stop") is None
+        and plan.instruction() is None
+        and plan.constraint() is None
     )

@@ -71,8 +71,9 @@ async def _tokenize(request: Request) -> Response:
     req = TokenizeRequest(id="", with_pieces=body.return_token_strs)
     if body.messages is not None:
         profile = profile_of(models, name)
+        # Converted as a chat request converts them: the same tokens.
         req.messages = profile.messages(
-            [{"role": m.role, "content": m.text()} for m in body.messages]
+            [m.for_prompt(i, name) for i, m in enumerate(body.messages)]
         )
         req.template = profile.template
         req.add_generation_prompt = body.add_generation_prompt

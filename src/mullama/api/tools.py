@@ -92,6 +92,11 @@ class ToolPlan:
     def active(self) -> bool:
         return bool(self.tools) and self.choice != "none"
 
+    @property
+    def forces_call(self) -> bool:
+        """``required`` or a named function: the reply is held to the call shape."""
+        return self.active and self.choice != "auto"
+
     def instruction(self) -> str | None:
         if not self.active:
             return None
@@ -116,7 +121,7 @@ class ToolPlan:
 
     def constraint(self) -> dict[str, Any] | None:
         """The JSON schema a reply must follow, or None (``auto``: the model chooses)."""
-        if not self.active or self.choice == "auto":
+        if not self.forces_call:
             return None
         calls = [
             {
@@ -136,10 +141,10 @@ class ToolPlan:
         array: dict[str, Any] = {"type": "array", "items": items, "minItems": 1, "maxItems": most}
         return {"type": "object", "properties": {"tool_calls": array}, "required": ["tool_calls"]}
 
-    def calls(self, text: str) -> list[dict[str, Any]] | None:
-        """The reply's tool calls in OpenAI's shape, or None when it is plain text (or a
-        call cut short: never a broken call)."""
-        if not self.active:
+    def calls(self, text: str, finish: str | None) -> list[dict[str, Any]] | None:
+        """The reply's tool calls in OpenAI's shape, or None when it is plain text, or was
+        cut off by max_tokens (``finish`` "length"): never a broken call."""
+        if not self.active or finish == "length":
             return None
         body = text.strip()
         if not body.startswith("{"):
@@ -354,7 +359,7 @@ def plan_tools(
                 param=f"tools[{i}].function.parameters",
             )
     plan = ToolPlan(tools, choice, parallel is not False)
-    if plan.constraint() is not None and output_format is not None:
+    if plan.forces_call and output_format is not None:
         raise InvalidParameter(
             f"{output_format} cannot be combined with a tool_choice that forces a call",
             param=output_format,
@@ -390,16 +395,19 @@ def ollama_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def history_message(role: str, content: str, calls: list[ToolCallIn] | None, call_id: str | None,
-                    name: str | None, index: int) -> dict[str, Any]:  # fmt: skip
-    """One message of the conversation as the generic format writes it for the model."""
+                    name: str | None, index: int, need_id: bool = True) -> dict[str, Any]:  # fmt: skip
+    """One message of the conversation as the generic format writes it for the model.
+    A tool result names its call (``call_id``; required unless ``need_id`` is off, as on
+    the Ollama API, whose results name only their tool)."""
     if role == "tool":
-        if not call_id:
+        if not call_id and need_id:
             raise InvalidParameter(
                 f"messages[{index}]: a tool message needs tool_call_id",
                 param=f"messages[{index}].tool_call_id",
             )
+        which = f" {call_id}" if call_id else ""
         who = f" ({name})" if name else ""
-        return {"role": "user", "content": f"Result of tool call {call_id}{who}: {content}"}
+        return {"role": "user", "content": f"Result of tool call{which}{who}: {content}"}
     if calls:
         parsed = []
         for k, call in enumerate(calls):

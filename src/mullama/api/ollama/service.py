@@ -221,9 +221,6 @@ class OllamaService:
 
 def _history(m: Any, index: int) -> dict[str, Any]:
     """An Ollama message as the generic tool format writes it (see api/tools.py)."""
-    if m.role == "tool":
-        who = f" ({m.tool_name})" if m.tool_name else ""
-        return {"role": "user", "content": f"Result of tool call{who}: {m.content}"}
     calls = None
     if m.tool_calls:
         calls = []
@@ -238,13 +235,13 @@ def _history(m: Any, index: int) -> dict[str, Any]:
                     }
                 )
             )
-    return history_message(m.role, m.content, calls, None, None, index)
+    return history_message(m.role, m.content, calls, None, m.tool_name, index, need_id=False)
 
 
 def _calls(plan: ToolPlan | None, text: str, last: Chunk) -> list[dict[str, Any]] | None:
-    if plan is None or last.finish_reason == "length":
+    if plan is None:
         return None
-    calls = plan.calls(text)
+    calls = plan.calls(text, last.finish_reason)
     return ollama_calls(calls) if calls else None
 
 

@@ -11,7 +11,7 @@ from ...engine.protocol import SamplingParams, field_names
 from ...errors import ClientError, InvalidParameter
 from ..fields import Refusing
 from ..profiles import Profile
-from ..tools import ToolCallIn, ToolChoice, ToolSpec
+from ..tools import ToolCallIn, ToolChoice, ToolSpec, history_message
 
 _CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
@@ -55,6 +55,18 @@ class ChatMessage(_Strict, Refusing):
     def has_media(self) -> bool:
         return isinstance(self.content, list) and any(
             not isinstance(p, TextPart) for p in self.content
+        )
+
+    def for_prompt(self, index: int, model: str | None) -> dict[str, Any]:
+        """The message as the chat template gets it (tool calls and results written in the
+        generic format); media is refused, the models being text-only."""
+        if self.has_media():
+            raise ClientError(
+                f"model {model!r} takes text only; messages[{index}] has non-text content",
+                param=f"messages[{index}].content",
+            )
+        return history_message(
+            self.role, self.text(), self.tool_calls, self.tool_call_id, self.name, index
         )
 
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ...engine.protocol import Chunk, ChunkStream, GenerateRequest, normalize
-from ...errors import ClientError, MullamaError
+from ...errors import MullamaError
 from ..errors import sse_error
 from ..logprobs import CompletionLogprobs, chat_content
 from ..profiles import profile_of
 from ..streaming import SSE_DONE, aiter_merge, sse
-from ..tools import CallStream, ToolPlan, history_message, plan_tools, with_instruction
+from ..tools import CallStream, ToolPlan, plan_tools, with_instruction
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
@@ -76,16 +76,7 @@ class OpenAIService:
     def _chat_requests(
         self, req: ChatCompletionRequest, rid: str, plan: ToolPlan
     ) -> list[GenerateRequest]:
-        messages = []
-        for i, m in enumerate(req.messages):
-            if m.has_media():
-                raise ClientError(
-                    f"model {req.model!r} takes text only; messages[{i}] has non-text content",
-                    param=f"messages[{i}].content",
-                )
-            messages.append(
-                history_message(m.role, m.text(), m.tool_calls, m.tool_call_id, m.name, i)
-            )
+        messages = [m.for_prompt(i, req.model) for i, m in enumerate(req.messages)]
         max_tokens = req.max_completion_tokens or req.max_tokens
         profile = profile_of(self.models, req.model)
         messages = with_instruction(profile.messages(messages), plan.instruction())
@@ -343,7 +334,7 @@ def _base64_floats(vec: list[float]) -> str:
 def _reply(plan: ToolPlan, choice: _Choice) -> tuple[dict[str, Any], str | None]:
     """A whole reply as a chat message, and its finish reason."""
     text = "".join(choice.text)
-    calls = plan.calls(text) if choice.finish_reason != "length" else None
+    calls = plan.calls(text, choice.finish_reason)
     if calls:
         return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
     return {"role": "assistant", "content": text}, choice.finish_reason
