@@ -68,9 +68,12 @@ Format = Literal["json", ""] | dict[str, Any] | None
 KeepAlive = str | int | float | None
 
 
-class _Logprobs(BaseModel):
-    """``logprobs`` / ``top_logprobs`` of /api/generate and /api/chat (Ollama 0.12)."""
+class _Generation(BaseModel):
+    """What /api/generate and /api/chat share about how to generate: ``format``,
+    ``options`` and (Ollama 0.12) ``logprobs`` / ``top_logprobs``."""
 
+    format: Format = None
+    options: Options | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
@@ -80,10 +83,8 @@ class _Logprobs(BaseModel):
             raise InvalidParameter("top_logprobs needs logprobs: true", param="top_logprobs")
         return self
 
-    def sampling_params(
-        self, options: Options | None, fmt: Format, profile: Profile
-    ) -> SamplingParams:
-        p = (options or Options()).to_sampling_params(fmt, profile)
+    def sampling_params(self, profile: Profile) -> SamplingParams:
+        p = (self.options or Options()).to_sampling_params(self.format, profile)
         p.logprobs = (self.top_logprobs or 0) if self.logprobs else None
         return p
 
@@ -91,7 +92,7 @@ class _Logprobs(BaseModel):
 _THINK = "thinking mode is not implemented"
 
 
-class GenerateBody(_Strict, _Logprobs, Refusing):
+class GenerateBody(_Strict, _Generation, Refusing):
     REFUSED = {"suffix": "insertion (suffix) is not implemented", "think": _THINK}
     model: str
     prompt: str = ""
@@ -99,8 +100,6 @@ class GenerateBody(_Strict, _Logprobs, Refusing):
     template: str | None = None
     raw: bool = False
     stream: bool = True
-    format: Format = None
-    options: Options | None = None
     images: list[str] | None = None
     keep_alive: KeepAlive = None
     context: list[int] | None = None
@@ -130,15 +129,13 @@ class Message(_Strict, Refusing):
     tool_name: str | None = None  # which tool a tool message is the result of
 
 
-class ChatBody(_Strict, _Logprobs, Refusing):
+class ChatBody(_Strict, _Generation, Refusing):
     REFUSED = {"think": _THINK}
     tools: list[ToolSpec] | None = Field(default=None, max_length=128)
     tool_choice: ToolChoice | None = None  # extension: OpenAI's meaning
     model: str
     messages: list[Message] = Field(default_factory=list)
     stream: bool = True
-    format: Format = None
-    options: Options | None = None
     keep_alive: KeepAlive = None
 
 

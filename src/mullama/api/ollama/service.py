@@ -74,7 +74,7 @@ class OllamaService:
 
     def _generate_request(self, body: GenerateBody, rid: str) -> GenerateRequest:
         profile = profile_of(self.models, body.model)
-        params = body.sampling_params(body.options, body.format, profile)
+        params = body.sampling_params(profile)
         if body.raw:
             return GenerateRequest(rid, params, prompt=body.prompt, add_special=False)
         system = body.system if body.system is not None else profile.system
@@ -112,7 +112,7 @@ class OllamaService:
         plan = plan_tools(body.tools, body.tool_choice, None, "format" if body.format else None)
         messages = [_history(m, i) for i, m in enumerate(body.messages)]
         messages = with_instruction(profile.messages(messages), plan.instruction())
-        params = body.sampling_params(body.options, body.format, profile)
+        params = body.sampling_params(profile)
         if (constraint := plan.constraint()) is not None:
             params.json_schema = constraint
         req = GenerateRequest(rid, params, messages=messages, template=profile.template)
