@@ -178,10 +178,17 @@ def test_images_on_text_model_is_400(client):
 SCHEMA = {
     "type": "object",
     "properties": {
-        "name": {"type": "string"},
+        # Bounded strings: a 135M model sampled at 0.7 otherwise now and then writes one
+        # string on until max_tokens (llguidance bounds a string without a rule per
+        # character, unlike the GBNF converter).
+        "name": {"type": "string", "maxLength": 60},
         "age": {"type": "integer"},
         "mood": {"type": "string", "enum": ["happy", "sad", "calm"]},
-        "hobbies": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        "hobbies": {
+            "type": "array",
+            "items": {"type": "string", "maxLength": 40},
+            "maxItems": 3,
+        },
     },
     "required": ["name", "age", "mood", "hobbies"],
 }
@@ -288,6 +295,8 @@ def test_invalid_schema_is_400_and_worker_survives(openai_client, client, daemon
             response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
         )
     assert info.value.body["param"] == "response_format"
+    if "properties" in schema:  # the message names the part that fails
+        assert "properties.a" in info.value.body["message"]
     with pytest.raises(ollama.ResponseError) as oinfo:
         client.chat(model=MODEL, messages=[{"role": "user", "content": "hi"}], format=schema)
     assert oinfo.value.status_code == 400

@@ -65,6 +65,8 @@ class FakeModel:
 
 
 class FakeSampler:
+    done = False  # no constraint
+
     def __init__(self, tokens):
         self.tokens = list(tokens)
 

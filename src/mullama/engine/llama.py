@@ -11,10 +11,12 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import llama_cpp as lc
 import numpy as np
 
+from .constraint import Constraint
 from .protocol import SamplingParams, normalize
 
 _LOG_VERBOSE = False
@@ -152,6 +154,13 @@ class Model:
         out = buf.raw[:n]
         self._pieces[key] = out
         return out
+
+    def guidance_tokenizer(self) -> Any:
+        """llguidance's tokenizer of this vocabulary (~0.2 s for 49k tokens: build once).
+        Every end-of-generation token ends a complete value, not only EOS."""
+        from llguidance.llamacpp import lltokenizer_from_vocab
+
+        return lltokenizer_from_vocab(self.vocab, eos_token=sorted(self.eog))
 
     def is_eog(self, token: int) -> bool:
         return token in self.eog
@@ -318,22 +327,25 @@ class Context:
 class Sampler:
     """One per-request sampler chain; ``sample`` also accepts the token."""
 
-    def __init__(self, model: Model, cfg: SamplingParams, grammar: str | None = None) -> None:
-        """``grammar``: GBNF (from ``cfg.json_schema``). ``cfg.ignore_eos`` bans the
-        end-of-generation tokens: generation runs to max_tokens with real text, as
-        llama-server does it."""
+    def __init__(
+        self, model: Model, cfg: SamplingParams, constraint: Constraint | None = None
+    ) -> None:
+        """``constraint``: the grammar the output must follow (engine/constraint.py).
+        ``cfg.ignore_eos`` bans the end-of-generation tokens: generation runs to
+        max_tokens with real text, as llama-server does it."""
         self.ptr = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         self.n_vocab = lc.llama_vocab_n_tokens(model.vocab)
-        # Plain greedy (no grammar, no penalties) is the argmax of the logits row; numpy
-        # finds it in ~6 us, the chain in ~140 us (it first copies the whole vocabulary
-        # into a candidates array). Both take the first of equal maxima.
-        self.argmax_only = (
-            cfg.temperature <= 0.0
-            and not grammar
-            and cfg.repeat_penalty == 1.0
-            and cfg.presence_penalty == 0.0
-            and cfg.frequency_penalty == 0.0
+        self.constraint = constraint
+        penalties = (
+            cfg.repeat_penalty != 1.0 or cfg.presence_penalty != 0.0 or cfg.frequency_penalty != 0.0
         )
+        # Plain greedy (no penalties) is the argmax of the logits row; numpy finds it in
+        # ~6 us, the chain in ~140 us (it first copies the whole vocabulary into a
+        # candidates array). Both take the first of equal maxima.
+        self.argmax_only = cfg.temperature <= 0.0 and not penalties
+        # The chain's penalties remember every token it picks, so with penalties a
+        # constrained row is masked before the one pick, not after a rejected one.
+        self.mask_first = penalties
         self.banned = np.array(sorted(model.eog) if cfg.ignore_eos else [], dtype=np.intp)
         add = self._add
         if len(self.banned):
@@ -342,13 +354,7 @@ class Sampler:
                 biases[i].token = tok
                 biases[i].bias = -math.inf
             add(lc.llama_sampler_init_logit_bias(self.n_vocab, len(biases), biases))
-        if grammar:
-            g = lc.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
-            if not g:
-                self.close()
-                raise ValueError("the grammar could not be parsed")
-            add(g)
-        if cfg.repeat_penalty != 1.0 or cfg.presence_penalty != 0.0 or cfg.frequency_penalty != 0.0:
+        if penalties:
             add(
                 lc.llama_sampler_init_penalties(
                     lc.llama_vocab_n_tokens(model.vocab),
@@ -374,7 +380,7 @@ class Sampler:
     def _add(self, smpl: lc.llama_sampler_p) -> None:
         lc.llama_sampler_chain_add(self.ptr, smpl)
 
-    def sample(self, ctx: Context, row: int) -> int:
+    def _pick(self, ctx: Context, row: int) -> int:
         if self.argmax_only:
             values = ctx.logits(row)
             if len(self.banned):
@@ -382,31 +388,29 @@ class Sampler:
             return int(values.argmax())
         return lc.llama_sampler_sample(self.ptr, ctx.ptr, row)
 
+    def sample(self, ctx: Context, row: int) -> int:
+        """The next token. Constrained: picked from the raw row first, and only if the
+        grammar rejects it is the row masked and the token picked again."""
+        c = self.constraint
+        if c is None:
+            return self._pick(ctx, row)
+        if self.mask_first:
+            c.mask(ctx.logits(row))
+            token = self._pick(ctx, row)
+        else:
+            token = self._pick(ctx, row)
+            if not c.allows(token):
+                c.mask(ctx.logits(row))
+                token = self._pick(ctx, row)
+        c.accept(token)
+        return token
+
+    @property
+    def done(self) -> bool:
+        """The constraint is complete: nothing more may be generated."""
+        return self.constraint is not None and self.constraint.done
+
     def close(self) -> None:
         if self.ptr:
             lc.llama_sampler_free(self.ptr)
             self.ptr = None
-
-
-_GRAMMAR_CACHE: dict[str, str] = {}
-
-
-def json_grammar(schema_json: str) -> str:
-    """GBNF for a JSON schema (``{}`` = any JSON value), converted once and cached.
-    Raises ValueError naming the problem when the converter cannot handle the schema."""
-    cached = _GRAMMAR_CACHE.get(schema_json)
-    if cached is not None:
-        return cached
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-
-    if schema_json in ("{}", "null"):
-        grammar = JSON_GBNF
-    else:
-        try:
-            grammar = json_schema_to_gbnf(schema_json)
-        except Exception as exc:  # noqa: BLE001 - the converter raises many kinds
-            raise ValueError(f"unsupported JSON schema: {exc}") from exc
-    if len(_GRAMMAR_CACHE) > 256:
-        _GRAMMAR_CACHE.clear()
-    _GRAMMAR_CACHE[schema_json] = grammar
-    return grammar

@@ -121,6 +121,7 @@ class SamplingParams:
     ignore_eos: bool = False
     context_limit: int | None = None  # per-request cap on prompt + completion tokens
     json_schema: dict[str, Any] | None = None  # constrain output to JSON ({} = any JSON)
+    grammar: str | None = None  # or to an llguidance grammar (Lark); tool calls use it
     logprobs: int | None = None  # report each token's logprob and this many alternatives
     prompt_logprobs: bool = False  # the prompt's tokens' too (echo scoring); needs logprobs
 

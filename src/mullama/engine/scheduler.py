@@ -284,6 +284,7 @@ class Scheduler:
         model = self.model
         finish = None
         text = ""
+        complete = False
         eog = model.is_eog(token) and not seq.ignore_eos
         self.generated_total += 1
         if eog:
@@ -292,12 +293,13 @@ class Scheduler:
             seq.tokens.append(token)
             seq.n_generated += 1
             text, stopped = seq.stops.feed(seq.text.feed(model.piece(token)))
-            if stopped:
+            complete = seq.sampler.done  # the constraint's value is whole: nothing follows
+            if stopped or complete:
                 finish = "stop"
             elif seq.n_generated >= seq.max_tokens or len(seq.tokens) >= seq.ctx_limit:
                 finish = "length"
         if finish is not None:
-            if finish == "length" or eog:
+            if finish == "length" or eog or complete:
                 tail, stopped = seq.stops.feed(seq.text.flush())
                 text += tail
                 if not stopped:

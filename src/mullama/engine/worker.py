@@ -24,6 +24,7 @@ import orjson
 from ..errors import ContextLengthExceeded, InvalidParameter, MullamaError, ServerError
 from ..observability.logging import setup_logging
 from .chat_template import ChatTemplate, TemplateRenderError
+from .constraint import Grammars
 from .cpushare import CpuShare
 from .detokenize import StopMatcher
 from .llama import (
@@ -34,7 +35,6 @@ from .llama import (
     Model,
     Sampler,
     init_backend,
-    json_grammar,
 )
 from .protocol import (
     HEADER_SIZE,
@@ -131,6 +131,7 @@ class Worker:
             self.info.chat_template, self.info.bos_text, self.info.eos_text
         )
         self._templates: dict[str, ChatTemplate] = {}
+        self.grammars = Grammars(self.model.guidance_tokenizer)
         self._inbox: list[tuple[str, Any]] = []
         self._cond = threading.Condition()
         self._embed_q: queue.Queue[EmbedRequest] = queue.Queue()
@@ -293,20 +294,11 @@ class Worker:
         return self.model.tokenize(text, add_special=add_special, parse_special=True)
 
     def _sampler(self, params: SamplingParams) -> Sampler:
-        grammar = None
-        if params.json_schema is not None:
-            # Keys sorted (the grammar then writes properties alphabetically). The schema's
-            # own order was tried: with GBNF's unbounded strings, a free-text first field
-            # ("name") ran to max_tokens in sampled replies; it waits for llguidance.
-            schema = orjson.dumps(params.json_schema, option=orjson.OPT_SORT_KEYS).decode()
-            try:
-                grammar = json_grammar(schema)
-            except ValueError as exc:
-                raise InvalidParameter(str(exc), param="response_format") from exc
-        try:
-            return Sampler(self.model, params, grammar)
-        except ValueError as exc:
-            raise InvalidParameter(str(exc), param="response_format") from exc
+        """The request's sampler, with its constraint compiled here on the reader thread
+        (errors are the client's: a 400 naming the schema path)."""
+        param = "tools" if params.grammar is not None else "response_format"
+        constraint = self.grammars.constraint(params.grammar, params.json_schema, param)
+        return Sampler(self.model, params, constraint)
 
     # ---- embedding thread ----------------------------------------------------------
 
