@@ -60,7 +60,7 @@ class FakeModel:
     def is_eog(self, tok):
         return tok == EOG
 
-    def piece(self, tok):
+    def piece(self, tok, special=False):
         return f"<{tok}>".encode()
 
 

@@ -1,12 +1,17 @@
-"""The generic tool-call format, read whole and streamed, on replies SmolLM2 wrote under
-the call constraint (recorded from the daemon), cut at every character."""
+"""Tool calls read out of replies, whole and streamed, in each syntax family: the generic
+format (replies SmolLM2 wrote under the call constraint, recorded from the daemon),
+Hermes/Qwen, Llama 3 and Mistral (the syntaxes read off their real templates), each
+stream cut at every character."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import orjson
 import pytest
 
-from mullama.api.tools import CallStream, ToolPlan, ToolSpec
+from mullama.api.tools import CallArgs, CallReader, CallStart, Content, ToolPlan, ToolSpec
+from mullama.api.toolsyntax import GENERIC_TEMPLATE, template_tools
 
 TOOLS = [
     ToolSpec.model_validate({"type": "function", "function": {"name": "get_weather",
@@ -21,35 +26,86 @@ RECORDED = [
     '{\n  "tool_calls" : [ { "name" : "get_weather" , "parameters" : {"city": "Par}is \\"x\\"",'
     ' "unit": "c"} } ]\n}',
 ]
+TEMPLATES = Path(__file__).parent / "templates"
 
 
-def _streamed(plan: ToolPlan, reply: str, step: int) -> tuple[list[str], dict[int, str]]:
-    stream, deltas = CallStream(plan), []
+def _template(name: str):
+    return template_tools((TEMPLATES / name).read_text())
+
+
+FAMILIES = {
+    "hermes": (
+        "Qwen-Qwen2.5-7B-Instruct.jinja",
+        'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+        '\n</tool_call>\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>',
+        "Let me check.",
+    ),
+    "llama3": (
+        "meta-llama-Llama-3.2-3B-Instruct.jinja",
+        '{"name": "get_weather", "parameters": {"city": "Paris"}}',
+        "",
+    ),
+    "mistral": (
+        "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+        '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "abcdefgh0"}, '
+        '{"name": "add", "arguments": {"a": 1, "b": 2}, "id": "abcdefgh1"}]',
+        "",
+    ),
+}
+
+
+def _streamed(plan: ToolPlan, reply: str, step: int) -> tuple[str, list[str], dict[int, str]]:
+    reader, events = CallReader(plan), []
     for end in range(step, len(reply) + step, step):
-        deltas += stream.feed(reply[:end])
-    names = [d["function"]["name"] for d in deltas if "id" in d]
+        events += reader.feed(reply[:end], final=end >= len(reply))
+    content = "".join(e.text for e in events if isinstance(e, Content))
+    names = [e.name for e in events if isinstance(e, CallStart)]
     args: dict[int, str] = {}
-    for d in deltas:
-        if "id" in d:
-            assert d["function"]["arguments"] == ""  # announced first, arguments after
-        else:
-            assert "name" not in d["function"]  # never a name twice
-        args[d["index"]] = args.get(d["index"], "") + d["function"]["arguments"]
-    return names, args
+    for e in events:
+        if isinstance(e, CallArgs):
+            args[e.index] = args.get(e.index, "") + e.piece
+    return content, names, args
+
+
+def _check_stream_matches_whole(plan: ToolPlan, reply: str) -> list[dict]:
+    whole = plan.read(reply, "stop")
+    assert whole.calls
+    for step in range(1, 12):
+        content, names, args = _streamed(plan, reply, step)
+        assert content.strip() == whole.content
+        assert names == [c["function"]["name"] for c in whole.calls]
+        assert [args[i] for i in range(len(whole.calls))] == [
+            c["function"]["arguments"] for c in whole.calls
+        ]
+    assert plan.calls(reply, "length") is None  # cut off by max_tokens: never a call
+    return whole.calls
 
 
 @pytest.mark.parametrize("reply", RECORDED)
 def test_a_stream_cut_anywhere_adds_up_to_the_whole_reading(reply):
     plan = ToolPlan(TOOLS, "required", True)
-    whole = plan.calls(reply, "stop")
-    assert whole is not None
-    for step in range(1, 12):
-        names, args = _streamed(plan, reply, step)
-        assert names == [c["function"]["name"] for c in whole]
-        assert [args[i] for i in range(len(whole))] == [c["function"]["arguments"] for c in whole]
-    assert plan.calls(reply, "length") is None  # cut off by max_tokens: never a call
+    whole = _check_stream_matches_whole(plan, reply)
     for call, raw in zip(whole, orjson.loads(reply)["tool_calls"], strict=True):
         assert orjson.loads(call["function"]["arguments"]) == raw["parameters"]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_family_is_detected_and_read_whole_and_streamed(family):
+    source, reply, content = FAMILIES[family]
+    template = _template(source)
+    assert template.native and template.family == family
+    plan = ToolPlan(TOOLS, "auto", True, template)
+    calls = _check_stream_matches_whole(plan, reply)
+    assert plan.read(reply, "stop").content == content
+    assert calls[0]["function"]["arguments"] == '{"city": "Paris"}'
+    assert len({c["id"] for c in calls}) == len(calls)
+
+
+def test_a_template_without_tools_gets_the_generic_format():
+    template = template_tools("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert not template.native and template.syntax == GENERIC_TEMPLATE.syntax
+    plan = ToolPlan(TOOLS, "auto", True, template)
+    assert plan.instruction() is not None and plan.tools_for_template() is None
 
 
 def test_arguments_are_the_models_own_text():
@@ -61,7 +117,7 @@ def test_arguments_are_the_models_own_text():
 def test_one_call_only_when_parallel_calls_are_off():
     plan = ToolPlan(TOOLS, "required", False)
     assert len(plan.calls(RECORDED[0], "stop")) == 1
-    assert _streamed(plan, RECORDED[0], 1)[0] == ["get_weather"]
+    assert _streamed(plan, RECORDED[0], 1)[1] == ["get_weather"]
 
 
 @pytest.mark.parametrize(
@@ -72,8 +128,16 @@ def test_one_call_only_when_parallel_calls_are_off():
 def test_text_unknown_tools_and_cut_calls_are_no_calls(reply):
     plan = ToolPlan(TOOLS, "auto", True)
     assert plan.calls(reply, "stop") is None
+    assert plan.read(reply, "stop").content == reply  # all of it, as text
     if "rm_rf" in reply or reply.startswith("Hello") or "answer" in reply:
-        assert _streamed(plan, reply, 1)[0] == []
+        content, names, _ = _streamed(plan, reply, 1)
+        assert names == [] and content == reply
+
+
+def test_text_that_only_looks_like_a_marker_start_is_released():
+    plan = ToolPlan(TOOLS, "auto", True, _template(FAMILIES["hermes"][0]))
+    content, names, _ = _streamed(plan, "a < b and <tool is not a call", 1)
+    assert names == [] and content == "a < b and <tool is not a call"
 
 
 def test_none_reads_no_calls_and_shows_no_tools():

@@ -45,9 +45,11 @@ class Profile:
         system: str | None = None,
         template: str | None = None,
         parameters: Mapping[str, Any] | None = None,
+        gguf_template: str | None = None,
     ) -> None:
         self.system = system
         self.template = template
+        self.chat_template = template or gguf_template  # the one that renders the chat
         # The model's parameters as SamplingParams fields: defaults under a request's own.
         self.defaults: dict[str, Any] = from_ollama(parameters or {})
 
@@ -65,7 +67,12 @@ def profile_of(models: ModelManager, name: str | None) -> Profile:
     if not name:
         return EMPTY
     try:
-        ref = models.find(name).ref
+        entry = models.find(name)
+        ref = entry.ref
     except Exception:  # noqa: BLE001 - unknown models fail later, with the usual error
         return EMPTY
-    return Profile(ref.system, ref.template, ref.parameters)
+    try:
+        gguf_template = entry.gguf().chat_template
+    except Exception:  # noqa: BLE001 - an unreadable file fails later, with the usual error
+        gguf_template = None
+    return Profile(ref.system, ref.template, ref.parameters, gguf_template)

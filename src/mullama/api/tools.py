@@ -1,17 +1,22 @@
-"""Tool calling for models whose chat template knows nothing of tools (SmolLM2's, Gemma's):
-the generic format.
+"""Tool calling: the tools into the prompt, the constraint that enforces ``tool_choice``,
+and the calls out of the reply, in the chat template's own syntax.
 
-The tools are described to the model in a system instruction, with the one reply shape
-it may use to call them: a JSON object ``{"tool_calls": [{"name": ..., "parameters":
-{...}}]}`` (Llama 3's words; the grammar writes keys sorted, so the name comes first and
-a stream can announce a call before its arguments). Earlier calls and their results are written into the conversation in the same
-words. ``tool_choice`` is enforced by constraining generation to that shape with each
-tool's own parameter schema (``required``: at least one call; a named function: exactly
-one call of it); ``auto`` lets the model choose, and a reply that is such an object is
-read as calls; ``none`` shows no tools and reads no calls.
+What a template knows of tools is found by probing it (api/toolsyntax.py). A template
+that writes tools and calls itself (Hermes/Qwen's ``<tool_call>``, Llama 3's bare JSON,
+Mistral's ``[TOOL_CALLS][...]``) gets the tools as its ``tools`` variable and the
+conversation's calls and results as it expects them; its syntax is read off the
+template, so the constraint and the reader follow what the model was trained on.
 
-Templates with their own tool syntax (Hermes/Qwen, Llama 3.x, Mistral) are not yet used
-natively: every model gets this format.
+Any other template (SmolLM2's, Gemma's) gets the generic format: the tools described in a
+system instruction, with one reply shape to call them, a JSON object ``{"tool_calls":
+[{"name": ..., "parameters": {...}}]}`` (Llama 3's words; the name comes first, so a
+stream can announce a call before its arguments); earlier calls and their results are
+written into the conversation in the same words.
+
+``tool_choice`` is enforced by the constraint (engine/constraint.py): ``required`` and a
+named function hold the reply to the syntax from its first token; ``auto`` leaves it free
+until the syntax's trigger is written, and then holds the calls to it and to each tool's
+schema (a lazy grammar); ``none`` shows no tools and reads no calls.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..engine.protocol import CallSyntax, ToolGrammar
 from ..errors import InvalidParameter
+from .toolsyntax import GENERIC_TEMPLATE, TemplateTools, template_tools
 
 _CONFIG = ConfigDict(extra="ignore", strict=True)
 
@@ -87,24 +94,51 @@ class ToolPlan:
     tools: list[ToolSpec]
     choice: ToolChoice
     parallel: bool
+    template: TemplateTools = GENERIC_TEMPLATE
 
     @property
     def active(self) -> bool:
         return bool(self.tools) and self.choice != "none"
 
     @property
+    def native(self) -> bool:
+        """The template writes the tools and calls itself."""
+        return self.template.native
+
+    @property
+    def syntax(self) -> CallSyntax:
+        return self.template.syntax
+
+    @property
     def forces_call(self) -> bool:
         """``required`` or a named function: the reply is held to the call shape."""
         return self.active and self.choice != "auto"
 
+    @property
+    def max_calls(self) -> int:
+        """At most one call per offered tool when calls may come in parallel (a small
+        model held to the shape would otherwise repeat calls until max_tokens), and one
+        when the template cannot write two."""
+        named = isinstance(self.choice, NamedToolChoice)
+        if not self.parallel or named or (self.native and not self.template.parallel):
+            return 1
+        return max(1, min(len(self._offered()), 8))
+
+    def tools_for_template(self) -> list[dict[str, Any]] | None:
+        """The ``tools`` variable of a native template (the offered tools)."""
+        if not (self.active and self.native):
+            return None
+        return [t.model_dump(exclude_none=True) for t in self._offered()]
+
     def instruction(self) -> str | None:
-        if not self.active:
+        """The generic format's system instruction (None for a native template)."""
+        if not self.active or self.native:
             return None
         lines = [
             "You can call tools. To call tools, reply with only a JSON object of this form "
             'and nothing else: {"tool_calls": [{"name": "<tool name>", "parameters": '
             "{<the arguments>}}]}"
-            + ("" if self.parallel else " with exactly one call")
+            + ("" if self.max_calls > 1 else " with exactly one call")
             + ". To answer without a tool, reply with plain text.",
             "The tools:",
         ]
@@ -119,202 +153,267 @@ class ToolPlan:
             return [t for t in self.tools if t.function.name == self.choice.function.name]
         return self.tools
 
-    def constraint(self) -> dict[str, Any] | None:
-        """The JSON schema a reply must follow, or None (``auto``: the model chooses)."""
-        if not self.forces_call:
+    def constraint(self) -> ToolGrammar | None:
+        """The grammar of the reply: the calls in the template's syntax, each call object
+        ``{"name": <const>, <args key>: <the tool's parameters>}`` (the name first)."""
+        if not self.active:
             return None
+        key = self.syntax.args_key
         calls = [
             {
                 "type": "object",
                 "properties": {
                     "name": {"const": t.function.name},
-                    "parameters": t.function.parameters or {"type": "object"},
+                    key: t.function.parameters or {"type": "object"},
                 },
-                "required": ["name", "parameters"],
+                "required": ["name", key],
             }
             for t in self._offered()
         ]
-        items = calls[0] if len(calls) == 1 else {"anyOf": calls}
-        # At most one call per offered tool when calls may come in parallel: a small
-        # model held to the shape would otherwise repeat calls until max_tokens.
-        most = len(calls) if self.parallel and not isinstance(self.choice, NamedToolChoice) else 1
-        array: dict[str, Any] = {"type": "array", "items": items, "minItems": 1, "maxItems": most}
-        return {"type": "object", "properties": {"tool_calls": array}, "required": ["tool_calls"]}
+        return ToolGrammar(self.syntax, calls, self.forces_call, self.max_calls)
 
     def calls(self, text: str, finish: str | None) -> list[dict[str, Any]] | None:
         """The reply's tool calls in OpenAI's shape, or None when it is plain text, or was
         cut off by max_tokens (``finish`` "length"): never a broken call."""
-        if not self.active or finish == "length":
-            return None
-        body = text.strip()
-        if not body.startswith("{"):
-            return None
-        try:
-            obj = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        raw = obj.get("tool_calls") if isinstance(obj, dict) else None
-        names = {t.function.name for t in self._offered()}
-        if not isinstance(raw, list) or not raw:
-            return None
-        written = _raw_arguments(body)
-        out = []
-        for k, call in enumerate(raw if self.parallel else raw[:1]):
-            if not isinstance(call, dict) or call.get("name") not in names:
-                return None
-            args = call.get("parameters", call.get("arguments", {}))
-            if not isinstance(args, dict):
-                return None
-            # The arguments as the model wrote them, not re-serialised.
-            text = written[k] if written else orjson.dumps(args).decode()
-            out.append(
-                {
-                    "id": f"call_{uuid.uuid4().hex[:24]}",
-                    "type": "function",
-                    "function": {"name": call["name"], "arguments": text},
-                }
-            )
-        return out
+        reply = self.read(text, finish)
+        return reply.calls or None
 
-    def could_be_call(self, text: str) -> bool:
-        """While streaming: may this start of a reply still turn out to be a call?"""
-        return self.active and (not text.strip() or text.lstrip().startswith("{"))
+    def read(self, text: str, finish: str | None) -> Reply:
+        """A whole reply: the text outside the calls, and the calls (none when the
+        reply was cut off by max_tokens in a call, or is not of the syntax)."""
+        if not self.active:
+            return Reply(text, [])
+        reader = CallReader(self)
+        events = reader.feed(text, final=True)
+        if reader.broken or (finish == "length" and reader.sent):
+            return Reply(text, [])
+        content = "".join(e.text for e in events if isinstance(e, Content))
+        calls: dict[int, dict[str, Any]] = {}
+        for e in events:
+            if isinstance(e, CallStart):
+                calls[e.index] = {"id": e.id, "type": "function",
+                                  "function": {"name": e.name, "arguments": ""}}  # fmt: skip
+            elif isinstance(e, CallArgs):
+                calls[e.index]["function"]["arguments"] += e.piece
+        return Reply(content.strip() if calls else content, list(calls.values()))
 
+
+@dataclass
+class Reply:
+    content: str
+    calls: list[dict[str, Any]]
+
+
+@dataclass
+class Content:
+    text: str
+
+
+@dataclass
+class CallStart:
+    index: int
+    id: str
+    name: str
+
+
+@dataclass
+class CallArgs:
+    index: int
+    piece: str
+
+
+@dataclass
+class CallDone:
+    index: int
+
+
+Event = Content | CallStart | CallArgs | CallDone
 
 _DECODER = json.JSONDecoder()
-
-
-def _skip(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in " \t\r\n":
-        pos += 1
-    return pos
-
-
-def _raw_arguments(body: str) -> list[str] | None:
-    """Each call's ``arguments`` exactly as written in a reply already known to be valid
-    JSON of the call shape; None if its layout is not the expected one."""
-    try:
-        pos = _skip(body, 0)
-        if body[pos] != "{":
-            return None
-        key, pos = _DECODER.raw_decode(body, _skip(body, pos + 1))
-        pos = _skip(body, pos)
-        if key != "tool_calls" or body[pos] != ":":
-            return None
-        pos = _skip(body, pos + 1)
-        if body[pos] != "[":
-            return None
-        pos += 1
-        out: list[str] = []
-        while True:
-            pos = _skip(body, pos)
-            if body[pos] == "]":
-                return out
-            if body[pos] == ",":
-                pos += 1
-                continue
-            if body[pos] != "{":
-                return None
-            pos += 1
-            raw = "{}"
-            while True:
-                pos = _skip(body, pos)
-                if body[pos] == "}":
-                    pos += 1
-                    break
-                if body[pos] == ",":
-                    pos += 1
-                    continue
-                name, pos = _DECODER.raw_decode(body, pos)
-                pos = _skip(body, pos)
-                pos = _skip(body, pos + 1)  # the ':'
-                start = pos
-                _, pos = _DECODER.raw_decode(body, pos)
-                if name in ("parameters", "arguments"):
-                    raw = body[start:pos]
-            out.append(raw)
-    except (IndexError, ValueError):
-        return None
-
-
-_CALLS_OPEN = re.compile(r'\s*\{\s*"tool_calls"\s*:\s*\[\s*')
-_CALL_HEAD = re.compile(
-    r'\s*,?\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:parameters|arguments)"\s*:\s*'
+_WS = re.compile(r"\s*")
+_HEAD = re.compile(
+    r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*'
 )
-_CALL_TAIL = re.compile(r"\s*\}")
+_HEAD_START = '{"name":"'
 
 
-class CallStream:
-    """Reads a streamed reply of the call shape as it is written, so a call is announced
-    as soon as its name is known and its arguments go out as the model writes them (raw
-    substrings: they add up to exactly the final ``arguments``). Anything else, and any
-    layout it cannot follow, is left to the whole-reply reading at the end."""
+def _loose(literal: str) -> re.Pattern[str]:
+    """A marker as a pattern that takes any whitespace where the marker has some, and
+    around JSON punctuation (a model left free may write ``{"tool_calls":[``)."""
+    out = ""
+    for ch in literal:
+        if ch.isspace() or ch in "{}[],:":
+            if not out.endswith(r"\s*"):
+                out += r"\s*"
+            if not ch.isspace():
+                out += re.escape(ch) + r"\s*"
+        else:
+            out += re.escape(ch)
+    return re.compile(out)
+
+
+def _may_start(text: str, literal: str) -> bool:
+    """May ``text`` (spaces aside) still grow into ``literal``?"""
+    a, b = "".join(text.split()), "".join(literal.split())
+    return b.startswith(a)
+
+
+class CallReader:
+    """Reads a reply in the plan's call syntax as it is written (the whole reply so far,
+    each time): text outside the calls goes out as content, except a tail that could
+    still begin a call marker; a call is announced once its name is known, and its
+    arguments go out as the model writes them (raw substrings: they add up to exactly
+    the final ``arguments``). A reply that leaves the syntax inside a call is
+    ``broken``: read as plain text at the end."""
 
     def __init__(self, plan: ToolPlan) -> None:
+        syn = plan.syntax
+        self.syn = syn
         self.names = {t.function.name for t in plan._offered()}
-        self.most = None if plan.parallel else 1
+        self.most = plan.max_calls
+        self.trigger = syn.open + syn.begin
+        self.trigger_re = _loose(self.trigger) if self.trigger else None
+        self.next = syn.end + syn.separator + syn.begin  # between two calls
+        self.next_re = _loose(self.next) if self.next else None
+        self.close_re = _loose(syn.end + syn.close)
         self.pos = 0
-        self.phase = "open"  # open -> head -> args -> head ... | lost
-        self.sent = 0  # calls announced
-        self.args_from = 0  # where the current call's arguments start / were sent up to
+        self.mark = 0  # where the first call's marker starts
+        self.phase = "text"  # text -> call -> args -> tail -> call ... -> after | plain | extra
+        self.sent = 0
+        self.args_from = 0
+        self.broken = False
 
     @property
     def started(self) -> bool:
         return self.sent > 0
 
-    def feed(self, text: str) -> list[dict[str, Any]]:
-        """Tool-call deltas for what ``text`` (the whole reply so far) adds."""
-        out: list[dict[str, Any]] = []
-        while self.phase != "lost":
-            if self.phase == "open":
-                m = _CALLS_OPEN.match(text, self.pos)
-                if m is None or m.end() == len(text):
-                    if not _could_open(text[self.pos :]):
-                        self.phase = "lost"
-                    break
-                self.pos, self.phase = m.end(), "head"
-            elif self.phase == "head":
-                if self.most is not None and self.sent >= self.most:
-                    break
-                m = _CALL_HEAD.match(text, self.pos)
-                if m is None:
-                    break  # not yet there (or the list ends): the end decides
-                name = orjson.loads(f'"{m.group(1)}"')
-                if name not in self.names:
-                    self.phase = "lost"
-                    break
-                out.append({"index": self.sent, "id": f"call_{uuid.uuid4().hex[:24]}",
-                            "type": "function", "function": {"name": name, "arguments": ""}})  # fmt: skip
-                self.sent += 1
-                self.pos = self.args_from = m.end()
-                self.phase = "args"
-            else:  # args: everything before the object closes belongs to it
-                if self.args_from == self.pos:  # nothing sent yet: start at the value
-                    self.pos = self.args_from = _skip(text, self.pos)
-                    if self.pos == len(text):
-                        break
-                try:
-                    _, end = _DECODER.raw_decode(text, self.pos)
-                except ValueError:
-                    end = None
-                upto = len(text) if end is None else end
-                if upto > self.args_from:
-                    piece = text[self.args_from : upto]
-                    out.append({"index": self.sent - 1, "function": {"arguments": piece}})
-                    self.args_from = upto
-                if end is None:
-                    break
-                tail = _CALL_TAIL.match(text, end)
-                if tail is None:
-                    break
-                self.pos, self.phase = tail.end(), "head"
+    def feed(self, text: str, final: bool = False) -> list[Event]:
+        out: list[Event] = []
+        while True:
+            before = (self.phase, self.pos)
+            getattr(self, f"_{self.phase}")(text, final, out)
+            if (self.phase, self.pos) == before:
+                break
+        if final and self.phase in ("call", "args", "tail"):
+            self.broken = True
         return out
 
+    def _content(self, text: str, upto: int, out: list[Event]) -> None:
+        if upto > self.pos:
+            out.append(Content(text[self.pos : upto]))
+            self.pos = upto
 
-def _could_open(text: str) -> bool:
-    """May ``text`` still grow into the opening ``{"tool_calls": [``?"""
-    squeezed = "".join(text.split())
-    return '{"tool_calls":['.startswith(squeezed) or squeezed.startswith('{"tool_calls":[')
+    def _text(self, text: str, final: bool, out: list[Event]) -> None:
+        if self.trigger_re is None:  # a call is a bare object opening the reply
+            rest = text[self.pos :]
+            if not rest.strip():
+                if final:
+                    self._content(text, len(text), out)
+                return
+            start = len(text) - len(rest.lstrip())
+            if text[start] == "{" and self.sent < self.most:
+                self.mark, self.pos, self.phase = self.pos, start, "call"
+            else:
+                self.phase = "plain"
+            return
+        m = self.trigger_re.search(text, self.pos) if self.sent < self.most else None
+        if m is not None:
+            self._content(text, m.start(), out)
+            self.mark, self.pos, self.phase = m.start(), m.end(), "call"
+            return
+        upto = len(text)
+        if not final:  # hold back what could still become the marker
+            for k in range(max(self.pos, len(text) - len(self.trigger) - 8), len(text)):
+                if _may_start(text[k:], self.trigger) and text[k:].strip():
+                    upto = k
+                    break
+        self._content(text, upto, out)
+
+    def _plain(self, text: str, final: bool, out: list[Event]) -> None:
+        self._content(text, len(text), out)
+
+    _after = _plain
+
+    def _extra(self, text: str, final: bool, out: list[Event]) -> None:
+        self.pos = len(text)
+
+    def _call(self, text: str, final: bool, out: list[Event]) -> None:
+        m = _HEAD.match(text, self.pos)
+        if m is None:
+            squeezed = "".join(text[self.pos :].split())
+            waiting = _HEAD_START.startswith(squeezed) or squeezed.startswith(_HEAD_START)
+            if final or not waiting:
+                self._lose(text, out)
+            return
+        name = orjson.loads(f'"{m.group(1)}"')
+        if name not in self.names:
+            self._lose(text, out)
+            return
+        out.append(CallStart(self.sent, f"call_{uuid.uuid4().hex[:24]}", name))
+        self.sent += 1
+        self.pos = self.args_from = _WS.match(text, m.end()).end()
+        self.phase = "args"
+
+    def _args(self, text: str, final: bool, out: list[Event]) -> None:
+        if self.args_from == self.pos:  # nothing sent yet: the value starts past spaces
+            self.pos = self.args_from = _WS.match(text, self.pos).end()
+        if self.pos == len(text):
+            return
+        try:
+            _, end = _DECODER.raw_decode(text, self.pos)
+        except ValueError:
+            end = None
+        upto = len(text) if end is None else end
+        if upto > self.args_from:
+            out.append(CallArgs(self.sent - 1, text[self.args_from : upto]))
+            self.args_from = upto
+        if end is not None:
+            self.pos, self.phase = end, "tail"
+
+    def _tail(self, text: str, final: bool, out: list[Event]) -> None:
+        """After the arguments: other keys (Mistral's ``id``), the object's ``}``, then
+        the next call or the end of the calls."""
+        pos = _WS.match(text, self.pos).end()
+        while pos < len(text) and text[pos] == ",":
+            try:
+                pos = _WS.match(text, pos + 1).end()
+                _, pos = _DECODER.raw_decode(text, pos)  # the key
+                pos = _WS.match(text, pos).end()
+                if text[pos] != ":":
+                    return self._lose(text, out)
+                _, pos = _DECODER.raw_decode(text, _WS.match(text, pos + 1).end())
+                pos = _WS.match(text, pos).end()
+            except (ValueError, IndexError):
+                return None  # not written yet
+        if pos >= len(text):
+            return None
+        if text[pos] != "}":
+            return self._lose(text, out)
+        pos += 1
+        m = self.next_re.match(text, pos) if self.next_re is not None else None
+        if m is not None and (m.end() < len(text) or final):
+            out.append(CallDone(self.sent - 1))
+            # Calls beyond the most allowed (the grammar writes none) are left unread.
+            self.pos, self.phase = m.end(), "call" if self.sent < self.most else "extra"
+            return None
+        m = self.close_re.match(text, pos)
+        if m is not None:
+            if not final and self.next_re is not None and _may_start(text[pos:], self.next):
+                return None  # may still be the next call's marker
+            out.append(CallDone(self.sent - 1))
+            self.pos, self.phase = m.end(), "after"
+            return None
+        if final:
+            self._lose(text, out)
+        return None
+
+    def _lose(self, text: str, out: list[Event]) -> None:
+        """Not the syntax after all: before any call, the text is content."""
+        if self.sent:
+            self.broken = True
+            self.pos, self.phase = len(text), "after"
+            return
+        self.pos, self.phase = self.mark, "plain"
 
 
 def plan_tools(
@@ -322,9 +421,11 @@ def plan_tools(
     choice: ToolChoice | None,
     parallel: bool | None,
     output_format: str | None,
+    chat_template: str | None = None,
 ) -> ToolPlan:
     """Check the request's tools and choice; errors name what cannot be honoured.
-    ``output_format``: the request field that already constrains the output, if any."""
+    ``output_format``: the request field that already constrains the output, if any;
+    ``chat_template``: the source of the template that renders the chat (probed once)."""
     tools = tools or []
     if choice is None:
         choice = "auto" if tools else "none"
@@ -358,7 +459,8 @@ def plan_tools(
                 f"tools[{i}] ({tool.function.name}): parameters must be an object schema",
                 param=f"tools[{i}].function.parameters",
             )
-    plan = ToolPlan(tools, choice, parallel is not False)
+    template = template_tools(chat_template) if tools else GENERIC_TEMPLATE
+    plan = ToolPlan(tools, choice, parallel is not False, template)
     if plan.forces_call and output_format is not None:
         raise InvalidParameter(
             f"{output_format} cannot be combined with a tool_choice that forces a call",
@@ -395,9 +497,12 @@ def ollama_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def history_message(role: str, content: str, calls: list[ToolCallIn] | None, call_id: str | None,
-                    name: str | None, index: int, need_id: bool = True) -> dict[str, Any]:  # fmt: skip
-    """One message of the conversation as the generic format writes it for the model.
-    A tool result names its call (``call_id``; required unless ``need_id`` is off, as on
+                    name: str | None, index: int, need_id: bool = True,
+                    native: bool = False) -> dict[str, Any]:  # fmt: skip
+    """One message of the conversation as the template gets it: for a ``native``
+    template, calls with their arguments as objects (what tool-aware templates expect)
+    and results as ``tool`` messages; for the others, in the generic format's words. A
+    tool result names its call (``call_id``; required unless ``need_id`` is off, as on
     the Ollama API, whose results name only their tool)."""
     if role == "tool":
         if not call_id and need_id:
@@ -405,6 +510,8 @@ def history_message(role: str, content: str, calls: list[ToolCallIn] | None, cal
                 f"messages[{index}]: a tool message needs tool_call_id",
                 param=f"messages[{index}].tool_call_id",
             )
+        if native:
+            return {"role": "tool", "content": content, "tool_call_id": call_id, "name": name}
         which = f" {call_id}" if call_id else ""
         who = f" ({name})" if name else ""
         return {"role": "user", "content": f"Result of tool call{which}{who}: {content}"}
@@ -418,7 +525,22 @@ def history_message(role: str, content: str, calls: list[ToolCallIn] | None, cal
                     f"messages[{index}].tool_calls[{k}].function.arguments is not valid JSON",
                     param=f"messages[{index}].tool_calls[{k}].function.arguments",
                 ) from None
-            parsed.append({"name": call.function.name, "parameters": args})
-        text = orjson.dumps({"tool_calls": parsed}).decode()
+            parsed.append((call, args))
+        if native:
+            return {
+                "role": "assistant",
+                "content": content,
+                "tool_calls": [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.function.name, "arguments": args},
+                    }  # fmt: skip
+                    for c, args in parsed
+                ],
+            }
+        text = orjson.dumps(
+            {"tool_calls": [{"name": c.function.name, "parameters": a} for c, a in parsed]}
+        ).decode()
         return {"role": "assistant", "content": (content + "\n" + text) if content else text}
     return {"role": role, "content": content}

@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 
 from ..errors import InvalidParameter
+from .protocol import ToolGrammar
 
 # Bounds on what one grammar may cost (llguidance's "fuel"): a lexer or parser that
 # needs more is an error at compile time or at the step that would need it.
@@ -147,3 +148,60 @@ class Constraint:
     def done(self) -> bool:
         """The value is complete and nothing may follow it: generation ends here."""
         return self.matcher.is_stopped()
+
+
+# ---- tool calls ---------------------------------------------------------------------
+
+Piece = int | str  # a special token's id, or literal text
+
+
+def tool_grammar(tg: ToolGrammar, split: Callable[[str], list[Piece]]) -> str:
+    """The Lark grammar of a reply with tool calls in ``tg.syntax``. ``split`` cuts a
+    marker into literal text and special tokens (Mistral's ``[TOOL_CALLS]`` is one token,
+    which the grammar must name as a token: its text alone would not match it).
+
+    Forced: the calls from the first token. Auto: free text; once the syntax's trigger is
+    written, what follows is held to the syntax and the schemas (a lazy lexeme: it ends
+    at the first trigger), and the reply ends after the calls. A syntax without a
+    trigger (a call is a bare JSON object, as Llama 3's) is a call when the reply opens
+    with ``{``, free text otherwise."""
+    syn = tg.syntax
+    schema = tg.calls[0] if len(tg.calls) == 1 else {"anyOf": tg.calls}
+    obj = "%json " + orjson.dumps(schema).decode()
+    sep = _seq(split(syn.separator))
+    extra = max(0, tg.max_calls - 1)
+    more = f"({_seq(sep, 'call')}){{0,{extra}}}" if extra else ""
+    rules = [f"call: {_seq(split(syn.begin), obj, split(syn.end))}"]
+    trigger = syn.trigger
+    if syn.open:
+        whole = _seq(split(syn.open), "call", more, split(syn.close))
+        after = _seq(split(syn.open[len(trigger) :]), "call", more, split(syn.close))
+    else:
+        whole = _seq("call", more, split(syn.close))
+        after = _seq(split(syn.begin[len(trigger) :]), obj, split(syn.end), more, split(syn.close))
+    head = split(trigger)
+    if tg.forced:
+        start = whole
+    elif not trigger:
+        start = f"PLAIN | {whole}"
+        rules.append(r"PLAIN: /[ \t\r\n]*([^{ \t\r\n](.|\n)*)?/")
+    elif len(head) == 1 and isinstance(head[0], int):  # a special token: no lexeme needed
+        start = f"TEXT | TEXT {_seq(head)} {after}"
+    else:
+        start = f"TEXT | trig {after}"
+        rules.append(f"trig[lazy]: TEXT {_seq(head)}")
+    rules.append(r"TEXT: /(.|\n)*/")
+    return "%llguidance {}\nstart: " + start + "\n" + "\n".join(rules) + "\n"
+
+
+def _seq(*parts: Any) -> str:
+    """Lark for a sequence of parts: rule names (str), or piece lists (from ``split``)."""
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            if part:
+                out.append(part)
+            continue
+        for piece in part:
+            out.append(f"<[{piece}]>" if isinstance(piece, int) else orjson.dumps(piece).decode())
+    return " ".join(out)

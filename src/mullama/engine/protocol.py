@@ -106,6 +106,45 @@ class WorkerSpec:
 
 
 @dataclass
+class CallSyntax:
+    """How a chat template writes tool calls (read off the template by the daemon):
+    ``open`` before the first call and ``close`` after the last (a list's brackets),
+    ``begin`` and ``end`` around each call's JSON object, ``separator`` between calls,
+    and the key of the object that holds the arguments."""
+
+    open: str = ""
+    begin: str = ""
+    end: str = ""
+    separator: str = ""
+    close: str = ""
+    args_key: str = "arguments"
+
+    @property
+    def trigger(self) -> str:
+        """The text that starts the calls ("" when a call is a bare JSON object)."""
+        return self.open or self.begin
+
+
+@dataclass
+class ToolGrammar:
+    """The constraint of a request with tools: ``calls`` are the JSON schemas of the call
+    objects it may write (``{"name": const, args_key: parameters}``); ``forced``: calls
+    from the first token (``required``, a named function), else free text until the
+    calls' trigger, then held to the syntax (``auto``); at most ``max_calls`` calls."""
+
+    syntax: CallSyntax
+    calls: list[dict[str, Any]]
+    forced: bool
+    max_calls: int
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ToolGrammar:
+        data = _strict(cls, data)
+        data["syntax"] = CallSyntax(**_strict(CallSyntax, _need(data, "syntax", dict)))
+        return cls(**data)
+
+
+@dataclass
 class SamplingParams:
     max_tokens: int | None = None
     temperature: float = 0.8
@@ -121,7 +160,7 @@ class SamplingParams:
     ignore_eos: bool = False
     context_limit: int | None = None  # per-request cap on prompt + completion tokens
     json_schema: dict[str, Any] | None = None  # constrain output to JSON ({} = any JSON)
-    grammar: str | None = None  # or to an llguidance grammar (Lark); tool calls use it
+    tool_calls: ToolGrammar | None = None  # or to text and tool calls in the template's syntax
     logprobs: int | None = None  # report each token's logprob and this many alternatives
     prompt_logprobs: bool = False  # the prompt's tokens' too (echo scoring); needs logprobs
 
@@ -129,7 +168,10 @@ class SamplingParams:
     def from_wire(cls, data: dict[str, Any]) -> SamplingParams:
         """The worker's side of ``GenerateRequest.to_wire``: a key this version does not
         know is an error, never silently dropped."""
-        return cls(**_strict(cls, data))
+        data = _strict(cls, data)
+        if data.get("tool_calls") is not None:
+            data["tool_calls"] = ToolGrammar.from_wire(_need(data, "tool_calls", dict))
+        return cls(**data)
 
 
 @dataclass
@@ -144,6 +186,7 @@ class GenerateRequest:
     prompt_tokens: list[int] | None = None
     add_special: bool = True
     template: str | None = None  # a Jinja chat template overriding the model's (custom models)
+    tools: list[dict[str, Any]] | None = None  # for templates that describe tools themselves
 
     def to_wire(self, wire_id: str) -> dict[str, Any]:
         """The ``generate`` frame; ``wire_id`` names the sequence on the socket."""

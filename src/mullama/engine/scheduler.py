@@ -40,6 +40,7 @@ class Sequence:
     ctx_limit: int = 1 << 30
     top_logprobs: int | None = None  # None: no logprobs; else alternatives per token
     score_prompt: bool = False  # also the prompt's tokens' logprobs (echo scoring)
+    shown: frozenset[int] = frozenset()  # special tokens written as text (call markers)
     prompt_entries: list[Any] = field(default_factory=list)  # sent with the first output
     text: IncrementalText = field(default_factory=IncrementalText)
     n_past: int = 0
@@ -292,7 +293,8 @@ class Scheduler:
         else:
             seq.tokens.append(token)
             seq.n_generated += 1
-            text, stopped = seq.stops.feed(seq.text.feed(model.piece(token)))
+            piece = model.piece(token, special=token in seq.shown)
+            text, stopped = seq.stops.feed(seq.text.feed(piece))
             complete = seq.sampler.done  # the constraint's value is whole: nothing follows
             if stopped or complete:
                 finish = "stop"

@@ -24,7 +24,7 @@ import orjson
 from ..errors import ContextLengthExceeded, InvalidParameter, MullamaError, ServerError
 from ..observability.logging import setup_logging
 from .chat_template import ChatTemplate, TemplateRenderError
-from .constraint import Grammars
+from .constraint import Grammars, tool_grammar
 from .cpushare import CpuShare
 from .detokenize import StopMatcher
 from .llama import (
@@ -206,7 +206,7 @@ class Worker:
                 )
                 return
             if req.messages is not None:
-                text = self._render(req.messages, req.template, req.add_generation_prompt)
+                text = self._render(req.messages, req.template, req.add_generation_prompt, None)
                 tokens = self._chat_tokens(text)
             else:
                 tokens = self.model.tokenize(
@@ -255,6 +255,7 @@ class Worker:
             n_prompt=n_prompt,
             max_tokens=params.max_tokens if params.max_tokens is not None else limit,
             sampler=self._sampler(params),
+            shown=self._shown(params),
             stops=StopMatcher(list(params.stop)),
             ignore_eos=params.ignore_eos,
             ctx_limit=limit,
@@ -266,7 +267,7 @@ class Worker:
         """The prompt's tokens (chat messages through the template, or raw text) and the
         request field to name in errors."""
         if req.messages is not None:
-            tokens = self._chat_tokens(self._render(req.messages, req.template, True))
+            tokens = self._chat_tokens(self._render(req.messages, req.template, True, req.tools))
             param = "messages"
         elif req.prompt_tokens is not None:
             tokens = list(self._check_ids(req.prompt_tokens, "prompt"))
@@ -280,9 +281,15 @@ class Worker:
             raise InvalidParameter("the prompt is empty", param=param)
         return tokens, param
 
-    def _render(self, messages: list[dict[str, Any]], template: str | None, gen: bool) -> str:
+    def _render(
+        self,
+        messages: list[dict[str, Any]],
+        template: str | None,
+        gen: bool,
+        tools: list[dict[str, Any]] | None,
+    ) -> str:
         try:
-            return self._template(template).render(messages, add_generation_prompt=gen)
+            return self._template(template).render(messages, gen, tools)
         except TemplateRenderError as exc:
             raise InvalidParameter(str(exc), param="messages") from exc
 
@@ -296,9 +303,36 @@ class Worker:
     def _sampler(self, params: SamplingParams) -> Sampler:
         """The request's sampler, with its constraint compiled here on the reader thread
         (errors are the client's: a 400 naming the schema path)."""
-        param = "tools" if params.grammar is not None else "response_format"
-        constraint = self.grammars.constraint(params.grammar, params.json_schema, param)
+        grammar, param = None, "response_format"
+        if params.tool_calls is not None:
+            grammar, param = tool_grammar(params.tool_calls, self._split), "tools"
+        constraint = self.grammars.constraint(grammar, params.json_schema, param)
         return Sampler(self.model, params, constraint)
+
+    def _split(self, text: str) -> list[int | str]:
+        """A tool-call marker as literal text and special tokens (see tool_grammar)."""
+        tokens = self.model.tokenize(text, add_special=False, parse_special=True)
+        special = self.grammars.tokenizer.is_special_token
+        if not any(special(t) for t in tokens):
+            return [text] if text else []
+        out: list[int | str] = []
+        for t in tokens:
+            if special(t):
+                out.append(t)
+            elif out and isinstance(out[-1], str):
+                out[-1] += self.model.piece(t).decode("utf-8", "replace")
+            else:
+                out.append(self.model.piece(t).decode("utf-8", "replace"))
+        return out
+
+    def _shown(self, params: SamplingParams) -> frozenset[int]:
+        """The special tokens of a request's tool-call markers: written out as text (a
+        control token's text is hidden otherwise), so the calls can be read."""
+        if params.tool_calls is None:
+            return frozenset()
+        syn = params.tool_calls.syntax
+        markers = (syn.open, syn.begin, syn.end, syn.separator, syn.close)
+        return frozenset(p for m in markers for p in self._split(m) if isinstance(p, int))
 
     # ---- embedding thread ----------------------------------------------------------
 

@@ -17,6 +17,11 @@ from ..logprobs import chat_content
 from ..profiles import profile_of
 from ..streaming import ndjson_line
 from ..tools import (
+    CallArgs,
+    CallDone,
+    CallReader,
+    CallStart,
+    Content,
     ToolCallIn,
     ToolPlan,
     history_message,
@@ -109,13 +114,20 @@ class OllamaService:
         if not body.messages:
             return _loaded(body.model, "message", load_ns, started, body.stream)
         profile = profile_of(self.models, body.model)
-        plan = plan_tools(body.tools, body.tool_choice, None, "format" if body.format else None)
-        messages = [_history(m, i) for i, m in enumerate(body.messages)]
+        plan = plan_tools(
+            body.tools, body.tool_choice, None, "format" if body.format else None,
+            profile.chat_template,
+        )  # fmt: skip
+        native = plan.active and plan.native
+        messages = [_history(m, i, native) for i, m in enumerate(body.messages)]
         messages = with_instruction(profile.messages(messages), plan.instruction())
         params = body.sampling_params(profile)
-        if (constraint := plan.constraint()) is not None:
-            params.json_schema = constraint
-        req = GenerateRequest(rid, params, messages=messages, template=profile.template)
+        if params.json_schema is None:  # a format leaves auto's calls free
+            params.tool_calls = plan.constraint()
+        req = GenerateRequest(
+            rid, params, messages=messages, template=profile.template,
+            tools=plan.tools_for_template(),
+        )  # fmt: skip
         gen = self.models.generate(body.model, req, body.keep_alive)
         return await self._run(gen, body.model, "message", body.stream, started, load_ns, plan)
 
@@ -148,10 +160,11 @@ class OllamaService:
                 entries.extend(c.logprobs)
             last = c
         text = "".join(parts)
-        calls = _calls(plan, text, last)
-        out = _final(model, kind, "" if calls else text, last, first.prompt_tokens, timings)
-        if calls:
-            out["message"]["tool_calls"] = calls
+        reply = plan.read(text, last.finish_reason) if plan is not None else None
+        content = reply.content if reply is not None else text
+        out = _final(model, kind, content, last, first.prompt_tokens, timings)
+        if reply is not None and reply.calls:
+            out["message"]["tool_calls"] = ollama_calls(reply.calls)
         if entries:
             out["logprobs"] = chat_content(entries)
         return out
@@ -165,34 +178,39 @@ class OllamaService:
         timings: Timings,
         plan: ToolPlan | None = None,
     ) -> AsyncIterator[bytes]:
-        """With tools, a reply that may be a call is held back; a call then arrives whole,
-        in one line, as Ollama sends it."""
+        """With tools, the reply is read as it is written (api/tools.CallReader): text
+        outside the calls goes out as it comes, and a call arrives whole, in one line, as
+        Ollama sends it."""
         last = first
-        held: str | None = "" if plan is not None and plan.active else None
+        reader = CallReader(plan) if plan is not None and plan.active else None
+        text = ""
+        calls: list[dict[str, Any]] = []
         try:
             async for c in gen:
                 last = c
-                if held is not None:
-                    held += c.text
-                    if c.text:
-                        timings.mark_token()
-                    if plan is not None and not plan.could_be_call(held):
-                        yield ndjson_line(_piece(model, kind, held))
-                        held = None
+                if c.text:
+                    timings.mark_token()
+                if reader is None:
+                    if c.text or c.logprobs:
+                        piece = _piece(model, kind, c.text)
+                        if c.logprobs:
+                            piece["logprobs"] = chat_content(c.logprobs)
+                        yield ndjson_line(piece)
                     continue
-                if c.text or c.logprobs:
-                    if c.text:
-                        timings.mark_token()
-                    piece = _piece(model, kind, c.text)
-                    if c.logprobs:
-                        piece["logprobs"] = chat_content(c.logprobs)
-                    yield ndjson_line(piece)
-            if held:
-                calls = _calls(plan, held, last)
-                piece = _piece(model, kind, "" if calls else held)
-                if calls:
-                    piece["message"]["tool_calls"] = calls
-                yield ndjson_line(piece)
+                text += c.text
+                for e in reader.feed(text, c.finish_reason is not None):
+                    if isinstance(e, Content):
+                        yield ndjson_line(_piece(model, kind, e.text))
+                    elif isinstance(e, CallStart):
+                        calls.append({"id": e.id, "type": "function",
+                                      "function": {"name": e.name, "arguments": ""}})  # fmt: skip
+                    elif isinstance(e, CallArgs):
+                        calls[e.index]["function"]["arguments"] += e.piece
+                    elif isinstance(e, CallDone):
+                        piece = _piece(model, kind, "")
+                        done = ollama_calls(calls)[e.index : e.index + 1]
+                        piece["message"]["tool_calls"] = done
+                        yield ndjson_line(piece)
             yield ndjson_line(_final(model, kind, "", last, first.prompt_tokens, timings))
         except MullamaError as exc:
             yield ndjson_error(exc)
@@ -219,8 +237,8 @@ class OllamaService:
         return {"embedding": result.vectors[0]}
 
 
-def _history(m: Any, index: int) -> dict[str, Any]:
-    """An Ollama message as the generic tool format writes it (see api/tools.py)."""
+def _history(m: Any, index: int, native: bool) -> dict[str, Any]:
+    """An Ollama message as the chat template gets it (see api/tools.py)."""
     calls = None
     if m.tool_calls:
         calls = []
@@ -235,14 +253,9 @@ def _history(m: Any, index: int) -> dict[str, Any]:
                     }
                 )
             )
-    return history_message(m.role, m.content, calls, None, m.tool_name, index, need_id=False)
-
-
-def _calls(plan: ToolPlan | None, text: str, last: Chunk) -> list[dict[str, Any]] | None:
-    if plan is None:
-        return None
-    calls = plan.calls(text, last.finish_reason)
-    return ollama_calls(calls) if calls else None
+    return history_message(
+        m.role, m.content, calls, None, m.tool_name, index, need_id=False, native=native
+    )
 
 
 def _piece(model: str, kind: str, text: str) -> dict[str, Any]:

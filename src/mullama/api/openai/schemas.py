@@ -57,17 +57,19 @@ class ChatMessage(_Strict, Refusing):
             not isinstance(p, TextPart) for p in self.content
         )
 
-    def for_prompt(self, index: int, model: str | None) -> dict[str, Any]:
-        """The message as the chat template gets it (tool calls and results written in the
-        generic format); media is refused, the models being text-only."""
+    def for_prompt(self, index: int, model: str | None, native: bool = False) -> dict[str, Any]:
+        """The message as the chat template gets it (tool calls and results as a
+        ``native`` tool-aware template wants them, or in the generic format's words);
+        media is refused, the models being text-only."""
         if self.has_media():
             raise ClientError(
                 f"model {model!r} takes text only; messages[{index}] has non-text content",
                 param=f"messages[{index}].content",
             )
         return history_message(
-            self.role, self.text(), self.tool_calls, self.tool_call_id, self.name, index
-        )
+            self.role, self.text(), self.tool_calls, self.tool_call_id, self.name, index,
+            native=native,
+        )  # fmt: skip
 
 
 class StreamOptions(_Strict):

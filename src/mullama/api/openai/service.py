@@ -15,9 +15,9 @@ from ...engine.protocol import Chunk, ChunkStream, GenerateRequest, normalize
 from ...errors import MullamaError
 from ..errors import sse_error
 from ..logprobs import CompletionLogprobs, chat_content
-from ..profiles import profile_of
+from ..profiles import Profile, profile_of
 from ..streaming import SSE_DONE, aiter_merge, sse
-from ..tools import CallStream, ToolPlan, plan_tools, with_instruction
+from ..tools import CallArgs, CallReader, CallStart, Content, ToolPlan, plan_tools, with_instruction
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
@@ -74,22 +74,28 @@ class OpenAIService:
     # ---- requests -> engine requests ----------------------------------------------
 
     def _chat_requests(
-        self, req: ChatCompletionRequest, rid: str, plan: ToolPlan
+        self, req: ChatCompletionRequest, rid: str, plan: ToolPlan, profile: Profile
     ) -> list[GenerateRequest]:
-        messages = [m.for_prompt(i, req.model) for i, m in enumerate(req.messages)]
+        native = plan.active and plan.native
+        messages = [m.for_prompt(i, req.model, native) for i, m in enumerate(req.messages)]
         max_tokens = req.max_completion_tokens or req.max_tokens
-        profile = profile_of(self.models, req.model)
         messages = with_instruction(profile.messages(messages), plan.instruction())
-        constraint = plan.constraint()
+        tools = plan.tools_for_template()
         out = []
         for i in range(req.n):
             params = req.to_sampling_params(profile, max_tokens)
-            if constraint is not None:
-                params.json_schema = constraint
+            if params.json_schema is None:  # a response_format leaves auto's calls free
+                params.tool_calls = plan.constraint()
             if params.seed is not None:
                 params.seed += i
             out.append(
-                GenerateRequest(f"{rid}/{i}", params, messages=messages, template=profile.template)
+                GenerateRequest(
+                    f"{rid}/{i}",
+                    params,
+                    messages=messages,
+                    template=profile.template,
+                    tools=tools,
+                )  # fmt: skip
             )
         return out
 
@@ -115,11 +121,13 @@ class OpenAIService:
 
     async def chat(self, req: ChatCompletionRequest, rid: str) -> dict | AsyncIterator[bytes]:
         fmt = req.response_format
+        profile = profile_of(self.models, req.model)
         plan = plan_tools(
             req.tools, req.tool_choice, req.parallel_tool_calls,
             "response_format" if fmt is not None and fmt.type != "text" else None,
+            profile.chat_template,
         )  # fmt: skip
-        requests = self._chat_requests(req, rid, plan)
+        requests = self._chat_requests(req, rid, plan, profile)
         prompt_tokens, gens = await start_generations(
             self.models, req.model, requests, req.keep_alive
         )
@@ -333,62 +341,47 @@ def _base64_floats(vec: list[float]) -> str:
 
 def _reply(plan: ToolPlan, choice: _Choice) -> tuple[dict[str, Any], str | None]:
     """A whole reply as a chat message, and its finish reason."""
-    text = "".join(choice.text)
-    calls = plan.calls(text, choice.finish_reason)
-    if calls:
-        return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
-    return {"role": "assistant", "content": text}, choice.finish_reason
+    reply = plan.read("".join(choice.text), choice.finish_reason)
+    if reply.calls:
+        message = {"role": "assistant", "content": reply.content or None, "tool_calls": reply.calls}
+        return message, "tool_calls"
+    return {"role": "assistant", "content": reply.content}, choice.finish_reason
 
 
 class _Held:
-    """One streamed choice whose reply may be a tool call. Calls of the generic shape
-    are followed as they are written (api/tools.CallStream): announced once the name is
-    known, arguments sent as they come. Text is held while it could still be a call,
-    then released; a reply the stream could not follow is read whole at the end."""
+    """One streamed choice of a request with tools: the reply is read as it is written
+    (api/tools.CallReader). Text outside the calls goes out as content (a tail that
+    could begin a call marker is held back); a call is announced once its name is
+    known, and its arguments go out as the model writes them."""
 
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
-        self.calls = CallStream(plan)
+        self.reader = CallReader(plan)
         self.text = ""
         self.entries: list[Any] = []
-        self.holding = True
 
     def feed(self, c: Chunk) -> list[tuple[dict[str, Any], Any, str | None]]:
-        out: list[tuple[dict[str, Any], Any, str | None]] = []
-        if not self.holding:
-            if c.text or c.logprobs:
-                out.append(({"content": c.text}, c.logprobs, None))
-            if c.finish_reason is not None:
-                out.append(({}, None, c.finish_reason))
-            return out
         self.text += c.text
         self.entries += c.logprobs or []
-        for delta in self.calls.feed(self.text):
-            out.append(({"tool_calls": [delta]}, None, None))
-        if not self.calls.started and not self.plan.could_be_call(self.text):
-            self.holding = False
-            out.append(({"content": self.text}, self.entries, None))
-        if c.finish_reason is not None:
-            out += self._end(c.finish_reason)
-        return out
-
-    def _end(self, finish: str) -> list[tuple[dict[str, Any], Any, str | None]]:
-        if not self.holding:
-            return [({}, None, finish)]
-        if self.calls.started:  # sent as they came; whole unless the reply was cut off
-            return [({}, None, "tool_calls" if finish != "length" else finish)]
+        final = c.finish_reason is not None
         out: list[tuple[dict[str, Any], Any, str | None]] = []
-        message, reason = _reply(self.plan, _Choice(text=[self.text], finish_reason=finish))
-        for k, call in enumerate(message.get("tool_calls") or []):
-            fn = call["function"]
-            first = {"index": k, "id": call["id"], "type": "function",
-                     "function": {"name": fn["name"], "arguments": ""}}  # fmt: skip
-            out.append(({"tool_calls": [first]}, None, None))
-            rest = {"index": k, "function": {"arguments": fn["arguments"]}}
-            out.append(({"tool_calls": [rest]}, None, None))
-        if not message.get("tool_calls"):
-            out.append(({"content": self.text}, self.entries, None))
-        out.append(({}, None, reason))
+        for e in self.reader.feed(self.text, final):
+            if isinstance(e, Content):
+                entries, self.entries = self.entries, []
+                out.append(({"content": e.text}, entries, None))
+            elif isinstance(e, CallStart):
+                self.entries = []  # a call's tokens carry no logprob entries
+                first = {"index": e.index, "id": e.id, "type": "function",
+                         "function": {"name": e.name, "arguments": ""}}  # fmt: skip
+                out.append(({"tool_calls": [first]}, None, None))
+            elif isinstance(e, CallArgs):
+                piece = {"index": e.index, "function": {"arguments": e.piece}}
+                out.append(({"tool_calls": [piece]}, None, None))
+        if final:
+            finish = c.finish_reason
+            if self.reader.started and finish == "stop" and not self.reader.broken:
+                finish = "tool_calls"
+            out.append(({}, None, finish))
         return out
 
 
