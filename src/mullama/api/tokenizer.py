@@ -19,6 +19,7 @@ from .fields import Refusing
 from .openai.schemas import ChatMessage
 from .profiles import profile_of
 from .responses import ORJSONResponse
+from .tools import ToolSpec, plan_tools, with_instruction
 
 router = APIRouter()
 
@@ -34,6 +35,7 @@ class TokenizeBody(Refusing):
     add_special_tokens: bool | None = None  # default: on for a prompt, off for messages
     add_generation_prompt: bool = True
     return_token_strs: bool = False
+    tools: list[ToolSpec] | None = None  # as a chat request with these tools renders them
 
     @model_validator(mode="after")
     def _one_input(self) -> TokenizeBody:
@@ -72,9 +74,11 @@ async def _tokenize(request: Request) -> Response:
     if body.messages is not None:
         profile = profile_of(models, name)
         # Converted as a chat request converts them: the same tokens.
-        req.messages = profile.messages(
-            [m.for_prompt(i, name) for i, m in enumerate(body.messages)]
-        )
+        plan = plan_tools(body.tools, None, None, None, profile.chat_template)
+        native = plan.active and plan.native
+        messages = [m.for_prompt(i, name, native) for i, m in enumerate(body.messages)]
+        req.messages = with_instruction(profile.messages(messages), plan.instruction())
+        req.tools = plan.tools_for_template()
         req.template = profile.template
         req.add_generation_prompt = body.add_generation_prompt
     else:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -270,6 +269,7 @@ class CallReader:
         syn = plan.syntax
         self.syn = syn
         self.names = {t.function.name for t in plan._offered()}
+        self.new_id = plan.template.call_id
         self.most = plan.max_calls
         self.trigger = syn.open + syn.begin
         self.trigger_re = _loose(self.trigger) if self.trigger else None
@@ -349,7 +349,7 @@ class CallReader:
         if name not in self.names:
             self._lose(text, out)
             return
-        out.append(CallStart(self.sent, f"call_{uuid.uuid4().hex[:24]}", name))
+        out.append(CallStart(self.sent, self.new_id(), name))
         self.sent += 1
         self.pos = self.args_from = _WS.match(text, m.end()).end()
         self.phase = "args"

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
+import string
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -27,6 +30,7 @@ from ..engine.protocol import CallSyntax
 # The generic format: a reply that is one JSON object holding a list of calls.
 GENERIC = CallSyntax(open='{"tool_calls": [', separator=", ", close="]}", args_key="parameters")
 
+_ALNUM = string.ascii_letters + string.digits
 _FN = "mullama_probe_fn"
 _FN2 = "mullama_probe_other"
 _ARGS = {"mullama_probe_arg": "mullama_probe_value"}
@@ -43,9 +47,9 @@ _TOOL = {
 _TOOL2 = {"type": "function", "function": {**_TOOL["function"], "name": _FN2}}
 
 
-def _call(name: str, k: int) -> dict:
+def _call(name: str, k: int, call_id: str | None = None) -> dict:
     return {
-        "id": f"mullama0{k}",  # 9 letters and digits: Mistral's templates insist
+        "id": call_id or f"mullama0{k}",  # 9 letters and digits: Mistral's templates insist
         "type": "function",
         "function": {"name": name, "arguments": dict(_ARGS)},
     }
@@ -58,6 +62,13 @@ class TemplateTools:
     parallel: bool
     system: bool
     syntax: CallSyntax  # the template's own, or GENERIC
+    short_ids: bool = False  # call ids of 9 letters and digits (Mistral's templates)
+
+    def call_id(self) -> str:
+        """A new call id the template accepts back in the conversation's history."""
+        if self.short_ids:
+            return "".join(secrets.choice(_ALNUM) for _ in range(9))
+        return f"call_{uuid.uuid4().hex[:24]}"
 
     @property
     def native(self) -> bool:
@@ -109,7 +120,10 @@ def template_tools(source: str | None) -> TemplateTools:
     parallel = syntax is not None and two is not None and _writes(syntax, two, [_FN, _FN2])
     if syntax is None or not caps["tools"]:  # the generic format, which lists calls
         return TemplateTools(caps["tools"], syntax is not None, True, caps["system"], GENERIC)
-    return TemplateTools(True, True, parallel, caps["system"], syntax)
+    long_id = _call(_FN, 0, f"call_{'0' * 24}")
+    short = render([*user, {"role": "assistant", "content": "", "tool_calls": [long_id]}],
+                   False, [_TOOL]) is None  # fmt: skip
+    return TemplateTools(True, True, parallel, caps["system"], syntax, short)
 
 
 def _writes(syntax: CallSyntax, rendered: str, names: list[str]) -> bool:

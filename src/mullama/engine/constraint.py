@@ -166,7 +166,8 @@ def tool_grammar(tg: ToolGrammar, split: Callable[[str], list[Piece]]) -> str:
     trigger (a call is a bare JSON object, as Llama 3's) is a call when the reply opens
     with ``{``, free text otherwise."""
     syn = tg.syntax
-    schema = tg.calls[0] if len(tg.calls) == 1 else {"anyOf": tg.calls}
+    calls = [_closed(c) for c in tg.calls]
+    schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
     obj = "%json " + orjson.dumps(schema).decode()
     sep = _seq(split(syn.separator))
     extra = max(0, tg.max_calls - 1)

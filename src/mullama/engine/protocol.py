@@ -242,6 +242,7 @@ class TokenizeRequest(_Message):
     add_generation_prompt: bool = True
     template: str | None = None
     with_pieces: bool = False
+    tools: list[dict[str, Any]] | None = None  # for templates that describe tools themselves
 
 
 @dataclass

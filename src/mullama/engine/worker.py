@@ -206,7 +206,9 @@ class Worker:
                 )
                 return
             if req.messages is not None:
-                text = self._render(req.messages, req.template, req.add_generation_prompt, None)
+                text = self._render(
+                    req.messages, req.template, req.add_generation_prompt, req.tools
+                )
                 tokens = self._chat_tokens(text)
             else:
                 tokens = self.model.tokenize(
