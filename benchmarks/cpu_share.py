@@ -118,8 +118,10 @@ def scenarios(args: argparse.Namespace, bin_dir: Path, model: str) -> dict:
         )
         # The other cure for spinning: OpenMP threads that sleep at every barrier.
         out["2 daemons, --cpu-share off, OMP_WAIT_POLICY=PASSIVE"] = two(
-            lambda p: ["env", "OMP_WAIT_POLICY=PASSIVE"]
-            + mullama(p, "--parallel", "8", "--cpu-share", "off")
+            lambda p: (
+                ["env", "OMP_WAIT_POLICY=PASSIVE"]
+                + mullama(p, "--parallel", "8", "--cpu-share", "off")
+            )
         )
         p = free_port()
         out["1 daemon alone, c=8, OMP_WAIT_POLICY=PASSIVE"] = (

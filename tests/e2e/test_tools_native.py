@@ -76,8 +76,9 @@ HISTORY = [
 
 
 @pytest.fixture(scope="module")
-def daemon():
-    with Daemon("--parallel", "2", "--context-size", "2048").wait_healthy() as d:
+def daemon(tmp_path_factory):
+    store = {"MULLAMA_CACHE_DIR": str(tmp_path_factory.mktemp("store"))}  # its own models
+    with Daemon("--parallel", "2", "--context-size", "2048", env=store).wait_healthy() as d:
         client = ollama.Client(host=d.url)
         for family, source in FAMILIES.items():
             template = (TEMPLATES / source).read_text()
