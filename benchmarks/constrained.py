@@ -4,8 +4,9 @@ same schema, in one run, same model.
     .venv/bin/python benchmarks/constrained.py [--rounds 3] [--concurrency 8] [--requests 16]
 
 The schema has nested objects, an enum and an array of objects (a movie). Each round
-runs, on each server, the same chat requests (temperature 0.8, 160 tokens at most) at
-the given concurrency, constrained (``response_format`` json_schema) and free; tok/s is
+runs, on each server, after two warm-up requests, the same chat requests (temperature
+0.8, 160 tokens at most) at the given concurrency, constrained (``response_format``
+json_schema) and free (which goes first alternates by round); tok/s is
 the completion tokens of all requests over the wall time. Servers alternate and the
 best round of each is kept. Every constrained reply must be valid JSON of the schema
 unless it was cut by max_tokens; the invalid ones are counted. Then the compile time of
@@ -94,7 +95,9 @@ async def _one(
     return data["usage"]["completion_tokens"], valid
 
 
-async def load(url: str, schema: dict | None, concurrency: int, requests: int) -> tuple[float, int]:
+async def load(
+    url: str, schema: dict | None, concurrency: int, requests: int
+) -> tuple[float, int, float]:
     sem = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(timeout=600) as client:
 
@@ -105,7 +108,8 @@ async def load(url: str, schema: dict | None, concurrency: int, requests: int) -
         t0 = time.perf_counter()
         results = await asyncio.gather(*(run(k) for k in range(requests)))
         wall = time.perf_counter() - t0
-    return sum(n for n, _ in results) / wall, sum(1 for _, ok in results if not ok)
+    tokens = sum(n for n, _ in results)
+    return tokens / wall, sum(1 for _, ok in results if not ok), tokens / requests
 
 
 def compile_ms() -> float:
@@ -155,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             ],
         }  # fmt: skip
 
-    for _ in range(args.rounds):
+    for round_no in range(args.rounds):
+        # Each round swaps which mode goes first, so warm-up favours neither.
+        modes = [("free", None), ("constrained", MOVIE)]
+        if round_no % 2:
+            modes.reverse()
         for server in ("mullama", "llama-server"):
             port = free_port()
             proc = subprocess.Popen(servers(port)[server], stdout=subprocess.DEVNULL,
@@ -163,12 +171,14 @@ def main(argv: list[str] | None = None) -> int:
             url = f"http://127.0.0.1:{port}"
             try:
                 wait_ready(url, proc)
-                for mode, schema in (("free", None), ("constrained", MOVIE)):
-                    tps, bad = asyncio.run(load(url, schema, args.concurrency, args.requests))
+                asyncio.run(load(url, MOVIE, 2, 2))  # warm-up, not counted
+                for mode, schema in modes:
+                    tps, bad, mean = asyncio.run(load(url, schema, args.concurrency, args.requests))
                     key = f"{server} {mode}"
                     best[key] = max(best.get(key, 0.0), tps)
                     invalid[key] = invalid.get(key, 0) + bad
-                    print(f"{key}: {tps:.1f} tok/s ({bad} invalid)", flush=True)
+                    print(f"{key}: {tps:.1f} tok/s, {mean:.0f} tokens per reply ({bad} invalid)",
+                          flush=True)  # fmt: skip
             finally:
                 stop(proc)
     m_free, m_con = best["mullama free"], best["mullama constrained"]

@@ -282,7 +282,19 @@ def test_openai_json_object(openai_client):
         {"type": "object", "properties": {"a": {"type": "no-such-type"}}},
         {"$ref": "#/definitions/missing"},
         {"type": "string", "pattern": "(unclosed"},
+        # Beyond llguidance's limits (1000 objects of 20 properties, 0.9 MB): refused at
+        # compile time, in bounded work, instead of a worker busy for seconds.
+        {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {f"k{j}_{i}": {"type": "string"} for j in range(20)},
+                }
+                for i in range(1000)
+            ]
+        },
     ],
+    ids=["bad-type", "missing-ref", "bad-pattern", "too-large"],
 )
 def test_invalid_schema_is_400_and_worker_survives(openai_client, client, daemon, schema):
     pid = daemon.model_status()["pid"]

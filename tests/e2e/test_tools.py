@@ -309,3 +309,32 @@ def test_langchain_chat_ollama_structured_output(daemon):
     llm = ChatOllama(base_url=daemon.url, model=MODEL, temperature=0, num_predict=80)
     city = llm.with_structured_output(City).invoke("Paris is a city in France. Extract the city.")
     assert isinstance(city, City) and city.name and city.country
+
+
+def test_langchain_chat_ollama_bind_tools_in_auto(daemon):
+    """ChatOllama's bind_tools, unchanged: it cannot force a call (Ollama has no
+    tool_choice), so the model chooses. With one earlier call and its result in the
+    conversation, the tiny model calls again; the lazy grammar holds the call, once
+    begun, to the tool's schema, and LangChain reads it from /api/chat."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langchain_ollama import ChatOllama
+
+    @tool
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city."""
+        return "18 C"
+
+    llm = ChatOllama(base_url=daemon.url, model=MODEL, temperature=0, num_predict=80)
+    history = [
+        HumanMessage("What is the weather in London?"),
+        AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": "London"}, "id": "c1"}]),
+        ToolMessage("12 C", tool_call_id="c1"),
+        AIMessage("It is 12 C in London."),
+        HumanMessage("What is the weather in Paris?"),
+    ]
+    reply = llm.bind_tools([get_weather]).invoke(history)
+    assert [(c["name"], c["args"]) for c in reply.tool_calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]
+    assert reply.content == ""

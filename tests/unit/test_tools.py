@@ -147,3 +147,16 @@ def test_none_reads_no_calls_and_shows_no_tools():
         and plan.instruction() is None
         and plan.constraint() is None
     )
+
+
+def test_a_template_without_a_system_role_gets_the_instruction_in_the_user_turn():
+    from mullama.engine.chat_template import ChatTemplate
+
+    source = (TEMPLATES / "google-gemma-2-2b-it.jinja").read_text()
+    template = template_tools(source)
+    assert not template.system and not template.native  # Gemma 2 raises on "system"
+    plan = ToolPlan(TOOLS, "auto", True, template)
+    messages = plan.with_instruction([{"role": "user", "content": "What is 2 + 3?"}])
+    assert [m["role"] for m in messages] == ["user"]
+    rendered = ChatTemplate(source).render(messages)
+    assert "You can call tools" in rendered and rendered.index("add") < rendered.index("2 + 3")

@@ -19,7 +19,7 @@ from .fields import Refusing
 from .openai.schemas import ChatMessage
 from .profiles import profile_of
 from .responses import ORJSONResponse
-from .tools import ToolSpec, plan_tools, with_instruction
+from .tools import ToolSpec, plan_tools
 
 router = APIRouter()
 
@@ -77,7 +77,7 @@ async def _tokenize(request: Request) -> Response:
         plan = plan_tools(body.tools, None, None, None, profile.chat_template)
         native = plan.active and plan.native
         messages = [m.for_prompt(i, name, native) for i, m in enumerate(body.messages)]
-        req.messages = with_instruction(profile.messages(messages), plan.instruction())
+        req.messages = plan.with_instruction(profile.messages(messages))
         req.tools = plan.tools_for_template()
         req.template = profile.template
         req.add_generation_prompt = body.add_generation_prompt

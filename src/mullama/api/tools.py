@@ -147,6 +147,12 @@ class ToolPlan:
             lines.append(f"- {f.name}: {f.description or ''} Arguments (JSON schema): {params}")
         return "\n".join(lines)
 
+    def with_instruction(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The conversation with the generic format's instruction, where the template
+        takes it (a system message, or the first user message for templates without a
+        system role)."""
+        return with_instruction(messages, self.instruction(), self.template.system)
+
     def _offered(self) -> list[ToolSpec]:
         if isinstance(self.choice, NamedToolChoice):
             return [t for t in self.tools if t.function.name == self.choice.function.name]
@@ -470,14 +476,20 @@ def plan_tools(
 
 
 def with_instruction(
-    messages: list[dict[str, Any]], instruction: str | None
+    messages: list[dict[str, Any]], instruction: str | None, system_role: bool = True
 ) -> list[dict[str, Any]]:
-    """The tools' instruction, in the system message (made if there is none)."""
+    """The tools' instruction, in the system message (made if there is none); for a
+    template without a system role, ahead of the first user message's text."""
     if instruction is None:
         return messages
     if messages and messages[0]["role"] == "system":
         first = {**messages[0], "content": f"{messages[0]['content']}\n\n{instruction}"}
         return [first, *messages[1:]]
+    if not system_role:
+        for i, m in enumerate(messages):
+            if m["role"] == "user":
+                first = {**m, "content": f"{instruction}\n\n{m['content']}"}
+                return [*messages[:i], first, *messages[i + 1 :]]
     return [{"role": "system", "content": instruction}, *messages]
 
 

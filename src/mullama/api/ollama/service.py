@@ -27,7 +27,6 @@ from ..tools import (
     history_message,
     ollama_calls,
     plan_tools,
-    with_instruction,
 )
 from .schemas import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody
 
@@ -120,7 +119,7 @@ class OllamaService:
         )  # fmt: skip
         native = plan.active and plan.native
         messages = [_history(m, i, native) for i, m in enumerate(body.messages)]
-        messages = with_instruction(profile.messages(messages), plan.instruction())
+        messages = plan.with_instruction(profile.messages(messages))
         params = body.sampling_params(profile)
         if params.json_schema is None:  # a format leaves auto's calls free
             params.tool_calls = plan.constraint()

@@ -17,7 +17,7 @@ from ..errors import sse_error
 from ..logprobs import CompletionLogprobs, chat_content
 from ..profiles import Profile, profile_of
 from ..streaming import SSE_DONE, aiter_merge, sse
-from ..tools import CallArgs, CallReader, CallStart, Content, ToolPlan, plan_tools, with_instruction
+from ..tools import CallArgs, CallReader, CallStart, Content, ToolPlan, plan_tools
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class OpenAIService:
         native = plan.active and plan.native
         messages = [m.for_prompt(i, req.model, native) for i, m in enumerate(req.messages)]
         max_tokens = req.max_completion_tokens or req.max_tokens
-        messages = with_instruction(profile.messages(messages), plan.instruction())
+        messages = plan.with_instruction(profile.messages(messages))
         tools = plan.tools_for_template()
         out = []
         for i in range(req.n):
