@@ -127,7 +127,7 @@ def test_two_busy_models_in_one_daemon_both_progress_and_idle_costs_nothing():
     with Daemon(*args, "--context-size", "512").wait_healthy() as d:
         share = max(1, d.status()["cpu"]["threads"] // 2)
         with ThreadPoolExecutor(8) as pool:
-            jobs = [pool.submit(_complete, d, m, 64) for m in ("a", "b") for _ in range(4)]
+            jobs = [pool.submit(_complete, d, m, 160) for m in ("a", "b") for _ in range(4)]
             wait_for(lambda: _threads_now(d) == {"a": share, "b": share}, interval=0.05)
             # Both make progress at once: between two looks, both generated tokens and
             # both still had sequences running.
@@ -139,7 +139,7 @@ def test_two_busy_models_in_one_daemon_both_progress_and_idle_costs_nothing():
                 return all(now[m][0] > before[m][0] and now[m][1] > 0 for m in ("a", "b"))
 
             wait_for(both_moved, interval=0.1)
-            assert [j.result() for j in jobs] == [64] * 8
+            assert [j.result() for j in jobs] == [160] * 8
         wait_for(lambda: all(m["active_sequences"] == 0 for m in d.status()["models_loaded"]))
         pids = [m["pid"] for m in d.status()["models_loaded"]]
         before = [_cpu_seconds(p) for p in pids]

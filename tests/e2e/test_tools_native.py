@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from tests.conftest import MODEL, Daemon
+from tests.e2e.test_tools import ADD
 
 TEMPLATES = Path(__file__).parent.parent / "unit" / "templates"
 FAMILIES = {
@@ -42,18 +43,6 @@ WEATHER = {
             "type": "object",
             "properties": {"unit": {"enum": ["c", "f"]}, "city": {"type": "string"}},
             "required": ["unit", "city"],
-        },
-    },
-}
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two numbers",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
-            "required": ["a", "b"],
         },
     },
 }
