@@ -130,6 +130,13 @@ class ModelSettings(BaseModel):
         "batch_size, gpu_layers, keep_alive, pinned). Repeatable; comma-separated in the "
         "environment.",
     )
+    model_alias: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Another name for a model, NAME=MODEL (e.g. claude-sonnet-4-5=qwen2.5:7b), "
+        "for clients whose model name is fixed (Claude Code, Codex CLI). Every API takes "
+        "the alias; replies name it as the client asked. Repeatable; comma-separated in "
+        "the environment.",
+    )
     cache_dir: str = Field(
         "~/.mullama/models",
         description="Model store: pulled and created models (blobs + manifests).",
@@ -264,7 +271,7 @@ class Settings(SecuritySettings, ModelSettings, ServerSettings, BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
-    @field_validator("model", "model_opt", "cors_origins", mode="before")
+    @field_validator("model", "model_opt", "model_alias", "cors_origins", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -27,9 +27,28 @@ def ollama_body(exc: MullamaError) -> dict[str, Any]:
     return {"error": exc.message}
 
 
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+    503: "overloaded_error",
+}  # fmt: skip
+
+
+def anthropic_body(exc: MullamaError) -> dict[str, Any]:
+    """Anthropic's error shape (the Messages API's routes)."""
+    kind = _ANTHROPIC_TYPES.get(exc.status)
+    if kind is None:
+        kind = "api_error" if exc.status >= 500 else "invalid_request_error"
+    return {"type": "error", "error": {"type": kind, "message": exc.message}}
+
+
 def error_body(path: str, exc: MullamaError) -> dict[str, Any]:
-    """Ollama's shape under /api/, OpenAI's everywhere else."""
-    return ollama_body(exc) if path.startswith("/api/") else openai_body(exc)
+    """Ollama's shape under /api/, Anthropic's under /v1/messages, OpenAI's elsewhere."""
+    if path.startswith("/api/"):
+        return ollama_body(exc)
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return anthropic_body(exc)
+    return openai_body(exc)
 
 
 def sse_error(exc: MullamaError) -> bytes:
@@ -43,7 +62,7 @@ def ndjson_error(exc: MullamaError) -> bytes:
 
 
 def error_response(path: str, exc: MullamaError) -> ORJSONResponse:
-    """Ollama's shape under /api/, OpenAI's everywhere else."""
+    """The error in the shape of the API that ``path`` belongs to."""
     body = error_body(path, exc)
     return ORJSONResponse(body, status_code=exc.status, headers=exc.headers or None)
 

@@ -19,7 +19,7 @@ from .fields import Refusing
 from .openai.schemas import ChatMessage
 from .profiles import profile_of
 from .responses import ORJSONResponse
-from .tools import ToolSpec, plan_tools
+from .tools import ToolChoice, ToolSpec, plan_tools
 
 router = APIRouter()
 
@@ -66,23 +66,37 @@ def _name(models: ModelManager, given: str | None) -> str:
     return name
 
 
+def chat_tokenize_request(
+    models: ModelManager,
+    name: str,
+    messages: list[ChatMessage],
+    tools: list[ToolSpec] | None,
+    tool_choice: ToolChoice | None = None,
+) -> TokenizeRequest:
+    """The tokenize frame of a chat, converted as a chat request converts it (its tools
+    through the template that renders it): exactly the tokens the chat feeds the model."""
+    profile = profile_of(models, name)
+    plan = plan_tools(tools, tool_choice, None, None, profile.chat_template)
+    native = plan.active and plan.native
+    converted = [m.for_prompt(i, name, native) for i, m in enumerate(messages)]
+    return TokenizeRequest(
+        id="",
+        messages=plan.with_instruction(profile.messages(converted)),
+        tools=plan.tools_for_template(),
+        template=profile.template,
+    )
+
+
 async def _tokenize(request: Request) -> Response:
     body = await parse_body(request, TokenizeBody)
     models = _models(request)
     name = _name(models, body.model)
-    req = TokenizeRequest(id="", with_pieces=body.return_token_strs)
     if body.messages is not None:
-        profile = profile_of(models, name)
-        # Converted as a chat request converts them: the same tokens.
-        plan = plan_tools(body.tools, None, None, None, profile.chat_template)
-        native = plan.active and plan.native
-        messages = [m.for_prompt(i, name, native) for i, m in enumerate(body.messages)]
-        req.messages = plan.with_instruction(profile.messages(messages))
-        req.tools = plan.tools_for_template()
-        req.template = profile.template
+        req = chat_tokenize_request(models, name, body.messages, body.tools)
         req.add_generation_prompt = body.add_generation_prompt
+        req.with_pieces = body.return_token_strs
     else:
-        req.text = body.prompt
+        req = TokenizeRequest(id="", with_pieces=body.return_token_strs, text=body.prompt)
         req.add_special = body.add_special_tokens is not False
     tokens, info = await models.tokenize(name, req)
     out: dict[str, Any] = {

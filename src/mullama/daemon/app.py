@@ -13,12 +13,15 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..api import control, health, monitoring, tokenizer
+from ..api.anthropic import routes as anthropic_routes
+from ..api.anthropic.service import AnthropicService
 from ..api.errors import install_error_handlers
 from ..api.ollama import routes as ollama_routes
 from ..api.ollama.manage import ModelAdmin
 from ..api.ollama.models import OllamaModels
 from ..api.ollama.service import OllamaService
 from ..api.openai import routes as openai_routes
+from ..api.openai.responses import ResponsesService, ResponseStore
 from ..api.openai.service import OpenAIService
 from ..config import Settings
 from ..models.manager import ModelManager
@@ -82,6 +85,8 @@ def create_app(
     app.state.lifecycle = Lifecycle()
     app.state.obs = obs
     app.state.openai = OpenAIService(manager)
+    app.state.anthropic = AnthropicService(app.state.openai)
+    app.state.responses = ResponsesService(app.state.openai, ResponseStore())
     app.state.ollama = OllamaService(manager)
     store = ModelStore(settings.cache_dir)
     app.state.store = store
@@ -91,6 +96,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(monitoring.router)
     app.include_router(openai_routes.router)
+    app.include_router(anthropic_routes.router)
     app.include_router(ollama_routes.router)
     app.include_router(control.router)
     app.include_router(tokenizer.router)

@@ -289,7 +289,12 @@ class WorkerClient:
                     if item.finish is not None:
                         stream.done = True
                     yield Chunk(
-                        item.text, item.n_generated, item.n_prompt, item.finish, item.logprobs
+                        item.text,
+                        item.n_generated,
+                        item.n_prompt,
+                        item.finish,
+                        item.logprobs,
+                        item.stop,
                     )
                     if item.finish is not None:
                         return

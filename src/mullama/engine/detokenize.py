@@ -35,11 +35,12 @@ class StopMatcher:
     stop string is dropped.
     """
 
-    __slots__ = ("_stops", "_pending", "_max_len")
+    __slots__ = ("_stops", "_pending", "_max_len", "matched")
 
     def __init__(self, stops: list[str]) -> None:
         self._stops = [s for s in stops if s]
         self._pending = ""
+        self.matched: str | None = None  # the stop string that ended the text
         self._max_len = max((len(s) for s in self._stops), default=0)
 
     def feed(self, text: str) -> tuple[str, bool]:
@@ -52,6 +53,7 @@ class StopMatcher:
             idx = pending.find(stop)
             if idx != -1 and (first == -1 or idx < first):
                 first = idx
+                self.matched = stop
         if first != -1:
             self._pending = ""
             return pending[:first], True

@@ -376,6 +376,7 @@ class StepRow(NamedTuple):
     finish: str | None  # "stop" | "length" | None while generating
     # With logprobs: one entry per token of this step, [bytes, logprob, [[bytes, lp]...]]
     logprobs: list[Any] | None = None
+    stop: str | None = None  # the stop string that ended it, when one did
 
 
 @dataclass
@@ -440,6 +441,7 @@ class Chunk:
     prompt_tokens: int = 0
     finish_reason: str | None = None  # "stop" | "length" | None while generating
     logprobs: list[Any] | None = None  # the StepRow entries of this chunk's tokens
+    stop: str | None = None  # the stop string that ended the generation, when one did
 
 
 # What a generation is on the daemon side: closing it early (aclose) cancels it.

@@ -71,6 +71,7 @@ class Output:
     n_prompt: int
     finish: str | None
     logprobs: list[LogprobEntry] | None = None
+    stop: str | None = None  # the stop string that ended it (finish "stop")
 
 
 @dataclass
@@ -316,7 +317,8 @@ class Scheduler:
         # The first token is always reported (time to first token), text or not; with
         # logprobs, every token (its entry travels with the step that made it).
         if text or finish is not None or seq.n_generated == 1 or entries:
-            out.append(Output(seq.id, text, seq.n_generated, seq.n_prompt, finish, entries))
+            stop = seq.stops.matched if finish == "stop" else None
+            out.append(Output(seq.id, text, seq.n_generated, seq.n_prompt, finish, entries, stop))
 
     def _score(self, seq: Sequence, taken: int, last_row: int) -> None:
         """The logprobs of the prompt tokens this chunk's rows predict: row j holds the

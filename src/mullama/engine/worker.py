@@ -456,7 +456,15 @@ class Worker:
                         self.chan.send(Failed(o.id, err))
                     else:
                         rows.append(
-                            StepRow(o.id, o.text, o.n_generated, o.n_prompt, o.finish, o.logprobs)
+                            StepRow(
+                                o.id,
+                                o.text,
+                                o.n_generated,
+                                o.n_prompt,
+                                o.finish,
+                                o.logprobs,
+                                o.stop,
+                            )
                         )
                 step = Step(
                     rows=rows,

@@ -43,7 +43,7 @@ from ..errors import (
 from .aliases import close_matches
 from .budget import estimate_bytes, fmt_bytes, parse_budget, parse_keep_alive
 from .gguf import GGUFInfo, read_gguf
-from .options import ModelOptions, parse_model_opts
+from .options import ModelOptions, parse_aliases, parse_model_opts
 from .registry import EMBEDDED_NAME, ModelRef, resolve
 from .store import sha256_file
 
@@ -115,6 +115,7 @@ class ModelManager:
         self.default_keep_alive = parse_keep_alive(settings.keep_alive)
         self.budget = parse_budget(settings.memory_budget)
         self.per_model = parse_model_opts(settings.model_opt)
+        self.aliases = parse_aliases(settings.model_alias)
         self._served: dict[str, ServedModel] = {}
         self._changed = asyncio.Condition()
         self._observer: Any = None
@@ -189,12 +190,14 @@ class ModelManager:
     def find(self, name: str | None) -> ModelEntry:
         """The model ``name`` means (served, or in the store), without registering it:
         looking a model up changes nothing. Raises ModelNotFound."""
+        name = self.aliases.get(name or "", name)
         served = self._served.get(name or "")
         return served.entry if served is not None else ModelEntry(self._resolve(name))
 
     def register(self, name: str | None) -> ServedModel:
         """Serve ``name`` from now on (loaded on demand, unloaded when idle): the explicit
         step that loading, leasing and unloading take, and lookups never do."""
+        name = self.aliases.get(name or "", name)
         served = self._served.get(name or "")
         return served if served is not None else self._add(self._resolve(name), pinned=False)
 
@@ -359,6 +362,7 @@ class ModelManager:
 
     async def unload(self, name: str | None) -> bool:
         """Unload now (operators). In-flight requests of the model fail."""
+        name = self.aliases.get(name or "", name)
         served = self._served.get(name or "")
         if served is None:
             self.find(name)  # an unknown name is an error; a known one is simply not loaded

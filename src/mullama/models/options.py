@@ -69,3 +69,18 @@ def parse_model_opts(items: list[str]) -> dict[str, ModelOptions]:
             raise ClientError(f"--model-opt {item!r}: {key}: {msg}") from None
         out.setdefault(name.strip(), {})[key] = value
     return {name: ModelOptions(**vals) for name, vals in out.items()}
+
+
+def parse_aliases(items: list[str]) -> dict[str, str]:
+    """``--model-alias NAME=MODEL`` values as a map; a malformed one, or an alias of an
+    alias, is a configuration error."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, model = (part.strip() for part in item.partition("="))
+        if not sep or not name or not model:
+            raise ClientError(f"--model-alias {item!r}: expected NAME=MODEL")
+        out[name] = model
+    for name, model in out.items():
+        if model in out:
+            raise ClientError(f"--model-alias {name}={model}: {model!r} is itself an alias")
+    return out

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 # Route templates -> gen_ai.operation.name
 OPERATIONS = {
     "/v1/chat/completions": "chat",
+    "/v1/responses": "chat",
+    "/v1/messages": "chat",
     "/api/chat": "chat",
     "/v1/completions": "text_completion",
     "/api/generate": "text_completion",

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from ..body import parse_body
 from ..responses import ORJSONResponse
 from ..streaming import DisconnectAwareStream, unless_disconnected
+from .responses import ResponsesRequest
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .service import OpenAIService
 
@@ -44,6 +45,23 @@ async def completions(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
     work = _service(request).completions(body, _request_id(request))
     return await _respond(request, await unless_disconnected(request, work))
+
+
+@router.post("/responses")
+async def create_response(request: Request) -> Response:
+    body = await parse_body(request, ResponsesRequest)
+    work = request.app.state.responses.create(body, _request_id(request))
+    return await _respond(request, await unless_disconnected(request, work))
+
+
+@router.get("/responses/{response_id}")
+async def get_response(response_id: str, request: Request) -> Response:
+    return ORJSONResponse(request.app.state.responses.get(response_id))
+
+
+@router.delete("/responses/{response_id}")
+async def delete_response(response_id: str, request: Request) -> Response:
+    return ORJSONResponse(request.app.state.responses.delete(response_id))
 
 
 @router.post("/embeddings")

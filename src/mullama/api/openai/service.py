@@ -16,6 +16,7 @@ from ...errors import MullamaError
 from ..errors import sse_error
 from ..logprobs import CompletionLogprobs, chat_content
 from ..profiles import Profile, profile_of
+from ..replies import Started
 from ..streaming import SSE_DONE, aiter_merge, sse
 from ..tools import CallArgs, CallReader, CallStart, Content, ToolPlan, plan_tools
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -119,7 +120,10 @@ class OpenAIService:
 
     # ---- chat ------------------------------------------------------------------------
 
-    async def chat(self, req: ChatCompletionRequest, rid: str) -> dict | AsyncIterator[bytes]:
+    async def _start(
+        self, req: ChatCompletionRequest, rid: str
+    ) -> tuple[ToolPlan, list[int], list[ChunkStream]]:
+        """Plan the request's tools for its template, and start its generations."""
         fmt = req.response_format
         profile = profile_of(self.models, req.model)
         plan = plan_tools(
@@ -131,6 +135,16 @@ class OpenAIService:
         prompt_tokens, gens = await start_generations(
             self.models, req.model, requests, req.keep_alive
         )
+        return plan, prompt_tokens, gens
+
+    async def start_chat(self, req: ChatCompletionRequest, rid: str) -> Started:
+        """One chat generation for the APIs that write replies their own way (Responses,
+        Anthropic Messages): the same path as a chat completion, up to the reply."""
+        plan, prompt_tokens, gens = await self._start(req, rid)
+        return Started(plan, prompt_tokens[0], gens[0])
+
+    async def chat(self, req: ChatCompletionRequest, rid: str) -> dict | AsyncIterator[bytes]:
+        plan, prompt_tokens, gens = await self._start(req, rid)
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if req.stream:

@@ -1,0 +1,40 @@
+"""Anthropic's Messages API: ``POST /v1/messages`` and ``POST /v1/messages/count_tokens``
+(Claude Code and the ``anthropic`` SDK, pointed here with ``ANTHROPIC_BASE_URL``). Keys
+come as ``x-api-key`` or a bearer token; ``anthropic-version`` is ignored. Errors are in
+Anthropic's shape on these routes (api/errors.py)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ..body import parse_body
+from ..openai.routes import SSE_HEADERS
+from ..responses import ORJSONResponse
+from ..streaming import DisconnectAwareStream, unless_disconnected
+from ..tokenizer import chat_tokenize_request
+from .schemas import CountTokensRequest, MessagesRequest
+from .service import AnthropicService
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/messages")
+async def messages(request: Request) -> Response:
+    body = await parse_body(request, MessagesRequest)
+    service: AnthropicService = request.app.state.anthropic
+    work = service.messages(body, request.scope["state"]["request_id"])
+    result = await unless_disconnected(request, work)
+    if isinstance(result, dict):
+        return ORJSONResponse(result)
+    return DisconnectAwareStream(result, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.post("/messages/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    body = await parse_body(request, CountTokensRequest)
+    chat = body.to_chat()
+    models = request.app.state.models
+    req = chat_tokenize_request(models, chat.model, chat.messages, chat.tools, chat.tool_choice)
+    tokens, _ = await unless_disconnected(request, models.tokenize(chat.model, req))
+    return ORJSONResponse({"input_tokens": len(tokens.tokens)})

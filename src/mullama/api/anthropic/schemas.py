@@ -1,0 +1,223 @@
+"""Anthropic Messages API request bodies (``POST /v1/messages`` and its
+``count_tokens``), and their conversion to the chat request every API runs on: blocks to
+messages, ``tool_use`` / ``tool_result`` to calls and results, ``tool_choice`` to the
+OpenAI forms. A field Mullama does not implement is refused by name."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...errors import InvalidParameter
+from ..fields import Refusing
+from ..openai.schemas import ChatCompletionRequest
+
+_CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
+class _Strict(BaseModel):
+    model_config = _CONFIG
+
+
+class TextBlock(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ToolUseBlock(_Strict):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ToolResultBlock(_Strict):
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[TextBlock] = ""
+    is_error: bool = False
+
+    def text(self) -> str:
+        body = (
+            self.content if isinstance(self.content, str) else "".join(b.text for b in self.content)
+        )
+        return f"Error: {body}" if self.is_error else body
+
+
+class OtherBlock(_Strict):
+    """Blocks Mullama cannot take yet: refused by name."""
+
+    type: Literal[
+        "image", "document", "search_result", "thinking", "redacted_thinking",
+        "server_tool_use", "web_search_tool_result", "container_upload",
+    ]  # fmt: skip
+
+
+Block = Annotated[
+    TextBlock | ToolUseBlock | ToolResultBlock | OtherBlock, Field(discriminator="type")
+]
+
+
+class Message(_Strict):
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+
+class Tool(_Strict, Refusing):
+    REFUSE_UNKNOWN = False  # cache_control and the like change nothing here
+    WHERE = "tools[]."
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    input_schema: dict[str, Any]
+    type: Literal["custom"] | None = None
+
+
+class ToolChoice(_Strict):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool = False
+
+
+class Thinking(_Strict):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = None
+
+
+class MessagesRequest(_Strict, Refusing):
+    REFUSED: ClassVar[dict[str, str]] = {
+        "mcp_servers": "MCP connectors are not implemented",
+        "container": "code execution containers are not implemented",
+        "context_management": "context management is not implemented",
+    }
+    IGNORED = frozenset({"metadata", "service_tier", "anthropic_version"})
+
+    model: str
+    max_tokens: int = Field(ge=1)
+    messages: list[Message] = Field(min_length=1)
+    system: str | list[TextBlock] | None = None
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    stop_sequences: list[str] | None = Field(default=None, max_length=16)
+    stream: bool = False
+    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    # Accepted: a model without a reasoning mode just answers.
+    thinking: Thinking | None = None
+
+    def to_chat(self) -> ChatCompletionRequest:
+        """The chat request this is, checked as any chat request is."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": self._messages(),
+            "max_tokens": self.max_tokens,
+            "stream": self.stream,
+        }
+        for name in ("temperature", "top_p", "top_k"):
+            if getattr(self, name) is not None:
+                body[name] = getattr(self, name)
+        if self.stop_sequences:
+            body["stop"] = self.stop_sequences
+        if self.tools:
+            body["tools"] = [_tool(i, t) for i, t in enumerate(self.tools)]
+        choice = self.tool_choice
+        if choice is not None:
+            if choice.type == "tool" and not choice.name:
+                raise InvalidParameter("tool_choice of type tool needs a name", param="tool_choice")
+            body["tool_choice"] = {
+                "auto": "auto",
+                "any": "required",
+                "none": "none",
+                "tool": {"type": "function", "function": {"name": choice.name}},
+            }[choice.type]
+            if choice.disable_parallel_tool_use:
+                body["parallel_tool_calls"] = False
+        return ChatCompletionRequest.model_validate(body)
+
+    def _messages(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if self.system:
+            system = (
+                self.system
+                if isinstance(self.system, str)
+                else "".join(b.text for b in self.system)
+            )
+            out.append({"role": "system", "content": system})
+        for i, m in enumerate(self.messages):
+            out += _message(i, m)
+        return out
+
+
+def _tool(index: int, raw: dict[str, Any]) -> dict[str, Any]:
+    kind = raw.get("type")
+    if kind not in (None, "custom"):
+        raise InvalidParameter(
+            f"tools[{index}] is a server tool ({kind}), which Mullama does not have; "
+            "only custom tools (name, description, input_schema) are served",
+            param=f"tools[{index}].type",
+        )
+    tool = Tool.model_validate(raw)
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.input_schema,
+        },
+    }
+
+
+def _message(index: int, m: Message) -> list[dict[str, Any]]:
+    """One Anthropic message as chat messages: tool results become ``tool`` messages
+    (ahead of the user's own text, as they answer the previous turn's calls), tool uses
+    become the assistant's ``tool_calls``."""
+    if isinstance(m.content, str):
+        return [{"role": m.role, "content": m.content}]
+    text: list[str] = []
+    calls: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    for k, block in enumerate(m.content):
+        if isinstance(block, OtherBlock):
+            raise InvalidParameter(
+                f"messages[{index}].content[{k}] is a block of type {block.type}, which Mullama "
+                "does not take (text models only)",
+                param=f"messages[{index}].content[{k}].type",
+            )
+        if isinstance(block, TextBlock):
+            text.append(block.text)
+        elif isinstance(block, ToolUseBlock):
+            if m.role != "assistant":
+                raise InvalidParameter(
+                    f"messages[{index}]: tool_use blocks belong in assistant messages",
+                    param=f"messages[{index}].content[{k}]",
+                )
+            calls.append(
+                {"id": block.id, "type": "function",
+                 "function": {"name": block.name, "arguments": orjson.dumps(block.input).decode()}}
+            )  # fmt: skip
+        else:
+            if m.role != "user":
+                raise InvalidParameter(
+                    f"messages[{index}]: tool_result blocks belong in user messages",
+                    param=f"messages[{index}].content[{k}]",
+                )
+            results.append(
+                {"role": "tool", "tool_call_id": block.tool_use_id, "content": block.text()}
+            )
+    out = list(results)
+    if m.role == "assistant":
+        msg: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
+        if calls:
+            msg["tool_calls"] = calls
+        out.append(msg)
+    elif text or not results:
+        out.append({"role": "user", "content": "".join(text)})
+    return out
+
+
+class CountTokensRequest(MessagesRequest):
+    """``count_tokens``: the same body less what only generation needs."""
+
+    max_tokens: int = Field(default=1, ge=1)

@@ -1,0 +1,459 @@
+"""OpenAI's Responses API (``POST /v1/responses``; ``GET`` and ``DELETE`` of a stored
+response): the default model class of the OpenAI Agents SDK and the API of Codex CLI.
+
+A request becomes a chat request (input items to messages, flat function tools to chat
+tools, ``text.format`` to ``response_format``) and runs on the chat path; the reply is
+written as output items, whole or as the typed event stream. Responses are kept in
+memory (bounded in number and age) so that ``previous_response_id`` continues a
+conversation: its messages come first, and the engine's prefix reuse keeps their KV.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...errors import InvalidParameter, MullamaError, NotFound
+from ..fields import Refusing
+from ..replies import Finished, Started, events, whole
+from ..tools import CallArgs, CallDone, CallStart, Content
+from .schemas import ChatCompletionRequest
+
+_CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+# Tool types of OpenAI's hosted tools: there is none of them in a local server.
+_HOSTED = ("web_search", "file_search", "code_interpreter", "computer", "image_generation",
+           "mcp", "local_shell", "shell", "apply_patch", "custom")  # fmt: skip
+
+
+class _Strict(BaseModel):
+    model_config = _CONFIG
+
+
+class TextFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str = "response"
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class TextConfig(_Strict, Refusing):
+    REFUSE_UNKNOWN = False  # verbosity and the like
+    format: TextFormat | None = None
+
+
+class ResponsesRequest(_Strict, Refusing):
+    REFUSED: ClassVar[dict[str, str]] = {
+        "background": "background responses are not implemented",
+        "conversation": "conversation objects are not implemented; use previous_response_id",
+        "prompt": "stored prompt templates are not implemented",
+        "max_tool_calls": "a cap on hosted tool calls has no meaning without hosted tools",
+        "top_logprobs": "logprobs are not implemented on the Responses API",
+    }
+    NEUTRAL = {"truncation": ("disabled",), "background": (False,)}
+    # Changes nothing for a local server, or for a model without a reasoning mode.
+    IGNORED = frozenset(
+        {"metadata", "user", "service_tier", "safety_identifier", "prompt_cache_key",
+         "include", "reasoning", "stream_options", "prompt_cache_retention"}
+    )  # fmt: skip
+
+    model: str
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextConfig | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stream: bool = False
+    store: bool = True
+    previous_response_id: str | None = None
+
+    def to_chat(self, history: list[dict[str, Any]]) -> ChatCompletionRequest:
+        """The chat request this is, after ``history`` (a previous response's messages)."""
+        messages = list(history)
+        if self.instructions:  # not carried over from a previous response, as OpenAI's
+            messages = [{"role": "system", "content": self.instructions}, *messages]
+        messages += input_messages(self.input)
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": self.stream}
+        for name in ("temperature", "top_p", "parallel_tool_calls"):
+            if getattr(self, name) is not None:
+                body[name] = getattr(self, name)
+        if self.max_output_tokens is not None:
+            body["max_tokens"] = self.max_output_tokens
+        if self.tools:
+            body["tools"] = [_tool(i, t) for i, t in enumerate(self.tools)]
+        if self.tool_choice is not None:
+            body["tool_choice"] = _tool_choice(self.tool_choice)
+        fmt = self.text.format if self.text is not None else None
+        if fmt is not None and fmt.type != "text":
+            spec: dict[str, Any] = {"type": fmt.type}
+            if fmt.type == "json_schema":
+                if fmt.schema_ is None:
+                    raise InvalidParameter(
+                        "text.format.schema is required for type json_schema",
+                        param="text.format.schema",
+                    )
+                spec["json_schema"] = {
+                    "name": fmt.name,
+                    "schema": fmt.schema_,
+                    "strict": fmt.strict,
+                }
+            body["response_format"] = spec
+        return ChatCompletionRequest.model_validate(body)
+
+
+def _tool(index: int, raw: dict[str, Any]) -> dict[str, Any]:
+    kind = raw.get("type")
+    if kind != "function":
+        hosted = isinstance(kind, str) and kind.startswith(_HOSTED)
+        why = "a hosted tool, which a local server does not have" if hosted else "not a tool type"
+        raise InvalidParameter(
+            f"tools[{index}]: {kind!r} is {why}; only function tools are served",
+            param=f"tools[{index}].type",
+        )
+    fn = {k: raw[k] for k in ("name", "description", "parameters", "strict") if k in raw}
+    unknown = set(raw) - {"type", "name", "description", "parameters", "strict"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise InvalidParameter(
+            f"unknown field 'tools[{index}].{name}'", param=f"tools[{index}].{name}"
+        )
+    return {"type": "function", "function": fn}
+
+
+def _tool_choice(choice: str | dict[str, Any]) -> Any:
+    if isinstance(choice, str):
+        return choice
+    if choice.get("type") == "function":
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    raise InvalidParameter(
+        f"tool_choice {choice.get('type')!r}: only none, auto, required and a function are served",
+        param="tool_choice",
+    )
+
+
+def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Input items as chat messages: messages (text parts), function calls (joined into
+    the assistant turn that makes them) and their outputs (``tool`` messages). Reasoning
+    items a client sends back are dropped (the model has none); media is refused."""
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        kind = item.get("type", "message")
+        where = f"input[{i}]"
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "system", "developer", "assistant"):
+                raise InvalidParameter(f"{where}.role must be user, system, developer or assistant", param=f"{where}.role")  # fmt: skip
+            out.append({"role": role, "content": _text(item.get("content"), where)})
+        elif kind == "function_call":
+            call = {"id": _need(item, "call_id", where), "type": "function",
+                    "function": {"name": _need(item, "name", where),
+                                 "arguments": _need(item, "arguments", where)}}  # fmt: skip
+            last = out[-1] if out else None
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                out.append({"role": "assistant", "content": "", "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            text = output if isinstance(output, str) else _text(output, where)
+            out.append(
+                {"role": "tool", "tool_call_id": _need(item, "call_id", where), "content": text}
+            )
+        elif kind == "reasoning":
+            continue
+        else:
+            raise InvalidParameter(
+                f"{where} is an item of type {kind!r}, which Mullama does not take",
+                param=f"{where}.type",
+            )
+    return out
+
+
+def _need(item: dict[str, Any], key: str, where: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str):
+        raise InvalidParameter(f"{where}.{key} is required (a string)", param=f"{where}.{key}")
+    return value
+
+
+def _text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidParameter(f"{where}.content must be a string or a list of parts", param=f"{where}.content")  # fmt: skip
+    parts = []
+    for k, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text"):
+            parts.append(str(part.get("text", "")))
+        elif kind == "refusal":
+            parts.append(str(part.get("refusal", "")))
+        else:
+            raise InvalidParameter(
+                f"{where}.content[{k}] is a part of type {kind!r}; Mullama takes text only",
+                param=f"{where}.content[{k}].type",
+            )
+    return "".join(parts)
+
+
+class ResponseStore:
+    """Stored responses, in memory: at most ``size``, each for at most ``ttl`` seconds.
+    Each keeps the response object and the conversation up to and including it."""
+
+    def __init__(self, size: int = 1000, ttl: float = 3600.0) -> None:
+        self.size, self.ttl = size, ttl
+        self._items: OrderedDict[str, tuple[float, dict[str, Any], list[dict[str, Any]]]] = (
+            OrderedDict()
+        )
+
+    def put(self, response: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
+        self._items[response["id"]] = (time.monotonic(), response, conversation)
+        self._items.move_to_end(response["id"])
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def get(self, rid: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        item = self._items.get(rid)
+        if item is None or time.monotonic() - item[0] > self.ttl:
+            self._items.pop(rid, None)
+            raise NotFound(f"no stored response with id {rid!r}", param="response_id")
+        return item[1], item[2]
+
+    def delete(self, rid: str) -> None:
+        self.get(rid)
+        del self._items[rid]
+
+
+def _usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }
+
+
+def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant",
+            "content": [part]}  # fmt: skip
+
+
+def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict:
+    return {"type": "function_call", "id": item_id, "call_id": call_id, "name": name,
+            "arguments": arguments, "status": status}  # fmt: skip
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+class ResponsesService:
+    def __init__(self, chat: Any, store: ResponseStore) -> None:
+        self.chat = chat  # the OpenAIService
+        self.store = store
+
+    async def create(self, body: ResponsesRequest, rid: str) -> dict | AsyncIterator[bytes]:
+        history: list[dict[str, Any]] = []
+        if body.previous_response_id is not None:
+            _, history = self.store.get(body.previous_response_id)
+        chat = body.to_chat(history)
+        started = await self.chat.start_chat(chat, rid)
+        base = self._base(body, chat)
+        # What a follow-up continues from: all but the instructions.
+        conversation = history + input_messages(body.input)
+        if body.stream:
+            return self._stream(started, base, body.store, conversation)
+        reply = await whole(started)
+        output: list[dict[str, Any]] = []
+        if reply.text or not reply.calls:
+            output.append(_message_item(_new_id("msg"), reply.text, "completed"))
+        for call in reply.calls:
+            fn = call["function"]
+            output.append(_call_item(_new_id("fc"), call["id"], fn["name"], fn["arguments"], "completed"))  # fmt: skip
+        response = self._finish(base, output, started.prompt_tokens, reply.end)
+        if body.store:
+            self.store.put(response, conversation + _as_messages(output))
+        return response
+
+    def get(self, rid: str) -> dict[str, Any]:
+        return self.store.get(rid)[0]
+
+    def delete(self, rid: str) -> dict[str, Any]:
+        self.store.delete(rid)
+        return {"id": rid, "object": "response", "deleted": True}
+
+    @staticmethod
+    def _base(body: ResponsesRequest, chat: ChatCompletionRequest) -> dict[str, Any]:
+        fmt = body.text.format if body.text is not None and body.text.format else None
+        return {
+            "id": _new_id("resp"),
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "in_progress",
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.instructions,
+            "max_output_tokens": body.max_output_tokens,
+            "model": body.model,
+            "output": [],
+            "parallel_tool_calls": body.parallel_tool_calls is not False,
+            "previous_response_id": body.previous_response_id,
+            "reasoning": None,
+            "store": body.store,
+            "temperature": body.temperature,
+            "text": {
+                "format": fmt.model_dump(by_alias=True, exclude_none=True)
+                if fmt
+                else {"type": "text"}
+            },
+            "tool_choice": body.tool_choice if body.tool_choice is not None else "auto",
+            "tools": body.tools or [],
+            "top_p": body.top_p,
+            "truncation": "disabled",
+            "usage": None,
+            "metadata": {},
+        }
+
+    @staticmethod
+    def _finish(base: dict, output: list, prompt: int, end: Finished) -> dict[str, Any]:
+        done = end.finish != "length"
+        return {
+            **base,
+            "status": "completed" if done else "incomplete",
+            "incomplete_details": None if done else {"reason": "max_output_tokens"},
+            "output": output,
+            "usage": _usage(prompt, end.completion_tokens),
+        }
+
+    async def _stream(
+        self, started: Started, base: dict[str, Any], store: bool, conversation: list[dict]
+    ) -> AsyncIterator[bytes]:
+        """The typed event stream: response.created, in_progress, then per output item
+        its added / delta / done events, and response.completed (or .incomplete)."""
+        seq = 0
+
+        def ev(kind: str, **data: Any) -> bytes:
+            nonlocal seq
+            seq += 1
+            payload = {"type": kind, "sequence_number": seq - 1, **data}
+            return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+        yield ev("response.created", response=base)
+        yield ev("response.in_progress", response=base)
+        output: list[dict[str, Any]] = []
+        text_item: dict[str, Any] | None = None
+        text = ""
+        calls: dict[int, dict[str, Any]] = {}
+
+        def close_text() -> list[bytes]:
+            nonlocal text_item
+            if text_item is None:
+                return []
+            idx = output.index(text_item)
+            item_id = text_item["id"]
+            done = _message_item(item_id, text, "completed")
+            output[idx] = done
+            text_item = None
+            part = done["content"][0]
+            return [
+                ev("response.output_text.done", item_id=item_id, output_index=idx,
+                   content_index=0, text=text, logprobs=[]),
+                ev("response.content_part.done", item_id=item_id, output_index=idx,
+                   content_index=0, part=part),
+                ev("response.output_item.done", output_index=idx, item=done),
+            ]  # fmt: skip
+
+        try:
+            async for e in events(started):
+                if isinstance(e, Content) and e.text:
+                    if text_item is None:
+                        text_item = _message_item(_new_id("msg"), "", "in_progress")
+                        text_item["content"] = []
+                        output.append(text_item)
+                        idx = len(output) - 1
+                        yield ev("response.output_item.added", output_index=idx, item=text_item)
+                        part = {
+                            "type": "output_text",
+                            "text": "",
+                            "annotations": [],
+                            "logprobs": [],
+                        }
+                        yield ev("response.content_part.added", item_id=text_item["id"],
+                                 output_index=idx, content_index=0, part=part)  # fmt: skip
+                    text += e.text
+                    yield ev("response.output_text.delta", item_id=text_item["id"],
+                             output_index=output.index(text_item), content_index=0,
+                             delta=e.text, logprobs=[])  # fmt: skip
+                elif isinstance(e, CallStart):
+                    for chunk in close_text():
+                        yield chunk
+                    item = _call_item(_new_id("fc"), e.id, e.name, "", "in_progress")
+                    output.append(item)
+                    calls[e.index] = item
+                    yield ev("response.output_item.added", output_index=len(output) - 1, item=item)
+                elif isinstance(e, CallArgs):
+                    item = calls[e.index]
+                    item["arguments"] += e.piece
+                    yield ev("response.function_call_arguments.delta", item_id=item["id"],
+                             output_index=output.index(item), delta=e.piece)  # fmt: skip
+                elif isinstance(e, CallDone):
+                    item = calls[e.index]
+                    item["status"] = "completed"
+                    idx = output.index(item)
+                    yield ev("response.function_call_arguments.done", item_id=item["id"],
+                             output_index=idx, name=item["name"], arguments=item["arguments"])  # fmt: skip
+                    yield ev("response.output_item.done", output_index=idx, item=item)
+                elif isinstance(e, Finished):
+                    for chunk in close_text():
+                        yield chunk
+                    if not output:  # an empty reply is still one message
+                        item = _message_item(_new_id("msg"), "", "completed")
+                        output.append(item)
+                        yield ev("response.output_item.added", output_index=0, item=item)
+                        yield ev("response.output_item.done", output_index=0, item=item)
+                    for item in output:
+                        if item["status"] == "in_progress":
+                            item["status"] = "incomplete"
+                    response = self._finish(base, output, started.prompt_tokens, e)
+                    if store:
+                        self.store.put(response, conversation + _as_messages(output))
+                    kind = (
+                        "response.completed"
+                        if response["status"] == "completed"
+                        else "response.incomplete"
+                    )
+                    yield ev(kind, response=response)
+        except MullamaError as exc:
+            error = {"code": exc.code or exc.type, "message": exc.message}
+            yield ev("response.failed", response={**base, "status": "failed", "error": error})
+
+
+def _as_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A response's output items as the chat messages a follow-up continues from."""
+    text = "".join(
+        p["text"] for item in output if item["type"] == "message" for p in item["content"]
+    )
+    calls = [
+        {"id": item["call_id"], "type": "function",
+         "function": {"name": item["name"], "arguments": item["arguments"]}}
+        for item in output if item["type"] == "function_call" and item["status"] == "completed"
+    ]  # fmt: skip
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = calls
+    return [message]
