@@ -4,8 +4,10 @@ models themselves (a unit test checks the doc holds it):
 
 from __future__ import annotations
 
+from .anthropic.schemas import MessagesRequest
 from .fields import Refusing
 from .ollama.schemas import ChatBody, EmbedBody, GenerateBody, Message, Options
+from .openai.responses import ResponsesRequest
 from .openai.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, EmbeddingRequest
 
 _ROWS: list[tuple[str, type[Refusing]]] = [
@@ -13,6 +15,8 @@ _ROWS: list[tuple[str, type[Refusing]]] = [
     ("`POST /v1/chat/completions` `messages[]`", ChatMessage),
     ("`POST /v1/completions`", CompletionRequest),
     ("`POST /v1/embeddings`", EmbeddingRequest),
+    ("`POST /v1/responses`", ResponsesRequest),
+    ("`POST /v1/messages`", MessagesRequest),
     ("`POST /api/chat`", ChatBody),
     ("`POST /api/chat` `messages[]`", Message),
     ("`POST /api/generate`", GenerateBody),
