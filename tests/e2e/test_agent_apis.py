@@ -322,3 +322,32 @@ def test_messages_auth_and_unknown_models_are_anthropic_shaped(daemon, claude):
                                messages=[{"role": "user", "content": "x"}])  # fmt: skip
     assert missing.value.body["error"]["type"] == "not_found_error"
     assert "claude-opus-4" in missing.value.body["error"]["message"]
+
+
+def _active(daemon) -> int:
+    status = httpx.get(daemon.url + "/api/system/status", headers={"x-api-key": KEY}).json()
+    return sum(m["active_sequences"] for m in status["models_loaded"])
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/messages", {"max_tokens": 1500, "messages": [
+            {"role": "user", "content": "Write a long story about a dragon."}]}),
+        ("/v1/responses", {"max_output_tokens": 1500,
+                           "input": "Write a long story about a dragon."}),
+    ],
+)  # fmt: skip
+def test_a_client_that_leaves_frees_its_sequence_and_each_route_is_metered(daemon, path, body):
+    from tests.conftest import wait_for
+
+    payload = {"model": MODEL, "stream": True, "temperature": 0, **body}
+    with httpx.stream("POST", daemon.url + path, json=payload, headers={"x-api-key": KEY},
+                      timeout=60) as r:  # fmt: skip
+        for line in r.iter_lines():
+            if "delta" in line:  # the first text has come: the sequence is generating
+                assert _active(daemon) == 1
+                break
+    wait_for(lambda: _active(daemon) == 0)  # the engine stopped it when the client left
+    metrics = httpx.get(daemon.url + "/metrics", headers={"x-api-key": KEY}).text
+    assert f'endpoint="{path}"' in metrics
