@@ -351,3 +351,32 @@ def test_a_client_that_leaves_frees_its_sequence_and_each_route_is_metered(daemo
     wait_for(lambda: _active(daemon) == 0)  # the engine stopped it when the client left
     metrics = httpx.get(daemon.url + "/metrics", headers={"x-api-key": KEY}).text
     assert f'endpoint="{path}"' in metrics
+
+
+def test_streams_cut_inside_a_call_end_cleanly(oai, claude):
+    """max_tokens inside a forced call: no broken call is reported as done, and each
+    stream still ends in its API's way (the SDKs assemble the final object)."""
+    with claude.messages.stream(model=MODEL, max_tokens=6, tools=[WEATHER_TOOL],
+                                messages=[{"role": "user", "content": ASK}],
+                                tool_choice={"type": "any"},
+                                extra_body={"temperature": 0}) as stream:  # fmt: skip
+        kinds = [e.type for e in stream]
+        final = stream.get_final_message()
+    assert final.stop_reason == "max_tokens" and kinds[-1] == "message_stop"
+    assert kinds.count("content_block_start") == kinds.count("content_block_stop")
+    events = list(oai.responses.create(model=MODEL, input=ASK, tools=[WEATHER_FN],
+                                       tool_choice="required", max_output_tokens=6,
+                                       temperature=0, stream=True))  # fmt: skip
+    assert events[-1].type == "response.incomplete"
+    assert [o.status for o in events[-1].response.output] == ["incomplete"]
+    assert not [e for e in events if e.type == "response.function_call_arguments.done"]
+
+
+def test_messages_stream_reports_the_stop_sequence(claude):
+    with claude.messages.stream(model=MODEL, max_tokens=60, stop_sequences=["Two"],
+                                messages=[{"role": "user", "content": "Count: one, two, three, four"}],
+                                extra_body={"temperature": 0}) as stream:  # fmt: skip
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == "Two"
+    assert "Two" not in text

@@ -79,6 +79,7 @@ class AnthropicService:
         yield event("ping", {})
         index = -1
         open_text = False
+        open_call = False
         try:
             async for e in events(started):
                 if isinstance(e, Content):
@@ -96,15 +97,17 @@ class AnthropicService:
                         yield event("content_block_stop", {"index": index})
                         open_text = False
                     index += 1
+                    open_call = True
                     block = {"type": "tool_use", "id": e.id, "name": e.name, "input": {}}
                     yield event("content_block_start", {"index": index, "content_block": block})
                 elif isinstance(e, CallArgs):
                     delta = {"type": "input_json_delta", "partial_json": e.piece}
                     yield event("content_block_delta", {"index": index, "delta": delta})
                 elif isinstance(e, CallDone):
+                    open_call = False
                     yield event("content_block_stop", {"index": index})
                 elif isinstance(e, Finished):
-                    if open_text:
+                    if open_text or open_call:  # a call max_tokens cut: its block ends too
                         yield event("content_block_stop", {"index": index})
                     delta = {"stop_reason": _stop_reason(e), "stop_sequence": e.stop}
                     usage = {"output_tokens": e.completion_tokens}

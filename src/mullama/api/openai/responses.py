@@ -45,7 +45,9 @@ class TextFormat(_Strict):
 
 
 class TextConfig(_Strict, Refusing):
-    REFUSE_UNKNOWN = False  # verbosity and the like
+    WHERE = "text."
+    # Codex CLI sends it with every request; the model has one way of writing.
+    IGNORED = frozenset({"verbosity"})
     format: TextFormat | None = None
 
 
@@ -280,8 +282,9 @@ class ResponsesService:
             return self._stream(started, base, body.store, conversation)
         reply = await whole(started)
         output: list[dict[str, Any]] = []
+        status = "incomplete" if reply.end.finish == "length" else "completed"
         if reply.text or not reply.calls:
-            output.append(_message_item(_new_id("msg"), reply.text, "completed"))
+            output.append(_message_item(_new_id("msg"), reply.text, status))
         for call in reply.calls:
             fn = call["function"]
             output.append(_call_item(_new_id("fc"), call["id"], fn["name"], fn["arguments"], "completed"))  # fmt: skip
@@ -360,13 +363,13 @@ class ResponsesService:
         text = ""
         calls: dict[int, dict[str, Any]] = {}
 
-        def close_text() -> list[bytes]:
+        def close_text(status: str = "completed") -> list[bytes]:
             nonlocal text_item
             if text_item is None:
                 return []
             idx = output.index(text_item)
             item_id = text_item["id"]
-            done = _message_item(item_id, text, "completed")
+            done = _message_item(item_id, text, status)
             output[idx] = done
             text_item = None
             part = done["content"][0]
@@ -419,16 +422,17 @@ class ResponsesService:
                              output_index=idx, name=item["name"], arguments=item["arguments"])  # fmt: skip
                     yield ev("response.output_item.done", output_index=idx, item=item)
                 elif isinstance(e, Finished):
-                    for chunk in close_text():
+                    for chunk in close_text("incomplete" if e.finish == "length" else "completed"):
                         yield chunk
                     if not output:  # an empty reply is still one message
                         item = _message_item(_new_id("msg"), "", "completed")
                         output.append(item)
                         yield ev("response.output_item.added", output_index=0, item=item)
                         yield ev("response.output_item.done", output_index=0, item=item)
-                    for item in output:
-                        if item["status"] == "in_progress":
+                    for idx, item in enumerate(output):
+                        if item["status"] == "in_progress":  # a call max_tokens cut
                             item["status"] = "incomplete"
+                            yield ev("response.output_item.done", output_index=idx, item=item)
                     response = self._finish(base, output, started.prompt_tokens, e)
                     if store:
                         self.store.put(response, conversation + _as_messages(output))
