@@ -6,7 +6,13 @@ import orjson
 import pytest
 
 from mullama import errors
-from mullama.api.errors import error_body, error_response, ndjson_error, sse_error
+from mullama.api.errors import (
+    error_body,
+    error_response,
+    ndjson_error,
+    sse_error,
+    stream_error_tail,
+)
 from mullama.daemon.http_protocol import _response
 
 
@@ -19,6 +25,11 @@ def _all(cls: type) -> list[type]:
 
 KINDS = sorted({c for c in _all(errors.MullamaError) if c.__module__.startswith("mullama")},
                key=lambda c: c.__name__)  # fmt: skip
+
+
+ANTHROPIC_TYPES = {"invalid_request_error", "authentication_error", "permission_error",
+                   "not_found_error", "request_too_large", "rate_limit_error", "api_error",
+                   "overloaded_error"}  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda c: c.__name__)
@@ -38,6 +49,18 @@ def test_each_error_kind_in_both_apis_shapes(kind):
     assert orjson.loads(event[6:]) == openai
     line = ndjson_error(exc)
     assert line.endswith(b"\n") and orjson.loads(line) == {"error": exc.message}
+    # Anthropic's Messages API: its own shape, on its routes only, and its stream's tail.
+    claude = error_body("/v1/messages", exc)
+    assert claude["type"] == "error" and claude["error"]["message"] == exc.message
+    assert claude["error"]["type"] in ANTHROPIC_TYPES
+    assert error_body("/v1/messages/count_tokens", exc) == claude
+    assert error_body("/v1/messagesx", exc) == openai
+    tail = stream_error_tail("/v1/messages", exc)
+    assert (
+        tail.startswith(b"event: error\ndata: ")
+        and orjson.loads(tail.split(b"data: ")[1]) == claude
+    )
+    assert stream_error_tail("/v1/chat/completions", exc).endswith(b"data: [DONE]\n\n")
 
 
 def test_statuses_follow_the_fault():

@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ClientError, InvalidParameter, MullamaError, NotFound, ServerError
 from .responses import ORJSONResponse
-from .streaming import ndjson_line, sse
+from .streaming import SSE_DONE, ndjson_line, sse
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,19 @@ def error_body(path: str, exc: MullamaError) -> dict[str, Any]:
 def sse_error(exc: MullamaError) -> bytes:
     """The error event that ends an OpenAI stream (before ``data: [DONE]``)."""
     return sse(openai_body(exc))
+
+
+def stream_error_tail(path: str, exc: MullamaError) -> bytes:
+    """What ends an SSE stream cut by an error (a drain, a timeout), in the stream's API:
+    Anthropic's ``error`` event, the Responses API's, or OpenAI's error and ``[DONE]``."""
+    if path == "/v1/messages":
+        body = orjson.dumps(anthropic_body(exc))
+        return b"event: error\ndata: " + body + b"\n\n"
+    if path == "/v1/responses":
+        body = orjson.dumps({"type": "error", "code": exc.code or exc.type,
+                             "message": exc.message, "param": exc.param})  # fmt: skip
+        return b"event: error\ndata: " + body + b"\n\n"
+    return sse_error(exc) + SSE_DONE
 
 
 def ndjson_error(exc: MullamaError) -> bytes:

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..api.errors import error_response, ndjson_error, sse_error
-from ..api.streaming import SSE_DONE
+from ..api.errors import error_response, ndjson_error, stream_error_tail
 from ..errors import MullamaError, RequestTimeout, Unavailable
 from ..security.policy import is_admin, is_lifecycle_exempt
 from .lifecycle import Lifecycle
@@ -159,7 +158,7 @@ async def _send_error(
         return
     tail = b""
     if state.content_type.startswith(b"text/event-stream"):
-        tail = sse_error(err) + SSE_DONE
+        tail = stream_error_tail(scope["path"], err)
     elif state.content_type.startswith(b"application/x-ndjson"):
         tail = ndjson_error(err)
     with contextlib.suppress(OSError):
