@@ -14,9 +14,16 @@ import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from ..errors import InvalidParameter
+
+
+class StrictBody(BaseModel):
+    """A request body's model: strict types (a string is not a number), no NaN or
+    Infinity; unknown fields are the business of ``Refusing``."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
 
 def _neutral(value: Any) -> bool:

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ..body import parse_body
-from ..openai.routes import SSE_HEADERS
+from ..openai.routes import request_id, respond
 from ..responses import ORJSONResponse
-from ..streaming import DisconnectAwareStream, unless_disconnected
+from ..streaming import unless_disconnected
 from ..tokenizer import chat_tokenize_request
 from .schemas import CountTokensRequest, MessagesRequest
 from .service import AnthropicService
@@ -23,11 +23,8 @@ router = APIRouter(prefix="/v1")
 async def messages(request: Request) -> Response:
     body = await parse_body(request, MessagesRequest)
     service: AnthropicService = request.app.state.anthropic
-    work = service.messages(body, request.scope["state"]["request_id"])
-    result = await unless_disconnected(request, work)
-    if isinstance(result, dict):
-        return ORJSONResponse(result)
-    return DisconnectAwareStream(result, media_type="text/event-stream", headers=SSE_HEADERS)
+    work = service.messages(body, request_id(request))
+    return await respond(request, await unless_disconnected(request, work))
 
 
 @router.post("/messages/count_tokens")

@@ -8,17 +8,13 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ...errors import InvalidParameter
-from ..fields import Refusing
+from ..fields import Refusing, StrictBody
 from ..openai.schemas import ChatCompletionRequest
 
-_CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
-
-
-class _Strict(BaseModel):
-    model_config = _CONFIG
+_Strict = StrictBody
 
 
 class TextBlock(_Strict):

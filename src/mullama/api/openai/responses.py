@@ -17,23 +17,20 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ...errors import InvalidParameter, MullamaError, NotFound
-from ..fields import Refusing
+from ..fields import Refusing, StrictBody
 from ..replies import Finished, Started, events, whole
 from ..tools import CallArgs, CallDone, CallStart, Content
 from .schemas import ChatCompletionRequest
-
-_CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
 # Tool types of OpenAI's hosted tools: there is none of them in a local server.
 _HOSTED = ("web_search", "file_search", "code_interpreter", "computer", "image_generation",
            "mcp", "local_shell", "shell", "apply_patch", "custom")  # fmt: skip
 
 
-class _Strict(BaseModel):
-    model_config = _CONFIG
+_Strict = StrictBody
 
 
 class TextFormat(_Strict):

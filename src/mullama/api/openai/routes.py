@@ -23,11 +23,11 @@ def _service(request: Request) -> OpenAIService:
     return request.app.state.openai
 
 
-def _request_id(request: Request) -> str:
+def request_id(request: Request) -> str:
     return request.scope["state"]["request_id"]  # set by RequestIdMiddleware
 
 
-async def _respond(request: Request, result: object) -> Response:
+async def respond(request: Request, result: object) -> Response:
     if isinstance(result, dict):
         return ORJSONResponse(result)
     return DisconnectAwareStream(result, media_type="text/event-stream", headers=SSE_HEADERS)
@@ -36,22 +36,22 @@ async def _respond(request: Request, result: object) -> Response:
 @router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
-    work = _service(request).chat(body, _request_id(request))
-    return await _respond(request, await unless_disconnected(request, work))
+    work = _service(request).chat(body, request_id(request))
+    return await respond(request, await unless_disconnected(request, work))
 
 
 @router.post("/completions")
 async def completions(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
-    work = _service(request).completions(body, _request_id(request))
-    return await _respond(request, await unless_disconnected(request, work))
+    work = _service(request).completions(body, request_id(request))
+    return await respond(request, await unless_disconnected(request, work))
 
 
 @router.post("/responses")
 async def create_response(request: Request) -> Response:
     body = await parse_body(request, ResponsesRequest)
-    work = request.app.state.responses.create(body, _request_id(request))
-    return await _respond(request, await unless_disconnected(request, work))
+    work = request.app.state.responses.create(body, request_id(request))
+    return await respond(request, await unless_disconnected(request, work))
 
 
 @router.get("/responses/{response_id}")

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ...engine.protocol import SamplingParams, field_names
 from ...errors import ClientError, InvalidParameter
-from ..fields import Refusing
+from ..fields import Refusing, StrictBody
 from ..profiles import Profile
 from ..tools import ToolCallIn, ToolChoice, ToolSpec, history_message
 
-_CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
-
-
-class _Strict(BaseModel):
-    model_config = _CONFIG
+_Strict = StrictBody
 
 
 class TextPart(_Strict):
