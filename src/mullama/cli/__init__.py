@@ -14,11 +14,14 @@ from ..config import (
 )
 from ..errors import MullamaError
 from .daemon import add_daemon_commands
+from .llamaserver import translate
 from .models import add_model_commands
 
 
 def _settings(args: argparse.Namespace):  # -> Settings | None
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config_command")}
+    skip = ("command", "func", "config_command", "extra_settings")
+    values = {k: v for k, v in vars(args).items() if k not in skip}
+    values.update(getattr(args, "extra_settings", {}))
     try:
         return load_settings(values)
     except ValueError as exc:
@@ -88,7 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: dict = {}
+    if argv[:1] == ["serve"] or argv[:2] == ["config", "show"]:
+        # llama-server's flags, with llama-server's meaning (cli/llamaserver.py).
+        head = 1 if argv[0] == "serve" else 2
+        try:
+            rest, extra = translate(argv[head:])
+        except MullamaError as exc:
+            print(f"mullama: {exc.message}", file=sys.stderr)
+            sys.exit(2)
+        argv = argv[:head] + rest
     args = build_parser().parse_args(argv)
+    args.extra_settings = extra
     try:
         code = args.func(args)
     except MullamaError as exc:

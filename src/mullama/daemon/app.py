@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .. import __version__
-from ..api import control, health, monitoring, tokenizer
+from ..api import control, health, llamaserver, monitoring, tokenizer
 from ..api.anthropic import routes as anthropic_routes
 from ..api.anthropic.service import AnthropicService
 from ..api.errors import install_error_handlers
@@ -100,6 +100,7 @@ def create_app(
     app.include_router(ollama_routes.router)
     app.include_router(control.router)
     app.include_router(tokenizer.router)
+    app.include_router(llamaserver.router)
     # add_middleware wraps what was added before: the guards (limits, drain, auth, rate
     # limits) innermost, then the access log, then the request id outermost.
     install_guards(app, settings)

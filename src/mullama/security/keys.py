@@ -62,11 +62,18 @@ class KeyRing:
 def load_key_file(path: Path) -> list[ApiKey]:
     """YAML or JSON: a list of entries, or ``{"keys": [...]}``. Each entry has ``name``,
     ``key`` (the key) or ``sha256`` (its hex digest), ``scope`` and optional
-    ``requests_per_minute`` / ``tokens_per_minute``."""
+    ``requests_per_minute`` / ``tokens_per_minute``. Or llama-server's format: one key
+    per line (``#`` comments allowed), each with the inference scope."""
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read API key file {path}: {exc.strerror}") from exc
+    plain = [line.strip() for line in text.splitlines()]
+    plain = [line for line in plain if line and not line.startswith("#")]
+    if plain and all(" " not in k and ":" not in k and k[0] not in "-[{" for k in plain):
+        return [ApiKey(f"key-{i}", "inference", digest(k)) for i, k in enumerate(plain)]
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"API key file {path} is not valid YAML/JSON: {exc}") from exc
     if isinstance(data, dict):

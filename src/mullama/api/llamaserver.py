@@ -1,0 +1,231 @@
+"""llama-server's native endpoints, which its users' scripts call: ``POST /completion``
+(``prompt``, ``n_predict``, ``stream``, ``stop``, the sampling fields; answered with
+``content``, ``stop``, ``stop_type``, ``tokens_predicted``, ``timings``) and ``GET
+/props``. ``model`` may be left out, as llama-server serves one: the first ``--model``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any, ClassVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import Field
+
+from .. import __version__
+from ..engine.protocol import SamplingParams
+from ..errors import ClientError, MullamaError
+from .body import parse_body
+from .errors import openai_body
+from .fields import Refusing, StrictBody
+from .openai.schemas import CompletionRequest
+from .openai.service import start_generations
+from .profiles import profile_of
+from .responses import ORJSONResponse
+from .streaming import DisconnectAwareStream, sse, unless_disconnected
+
+router = APIRouter()
+
+
+class CompletionBody(StrictBody, Refusing):
+    REFUSED: ClassVar[dict[str, str]] = {
+        "grammar": "GBNF grammars are not implemented; use json_schema",
+        "samplers": "a custom sampler order is not implemented",
+        "mirostat": "mirostat sampling is not implemented",
+        "n_probs": "probabilities are served by /v1/completions (logprobs)",
+        "lora": "LoRA adapters are not implemented",
+        "logit_bias": "token biases are not implemented",
+        "dry_multiplier": "DRY sampling is not implemented",
+        "xtc_probability": "XTC sampling is not implemented",
+        "typical_p": "typical sampling is not implemented",
+    }
+    NEUTRAL = {"mirostat": (0,), "typical_p": (1.0, 1), "dry_multiplier": (0.0, 0),
+               "xtc_probability": (0.0, 0)}  # fmt: skip
+    # Prompt caching is always on; slots are chosen by the scheduler.
+    IGNORED = frozenset({"cache_prompt", "id_slot", "n_keep", "return_tokens", "timings_per_token",
+                         "n_indent", "t_max_prompt_ms", "n_cmpl"})  # fmt: skip
+
+    model: str | None = None
+    prompt: str | list[int]
+    n_predict: int = Field(default=-1, ge=-1)
+    stream: bool = False
+    stop: list[str] | None = Field(default=None, max_length=16)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_k: int | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    seed: int | None = None
+    repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    repeat_last_n: int | None = Field(default=None, ge=-1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    ignore_eos: bool = False
+    json_schema: dict[str, Any] | None = None
+    keep_alive: str | int | float | None = None
+
+    def to_completion(self, model: str) -> CompletionRequest:
+        body: dict[str, Any] = {"model": model, "prompt": self.prompt, "stream": self.stream,
+                                "ignore_eos": self.ignore_eos}  # fmt: skip
+        if self.n_predict > 0:
+            body["max_tokens"] = self.n_predict
+        for name in ("temperature", "top_k", "top_p", "min_p", "seed", "repeat_penalty",
+                     "presence_penalty", "frequency_penalty", "stop", "keep_alive"):  # fmt: skip
+            if getattr(self, name) is not None:
+                body[name] = getattr(self, name)
+        if self.json_schema is not None:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "schema", "schema": self.json_schema}}  # fmt: skip
+        return CompletionRequest.model_validate(body)
+
+
+def _model(request: Request, given: str | None) -> str:
+    name = given or request.app.state.models.default_name
+    if not name:
+        raise ClientError("no model is served; give one with --model", param="model")
+    return name
+
+
+@router.post("/completion")
+async def completion(request: Request) -> Response:
+    body = await parse_body(request, CompletionBody)
+    name = _model(request, body.model)
+    req = body.to_completion(name)
+    service = request.app.state.openai
+    rid = request.scope["state"]["request_id"]
+    requests = service._completion_requests(req, rid)
+    if body.n_predict == -1:  # llama-server's "until the end": the context's room
+        requests[0].params.max_tokens = None
+    started = time.perf_counter()
+    prompt_tokens, gens = await unless_disconnected(
+        request, start_generations(request.app.state.models, name, requests, req.keep_alive)
+    )
+    run = _Run(name, prompt_tokens[0], started, requests[0].params)
+    if body.stream:
+        return DisconnectAwareStream(run.stream(gens[0]), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})  # fmt: skip
+    return ORJSONResponse(await unless_disconnected(request, run.whole(gens[0])))
+
+
+class _Run:
+    """One /completion: its chunks in llama-server's shapes, with its timings."""
+
+    def __init__(self, model: str, n_prompt: int, started: float, params: SamplingParams) -> None:
+        self.model, self.n_prompt, self.started = model, n_prompt, started
+        self.params = params
+        self.first: float | None = None
+        self.n = 0
+
+    def _final(self, content: str, finish: str | None, stop: str | None) -> dict[str, Any]:
+        now = time.perf_counter()
+        first = self.first if self.first is not None else now
+        prompt_ms = (first - self.started) * 1000
+        predicted_ms = (now - first) * 1000
+        stop_type = "limit" if finish == "length" else ("word" if stop else "eos")
+        return {
+            "index": 0,
+            "content": content,
+            "tokens": [],
+            "id_slot": -1,
+            "stop": True,
+            "model": self.model,
+            "tokens_predicted": self.n,
+            "tokens_evaluated": self.n_prompt,
+            "generation_settings": {
+                "n_predict": self.params.max_tokens or -1,
+                **{
+                    k: v
+                    for k, v in asdict(self.params).items()
+                    if k
+                    in ("temperature", "top_k", "top_p", "min_p", "seed", "repeat_penalty", "stop")
+                },
+            },  # fmt: skip
+            "has_new_line": "\n" in content,
+            "truncated": False,
+            "stop_type": stop_type,
+            "stopping_word": stop or "",
+            "tokens_cached": 0,
+            "timings": {
+                "prompt_n": self.n_prompt,
+                "prompt_ms": prompt_ms,
+                "prompt_per_token_ms": prompt_ms / max(1, self.n_prompt),
+                "prompt_per_second": self.n_prompt / max(prompt_ms / 1000, 1e-9),
+                "predicted_n": self.n,
+                "predicted_ms": predicted_ms,
+                "predicted_per_token_ms": predicted_ms / max(1, self.n),
+                "predicted_per_second": self.n / max(predicted_ms / 1000, 1e-9),
+            },
+        }
+
+    async def whole(self, gen: Any) -> dict[str, Any]:
+        parts: list[str] = []
+        finish = stop = None
+        try:
+            async for c in gen:
+                if self.first is None and c.completion_tokens:
+                    self.first = time.perf_counter()
+                parts.append(c.text)
+                self.n = c.completion_tokens
+                if c.finish_reason is not None:
+                    finish, stop = c.finish_reason, c.stop
+        finally:
+            await gen.aclose()
+        return self._final("".join(parts), finish, stop)
+
+    async def stream(self, gen: Any) -> AsyncIterator[bytes]:
+        """``data:`` lines of ``content`` pieces, then the final one with ``stop: true``
+        (llama-server's stream has no ``[DONE]``)."""
+        try:
+            async for c in gen:
+                if self.first is None and c.completion_tokens:
+                    self.first = time.perf_counter()
+                self.n = c.completion_tokens
+                if c.text:
+                    yield sse({"index": 0, "content": c.text, "tokens": [], "stop": False,
+                               "id_slot": -1, "tokens_predicted": self.n,
+                               "tokens_evaluated": self.n_prompt})  # fmt: skip
+                if c.finish_reason is not None:
+                    yield sse(self._final("", c.finish_reason, c.stop))
+        except MullamaError as exc:
+            yield sse(openai_body(exc))
+        finally:
+            await gen.aclose()
+
+
+@router.get("/props")
+async def props(request: Request) -> Response:
+    models = request.app.state.models
+    name = _model(request, request.query_params.get("model"))
+    info = await models.tokenizer_info(name)
+    defaults = SamplingParams(**profile_of(models, name).defaults)
+    return ORJSONResponse(
+        {
+            "default_generation_settings": {
+                "n_ctx": info.context_size,
+                "params": {
+                    k: v
+                    for k, v in asdict(defaults).items()
+                    if k
+                    in (
+                        "temperature",
+                        "top_k",
+                        "top_p",
+                        "min_p",
+                        "repeat_penalty",
+                        "repeat_last_n",
+                        "presence_penalty",
+                        "frequency_penalty",
+                    )
+                },
+            },  # fmt: skip
+            "total_slots": info.parallel,
+            "model_alias": name,
+            "model_path": str(models.find(name).path),
+            "chat_template": profile_of(models, name).chat_template or info.chat_template,
+            "bos_token": info.bos_token,
+            "eos_token": info.eos_token,
+            "modalities": {"vision": False, "audio": False},
+            "build_info": f"Mullama {__version__}",
+        }
+    )

@@ -1,0 +1,165 @@
+"""llama-server's command line for ``mullama serve``: its spellings with its meaning, so a
+deployment's ``llama-server --host 0.0.0.0 --port 8080 -m model.gguf -c 4096 --parallel
+4 --cont-batching --metrics`` runs with ``mullama serve`` in its place.
+
+``translate`` rewrites llama-server's flags into Mullama's before the parser sees them.
+The differences in meaning are handled here: ``-c`` is the *total* context, divided
+among the slots as llama-server does (Mullama's ``--context-size`` is per sequence);
+``-a`` names the ``-m`` model; ``--api-key`` is a key given on the command line (Mullama
+takes it from the environment otherwise); ``LLAMA_API_KEY`` is read as
+``MULLAMA_API_KEY``. Flags for what Mullama always does are accepted and change nothing.
+A llama-server flag with no counterpart is an error that says what to do instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import ClientError
+
+# llama-server flag -> Mullama flag, same value.
+RENAMED = {
+    "--host": "--http-addr",
+    "--port": "--http-port",
+    "-np": "--parallel",
+    "-ngl": "--gpu-layers",
+    "--n-gpu-layers": "--gpu-layers",
+    "--gpu-layers": "--gpu-layers",
+    "-t": "--threads",
+    "-b": "--batch-size",
+}
+# Behaviour Mullama always has: accepted, nothing to do.
+ALWAYS = {
+    "--cont-batching": "continuous batching is always on",
+    "-cb": "continuous batching is always on",
+    "--metrics": "Prometheus metrics are always served at /metrics",
+    "--jinja": "chat templates are always rendered with Jinja",
+    "--no-webui": "there is no web page at the root",
+}
+ALWAYS_WITH_VALUE = {  # flags that take an optional on/off/auto value
+    "-fa": "flash attention is llama.cpp's default (auto)",
+    "--flash-attn": "flash attention is llama.cpp's default (auto)",
+}
+# llama-server flags with no counterpart here, and what to do instead.
+INSTEAD = {
+    "-n": "the number of tokens to predict is per request (max_tokens, num_predict)",
+    "--n-predict": "the number of tokens to predict is per request (max_tokens, num_predict)",
+    "--temp": "sampling settings are per request (temperature), or a custom model's parameters",
+    "--top-k": "sampling settings are per request (top_k), or a custom model's parameters",
+    "--top-p": "sampling settings are per request (top_p), or a custom model's parameters",
+    "-hf": "pull the model first (`mullama pull REPO`), then serve it by name",
+    "--hf-repo": "pull the model first (`mullama pull REPO`), then serve it by name",
+    "--chat-template": "create a custom model with its own template (`mullama create`)",
+    "--chat-template-file": "create a custom model with its own template (`mullama create`)",
+    "--embedding": "embeddings are always served (/v1/embeddings, /api/embed)",
+    "--embeddings": "embeddings are always served (/v1/embeddings, /api/embed)",
+    "--slots": "slots are always shown in /api/system/status",
+    "-ub": "the micro-batch follows --batch-size (at most 512)",
+    "--ubatch-size": "the micro-batch follows --batch-size (at most 512)",
+    "--ssl-key-file": "use --tls-key",
+    "--ssl-cert-file": "use --tls-cert",
+    "-to": "use --request-timeout",
+    "--timeout": "use --request-timeout",
+    "--threads-http": "the HTTP server is asynchronous; there is no thread pool to size",
+}
+# llama-server switch -> Mullama switch.
+SWITCHES = {"-kvu": "--kv-unified"}
+_VALUE_FLAGS = {"-m", "--model", "-a", "--alias", "-c", "--ctx-size", "--api-key", *RENAMED}
+
+
+def translate(
+    argv: list[str], env: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """``serve``'s arguments with llama-server's flags in Mullama's spelling, and the
+    settings that have no flag (the API key). Mullama's own flags pass unchanged."""
+    env = dict(os.environ if env is None else env)
+    out: list[str] = []
+    values: dict[str, Any] = {}
+    models: list[str] = []
+    alias: str | None = None
+    ctx_total: int | None = None
+    parallel: int | None = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        flag, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if flag in ALWAYS:
+            i += 1
+            continue
+        if flag in ALWAYS_WITH_VALUE:
+            has_value = i + 1 < len(argv) and argv[i + 1] in ("on", "off", "auto")
+            i += 2 if has_value and not eq else 1
+            continue
+        if flag in INSTEAD:
+            raise ClientError(f"{flag} (a llama-server flag) has no counterpart: {INSTEAD[flag]}")
+        if flag in SWITCHES:
+            out.append(SWITCHES[flag])
+            i += 1
+            continue
+        if flag not in _VALUE_FLAGS:
+            out.append(arg)
+            i += 1
+            continue
+        if eq:
+            value = inline
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise ClientError(f"{flag} needs a value")
+            value = argv[i + 1]
+            i += 2
+        if flag in ("-m", "--model"):
+            models.append(value)
+        elif flag in ("-a", "--alias"):
+            alias = value
+        elif flag in ("-c", "--ctx-size"):
+            ctx_total = _int(flag, value)
+        elif flag == "--api-key":
+            if "," in value:
+                raise ClientError(
+                    "--api-key with several keys: list them in a file (--api-key-file, one "
+                    "key per line as llama-server's, or Mullama's YAML with scopes)"
+                )
+            values["api_key"] = value
+        else:
+            target = RENAMED[flag]
+            if target == "--parallel":
+                parallel = _int(flag, value)
+            out += [target, value]
+    if alias is not None:
+        if len(models) != 1:
+            raise ClientError("-a/--alias names the one -m model; give exactly one -m with it")
+        models = [f"{alias}={models[0]}"]
+    for model in models:
+        out += ["--model", model]
+    if ctx_total is not None and ctx_total > 0:
+        if parallel is None:
+            parallel = _parallel_given(out) or int(env.get("MULLAMA_PARALLEL", "4"))
+        per_seq = ctx_total // max(1, parallel)
+        if per_seq < 64:
+            raise ClientError(
+                f"-c {ctx_total} shared by {parallel} slots leaves {per_seq} tokens each; "
+                "give a larger -c or fewer --parallel slots"
+            )
+        out += ["--context-size", str(per_seq)]
+    if "api_key" not in values and "MULLAMA_API_KEY" not in env and env.get("LLAMA_API_KEY"):
+        values["api_key"] = env["LLAMA_API_KEY"]
+    return out, values
+
+
+def _int(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ClientError(f"{flag} takes a whole number, not {value!r}") from None
+
+
+def _parallel_given(args: list[str]) -> int | None:
+    """The value of a ``--parallel`` already in Mullama's spelling."""
+    for k, arg in enumerate(args):
+        if arg == "--parallel" and k + 1 < len(args):
+            return _int(arg, args[k + 1])
+        if arg.startswith("--parallel="):
+            return _int("--parallel", arg.partition("=")[2])
+    return None

@@ -1,0 +1,85 @@
+"""Drop-in for llama-server users: its command line runs ``mullama serve`` unchanged, with
+its meaning (-c is the total context, shared by the slots; LLAMA_API_KEY), and its
+native /completion and /props answer in its shapes, through a plain HTTP client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from mullama.models.registry import embedded_model_path
+from tests.conftest import Daemon, free_port
+
+PATH = str(embedded_model_path())
+KEY = "sk-llama-" + "5" * 24
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The deployment guides' command, with ``mullama serve`` for ``llama-server``."""
+    port = free_port()
+    args = ("--host", "127.0.0.1", "--port", str(port), "-m", PATH, "-a", "smol", "-c", "4096",
+            "--parallel", "4", "--cont-batching", "--metrics", "-fa", "auto")  # fmt: skip
+    d = Daemon(*args, env={"LLAMA_API_KEY": KEY})
+    d.url = f"http://127.0.0.1:{port}"  # --port wins over the harness's own port
+    with d.wait_healthy():
+        yield d
+
+
+def test_the_llama_server_command_line_serves_with_its_meaning(server):
+    assert httpx.get(server.url + "/v1/models").status_code == 401  # LLAMA_API_KEY holds
+    models = httpx.get(server.url + "/v1/models", headers=AUTH).json()
+    assert [m["id"] for m in models["data"]] == ["smol"]  # -a names the -m model
+    props = httpx.get(server.url + "/props", headers=AUTH).json()
+    # -c 4096 is the total, shared by 4 slots, as llama-server divides it
+    assert props["total_slots"] == 4 and props["default_generation_settings"]["n_ctx"] == 1024
+    assert props["model_path"] == PATH and props["model_alias"] == "smol"
+    assert "# HELP" in httpx.get(server.url + "/metrics", headers=AUTH).text
+
+
+def test_completion_whole_and_streamed(server):
+    body = {"prompt": "The capital of France is", "n_predict": 12, "temperature": 0}
+    whole = httpx.post(server.url + "/completion", json=body, headers=AUTH, timeout=60).json()
+    assert whole["stop"] is True and whole["stop_type"] == "limit"
+    assert whole["tokens_predicted"] == 12 and whole["tokens_evaluated"] > 0
+    assert whole["timings"]["predicted_n"] == 12 and whole["timings"]["predicted_per_second"] > 0
+    lines = httpx.post(server.url + "/completion", json={**body, "stream": True}, headers=AUTH,
+                       timeout=60).text.strip().split("\n\n")  # fmt: skip
+    events = [json.loads(line.removeprefix("data: ")) for line in lines]
+    assert all(not e["stop"] for e in events[:-1]) and events[-1]["stop"] is True
+    assert "".join(e["content"] for e in events) == whole["content"]
+
+
+def test_completion_stop_words_and_refused_fields(server):
+    body = {"prompt": "Count: 1, 2, 3,", "n_predict": 40, "temperature": 0, "stop": ["6"]}
+    reply = httpx.post(server.url + "/completion", json=body, headers=AUTH, timeout=60).json()
+    assert reply["stop_type"] == "word" and reply["stopping_word"] == "6"
+    assert "6" not in reply["content"]
+    bad = httpx.post(server.url + "/completion", json={"prompt": "x", "grammar": "root ::= x"},
+                     headers=AUTH)  # fmt: skip
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "grammar"
+
+
+def test_llama_server_flags_without_a_counterpart_say_what_to_do():
+    out = subprocess.run([sys.executable, "-m", "mullama", "serve", "--n-predict", "64"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 2
+    assert "--n-predict" in out.stderr and "max_tokens" in out.stderr
+
+
+def test_a_llama_server_key_file_one_key_per_line(tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# llama-server's format\nsk-first-key\nsk-second-key\n")
+    with Daemon("--api-key-file", str(keys), "-c", "1024", "-np", "2").wait_healthy() as d:
+        for key in ("sk-first-key", "sk-second-key"):
+            headers = {"Authorization": f"Bearer {key}"}
+            assert httpx.get(d.url + "/v1/models", headers=headers).status_code == 200
+        assert (
+            httpx.get(d.url + "/v1/models", headers={"Authorization": "Bearer no"}).status_code
+            == 401
+        )
