@@ -281,3 +281,20 @@ def test_load_unload_request_races_never_crash_or_hang():
         assert d.proc.poll() is None
     finally:
         d.stop()
+
+
+def test_a_model_that_can_never_fit_beside_the_pinned_ones_fails_at_once():
+    """--max-loaded-models 1 and a pinned model: another model can never be loaded, so
+    its request is a 503 at once naming what holds the room, not a wait for the whole
+    --load-timeout (the client's 120 s timeout is the hang guard: the load timeout is
+    300 s). The pinned model keeps serving."""
+    with Daemon(
+        "--model", f"alpha={PATH}", "--model", f"beta={PATH}", "--model-opt",
+        "beta:pinned=false", "--max-loaded-models", "1", "--parallel", "1",
+        "--context-size", "512", "--load-timeout", "300",
+    ).wait_healthy() as d:  # fmt: skip
+        refused = _complete(d, "beta")
+        assert refused.status_code == 503
+        message = refused.json()["error"]["message"]
+        assert "alpha" in message and "pinned" in message and "max-loaded-models" in message
+        assert _complete(d, "alpha").status_code == 200

@@ -326,6 +326,7 @@ class ModelManager:
                 if used + need <= self.budget and count < self.settings.max_loaded_models:
                     served.loading = True
                     return
+                self._check_room_possible(served, need)
                 victim = self._lru_idle(exclude=served)
                 if victim is not None:
                     log.info(
@@ -344,6 +345,28 @@ class ModelManager:
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def _check_room_possible(self, served: ServedModel, need: int) -> None:
+        """Fail at once when waiting cannot help: the pinned models alone (never
+        unloaded) leave no room for this one. Busy unpinned models finish and go, so a
+        request that fits once they are idle keeps waiting."""
+        pinned = [s for s in self._served.values()
+                  if (s.loaded or s.loading) and s.pinned and s is not served]  # fmt: skip
+        held = sum(s.estimate for s in pinned)
+        if held + need <= self.budget and len(pinned) < self.settings.max_loaded_models:
+            return
+        names = ", ".join(sorted(s.entry.name for s in pinned))
+        if len(pinned) >= self.settings.max_loaded_models:
+            why = f"--max-loaded-models is {self.settings.max_loaded_models}"
+        else:
+            why = (f"they take {fmt_bytes(held)} of the {fmt_bytes(self.budget)} budget and it "
+                   f"needs {fmt_bytes(need)}")  # fmt: skip
+        raise Unavailable(
+            f"model {served.entry.name!r} cannot be loaded: the pinned models ({names}) "
+            f"hold the room and are never unloaded ({why}); raise the limit, or unpin one "
+            "with --model-opt NAME:pinned=false",
+            retry_after=60,
+        )
 
     def _lru_idle(self, exclude: ServedModel) -> ServedModel | None:
         idle = [
