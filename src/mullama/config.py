@@ -208,6 +208,22 @@ class ModelSettings(BaseModel):
         ge=0,
         description="Requests per model that may wait for a free sequence; beyond it, 503.",
     )
+    breaker_failures: int = Field(
+        5,
+        ge=1,
+        description="Circuit breaker: this many failures of a model (worker crashes, load "
+        "failures, engine errors, timeouts) within --breaker-window open its circuit; while "
+        "open, its requests fail at once with 503 and Retry-After.",
+    )
+    breaker_window: float = Field(
+        60.0, gt=0, description="Seconds in which --breaker-failures failures open a circuit."
+    )
+    breaker_cooldown: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds an open circuit stays open; then one probe request is let "
+        "through, and its success closes the circuit.",
+    )
 
 
 class SecuritySettings(BaseModel):

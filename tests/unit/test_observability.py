@@ -151,6 +151,9 @@ class _FakeModels:
     def clients(self):
         return [_FakeClient()]
 
+    def circuits(self):
+        return {}
+
 
 def _hub_with_memory_exporter():
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter

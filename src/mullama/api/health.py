@@ -24,14 +24,18 @@ async def health(request: Request) -> ORJSONResponse:
     lifecycle = request.app.state.lifecycle
     obs = request.app.state.obs
     phase = lifecycle.phase.value
+    open_circuits = sorted(
+        name for name, b in request.app.state.models.circuits().items() if b.state != "closed"
+    )
     if phase == "ready":
-        status = "degraded" if lifecycle.failed_models else "ok"
+        status = "degraded" if lifecycle.failed_models or open_circuits else "ok"
     else:
         status = phase
     code = 503 if phase in ("starting", "stopped") else 200
     return ORJSONResponse(
         {
             "status": status,
+            "open_circuits": open_circuits,
             "models_loaded": sum(1 for c in request.app.state.models.clients() if c.alive),
             "uptime_secs": round(obs.uptime(), 3),
             "version": __version__,
@@ -62,6 +66,7 @@ async def system_status(request: Request) -> ORJSONResponse:
     snapshot = obs.snapshot()
     snaps = {s.name: s for s in snapshot.models}
     manager = request.app.state.models
+    circuits = manager.circuits()
     loaded = []
     for c in manager.clients():
         st, snap = c.stats(), snaps[c.name]
@@ -85,6 +90,7 @@ async def system_status(request: Request) -> ORJSONResponse:
                 "memory_bytes": snap.memory_bytes,
                 "restarts": c.restarts,
                 "load_error": lifecycle.failed_models.get(c.name),
+                "circuit": circuits[c.name].as_dict() if c.name in circuits else None,
             }
         )
     return ORJSONResponse(

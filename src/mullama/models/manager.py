@@ -41,6 +41,7 @@ from ..errors import (
     Unavailable,
 )
 from .aliases import close_matches
+from .breaker import CircuitBreaker, counts_as_failure
 from .budget import estimate_bytes, fmt_bytes, parse_budget, parse_keep_alive
 from .gguf import GGUFInfo, read_gguf
 from .options import ModelOptions, parse_aliases, parse_model_opts
@@ -103,6 +104,7 @@ class ServedModel:
     last_error: MullamaError | None = None
     seen_restarts: int = 0
     crash_times: list[float] = field(default_factory=list)
+    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(""))
 
     @property
     def loaded(self) -> bool:
@@ -171,6 +173,12 @@ class ModelManager:
             pinned=pinned,
             keep_alive=None if pinned else keep,
             base_keep_alive=None if pinned else keep,
+            breaker=CircuitBreaker(
+                ref.name,
+                self.settings.breaker_failures,
+                self.settings.breaker_window,
+                self.settings.breaker_cooldown,
+            ),
         )
         self._served[ref.name] = served
         return served
@@ -200,6 +208,10 @@ class ModelManager:
         name = self.aliases.get(name or "", name)
         served = self._served.get(name or "")
         return served if served is not None else self._add(self._resolve(name), pinned=False)
+
+    def circuits(self) -> dict[str, CircuitBreaker]:
+        """Each served model's circuit breaker."""
+        return {name: s.breaker for name, s in self._served.items()}
 
     def _not_found(self, name: str) -> ModelNotFound:
         hint = close_matches(name, self._served, cutoff=0.6)
@@ -442,14 +454,25 @@ class ModelManager:
                 f"queue limit {self.settings.max_queue}",
                 retry_after=2,
             )
+        probe = served.breaker.before()  # an open circuit fails fast here
         served.leases += 1
         if served.expiry is not None:
             served.expiry.cancel()
             served.expiry = None
+        verdict = False
         try:
             await self.load(name)
             yield served
+            verdict = True
+            served.breaker.success(probe)
+        except BaseException as exc:
+            if counts_as_failure(exc):
+                verdict = True
+                served.breaker.failure(probe, exc)
+            raise
         finally:
+            if not verdict:
+                served.breaker.no_verdict(probe)
             served.leases -= 1
             served.last_used = time.monotonic()
             if served.leases == 0 and served.loaded:

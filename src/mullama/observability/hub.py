@@ -229,8 +229,10 @@ class Observability:
 
     def model_snapshots(self) -> list[ModelSnapshot]:
         out = []
+        circuits = self.models.circuits()
         for c in self.models.clients():
             alive = c.alive
+            breaker = circuits.get(c.name)
             st = c.stats()
             rate = self.rates.get(c.name)
             out.append(
@@ -244,6 +246,8 @@ class Observability:
                     memory_bytes=rss_bytes(c.pid) if alive else 0,
                     tokens_per_second=rate.rate() if rate is not None else 0.0,
                     threads=st.threads if alive else 0,
+                    circuit=breaker.state if breaker is not None else "closed",
+                    circuit_transitions=dict(breaker.transitions) if breaker else {},
                 )
             )
         return out

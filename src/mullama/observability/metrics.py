@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from ..models.breaker import STATES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -36,6 +38,8 @@ class ModelSnapshot:
     memory_bytes: int = 0
     tokens_per_second: float = 0.0
     threads: int = 0
+    circuit: str = "closed"
+    circuit_transitions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,7 +88,20 @@ class _LiveCollector(Collector):
             "engines decode too).",
             ("model",),
         )
+        circuit = gauge(
+            "mullama_circuit_state",
+            "The model's circuit breaker: 0 closed, 1 half-open (probing), 2 open.",
+            ("model",),
+        )
+        transitions = CounterMetricFamily(
+            "mullama_circuit_transitions",
+            "Circuit breaker state changes, by the state entered.",
+            labels=["model", "state"],
+        )
         for m in snap.models:
+            circuit.add_metric([m.name], STATES.index(m.circuit))
+            for state, n in m.circuit_transitions.items():
+                transitions.add_metric([m.name, state], n)
             loaded.add_metric([m.name], 1 if m.loaded else 0)
             memory.add_metric(["worker", m.name], m.memory_bytes)
             tps.add_metric([m.name], m.tokens_per_second)
@@ -93,7 +110,8 @@ class _LiveCollector(Collector):
             kv.add_metric([m.name], m.kv_used / m.kv_size if m.kv_size else 0.0)
             if m.loaded:
                 threads.add_metric([m.name], m.threads)
-        return [info, uptime, active, n_loaded, loaded, memory, tps, depth, seqs, kv, threads]
+        return [info, uptime, active, n_loaded, loaded, memory, tps, depth, seqs, kv, threads,
+                circuit, transitions]  # fmt: skip
 
 
 class Metrics:
