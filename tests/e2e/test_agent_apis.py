@@ -155,6 +155,7 @@ def test_responses_are_stored_retrieved_and_deleted(oai):
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
          "input[0].content[0].type"),
         ({"background": True}, "background"),
+        ({"tools": [{"type": "function"}]}, "tools[0].function.name"),
         ({"tool_choice": {"type": "function", "name": "nope"}, "tools": [WEATHER_FN]},
          "tool_choice"),
     ],
@@ -298,6 +299,10 @@ def test_messages_accept_thinking_and_a_system_prompt(claude):
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "server tool"),
         ({"tool_choice": {"type": "tool", "name": "nope"}, "tools": [WEATHER_TOOL]}, "nope"),
         ({"max_tokens": None}, "max_tokens"),
+        ({"tools": [{"name": "f"}]}, "input_schema"),
+        ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+            "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                     "data": "AAAA"}}]}]}]}, "image"),
         ({"mcp_servers": [{"type": "url", "url": "http://x", "name": "x"}]}, "mcp_servers"),
     ],
 )  # fmt: skip

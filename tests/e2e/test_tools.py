@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import openai
 import pytest
 
@@ -338,3 +339,29 @@ def test_langchain_chat_ollama_bind_tools_in_auto(daemon):
         ("get_weather", {"city": "Paris"})
     ]
     assert reply.content == ""
+
+
+def test_a_tool_schema_with_its_own_defs_is_enforced(openai_client):
+    """Nested models as frameworks write them (pydantic's $defs and $ref): the call's
+    arguments follow the referenced schema."""
+    order = {
+        "type": "function",
+        "function": {
+            "name": "order",
+            "description": "Order items",
+            "parameters": {
+                "type": "object",
+                "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/Item"},
+                                         "minItems": 1, "maxItems": 2}},
+                "required": ["items"],
+                "$defs": {"Item": {"type": "object", "required": ["sku", "count"],
+                                   "properties": {"sku": {"type": "string", "maxLength": 12},
+                                                  "count": {"type": "integer"}}}},
+            },
+        },
+    }  # fmt: skip
+    resp = _chat(openai_client, messages=[{"role": "user", "content": "Order two apples."}],
+                 tools=[order], tool_choice={"type": "function", "function": {"name": "order"}})  # fmt: skip
+    (call,) = resp.choices[0].message.tool_calls
+    args = json.loads(call.function.arguments)
+    jsonschema.validate(args, order["function"]["parameters"])

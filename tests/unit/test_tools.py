@@ -160,3 +160,11 @@ def test_a_template_without_a_system_role_gets_the_instruction_in_the_user_turn(
     assert [m["role"] for m in messages] == ["user"]
     rendered = ChatTemplate(source).render(messages)
     assert "You can call tools" in rendered and rendered.index("add") < rendered.index("2 + 3")
+
+
+def test_a_name_that_is_no_json_string_is_text_not_an_error():
+    plan = ToolPlan(TOOLS, "auto", True)
+    reply = '{"tool_calls": [{"name": "get\\_weather", "parameters": {}}]}'
+    assert plan.read(reply, "stop").content == reply
+    content, names, _ = _streamed(plan, reply, 1)
+    assert names == [] and content == reply

@@ -164,18 +164,18 @@ class ToolPlan:
         if not self.active:
             return None
         key = self.syntax.args_key
-        calls = [
-            {
-                "type": "object",
-                "properties": {
-                    "name": {"const": t.function.name},
-                    key: t.function.parameters or {"type": "object"},
-                },
-                "required": ["name", key],
-            }
-            for t in self._offered()
-        ]
-        return ToolGrammar(self.syntax, calls, self.forces_call, self.max_calls)
+        calls, defs = [], {}
+        for i, t in enumerate(self._offered()):
+            params, own = _rooted(t.function.parameters or {"type": "object"}, f"t{i}_")
+            defs.update(own)
+            calls.append(
+                {
+                    "type": "object",
+                    "properties": {"name": {"const": t.function.name}, key: params},
+                    "required": ["name", key],
+                }
+            )
+        return ToolGrammar(self.syntax, calls, self.forces_call, self.max_calls, defs)
 
     def calls(self, text: str, finish: str | None) -> list[dict[str, Any]] | None:
         """The reply's tool calls in OpenAI's shape, or None when it is plain text, or was
@@ -201,6 +201,36 @@ class ToolPlan:
             elif isinstance(e, CallArgs):
                 calls[e.index]["function"]["arguments"] += e.piece
         return Reply(content.strip() if calls else content, list(calls.values()))
+
+
+def _rooted(schema: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A tool's parameter schema made to work inside the call object's schema: its
+    ``$defs`` / ``definitions`` move to the root under ``prefix``-ed names, and its refs
+    (``#/$defs/X``, ``#/definitions/X``, and ``#`` for itself) are rewritten to match."""
+    own = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    if not own and '"$ref"' not in orjson.dumps(schema).decode():
+        return schema, {}
+    body = {k: v for k, v in schema.items() if k not in ("$defs", "definitions")}
+    defs = {f"{prefix}{name}": value for name, value in own.items()}
+    defs[f"{prefix}root"] = body
+
+    def fix(node: Any) -> Any:
+        if isinstance(node, list):
+            return [fix(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: fix(v) for k, v in node.items()}
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            if ref == "#":
+                out["$ref"] = f"#/$defs/{prefix}root"
+            for base in ("#/$defs/", "#/definitions/"):
+                if ref.startswith(base):
+                    out["$ref"] = f"#/$defs/{prefix}{ref[len(base) :]}"
+        return out
+
+    defs = {name: fix(value) for name, value in defs.items()}
+    return {"$ref": f"#/$defs/{prefix}root"}, defs
 
 
 @dataclass
@@ -351,7 +381,10 @@ class CallReader:
             if final or not waiting:
                 self._lose(text, out)
             return
-        name = orjson.loads(f'"{m.group(1)}"')
+        try:
+            name = orjson.loads(f'"{m.group(1)}"')
+        except orjson.JSONDecodeError:
+            name = None
         if name not in self.names:
             self._lose(text, out)
             return
@@ -415,9 +448,9 @@ class CallReader:
 
     def _lose(self, text: str, out: list[Event]) -> None:
         """Not the syntax after all: before any call, the text is content."""
-        if self.sent:
+        if self.sent:  # a call already announced cannot be taken back: drop the rest
             self.broken = True
-            self.pos, self.phase = len(text), "after"
+            self.pos, self.phase = len(text), "extra"
             return
         self.pos, self.phase = self.mark, "plain"
 

@@ -168,6 +168,8 @@ def tool_grammar(tg: ToolGrammar, split: Callable[[str], list[Piece]]) -> str:
     syn = tg.syntax
     calls = [_closed(c) for c in tg.calls]
     schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    if tg.defs:  # each tool's own $defs, moved to the root its refs now point at
+        schema = {**schema, "$defs": _closed(tg.defs)}
     obj = "%json " + orjson.dumps(schema).decode()
     sep = _seq(split(syn.separator))
     extra = max(0, tg.max_calls - 1)
@@ -186,7 +188,8 @@ def tool_grammar(tg: ToolGrammar, split: Callable[[str], list[Piece]]) -> str:
     elif not trigger:
         start = f"PLAIN | {whole}"
         rules.append(r"PLAIN: /[ \t\r\n]*([^{ \t\r\n](.|\n)*)?/")
-    elif len(head) == 1 and isinstance(head[0], int):  # a special token: no lexeme needed
+    elif isinstance(head[0], int):  # a special token ends TEXT by itself: no lazy rule
+        # (llguidance takes no special token inside a lexeme)
         start = f"TEXT | TEXT {_seq(head)} {after}"
     else:
         start = f"TEXT | trig {after}"

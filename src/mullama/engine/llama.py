@@ -156,11 +156,29 @@ class Model:
         return out
 
     def guidance_tokenizer(self) -> Any:
-        """llguidance's tokenizer of this vocabulary (~0.2 s for 49k tokens: build once).
-        Every end-of-generation token ends a complete value, not only EOS."""
-        from llguidance.llamacpp import lltokenizer_from_vocab
+        """llguidance's tokenizer of this vocabulary (~0.2 s for 49k tokens: build once),
+        as llguidance.llamacpp builds it but with llama.cpp's current attribute call.
+        Control tokens (and user-defined ones that look like ``<...>``) are marked special
+        (a 0xff prefix), so a grammar can name them and text never matches them. Every
+        end-of-generation token ends a complete value, not only EOS."""
+        from llguidance import LLTokenizer
 
-        return lltokenizer_from_vocab(self.vocab, eos_token=sorted(self.eog))
+        pieces: list[bytes] = []
+        for token in range(lc.llama_vocab_n_tokens(self.vocab)):
+            piece = self.piece(token, special=True)
+            attr = lc.llama_vocab_get_attr(self.vocab, token)
+            if attr & lc.LLAMA_TOKEN_ATTR_CONTROL or (
+                attr & lc.LLAMA_TOKEN_ATTR_USER_DEFINED
+                and piece.startswith(b"<")
+                and piece.endswith(b">")
+            ):
+                piece = b"\xff" + piece
+            pieces.append(piece)
+        tokenize = ctypes.cast(lc.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+        return LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
+            tokens=pieces, vocab_ptr=self.vocab, tokenize_fptr=tokenize,
+            eos_token=sorted(self.eog), slices=None,
+        )  # fmt: skip
 
     def is_eog(self, token: int) -> bool:
         return token in self.eog

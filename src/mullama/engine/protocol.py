@@ -136,6 +136,7 @@ class ToolGrammar:
     calls: list[dict[str, Any]]
     forced: bool
     max_calls: int
+    defs: dict[str, Any] = field(default_factory=dict)  # the tools' $defs, by new names
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> ToolGrammar:

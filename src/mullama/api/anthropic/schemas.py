@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from ...errors import InvalidParameter
+from ..body import validate
 from ..fields import Refusing, StrictBody
 from ..openai.schemas import ChatCompletionRequest
 
@@ -29,16 +30,28 @@ class ToolUseBlock(_Strict):
     input: dict[str, Any]
 
 
+class _ResultMedia(_Strict):
+    type: Literal["image", "document", "search_result"]
+
+
 class ToolResultBlock(_Strict):
     type: Literal["tool_result"]
     tool_use_id: str
-    content: str | list[TextBlock] = ""
+    content: str | list[Annotated[TextBlock | _ResultMedia, Field(discriminator="type")]] = ""
     is_error: bool = False
 
-    def text(self) -> str:
-        body = (
-            self.content if isinstance(self.content, str) else "".join(b.text for b in self.content)
-        )
+    def text(self, where: str) -> str:
+        if isinstance(self.content, str):
+            body = self.content
+        else:
+            for j, b in enumerate(self.content):
+                if isinstance(b, _ResultMedia):
+                    raise InvalidParameter(
+                        f"{where}.content[{j}] is a block of type {b.type}, which Mullama "
+                        "does not take (text models only)",
+                        param=f"{where}.content[{j}].type",
+                    )
+            body = "\n".join(b.text for b in self.content if isinstance(b, TextBlock))
         return f"Error: {body}" if self.is_error else body
 
 
@@ -130,7 +143,7 @@ class MessagesRequest(_Strict, Refusing):
             }[choice.type]
             if choice.disable_parallel_tool_use:
                 body["parallel_tool_calls"] = False
-        return ChatCompletionRequest.model_validate(body)
+        return validate(ChatCompletionRequest, body)
 
     def _messages(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -138,7 +151,7 @@ class MessagesRequest(_Strict, Refusing):
             system = (
                 self.system
                 if isinstance(self.system, str)
-                else "".join(b.text for b in self.system)
+                else "\n".join(b.text for b in self.system)
             )
             out.append({"role": "system", "content": system})
         for i, m in enumerate(self.messages):
@@ -154,7 +167,16 @@ def _tool(index: int, raw: dict[str, Any]) -> dict[str, Any]:
             "only custom tools (name, description, input_schema) are served",
             param=f"tools[{index}].type",
         )
-    tool = Tool.model_validate(raw)
+    if not isinstance(raw, dict):
+        raise InvalidParameter(f"tools[{index}] must be an object", param=f"tools[{index}]")
+    try:
+        tool = Tool.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise InvalidParameter(
+            f"tools[{index}].{where}: {err['msg']}", param=f"tools[{index}].{where}"
+        ) from None
     return {
         "type": "function",
         "function": {
@@ -200,16 +222,20 @@ def _message(index: int, m: Message) -> list[dict[str, Any]]:
                     param=f"messages[{index}].content[{k}]",
                 )
             results.append(
-                {"role": "tool", "tool_call_id": block.tool_use_id, "content": block.text()}
+                {
+                    "role": "tool",
+                    "tool_call_id": block.tool_use_id,
+                    "content": block.text(f"messages[{index}].content[{k}]"),
+                }
             )
     out = list(results)
     if m.role == "assistant":
-        msg: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
+        msg: dict[str, Any] = {"role": "assistant", "content": "\n".join(text)}
         if calls:
             msg["tool_calls"] = calls
         out.append(msg)
     elif text or not results:
-        out.append({"role": "user", "content": "".join(text)})
+        out.append({"role": "user", "content": "\n".join(text)})
     return out
 
 

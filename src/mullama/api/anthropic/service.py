@@ -31,6 +31,11 @@ def _stop_reason(end: Finished) -> str:
     return "stop_sequence" if end.stop is not None else "end_turn"
 
 
+def _stop_sequence(end: Finished) -> str | None:
+    """The stop sequence, only when it is what ended the reply."""
+    return end.stop if _stop_reason(end) == "stop_sequence" else None
+
+
 def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {
         "input_tokens": prompt,
@@ -64,7 +69,7 @@ class AnthropicService:
             "model": body.model,
             "content": content,
             "stop_reason": _stop_reason(reply.end),
-            "stop_sequence": reply.end.stop,
+            "stop_sequence": _stop_sequence(reply.end),
             "usage": _usage(started.prompt_tokens, reply.end.completion_tokens),
         }
 
@@ -109,7 +114,7 @@ class AnthropicService:
                 elif isinstance(e, Finished):
                     if open_text or open_call:  # a call max_tokens cut: its block ends too
                         yield event("content_block_stop", {"index": index})
-                    delta = {"stop_reason": _stop_reason(e), "stop_sequence": e.stop}
+                    delta = {"stop_reason": _stop_reason(e), "stop_sequence": _stop_sequence(e)}
                     usage = {"output_tokens": e.completion_tokens}
                     yield event("message_delta", {"delta": delta, "usage": usage})
                     yield event("message_stop", {})

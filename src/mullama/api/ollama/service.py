@@ -184,6 +184,7 @@ class OllamaService:
         reader = CallReader(plan) if plan is not None and plan.active else None
         text = ""
         calls: list[dict[str, Any]] = []
+        sent = 0  # calls sent whole
         try:
             async for c in gen:
                 last = c
@@ -206,10 +207,14 @@ class OllamaService:
                     elif isinstance(e, CallArgs):
                         calls[e.index]["function"]["arguments"] += e.piece
                     elif isinstance(e, CallDone):
+                        sent += 1
                         piece = _piece(model, kind, "")
                         done = ollama_calls(calls)[e.index : e.index + 1]
                         piece["message"]["tool_calls"] = done
                         yield ndjson_line(piece)
+            if reader is not None and calls and not sent:
+                # The call was cut off (num_predict, a stop): its text, as a whole reply gives it.
+                yield ndjson_line(_piece(model, kind, text[reader.mark :]))
             yield ndjson_line(_final(model, kind, "", last, first.prompt_tokens, timings))
         except MullamaError as exc:
             yield ndjson_error(exc)

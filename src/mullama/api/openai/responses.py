@@ -20,6 +20,7 @@ import orjson
 from pydantic import Field
 
 from ...errors import InvalidParameter, MullamaError, NotFound
+from ..body import validate
 from ..fields import Refusing, StrictBody
 from ..replies import Finished, Started, events, whole
 from ..tools import CallArgs, CallDone, CallStart, Content
@@ -108,7 +109,7 @@ class ResponsesRequest(_Strict, Refusing):
                     "strict": fmt.strict,
                 }
             body["response_format"] = spec
-        return ChatCompletionRequest.model_validate(body)
+        return validate(ChatCompletionRequest, body)
 
 
 def _tool(index: int, raw: dict[str, Any]) -> dict[str, Any]:
@@ -361,7 +362,7 @@ class ResponsesService:
         calls: dict[int, dict[str, Any]] = {}
 
         def close_text(status: str = "completed") -> list[bytes]:
-            nonlocal text_item
+            nonlocal text_item, text
             if text_item is None:
                 return []
             idx = output.index(text_item)
@@ -369,10 +370,11 @@ class ResponsesService:
             done = _message_item(item_id, text, status)
             output[idx] = done
             text_item = None
+            finished, text = text, ""
             part = done["content"][0]
             return [
                 ev("response.output_text.done", item_id=item_id, output_index=idx,
-                   content_index=0, text=text, logprobs=[]),
+                   content_index=0, text=finished, logprobs=[]),
                 ev("response.content_part.done", item_id=item_id, output_index=idx,
                    content_index=0, part=part),
                 ev("response.output_item.done", output_index=idx, item=done),
