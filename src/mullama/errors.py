@@ -137,6 +137,13 @@ class EngineCrashed(ServerError):
     code = "engine_crashed"
 
 
+class ModelUnloaded(EngineCrashed):
+    """The model was unloaded (by an operator, eviction or expiry) under a request: no
+    fault of the model's, so its circuit breaker does not count it."""
+
+    code = "model_unloaded"
+
+
 class DownloadFailed(ServerError):
     """A pull failed: the Hub refused, the connection broke, or the bytes did not verify."""
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from ..errors import EngineCrashed, MullamaError, ServerError
+from ..errors import EngineCrashed, ModelUnloaded, MullamaError, ServerError
 from .protocol import (
     HEADER_SIZE,
     Accepted,
@@ -182,7 +182,7 @@ class WorkerClient:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader_task
-        self._fail_streams(EngineCrashed(f"model {self.name!r} was unloaded"))
+        self._fail_streams(ModelUnloaded(f"model {self.name!r} was unloaded"))
 
     # ---- reading frames from the worker -----------------------------------------
 
@@ -204,7 +204,7 @@ class WorkerClient:
         self._writer = None
         self._stats = ModelStats(kv_size=self._stats.kv_size)
         if self._closing:
-            self._fail_streams(EngineCrashed(f"model {self.name!r} was unloaded"))
+            self._fail_streams(ModelUnloaded(f"model {self.name!r} was unloaded"))
             return
         log.error("engine worker for model %s exited (code %s)", self.name, code)
         self.restarts += 1
@@ -265,7 +265,7 @@ class WorkerClient:
     def _send(self, wire: dict[str, Any]) -> None:
         writer = self._writer
         if writer is None:
-            raise EngineCrashed(f"the engine process for model {self.name!r} is not running")
+            raise ModelUnloaded(f"the engine process for model {self.name!r} is not running")
         writer.write(encode_frame(wire))
 
     def _new_id(self, hint: str) -> str:

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ClientDisconnected, ClientError, MullamaError, Unavailable
+from ..errors import ClientDisconnected, ClientError, ModelUnloaded, MullamaError, Unavailable
 
 STATES = ("closed", "half_open", "open")  # the gauge's values: 0, 1, 2
 
@@ -25,8 +25,8 @@ def counts_as_failure(exc: BaseException) -> bool:
     failures, crashes, timeouts."""
     if not isinstance(exc, MullamaError) or isinstance(exc, ClientDisconnected):
         return False
-    if isinstance(exc, ClientError) or isinstance(exc, Unavailable):
-        return False
+    if isinstance(exc, ClientError | Unavailable | ModelUnloaded):
+        return False  # the client's, a full queue, or an unload under the request
     return exc.status >= 500
 
 
