@@ -19,16 +19,20 @@ router = APIRouter()
 @router.get("/v1/health")
 async def health(request: Request) -> ORJSONResponse:
     """200 while serving; 503 while the preloaded models are still loading (like
-    llama-server) and once stopped. ``status`` is ok, degraded (a model failed to load),
-    starting, draining or stopped."""
+    llama-server) and once stopped. ``status`` is ok, degraded (a model failed to load,
+    a circuit is open, or a dependency is down), starting, draining or stopped.
+    ``dependencies`` are the background probes' last results (daemon/dependencies.py):
+    this never waits on a dependency."""
     lifecycle = request.app.state.lifecycle
     obs = request.app.state.obs
     phase = lifecycle.phase.value
     open_circuits = sorted(
         name for name, b in request.app.state.models.circuits().items() if b.state != "closed"
     )
+    deps = request.app.state.dependencies
     if phase == "ready":
-        status = "degraded" if lifecycle.failed_models or open_circuits else "ok"
+        bad = lifecycle.failed_models or open_circuits or deps.degraded()
+        status = "degraded" if bad else "ok"
     else:
         status = phase
     code = 503 if phase in ("starting", "stopped") else 200
@@ -36,6 +40,7 @@ async def health(request: Request) -> ORJSONResponse:
         {
             "status": status,
             "open_circuits": open_circuits,
+            "dependencies": deps.snapshot(),
             "models_loaded": sum(1 for c in request.app.state.models.clients() if c.alive),
             "uptime_secs": round(obs.uptime(), 3),
             "version": __version__,

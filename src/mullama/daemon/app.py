@@ -29,6 +29,7 @@ from ..models.store import ModelStore
 from ..observability.access import AccessLogMiddleware
 from ..observability.hub import Observability
 from ..observability.tracing import Tracing
+from .dependencies import Dependencies
 from .guards import install_guards
 from .lifecycle import Lifecycle, Phase
 from .middleware import RequestIdMiddleware
@@ -61,10 +62,12 @@ def create_app(
         lifecycle: Lifecycle = app.state.lifecycle
         loading = asyncio.create_task(preload(manager, lifecycle), name="preload")
         app.state.preload = loading
+        probing = asyncio.create_task(app.state.dependencies.run(), name="dependencies")
         try:
             yield
         finally:
             lifecycle.phase = Phase.STOPPED
+            probing.cancel()
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
@@ -86,6 +89,7 @@ def create_app(
     app.state.obs = obs
     app.state.openai = OpenAIService(manager)
     app.state.anthropic = AnthropicService(app.state.openai)
+    app.state.dependencies = Dependencies(settings, manager)
     app.state.responses = ResponsesService(app.state.openai, ResponseStore())
     app.state.ollama = OllamaService(manager)
     store = ModelStore(settings.cache_dir)

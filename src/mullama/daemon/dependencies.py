@@ -1,0 +1,111 @@
+"""What the daemon depends on, probed in the background so /health answers at once from
+the last results, never by waiting on a dead dependency: the model store's disk (free
+space), Redis when rate limits live there, the OTLP collector when traces go to one, and
+each model's worker. All of them are optional for serving: one that is down makes
+/health say ``degraded``, and requests keep being served."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+PERIOD_S = 5.0  # between two rounds of probes
+TIMEOUT_S = 1.0  # one probe's limit
+MIN_FREE_BYTES = 1 << 30  # the store's disk is degraded below 1 GiB free
+
+
+@dataclass
+class Result:
+    status: str = "unknown"  # ok | degraded | down | unknown (not probed yet)
+    latency_ms: float | None = None
+    detail: str | None = None
+    checked_at: float = 0.0
+
+
+async def _ping_tcp(host: str, port: int, payload: bytes | None) -> str | None:
+    """Connect (and send ``payload``, read a reply); None when it answered."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), TIMEOUT_S)
+    try:
+        if payload is not None:
+            writer.write(payload)
+            await writer.drain()
+            reply = await asyncio.wait_for(reader.readline(), TIMEOUT_S)
+            if not reply:
+                return "closed the connection"
+        return None
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+class Dependencies:
+    def __init__(self, settings: Any, manager: Any) -> None:
+        self.manager = manager
+        self.store = Path(settings.cache_dir).expanduser()
+        self.checks: dict[str, Any] = {"model_store": self._disk}
+        self.results: dict[str, Result] = {"model_store": Result()}
+        storage = settings.rate_limit_storage
+        if storage.startswith(("redis://", "rediss://")):
+            url = urlsplit(storage)
+            self._redis = (url.hostname or "127.0.0.1", url.port or 6379)
+            self.checks["redis"] = self._redis_ping
+            self.results["redis"] = Result()
+        if settings.otlp_endpoint:
+            url = urlsplit(settings.otlp_endpoint)
+            self._otlp = (url.hostname or "127.0.0.1", url.port or 4318)
+            self.checks["otlp_collector"] = self._otlp_connect
+            self.results["otlp_collector"] = Result()
+
+    async def run(self) -> None:
+        """Probe every PERIOD_S seconds until cancelled."""
+        while True:
+            await self.probe_all()
+            await asyncio.sleep(PERIOD_S)
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self._probe(name, check) for name, check in self.checks.items()))
+
+    async def _probe(self, name: str, check: Any) -> None:
+        started = time.perf_counter()
+        try:
+            status, detail = await check()
+        except (OSError, TimeoutError) as exc:
+            status, detail = "down", str(exc) or type(exc).__name__
+        self.results[name] = Result(status, round((time.perf_counter() - started) * 1000, 3),
+                                    detail, time.time())  # fmt: skip
+
+    async def _disk(self) -> tuple[str, str | None]:
+        path = self.store if self.store.exists() else self.store.parent
+        usage = await asyncio.to_thread(shutil.disk_usage, path)
+        free = f"{usage.free} bytes free"
+        return ("ok" if usage.free >= MIN_FREE_BYTES else "degraded"), free
+
+    async def _redis_ping(self) -> tuple[str, str | None]:
+        problem = await _ping_tcp(*self._redis, b"PING\r\n")
+        return ("down", problem) if problem else ("ok", None)
+
+    async def _otlp_connect(self) -> tuple[str, str | None]:
+        problem = await _ping_tcp(*self._otlp, None)
+        return ("down", problem) if problem else ("ok", None)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The last results, with each loaded model's worker."""
+        now = time.time()
+        out: dict[str, Any] = {
+            name: {"status": r.status, "latency_ms": r.latency_ms, "detail": r.detail,
+                   "age_s": round(now - r.checked_at, 3) if r.checked_at else None}
+            for name, r in self.results.items()
+        }  # fmt: skip
+        for client in self.manager.clients():
+            out[f"model:{client.name}"] = {"status": "ok" if client.alive else "not_loaded"}
+        return out
+
+    def degraded(self) -> list[str]:
+        return sorted(n for n, r in self.results.items() if r.status in ("down", "degraded"))
