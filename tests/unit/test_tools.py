@@ -56,8 +56,8 @@ FAMILIES = {
 
 def _streamed(plan: ToolPlan, reply: str, step: int) -> tuple[str, list[str], dict[int, str]]:
     reader, events = CallReader(plan), []
-    for end in range(step, len(reply) + step, step):
-        events += reader.feed(reply[:end], final=end >= len(reply))
+    for start in range(0, len(reply), step):
+        events += reader.push(reply[start : start + step], final=start + step >= len(reply))
     content = "".join(e.text for e in events if isinstance(e, Content))
     names = [e.name for e in events if isinstance(e, CallStart)]
     args: dict[int, str] = {}
@@ -77,7 +77,7 @@ def _check_stream_matches_whole(plan: ToolPlan, reply: str) -> list[dict]:
         assert [args[i] for i in range(len(whole.calls))] == [
             c["function"]["arguments"] for c in whole.calls
         ]
-    assert plan.calls(reply, "length") is None  # cut off by max_tokens: never a call
+    assert plan.read(reply, "length").calls == []  # cut off by max_tokens: never a call
     return whole.calls
 
 
@@ -110,13 +110,13 @@ def test_a_template_without_tools_gets_the_generic_format():
 
 def test_arguments_are_the_models_own_text():
     reply = RECORDED[2]
-    call = ToolPlan(TOOLS, "required", True).calls(reply, "stop")[0]
+    call = ToolPlan(TOOLS, "required", True).read(reply, "stop").calls[0]
     assert call["function"]["arguments"] == '{"city": "Par}is \\"x\\"", "unit": "c"}'
 
 
 def test_one_call_only_when_parallel_calls_are_off():
     plan = ToolPlan(TOOLS, "required", False)
-    assert len(plan.calls(RECORDED[0], "stop")) == 1
+    assert len(plan.read(RECORDED[0], "stop").calls) == 1
     assert _streamed(plan, RECORDED[0], 1)[1] == ["get_weather"]
 
 
@@ -127,7 +127,7 @@ def test_one_call_only_when_parallel_calls_are_off():
 )  # fmt: skip
 def test_text_unknown_tools_and_cut_calls_are_no_calls(reply):
     plan = ToolPlan(TOOLS, "auto", True)
-    assert plan.calls(reply, "stop") is None
+    assert plan.read(reply, "stop").calls == []
     assert plan.read(reply, "stop").content == reply  # all of it, as text
     if "rm_rf" in reply or reply.startswith("Hello") or "answer" in reply:
         content, names, _ = _streamed(plan, reply, 1)
@@ -143,7 +143,7 @@ def test_text_that_only_looks_like_a_marker_start_is_released():
 def test_none_reads_no_calls_and_shows_no_tools():
     plan = ToolPlan(TOOLS, "none", True)
     assert (
-        plan.calls(RECORDED[1], "stop") is None
+        plan.read(RECORDED[1], "stop").calls == []
         and plan.instruction() is None
         and plan.constraint() is None
     )

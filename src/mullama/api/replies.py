@@ -47,7 +47,6 @@ async def events(started: Started) -> AsyncIterator[Event]:
     generation (the engine frees the sequence)."""
     plan, gen = started.plan, started.gen
     reader = CallReader(plan) if plan.active else None
-    text = ""
     finish, stop, tokens = None, None, 0
     try:
         async for c in gen:
@@ -57,15 +56,14 @@ async def events(started: Started) -> AsyncIterator[Event]:
                 if c.text:
                     yield Content(c.text)
             else:
-                text += c.text
-                for e in reader.feed(text, final):
+                for e in reader.push(c.text, final):
                     yield e
             if final:
                 finish, stop = c.finish_reason, c.stop
     finally:
         await gen.aclose()
-    if reader is not None and reader.started and not reader.broken and finish == "stop":
-        finish = "tool_calls"
+    if reader is not None:
+        finish = reader.finish(finish)
     yield Finished(finish, stop, tokens)
 
 
@@ -83,6 +81,4 @@ async def whole(started: Started) -> WholeReply:
     finally:
         await started.gen.aclose()
     reply = started.plan.read("".join(parts), finish)
-    if reply.calls:
-        finish = "tool_calls"
-    return WholeReply(reply.content, reply.calls, Finished(finish, stop, tokens))
+    return WholeReply(reply.content, reply.calls, Finished(reply.finish(finish), stop, tokens))

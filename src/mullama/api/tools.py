@@ -177,30 +177,18 @@ class ToolPlan:
             )
         return ToolGrammar(self.syntax, calls, self.forces_call, self.max_calls, defs)
 
-    def calls(self, text: str, finish: str | None) -> list[dict[str, Any]] | None:
-        """The reply's tool calls in OpenAI's shape, or None when it is plain text, or was
-        cut off by max_tokens (``finish`` "length"): never a broken call."""
-        reply = self.read(text, finish)
-        return reply.calls or None
-
     def read(self, text: str, finish: str | None) -> Reply:
-        """A whole reply: the text outside the calls, and the calls (none when the
-        reply was cut off by max_tokens in a call, or is not of the syntax)."""
+        """A whole reply: the text outside the calls, and the calls in OpenAI's shape
+        (none when the reply was cut off by max_tokens in a call, or is not of the
+        syntax: never a broken call)."""
         if not self.active:
             return Reply(text, [])
         reader = CallReader(self)
-        events = reader.feed(text, final=True)
+        events = reader.push(text, final=True)
         if reader.broken or (finish == "length" and reader.sent):
             return Reply(text, [])
         content = "".join(e.text for e in events if isinstance(e, Content))
-        calls: dict[int, dict[str, Any]] = {}
-        for e in events:
-            if isinstance(e, CallStart):
-                calls[e.index] = {"id": e.id, "type": "function",
-                                  "function": {"name": e.name, "arguments": ""}}  # fmt: skip
-            elif isinstance(e, CallArgs):
-                calls[e.index]["function"]["arguments"] += e.piece
-        return Reply(content.strip() if calls else content, list(calls.values()))
+        return Reply(content.strip() if reader.calls else content, reader.calls)
 
 
 def _rooted(schema: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -237,6 +225,10 @@ def _rooted(schema: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[s
 class Reply:
     content: str
     calls: list[dict[str, Any]]
+
+    def finish(self, reason: str | None) -> str | None:
+        """The reply's finish reason: ``tool_calls`` when it holds calls."""
+        return "tool_calls" if self.calls else reason
 
 
 @dataclass
@@ -294,12 +286,12 @@ def _may_start(text: str, literal: str) -> bool:
 
 
 class CallReader:
-    """Reads a reply in the plan's call syntax as it is written (the whole reply so far,
-    each time): text outside the calls goes out as content, except a tail that could
-    still begin a call marker; a call is announced once its name is known, and its
-    arguments go out as the model writes them (raw substrings: they add up to exactly
-    the final ``arguments``). A reply that leaves the syntax inside a call is
-    ``broken``: read as plain text at the end."""
+    """Reads a reply in the plan's call syntax as it is written (``push`` each new piece):
+    text outside the calls goes out as content, except a tail that could still begin a
+    call marker; a call is announced once its name is known, and its arguments go out as
+    the model writes them (raw substrings: they add up to exactly the final
+    ``arguments``). ``calls`` holds them so far, in OpenAI's shape. A reply that leaves
+    the syntax inside a call is ``broken``: read as plain text at the end."""
 
     def __init__(self, plan: ToolPlan) -> None:
         syn = plan.syntax
@@ -318,12 +310,21 @@ class CallReader:
         self.sent = 0
         self.args_from = 0
         self.broken = False
+        self.text = ""  # the reply so far
+        self.calls: list[dict[str, Any]] = []
 
     @property
     def started(self) -> bool:
         return self.sent > 0
 
-    def feed(self, text: str, final: bool = False) -> list[Event]:
+    def finish(self, reason: str | None) -> str | None:
+        """A stream's finish reason: ``tool_calls`` when its calls were read whole."""
+        return "tool_calls" if self.started and not self.broken and reason == "stop" else reason
+
+    def push(self, piece: str, final: bool = False) -> list[Event]:
+        """The events of the reply's next ``piece`` (``final``: the reply is over)."""
+        self.text += piece
+        text = self.text
         out: list[Event] = []
         while True:
             before = (self.phase, self.pos)
@@ -388,7 +389,10 @@ class CallReader:
         if name not in self.names:
             self._lose(text, out)
             return
-        out.append(CallStart(self.sent, self.new_id(), name))
+        start = CallStart(self.sent, self.new_id(), name)
+        out.append(start)
+        self.calls.append({"id": start.id, "type": "function",
+                           "function": {"name": name, "arguments": ""}})  # fmt: skip
         self.sent += 1
         self.pos = self.args_from = _WS.match(text, m.end()).end()
         self.phase = "args"
@@ -404,7 +408,9 @@ class CallReader:
             end = None
         upto = len(text) if end is None else end
         if upto > self.args_from:
-            out.append(CallArgs(self.sent - 1, text[self.args_from : upto]))
+            piece = text[self.args_from : upto]
+            out.append(CallArgs(self.sent - 1, piece))
+            self.calls[-1]["function"]["arguments"] += piece
             self.args_from = upto
         if end is not None:
             self.pos, self.phase = end, "tail"
@@ -526,19 +532,21 @@ def with_instruction(
     return [{"role": "system", "content": instruction}, *messages]
 
 
+def ollama_call(call: dict[str, Any], index: int) -> dict[str, Any]:
+    """An OpenAI-shaped call in Ollama's: ``arguments`` an object, with ``index``."""
+    fn = call["function"]
+    return {
+        "id": call["id"],
+        "function": {
+            "index": index,
+            "name": fn["name"],
+            "arguments": orjson.loads(fn["arguments"]),
+        },
+    }
+
+
 def ollama_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """OpenAI-shaped calls in Ollama's: ``arguments`` an object, with ``index``."""
-    return [
-        {
-            "id": c["id"],
-            "function": {
-                "index": k,
-                "name": c["function"]["name"],
-                "arguments": orjson.loads(c["function"]["arguments"]),
-            },
-        }
-        for k, c in enumerate(calls)
-    ]
+    return [ollama_call(c, k) for k, c in enumerate(calls)]
 
 
 def history_message(role: str, content: str, calls: list[ToolCallIn] | None, call_id: str | None,

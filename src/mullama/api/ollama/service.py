@@ -17,14 +17,13 @@ from ..logprobs import chat_content
 from ..profiles import profile_of
 from ..streaming import ndjson_line
 from ..tools import (
-    CallArgs,
     CallDone,
     CallReader,
-    CallStart,
     Content,
     ToolCallIn,
     ToolPlan,
     history_message,
+    ollama_call,
     ollama_calls,
     plan_tools,
 )
@@ -182,8 +181,6 @@ class OllamaService:
         Ollama sends it."""
         last = first
         reader = CallReader(plan) if plan is not None and plan.active else None
-        text = ""
-        calls: list[dict[str, Any]] = []
         sent = 0  # calls sent whole
         try:
             async for c in gen:
@@ -197,24 +194,18 @@ class OllamaService:
                             piece["logprobs"] = chat_content(c.logprobs)
                         yield ndjson_line(piece)
                     continue
-                text += c.text
-                for e in reader.feed(text, c.finish_reason is not None):
+                for e in reader.push(c.text, c.finish_reason is not None):
                     if isinstance(e, Content):
                         yield ndjson_line(_piece(model, kind, e.text))
-                    elif isinstance(e, CallStart):
-                        calls.append({"id": e.id, "type": "function",
-                                      "function": {"name": e.name, "arguments": ""}})  # fmt: skip
-                    elif isinstance(e, CallArgs):
-                        calls[e.index]["function"]["arguments"] += e.piece
                     elif isinstance(e, CallDone):
                         sent += 1
                         piece = _piece(model, kind, "")
-                        done = ollama_calls(calls)[e.index : e.index + 1]
-                        piece["message"]["tool_calls"] = done
+                        done = ollama_call(reader.calls[e.index], e.index)
+                        piece["message"]["tool_calls"] = [done]
                         yield ndjson_line(piece)
-            if reader is not None and calls and not sent:
+            if reader is not None and reader.calls and not sent:
                 # The call was cut off (num_predict, a stop): its text, as a whole reply gives it.
-                yield ndjson_line(_piece(model, kind, text[reader.mark :]))
+                yield ndjson_line(_piece(model, kind, reader.text[reader.mark :]))
             yield ndjson_line(_final(model, kind, "", last, first.prompt_tokens, timings))
         except MullamaError as exc:
             yield ndjson_error(exc)

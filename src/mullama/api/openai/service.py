@@ -358,8 +358,9 @@ def _reply(plan: ToolPlan, choice: _Choice) -> tuple[dict[str, Any], str | None]
     reply = plan.read("".join(choice.text), choice.finish_reason)
     if reply.calls:
         message = {"role": "assistant", "content": reply.content or None, "tool_calls": reply.calls}
-        return message, "tool_calls"
-    return {"role": "assistant", "content": reply.content}, choice.finish_reason
+    else:
+        message = {"role": "assistant", "content": reply.content}
+    return message, reply.finish(choice.finish_reason)
 
 
 class _Held:
@@ -369,17 +370,14 @@ class _Held:
     known, and its arguments go out as the model writes them."""
 
     def __init__(self, plan: ToolPlan) -> None:
-        self.plan = plan
         self.reader = CallReader(plan)
-        self.text = ""
         self.entries: list[Any] = []
 
     def feed(self, c: Chunk) -> list[tuple[dict[str, Any], Any, str | None]]:
-        self.text += c.text
         self.entries += c.logprobs or []
         final = c.finish_reason is not None
         out: list[tuple[dict[str, Any], Any, str | None]] = []
-        for e in self.reader.feed(self.text, final):
+        for e in self.reader.push(c.text, final):
             if isinstance(e, Content):
                 entries, self.entries = self.entries, []
                 out.append(({"content": e.text}, entries, None))
@@ -392,10 +390,7 @@ class _Held:
                 piece = {"index": e.index, "function": {"arguments": e.piece}}
                 out.append(({"tool_calls": [piece]}, None, None))
         if final:
-            finish = c.finish_reason
-            if self.reader.started and finish == "stop" and not self.reader.broken:
-                finish = "tool_calls"
-            out.append(({}, None, finish))
+            out.append(({}, None, self.reader.finish(c.finish_reason)))
         return out
 
 
