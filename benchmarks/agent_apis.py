@@ -24,7 +24,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from compare import free_port, stop, wait_ready  # noqa: E402
+from compare import free_port, mullama_cmd, stop, wait_ready  # noqa: E402
 
 NAME = "smollm2:135m"
 TOPICS = ["a dragon", "a sailor", "a lost city", "a clockmaker", "a comet", "a garden",
@@ -92,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=128)
     args = p.parse_args(argv)
     port = free_port()
-    cmd = [
-        sys.executable, "-m", "mullama", "serve", "--http-port", str(port), "--parallel",
-        str(args.concurrency), "--context-size", "1024", "--log-level", "warning",
-        "--socket", "none",
-    ]  # fmt: skip
+    cmd = mullama_cmd(port, "--parallel", str(args.concurrency), "--context-size", "1024")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     apis = ["chat", "responses", "messages"]

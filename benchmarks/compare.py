@@ -52,6 +52,14 @@ def build_anchors() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def mullama_cmd(port: int, *extra: str) -> list[str]:
+    """``mullama serve`` on ``port`` for a benchmark: quiet, no control socket."""
+    return [
+        sys.executable, "-m", "mullama", "serve", "--http-port", str(port),
+        "--log-level", "warning", "--socket", "none", *extra,
+    ]  # fmt: skip
+
+
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -197,21 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         runs["baseline"] = []
 
-    def mullama_cmd(port: int) -> list[str]:
-        return [
-            sys.executable, "-m", "mullama", "serve", "--http-port", str(port),
-            "--parallel", str(args.parallel), "--context-size", str(ctx_per_seq),
-            "--threads", threads, "--log-level", "warning", "--socket", "none",
-        ]  # fmt: skip
+    def mullama_serve(port: int) -> list[str]:
+        return mullama_cmd(port, "--parallel", str(args.parallel), "--context-size",
+                           str(ctx_per_seq), "--threads", threads)  # fmt: skip
 
     for _ in range(args.rounds):
         port = free_port()
-        runs["mullama"].append(measure(mullama_cmd(port), port, name, args))
+        runs["mullama"].append(measure(mullama_serve(port), port, name, args))
         if args.baseline:
             # Another checkout's code (e.g. `git worktree add /tmp/base main`), same venv.
             env = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve())}
             port = free_port()
-            runs["baseline"].append(measure(mullama_cmd(port), port, name, args, env))
+            runs["baseline"].append(measure(mullama_serve(port), port, name, args, env))
         port = free_port()
         runs["llama-server"].append(
             measure(

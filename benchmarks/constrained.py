@@ -29,7 +29,14 @@ import jsonschema
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from compare import build_anchors, free_port, model_path, stop, wait_ready  # noqa: E402
+from compare import (  # noqa: E402
+    build_anchors,
+    free_port,
+    model_path,
+    mullama_cmd,
+    stop,
+    wait_ready,
+)
 
 NAME = "smollm2:135m"
 MOVIE = {
@@ -147,11 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def servers(port: int) -> dict[str, list[str]]:
         return {
-            "mullama": [
-                sys.executable, "-m", "mullama", "serve", "--http-port", str(port), "--parallel",
-                str(args.concurrency), "--context-size", "1024", "--threads", threads,
-                "--log-level", "warning", "--socket", "none",
-            ],
+            "mullama": mullama_cmd(port, "--parallel", str(args.concurrency),
+                                   "--context-size", "1024", "--threads", threads),
             "llama-server": [
                 str(bin_dir / "llama-server"), "-m", model_path(), "--port", str(port),
                 "--parallel", str(args.concurrency), "-c", str(1024 * args.concurrency),

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from compare import ROOT, build_anchors, free_port, model_path, stop, wait_ready
+from compare import ROOT, build_anchors, free_port, model_path, mullama_cmd, stop, wait_ready
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import loadgen  # noqa: E402
@@ -44,10 +44,7 @@ NAME = "smollm2:135m"
 
 
 def mullama(port: int, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "mullama", "serve", "--http-port", str(port), "--socket", "none",
-        "--context-size", "2048", "--log-level", "warning", *extra,
-    ]  # fmt: skip
+    return mullama_cmd(port, "--context-size", "2048", *extra)
 
 
 def llama_server(bin_dir: Path, model: str, port: int, parallel: int) -> list[str]:

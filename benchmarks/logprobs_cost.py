@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import loadgen  # noqa: E402
-from compare import free_port, stop, wait_ready  # noqa: E402
+from compare import free_port, mullama_cmd, stop, wait_ready  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,11 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     import subprocess
 
     port = free_port()
-    cmd = [
-        sys.executable, "-m", "mullama", "serve", "--http-port", str(port), "--parallel",
-        str(args.concurrency), "--context-size", "2048", "--log-level", "warning",
-        "--socket", "none",
-    ]  # fmt: skip
+    cmd = mullama_cmd(port, "--parallel", str(args.concurrency), "--context-size", "2048")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     modes = {"off": None, "logprobs 0": 0, f"logprobs {args.top}": args.top}

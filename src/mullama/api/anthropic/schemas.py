@@ -30,6 +30,13 @@ class ToolUseBlock(_Strict):
     input: dict[str, Any]
 
 
+def _refused_block(where: str, kind: str) -> InvalidParameter:
+    return InvalidParameter(
+        f"{where} is a block of type {kind}, which Mullama does not take (text models only)",
+        param=f"{where}.type",
+    )
+
+
 class _ResultMedia(_Strict):
     type: Literal["image", "document", "search_result"]
 
@@ -46,11 +53,7 @@ class ToolResultBlock(_Strict):
         else:
             for j, b in enumerate(self.content):
                 if isinstance(b, _ResultMedia):
-                    raise InvalidParameter(
-                        f"{where}.content[{j}] is a block of type {b.type}, which Mullama "
-                        "does not take (text models only)",
-                        param=f"{where}.content[{j}].type",
-                    )
+                    raise _refused_block(f"{where}.content[{j}]", b.type)
             body = "\n".join(b.text for b in self.content if isinstance(b, TextBlock))
         return f"Error: {body}" if self.is_error else body
 
@@ -198,11 +201,7 @@ def _message(index: int, m: Message) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for k, block in enumerate(m.content):
         if isinstance(block, OtherBlock):
-            raise InvalidParameter(
-                f"messages[{index}].content[{k}] is a block of type {block.type}, which Mullama "
-                "does not take (text models only)",
-                param=f"messages[{index}].content[{k}].type",
-            )
+            raise _refused_block(f"messages[{index}].content[{k}]", block.type)
         if isinstance(block, TextBlock):
             text.append(block.text)
         elif isinstance(block, ToolUseBlock):
