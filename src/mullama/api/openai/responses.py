@@ -78,12 +78,12 @@ class ResponsesRequest(_Strict, Refusing):
     store: bool = True
     previous_response_id: str | None = None
 
-    def to_chat(self, history: list[dict[str, Any]]) -> ChatCompletionRequest:
-        """The chat request this is, after ``history`` (a previous response's messages)."""
-        messages = list(history)
+    def to_chat(self, conversation: list[dict[str, Any]]) -> ChatCompletionRequest:
+        """The chat request this is, for ``conversation`` (a previous response's messages
+        and this request's input, as chat messages)."""
+        messages = list(conversation)
         if self.instructions:  # not carried over from a previous response, as OpenAI's
             messages = [{"role": "system", "content": self.instructions}, *messages]
-        messages += input_messages(self.input)
         body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": self.stream}
         for name in ("temperature", "top_p", "parallel_tool_calls"):
             if getattr(self, name) is not None:
@@ -271,11 +271,11 @@ class ResponsesService:
         history: list[dict[str, Any]] = []
         if body.previous_response_id is not None:
             _, history = self.store.get(body.previous_response_id)
-        chat = body.to_chat(history)
-        started = await self.chat.start_chat(chat, rid)
-        base = self._base(body, chat)
         # What a follow-up continues from: all but the instructions.
         conversation = history + input_messages(body.input)
+        chat = body.to_chat(conversation)
+        started = await self.chat.start_chat(chat, rid)
+        base = self._base(body, chat)
         if body.stream:
             return self._stream(started, base, body.store, conversation)
         reply = await whole(started)
