@@ -33,7 +33,7 @@ ENV_PREFIX = "MULLAMA_"
 SECRET_FILE_SUFFIX = "__FILE"
 
 # Never shown by ``config show``; readable from MULLAMA_<NAME>__FILE.
-SECRET_FIELDS = frozenset({"api_key", "rate_limit_storage"})
+SECRET_FIELDS = frozenset({"api_key", "rate_limit_storage", "cache_url"})
 # No command-line flag (a flag would show the secret in ``ps``).
 ENV_ONLY_FIELDS = frozenset({"api_key"})
 # Not allowed inside the config file itself.
@@ -224,6 +224,30 @@ class ModelSettings(BaseModel):
         description="Seconds an open circuit stays open; then one probe request is let "
         "through, and its success closes the circuit.",
     )
+    fallback: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="PRIMARY=BACKUP: when PRIMARY cannot take a request (its circuit is "
+        "open, its queue is full, or it cannot be loaded), BACKUP answers it (repeatable; "
+        "chains allowed, cycles refused; comma-separated in the environment).",
+    )
+    response_cache: bool = Field(
+        False,
+        description="Cache deterministic answers (temperature 0 or a fixed seed) in this "
+        "process, keyed by the model's digest and the whole request.",
+    )
+    response_cache_size: str = Field(
+        "256MiB",
+        description="Bytes the in-process response cache may hold (least recently used "
+        "entries go first): bytes, a size like 512MiB, or a percentage of RAM.",
+    )
+    cache_url: str | None = Field(
+        None,
+        description="redis://host:port/db: keep the response cache in Redis, shared by "
+        "every daemon pointed at it (turns the cache on).",
+    )
+    cache_ttl: float = Field(
+        3600.0, gt=0, description="Seconds a response cache entry is served after it is made."
+    )
 
 
 class SecuritySettings(BaseModel):
@@ -287,11 +311,18 @@ class Settings(SecuritySettings, ModelSettings, ServerSettings, BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
-    @field_validator("model", "model_opt", "model_alias", "cors_origins", mode="before")
+    @field_validator("model", "model_opt", "model_alias", "fallback", "cors_origins", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("cache_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
         return value
 
     @classmethod
@@ -442,7 +473,7 @@ def load_settings(cli_values: dict[str, Any] | None = None) -> Settings:
 def _redact(name: str, value: Any) -> Any:
     if value is None or name not in SECRET_FIELDS:
         return value
-    if name == "rate_limit_storage":
+    if name in ("rate_limit_storage", "cache_url"):
         parts = urlsplit(str(value))
         if parts.password is None:
             return value

@@ -8,6 +8,7 @@ class MullamaError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    unserved: bool = False  # raised before the model took the request (--fallback may answer)
 
     def __init__(
         self,

@@ -147,6 +147,7 @@ class _FakeClient:
 
 class _FakeModels:
     names = ["m"]
+    cache = None  # the response cache is off
 
     def clients(self):
         return [_FakeClient()]

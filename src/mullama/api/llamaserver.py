@@ -19,12 +19,13 @@ from ..engine.protocol import SamplingParams
 from ..errors import ClientError, MullamaError
 from .body import parse_body
 from .errors import openai_body
+from .fallback import answer
 from .fields import Refusing, StrictBody
 from .openai.schemas import CompletionRequest
 from .openai.service import start_generations
 from .profiles import profile_of
 from .responses import ORJSONResponse
-from .streaming import DisconnectAwareStream, sse, unless_disconnected
+from .streaming import DisconnectAwareStream, sse
 
 router = APIRouter()
 
@@ -64,6 +65,7 @@ class CompletionBody(StrictBody, Refusing):
     ignore_eos: bool = False
     json_schema: dict[str, Any] | None = None
     keep_alive: str | int | float | None = None
+    fallback: bool = True  # extension: False keeps the request on its model (--fallback)
 
     def to_completion(self, model: str) -> CompletionRequest:
         body: dict[str, Any] = {"model": model, "prompt": self.prompt, "stream": self.stream,
@@ -90,7 +92,12 @@ def _model(request: Request, given: str | None) -> str:
 @router.post("/completion")
 async def completion(request: Request) -> Response:
     body = await parse_body(request, CompletionBody)
-    name = _model(request, body.model)
+    body = body.model_copy(update={"model": _model(request, body.model)})
+    return await answer(request, body, lambda b: _complete(request, b))  # type: ignore[no-any-return]
+
+
+async def _complete(request: Request, body: CompletionBody) -> Response:
+    name = str(body.model)
     req = body.to_completion(name)
     service = request.app.state.openai
     rid = request.scope["state"]["request_id"]
@@ -98,14 +105,14 @@ async def completion(request: Request) -> Response:
     if body.n_predict == -1:  # llama-server's "until the end": the context's room
         requests[0].params.max_tokens = None
     started = time.perf_counter()
-    prompt_tokens, gens = await unless_disconnected(
-        request, start_generations(request.app.state.models, name, requests, req.keep_alive)
+    prompt_tokens, gens = await start_generations(
+        request.app.state.models, name, requests, req.keep_alive
     )
     run = _Run(name, prompt_tokens[0], started, requests[0].params)
     if body.stream:
         return DisconnectAwareStream(run.stream(gens[0]), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})  # fmt: skip
-    return ORJSONResponse(await unless_disconnected(request, run.whole(gens[0])))
+    return ORJSONResponse(await run.whole(gens[0]))
 
 
 class _Run:

@@ -32,7 +32,7 @@ from ..observability.tracing import Tracing
 from .dependencies import Dependencies
 from .guards import install_guards
 from .lifecycle import Lifecycle, Phase
-from .middleware import RequestIdMiddleware
+from .middleware import RequestContextMiddleware, RequestIdMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,10 @@ def create_app(
     app.include_router(control.router)
     app.include_router(tokenizer.router)
     app.include_router(llamaserver.router)
-    # add_middleware wraps what was added before: the guards (limits, drain, auth, rate
-    # limits) innermost, then the access log, then the request id outermost.
+    # add_middleware wraps what was added before: the request context (cache policy,
+    # fallback) innermost, then the guards (limits, drain, auth, rate limits), then the
+    # access log, then the request id outermost.
+    app.add_middleware(RequestContextMiddleware)
     install_guards(app, settings)
     app.add_middleware(AccessLogMiddleware, obs=obs)
     app.add_middleware(RequestIdMiddleware)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shutil
 import time
 from dataclasses import dataclass
@@ -51,12 +52,19 @@ class Dependencies:
         self.store = Path(settings.cache_dir).expanduser()
         self.checks: dict[str, Any] = {"model_store": self._disk}
         self.results: dict[str, Result] = {"model_store": Result()}
-        storage = settings.rate_limit_storage
-        if storage.startswith(("redis://", "rediss://")):
+        self._redis: dict[str, tuple[str, int]] = {}
+        # Redis for rate limits and the response cache: one entry when both are one server.
+        for name, storage in (("redis", settings.rate_limit_storage),
+                              ("redis_cache", settings.cache_url or "")):  # fmt: skip
+            if not storage.startswith(("redis://", "rediss://")):
+                continue
             url = urlsplit(storage)
-            self._redis = (url.hostname or "127.0.0.1", url.port or 6379)
-            self.checks["redis"] = self._redis_ping
-            self.results["redis"] = Result()
+            where = (url.hostname or "127.0.0.1", url.port or 6379)
+            if where in self._redis.values():
+                continue
+            self._redis[name] = where
+            self.checks[name] = functools.partial(self._redis_ping, where)
+            self.results[name] = Result()
         if settings.otlp_endpoint:
             url = urlsplit(settings.otlp_endpoint)
             self._otlp = (url.hostname or "127.0.0.1", url.port or 4318)
@@ -87,8 +95,8 @@ class Dependencies:
         free = f"{usage.free} bytes free"
         return ("ok" if usage.free >= MIN_FREE_BYTES else "degraded"), free
 
-    async def _redis_ping(self) -> tuple[str, str | None]:
-        problem = await _ping_tcp(*self._redis, b"PING\r\n")
+    async def _redis_ping(self, where: tuple[str, int]) -> tuple[str, str | None]:
+        problem = await _ping_tcp(*where, b"PING\r\n")
         return ("down", problem) if problem else ("ok", None)
 
     async def _otlp_connect(self) -> tuple[str, str | None]:

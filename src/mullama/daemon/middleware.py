@@ -7,6 +7,7 @@ import uuid
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import requestctx
 from ..api.errors import error_body
 from ..errors import PayloadTooLarge
 
@@ -38,6 +39,34 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class RequestContextMiddleware:
+    """The request's ``RequestContext`` (cache policy, fallback opt-out) from its
+    headers; what the layers below recorded in it (X-Mullama-Cache, X-Mullama-Fallback)
+    goes out with the response's headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = requestctx.RequestContext.from_headers(scope["headers"])
+
+        async def send_with_context(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = ctx.response_headers()
+                if extra:
+                    message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        token = requestctx.current.set(ctx)
+        try:
+            await self.app(scope, receive, send_with_context)
+        finally:
+            requestctx.current.reset(token)
 
 
 class BodyLimitMiddleware:

@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from .. import requestctx
 from ..config import Settings
 from ..engine.client import WorkerClient
 from ..engine.cpu import CpuBudget, detect, format_cpu_list
 from ..engine.cpushare import share_dir
 from ..engine.protocol import (
+    Chunk,
     ChunkStream,
     Embeddings,
     GenerateRequest,
@@ -43,8 +45,9 @@ from ..errors import (
 from .aliases import close_matches
 from .breaker import CircuitBreaker, counts_as_failure
 from .budget import estimate_bytes, fmt_bytes, parse_budget, parse_keep_alive
+from .cache import ResponseCache, cache_key, deterministic
 from .gguf import GGUFInfo, read_gguf
-from .options import ModelOptions, parse_aliases, parse_model_opts
+from .options import ModelOptions, parse_aliases, parse_fallbacks, parse_model_opts
 from .registry import EMBEDDED_NAME, ModelRef, resolve
 from .store import sha256_file
 
@@ -69,6 +72,16 @@ class ModelEntry:
 
     def gguf(self) -> GGUFInfo:
         return self._gguf
+
+    def current_digest(self) -> str:
+        """The digest of the file as it is now: a bare GGUF path replaced since it was
+        hashed is hashed again (a store blob never changes)."""
+        if self.ref.digest is None:
+            stat = self.path.stat()
+            if (stat.st_size, stat.st_mtime) != (self.size, self.modified):
+                self.size, self.modified = stat.st_size, stat.st_mtime
+                self.__dict__.pop("_digest", None)
+        return self._digest
 
     @cached_property
     def _digest(self) -> str:
@@ -118,6 +131,9 @@ class ModelManager:
         self.budget = parse_budget(settings.memory_budget)
         self.per_model = parse_model_opts(settings.model_opt)
         self.aliases = parse_aliases(settings.model_alias)
+        self.fallbacks = parse_fallbacks(settings.fallback)
+        self.cache = ResponseCache.from_settings(settings)
+        self._digests: dict[str, str] = {}  # model -> the digest its cache entries have
         self._served: dict[str, ServedModel] = {}
         self._changed = asyncio.Condition()
         self._observer: Any = None
@@ -136,6 +152,19 @@ class ModelManager:
             if ref.name in self._served:
                 raise ClientError(f"model name {ref.name!r} is given twice")
             self._add(ref, pinned=True)
+        for primary, backup in self.fallbacks.items():
+            for name in (primary, backup):
+                try:
+                    self.find(name)
+                except ModelNotFound:
+                    raise ClientError(
+                        f"--fallback {primary}={backup}: there is no model {name!r}"
+                    ) from None
+
+    def fallback_for(self, name: str | None) -> str | None:
+        """The model that answers for ``name`` when it cannot (--fallback)."""
+        name = self.aliases.get(name or "", name)
+        return self.fallbacks.get(name or "")
 
     # ---- the set of models ------------------------------------------------------------
 
@@ -248,8 +277,16 @@ class ModelManager:
         return sum(s.estimate for s in loaded), len(loaded)
 
     async def load(self, name: str | None, keep_alive: Any = None) -> float:
-        """Make sure the model is loaded; returns the seconds spent loading (0 if it was)."""
+        """Make sure the model is loaded; returns the seconds spent loading (0 if it was).
+        A model that cannot be loaded raises an ``unserved`` error (a fallback may answer)."""
         served = self.register(name)
+        try:
+            return await self._load(served, keep_alive)
+        except MullamaError as exc:
+            _unserved(exc)
+            raise
+
+    async def _load(self, served: ServedModel, keep_alive: Any) -> float:
         if keep_alive is not None:
             self._set_keep_alive(served, keep_alive)
         if served.loaded:
@@ -406,6 +443,9 @@ class ModelManager:
         async with self._changed:
             await self._unload(served)
             self._changed.notify_all()
+        digest = self._digests.pop(served.entry.name, None)
+        if self.cache is not None and digest is not None:
+            await self.cache.invalidate(digest)  # an operator's unload starts it afresh
         return was
 
     # ---- keep-alive ---------------------------------------------------------------------
@@ -449,12 +489,16 @@ class ModelManager:
         self._set_keep_alive(served, keep_alive)
         limit = served.opts.parallel + self.settings.max_queue
         if served.leases >= limit:
-            raise Unavailable(
+            raise _unserved(Unavailable(
                 f"model {served.entry.name!r} is busy: {served.leases} requests in flight, "
                 f"queue limit {self.settings.max_queue}",
                 retry_after=2,
-            )
-        probe = served.breaker.before()  # an open circuit fails fast here
+            ))  # fmt: skip
+        try:
+            probe = served.breaker.before()  # an open circuit fails fast here
+        except MullamaError as exc:
+            _unserved(exc)
+            raise
         served.leases += 1
         if served.expiry is not None:
             served.expiry.cancel()
@@ -486,13 +530,64 @@ class ModelManager:
     async def generate(
         self, name: str | None, request: GenerateRequest, keep_alive: Any = None
     ) -> ChunkStream:
+        """The generation's chunks: from the response cache when it holds this exact
+        deterministic request, otherwise from the engine (and then stored)."""
+        key = await self._cache_key(name, request)
+        ctx = requestctx.get()
+        if key is not None and ctx.cache_read and self.cache is not None:
+            found = await self.cache.lookup(key)
+            if isinstance(found, list):
+                ctx.cache_hits += 1
+                model = self.find(name).name
+                self.cache.stats.hits[model] += 1
+                seen = (
+                    self._observer.generation(model, request.request_id) if self._observer else None
+                )
+                try:
+                    for chunk in found:
+                        if seen is not None and chunk.finish_reason is not None:
+                            seen.output(0, chunk.finish_reason)
+                        yield chunk
+                finally:
+                    if seen is not None:
+                        seen.closed(None)
+                return
+            if found is not None:  # the cache is down: served as if it were off
+                key = None
+        recorded: list[Chunk] | None = [] if key is not None and ctx.cache_store else None
         async with self.lease(name, keep_alive) as served:
+            if self.cache is not None:  # counted once the model took the request
+                if key is None:
+                    ctx.cache_bypassed += 1
+                else:
+                    ctx.cache_misses += 1
+                    self.cache.stats.misses[served.entry.name] += 1
             gen = served.client.generate(request)
             try:
                 async for chunk in gen:
+                    if recorded is not None:
+                        recorded.append(chunk)
+                        if chunk.finish_reason in ("stop", "length"):  # stored before it goes out
+                            await self.cache.store(key, recorded)  # type: ignore[union-attr,arg-type]
                     yield chunk
             finally:
                 await gen.aclose()
+
+    async def _cache_key(self, name: str | None, request: GenerateRequest) -> str | None:
+        """The request's response-cache key; None when the cache is off, the request is
+        not deterministic, or the request said no-store."""
+        ctx = requestctx.get()
+        if self.cache is None or not deterministic(request):
+            return None
+        if not (ctx.cache_read or ctx.cache_store):  # Cache-Control: no-store
+            return None
+        entry = self.find(name)
+        digest = await asyncio.to_thread(entry.current_digest)
+        before = self._digests.get(entry.name)
+        if before is not None and before != digest:  # the model's file was replaced
+            await self.cache.invalidate(before)
+        self._digests[entry.name] = digest
+        return cache_key(digest, request)
 
     async def embed(
         self, name: str | None, inputs: list[str], truncate: bool = False, keep_alive: Any = None
@@ -549,6 +644,13 @@ class ModelManager:
         await asyncio.gather(
             *(self._unload(s) for s in self._served.values()), return_exceptions=True
         )
+
+
+def _unserved(exc: MullamaError) -> MullamaError:
+    """Mark an error raised before the model took the request (its queue is full, its
+    circuit is open, it cannot be loaded): a fallback model may answer instead."""
+    exc.unserved = True
+    return exc
 
 
 def _copy_error(exc: MullamaError, suffix: str) -> MullamaError:

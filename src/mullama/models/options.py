@@ -84,3 +84,27 @@ def parse_aliases(items: list[str]) -> dict[str, str]:
         if model in out:
             raise ClientError(f"--model-alias {name}={model}: {model!r} is itself an alias")
     return out
+
+
+def parse_fallbacks(items: list[str]) -> dict[str, str]:
+    """``--fallback PRIMARY=BACKUP`` values as a map; a malformed one, a model given two
+    backups, or a cycle (A=B, B=A) is a configuration error."""
+    out: dict[str, str] = {}
+    for item in items:
+        primary, sep, backup = (part.strip() for part in item.partition("="))
+        if not sep or not primary or not backup:
+            raise ClientError(f"--fallback {item!r}: expected PRIMARY=BACKUP")
+        if primary in out and out[primary] != backup:
+            raise ClientError(
+                f"--fallback {item!r}: {primary!r} already falls back to {out[primary]!r} "
+                "(one backup per model; chain them: A=B, B=C)"
+            )
+        out[primary] = backup
+    for start in out:
+        chain, name = [start], out[start]
+        while name in out and name not in chain:
+            chain.append(name)
+            name = out[name]
+        if name in chain:
+            raise ClientError(f"--fallback: a cycle ({' -> '.join([*chain, name])})")
+    return out

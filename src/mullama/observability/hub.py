@@ -259,6 +259,7 @@ class Observability:
             daemon_memory_bytes=rss_bytes(os.getpid()),
             version=__version__,
             models=self.model_snapshots(),
+            cache=self.models.cache,
         )
 
     def stats(self) -> dict[str, int]:

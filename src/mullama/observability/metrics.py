@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -49,6 +50,7 @@ class Snapshot:
     daemon_memory_bytes: int
     version: str
     models: list[ModelSnapshot] = field(default_factory=list)
+    cache: Any = None  # the response cache (models/cache.py), when it is on
 
 
 class _LiveCollector(Collector):
@@ -111,7 +113,52 @@ class _LiveCollector(Collector):
             if m.loaded:
                 threads.add_metric([m.name], m.threads)
         return [info, uptime, active, n_loaded, loaded, memory, tps, depth, seqs, kv, threads,
-                circuit, transitions]  # fmt: skip
+                circuit, transitions, *_cache_metrics(snap.cache)]  # fmt: skip
+
+
+def _cache_metrics(cache: Any) -> list[Metric]:
+    """The response cache's counters (hits and misses by model), and for the in-process
+    cache its size; a Redis cache's memory and evictions are Redis's own (INFO)."""
+    if cache is None:
+        return []
+    st = cache.stats
+    backend = cache.kind
+    hits = CounterMetricFamily(
+        "mullama_response_cache_hits", "Generations answered from the response cache.",
+        labels=["model", "backend"],
+    )  # fmt: skip
+    misses = CounterMetricFamily(
+        "mullama_response_cache_misses",
+        "Cacheable generations the cache did not hold (computed, then stored).",
+        labels=["model", "backend"],
+    )
+    for model, n in st.hits.items():
+        hits.add_metric([model, backend], n)
+    for model, n in st.misses.items():
+        misses.add_metric([model, backend], n)
+    out: list[Metric] = [hits, misses]
+    for name, doc, value in (
+        ("mullama_response_cache_stores", "Answers stored in the response cache.", st.stores),
+        ("mullama_response_cache_evictions",
+         "Entries the in-process cache dropped to stay within its size.", st.evictions),
+        ("mullama_response_cache_errors",
+         "Cache operations that failed (Redis unreachable): each bypassed the cache.",
+         st.errors),
+    ):  # fmt: skip
+        fam = CounterMetricFamily(name, doc, labels=["backend"])
+        fam.add_metric([backend], value)
+        out.append(fam)
+    if backend == "memory":
+        size = GaugeMetricFamily(
+            "mullama_response_cache_bytes", "Bytes the in-process response cache holds."
+        )
+        size.add_metric([], st.bytes)
+        entries = GaugeMetricFamily(
+            "mullama_response_cache_entries", "Entries the in-process response cache holds."
+        )
+        entries.add_metric([], st.entries)
+        out += [size, entries]
+    return out
 
 
 class Metrics:
@@ -164,6 +211,13 @@ class Metrics:
             "Time to start a model's engine worker (successful loads).",
             ["model"],
             buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "mullama_fallbacks",
+            "Requests answered by a fallback model because their model could not take "
+            "them, by the model asked for and the one that answered.",
+            ["model", "fallback"],
             registry=r,
         )
         self.model_load_failures = Counter(

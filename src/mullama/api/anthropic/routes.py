@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ..body import parse_body
+from ..fallback import answer
 from ..openai.routes import request_id, respond
 from ..responses import ORJSONResponse
 from ..streaming import unless_disconnected
@@ -23,8 +24,8 @@ router = APIRouter(prefix="/v1")
 async def messages(request: Request) -> Response:
     body = await parse_body(request, MessagesRequest)
     service: AnthropicService = request.app.state.anthropic
-    work = service.messages(body, request_id(request))
-    return await respond(request, await unless_disconnected(request, work))
+    rid = request_id(request)
+    return await respond(request, await answer(request, body, lambda b: service.messages(b, rid)))
 
 
 @router.post("/messages/count_tokens")

@@ -118,6 +118,7 @@ class MessagesRequest(_Strict, Refusing):
     top_k: int | None = Field(default=None, ge=0)
     # Accepted: a model without a reasoning mode just answers.
     thinking: Thinking | None = None
+    fallback: bool = True  # extension: False keeps the request on its model (--fallback)
 
     def to_chat(self) -> ChatCompletionRequest:
         """The chat request this is, checked as any chat request is."""

@@ -7,6 +7,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from ... import __version__
 from ..body import parse_body
+from ..fallback import answer
 from ..responses import ORJSONResponse
 from ..streaming import DisconnectAwareStream, unless_disconnected
 from .manage import ModelAdmin
@@ -55,15 +56,15 @@ async def version() -> ORJSONResponse:
 @router.post("/api/generate")
 async def generate(request: Request) -> Response:
     body = await parse_body(request, GenerateBody)
-    return _respond(
-        await unless_disconnected(request, _service(request).generate(body, _rid(request)))
-    )
+    rid = _rid(request)
+    return _respond(await answer(request, body, lambda b: _service(request).generate(b, rid)))
 
 
 @router.post("/api/chat")
 async def chat(request: Request) -> Response:
     body = await parse_body(request, ChatBody)
-    return _respond(await unless_disconnected(request, _service(request).chat(body, _rid(request))))
+    rid = _rid(request)
+    return _respond(await answer(request, body, lambda b: _service(request).chat(b, rid)))
 
 
 @router.post("/api/embed")

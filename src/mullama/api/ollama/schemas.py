@@ -76,6 +76,7 @@ class _Generation(BaseModel):
     options: Options | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    fallback: bool = True  # extension: False keeps the request on its model (--fallback)
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> Any:

@@ -77,6 +77,7 @@ class ResponsesRequest(_Strict, Refusing):
     stream: bool = False
     store: bool = True
     previous_response_id: str | None = None
+    fallback: bool = True  # extension: False keeps the request on its model (--fallback)
 
     def to_chat(self, conversation: list[dict[str, Any]]) -> ChatCompletionRequest:
         """The chat request this is, for ``conversation`` (a previous response's messages

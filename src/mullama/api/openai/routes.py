@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ..body import parse_body
+from ..fallback import answer
 from ..responses import ORJSONResponse
 from ..streaming import DisconnectAwareStream, unless_disconnected
 from .responses import ResponsesRequest
@@ -36,22 +37,26 @@ async def respond(request: Request, result: object) -> Response:
 @router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
-    work = _service(request).chat(body, request_id(request))
-    return await respond(request, await unless_disconnected(request, work))
+    rid = request_id(request)
+    return await respond(
+        request, await answer(request, body, lambda b: _service(request).chat(b, rid))
+    )
 
 
 @router.post("/completions")
 async def completions(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
-    work = _service(request).completions(body, request_id(request))
-    return await respond(request, await unless_disconnected(request, work))
+    rid = request_id(request)
+    work = _service(request).completions
+    return await respond(request, await answer(request, body, lambda b: work(b, rid)))
 
 
 @router.post("/responses")
 async def create_response(request: Request) -> Response:
     body = await parse_body(request, ResponsesRequest)
-    work = request.app.state.responses.create(body, request_id(request))
-    return await respond(request, await unless_disconnected(request, work))
+    rid = request_id(request)
+    work = request.app.state.responses.create
+    return await respond(request, await answer(request, body, lambda b: work(b, rid)))
 
 
 @router.get("/responses/{response_id}")

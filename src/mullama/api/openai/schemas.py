@@ -112,6 +112,7 @@ class _Sampling(_Strict, Refusing):
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
     keep_alive: str | int | float | None = None  # extension, as Ollama's keep_alive
+    fallback: bool = True  # extension: False keeps the request on its model (--fallback)
 
     @field_validator("stop")
     @classmethod
