@@ -116,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmiss cost: mean {statistics.mean(cost['cached']):.1f} ms with the cache, "
           f"{statistics.mean(cost['plain']):.1f} ms without ({len(cost['plain'])} requests "
           f"each, alternated): cached / plain = {ratio:.3f}")  # fmt: skip
-    print(f"hit p50 / live p50 without cache: {pct(hits, 50) / pct(live['plain'], 50):.4f}; "
-          f"vs llama-server live: {pct(hits, 50) / pct(live['llama-server'], 50):.4f}")
+    print(
+        f"hit p50 / live p50 without cache: {pct(hits, 50) / pct(live['plain'], 50):.4f}; "
+        f"vs llama-server live: {pct(hits, 50) / pct(live['llama-server'], 50):.4f}"
+    )
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -10,6 +11,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import requestctx
 from ..api.errors import error_body
 from ..errors import PayloadTooLarge
+
+
+def adding_headers(send: Send, extra: Callable[[], list[tuple[bytes, bytes]]]) -> Send:
+    """``send`` with ``extra()`` (asked when the response starts) added to the headers."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = extra()
+            if headers:
+                message["headers"] = [*message.get("headers", []), *headers]
+        await send(message)
+
+    return wrapped
 
 
 class RequestIdMiddleware:
@@ -30,15 +44,8 @@ class RequestIdMiddleware:
         if not rid or not rid.isprintable():
             rid = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
-        raw = rid.encode("latin-1")
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", raw)]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
+        header = [(b"x-request-id", rid.encode("latin-1"))]
+        await self.app(scope, receive, adding_headers(send, lambda: header))
 
 
 class RequestContextMiddleware:
@@ -54,17 +61,9 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         ctx = requestctx.RequestContext.from_headers(scope["headers"])
-
-        async def send_with_context(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                extra = ctx.response_headers()
-                if extra:
-                    message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
         token = requestctx.current.set(ctx)
         try:
-            await self.app(scope, receive, send_with_context)
+            await self.app(scope, receive, adding_headers(send, ctx.response_headers))
         finally:
             requestctx.current.reset(token)
 
