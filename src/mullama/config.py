@@ -224,6 +224,12 @@ class ModelSettings(BaseModel):
         description="Seconds an open circuit stays open; then one probe request is let "
         "through, and its success closes the circuit.",
     )
+    cache_ram: str = Field(
+        "5%",
+        description="Host RAM per model for the KV states of conversations that had to "
+        "leave their slot (restored into any slot on their next turn instead of computed "
+        "again): bytes, a size like 2GiB, or a percentage of RAM; 0 turns it off.",
+    )
     fallback: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="PRIMARY=BACKUP: when PRIMARY cannot take a request (its circuit is "

@@ -150,15 +150,25 @@ class Sent:
     """What a known set of requests must add to the metrics."""
 
     statuses: dict[str, int] = field(default_factory=dict)  # request id -> HTTP status
-    prompt: int = 0
+    computed: int = 0  # prompt tokens the engine computed (not found in the KV cache)
+    reused: int = 0  # prompt tokens the OpenAI API reported as cached
+    embedded: int = 0
     completion: int = 0
     itl: int = 0  # inter-token gaps: completion_tokens - 1 per sequence
 
-    def add(self, rid: str, status: int, prompt: int = 0, completion: int = 0) -> None:
+    def add(
+        self, rid: str, status: int, computed: int = 0, completion: int = 0, reused: int = 0
+    ) -> None:
         self.statuses[rid] = status
-        self.prompt += prompt
+        self.computed += computed
+        self.reused += reused
         self.completion += completion
         self.itl += max(completion - 1, 0)
+
+    def openai(self, rid: str, usage: dict) -> None:
+        cached = usage["prompt_tokens_details"]["cached_tokens"]
+        prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+        self.add(rid, 200, prompt - cached, completion, cached)
 
 
 def _send_successes(url: str, sent: Sent) -> None:
@@ -166,22 +176,21 @@ def _send_successes(url: str, sent: Sent) -> None:
         rid = f"chat-ok-{i}-{uuid.uuid4().hex[:6]}"
         r = _chat(url, rid, f"{SECRET} say hi", max_tokens=5, ignore_eos=True)
         assert r.status_code == 200 and r.headers["x-request-id"] == rid
-        u = r.json()["usage"]
-        sent.add(rid, 200, u["prompt_tokens"], u["completion_tokens"])
+        sent.openai(rid, r.json()["usage"])
     for i in range(2):
         rid = f"cmpl-stream-{i}-{uuid.uuid4().hex[:6]}"
-        u = _stream_completion(url, rid, 4)
-        sent.add(rid, 200, u["prompt_tokens"], u["completion_tokens"])
+        sent.openai(rid, _stream_completion(url, rid, 4))
     rid = f"ollama-{uuid.uuid4().hex[:6]}"
     body = {"model": MODEL, "prompt": SECRET, "stream": False, "options": {"num_predict": 3}}
     r = httpx.post(url + "/api/generate", json=body, headers={"X-Request-ID": rid}, timeout=120)
     assert r.status_code == 200
-    sent.add(rid, 200, r.json()["prompt_eval_count"], r.json()["eval_count"])
+    sent.add(rid, 200, r.json()["prompt_eval_count"], r.json()["eval_count"])  # computed only
     rid = f"embed-{uuid.uuid4().hex[:6]}"
     body = {"model": MODEL, "input": SECRET}
     r = httpx.post(url + "/v1/embeddings", json=body, headers={"X-Request-ID": rid}, timeout=120)
     assert r.status_code == 200
-    sent.add(rid, 200, r.json()["usage"]["prompt_tokens"])
+    sent.add(rid, 200)
+    sent.embedded += r.json()["usage"]["prompt_tokens"]
 
 
 def _send_failures(url: str, sent: Sent) -> None:
@@ -233,7 +242,13 @@ def test_metrics_match_a_known_set_of_requests(obs):
     assert delta(before, after, "mullama_queue_wait_seconds_count", **m) == 6
     assert delta(before, after, "mullama_inter_token_latency_seconds_count", **m) == sent.itl
     assert delta(before, after, "mullama_generated_tokens_total", **m) == sent.completion
-    assert delta(before, after, "mullama_prompt_tokens_total", **m) == sent.prompt
+    # Every prompt token is computed or reused (the Ollama API reports only the computed).
+    computed = delta(before, after, "mullama_prompt_tokens_computed_total", **m)
+    reused = delta(before, after, "mullama_prompt_tokens_reused_total", **m)
+    assert computed == sent.computed and reused >= sent.reused
+    assert delta(before, after, "mullama_prompt_tokens_total", **m) == (
+        computed + reused + sent.embedded
+    )
     assert delta(before, after, "mullama_model_load_seconds_count", **m) == 0
     assert after[("mullama_model_load_seconds_count", frozenset(m.items()))] == 1
     assert after[("mullama_requests_active", frozenset())] == 0
@@ -249,7 +264,7 @@ def test_metrics_match_a_known_set_of_requests(obs):
     assert cm["total_requests"] - cm_before["total_requests"] == 8
     assert cm["successful_requests"] - cm_before["successful_requests"] == 7
     assert cm["completion_tokens"] - cm_before["completion_tokens"] == sent.completion
-    assert cm["prompt_tokens"] - cm_before["prompt_tokens"] == sent.prompt
+    assert cm["prompt_tokens"] - cm_before["prompt_tokens"] == computed + reused + sent.embedded
     assert 0 < cm["success_rate"] <= 1 and cm["ttft_avg_ms"] > 0 and cm["ttft_p95_ms"] > 0
     assert cm["tokens_per_second_avg"] > 0
 

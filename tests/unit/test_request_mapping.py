@@ -132,11 +132,11 @@ def test_generate_frames_cross_the_wire_and_refuse_unknown_keys():
 def test_step_frames_keep_their_rows_named():
     step = Step(
         rows=[StepRow("a#1", "Hi", 3, 5, None), StepRow("b#2", "", 9, 4, "length")],
-        admitted=[("b#2", 0.25)], active=2, queued=0, kv_used=21, generated_total=12, threads=1,
+        admitted=[("b#2", 0.25, 7)], active=2, queued=0, kv_used=21, generated_total=12, threads=1,
     )  # fmt: skip
     back = Step.from_wire(orjson.loads(orjson.dumps(step.to_wire())))
     assert back.rows[1].finish == "length" and back.rows[0].text == "Hi"
-    assert back == Step(**{**vars(step), "admitted": [["b#2", 0.25]]})  # JSON has no tuples
+    assert back == Step(**{**vars(step), "admitted": [["b#2", 0.25, 7]]})  # JSON has no tuples
 
 
 def test_worker_spec_round_trip():

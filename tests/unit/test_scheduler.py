@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mullama.engine.detokenize import StopMatcher
+from mullama.engine.kvcache import HostCache
 from mullama.engine.scheduler import BurstTracker, Scheduler, Sequence
 
 EOG = 0
@@ -38,6 +39,8 @@ class FakeCtx:
         self.kv_cells = kv_cells
         self.kv: dict[int, set[int]] = {}
         self.batches: list[list[tuple[int, int, int, bool]]] = []
+        self.copies: list[tuple[int, int]] = []
+        self.restores: list[int] = []
 
     def used(self):
         return sum(len(v) for v in self.kv.values())
@@ -53,6 +56,25 @@ class FakeCtx:
     def seq_rm(self, seq, p0=-1, p1=-1):
         cells = self.kv.get(seq, set())
         self.kv[seq] = {p for p in cells if not (p >= max(p0, 0) and (p1 < 0 or p < p1))}
+        return True
+
+    def seq_cp_whole(self, src, dst):
+        self.copies.append((src, dst))
+        self.kv[dst] = set(self.kv.get(src, set()))
+
+    def seq_pos_min(self, seq):
+        return min(self.kv.get(seq) or {-1})
+
+    def seq_pos_max(self, seq):
+        return max(self.kv.get(seq) or {-1})
+
+    def state_save(self, seq):
+        cells = self.kv.get(seq, set())
+        return (frozenset(cells), 100 * len(cells)) if cells else (None, 0)
+
+    def state_restore(self, seq, data, size):
+        self.restores.append(seq)
+        self.kv[seq] = set(data)
         return True
 
 
@@ -77,7 +99,7 @@ class FakeSampler:
         pass
 
 
-def make(n_slots=2, n_batch=8, kv=10_000):
+def make(n_slots=2, n_batch=8, kv=10_000, host_bytes=0, n_swa=0):
     ctx = FakeCtx(kv)
     sched = Scheduler(
         model=FakeModel(),
@@ -85,6 +107,8 @@ def make(n_slots=2, n_batch=8, kv=10_000):
         batch=FakeBatch(n_batch),
         n_slots=n_slots,
         n_batch=n_batch,
+        host_cache=HostCache(host_bytes),
+        n_swa=n_swa,
     )
     return sched, ctx
 
@@ -246,3 +270,62 @@ def test_burst_tracker_learns_how_many_requests_start_together():
     bursts.observe(True, 1)  # back to a single client
     bursts.observe(False, 0)
     assert bursts.expected == 1
+
+
+def _served(sched, s):
+    sched.submit(s)
+    run(sched, steps=200)
+    return s
+
+
+def test_an_overwritten_history_is_saved_to_ram_and_restored_into_another_slot():
+    sched, ctx = make(n_slots=1, n_batch=64, host_bytes=10**9)
+    a = _served(sched, seq("a", range(1, 101), out=[5, 6, EOG]))
+    _served(sched, seq("b", range(1001, 1101), out=[5, EOG]))  # a's history is saved first
+    assert sched.host.stats.saves == 1 and sched.host.stats.entries == 1
+    # a's next turn: its whole history comes back from RAM (b's is saved in turn).
+    a2 = _served(sched, seq("a2", [*a.tokens, 7, 8, 9], out=[EOG]))
+    assert ctx.restores == [0] and sched.host.stats.hits == 1
+    assert a2.reused == len(a.tokens)  # a's prompt and answer, all in KV when it ended
+    assert sched.host.stats.entries == 2
+
+
+def test_a_shared_prefix_is_copied_into_a_free_slot_not_cut_from_its_conversation():
+    sched, ctx = make(n_slots=2, n_batch=64)
+    system = list(range(1, 51))
+    a = _served(sched, seq("a", [*system, *range(100, 200)], out=[EOG]))
+    b = _served(sched, seq("b", [*system, *range(300, 400)], out=[EOG]))
+    assert ctx.copies == [(a.slot if a.slot >= 0 else 0, 1)] and b.reused == 50
+    assert sched.slots[0].cached == a.tokens  # a's conversation is still whole in slot 0
+
+
+def test_the_ram_cache_stays_within_its_budget():
+    budget = 25_000  # the fake's states take 100 bytes a token: one 150-token history
+    sched, _ = make(n_slots=1, n_batch=64, host_bytes=budget)
+    for k in range(5):
+        _served(sched, seq(f"s{k}", range(1000 * k + 1, 1000 * k + 151), out=[EOG]))
+        assert sched.host.stats.bytes <= budget
+    assert sched.host.stats.saves == 4 and sched.host.stats.evictions == 3
+    assert sched.host.stats.entries == 1
+
+
+def test_a_restore_that_does_not_hold_its_positions_is_dropped_and_recomputed():
+    sched, ctx = make(n_slots=1, n_batch=64, host_bytes=10**9)
+    a = _served(sched, seq("a", range(1, 101), out=[EOG]))
+    _served(sched, seq("b", range(1001, 1101), out=[EOG]))
+    ctx.state_restore = lambda slot, data, size: ctx.kv.__setitem__(slot, {5, 6}) or True
+    a2 = _served(sched, seq("a2", [*a.tokens, 7], out=[EOG]))
+    assert a2.reused == 0 and sched.host.stats.failed_restores == 1
+    assert sched.host.stats.hits == 0
+
+
+def test_a_sliding_window_cache_that_lost_the_window_is_not_reused():
+    sched, ctx = make(n_slots=1, n_batch=64, n_swa=8)
+    a = _served(sched, seq("a", range(1, 41), out=[EOG]))
+    # What a window-sized cache keeps: the next token (position 40) attends to 32..39,
+    # and 32..34 are gone.
+    ctx.kv[0] = {p for p in ctx.kv[0] if p >= 35}
+    a2 = _served(sched, seq("a2", [*a.tokens, 7], out=[EOG]))
+    assert a2.reused == 0  # recomputed, never wrong
+    a3 = _served(sched, seq("a3", [*a2.tokens, 8], out=[EOG]))
+    assert a3.reused == len(a2.tokens)  # a full cache (the window is there): reused

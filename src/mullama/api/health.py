@@ -6,6 +6,7 @@ answer at once even while every sequence is decoding."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -96,6 +97,7 @@ async def system_status(request: Request) -> ORJSONResponse:
                 "restarts": c.restarts,
                 "load_error": lifecycle.failed_models.get(c.name),
                 "circuit": circuits[c.name].as_dict() if c.name in circuits else None,
+                "kv_reuse": _kv_reuse(snap.kv_cache, c.spec.cache_ram),
             }
         )
     return ORJSONResponse(
@@ -117,3 +119,22 @@ async def system_status(request: Request) -> ORJSONResponse:
             },
         }
     )
+
+
+def _kv_reuse(report: Any, budget: int) -> dict[str, Any] | None:
+    """What each slot holds (tokens in KV: a running sequence's, or an idle slot's kept
+    history) and the host-RAM cache of KV states."""
+    if report is None:
+        return None
+    return {
+        "slots": report.slots,
+        "ram_cache": {
+            "bytes": report.ram_bytes,
+            "budget_bytes": budget,
+            "entries": report.ram_entries,
+            "hits": report.ram_hits,
+            "misses": report.ram_misses,
+            "saves": report.ram_saves,
+            "evictions": report.ram_evictions,
+        },  # fmt: skip
+    }

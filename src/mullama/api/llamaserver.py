@@ -123,6 +123,7 @@ class _Run:
         self.params = params
         self.first: float | None = None
         self.n = 0
+        self.cached = 0  # prompt tokens found in the KV cache
 
     def _final(self, content: str, finish: str | None, stop: str | None) -> dict[str, Any]:
         now = time.perf_counter()
@@ -152,12 +153,13 @@ class _Run:
             "truncated": False,
             "stop_type": stop_type,
             "stopping_word": stop or "",
-            "tokens_cached": 0,
+            "tokens_cached": self.cached,
             "timings": {
-                "prompt_n": self.n_prompt,
+                "cache_n": self.cached,
+                "prompt_n": self.n_prompt - self.cached,
                 "prompt_ms": prompt_ms,
-                "prompt_per_token_ms": prompt_ms / max(1, self.n_prompt),
-                "prompt_per_second": self.n_prompt / max(prompt_ms / 1000, 1e-9),
+                "prompt_per_token_ms": prompt_ms / max(1, self.n_prompt - self.cached),
+                "prompt_per_second": (self.n_prompt - self.cached) / max(prompt_ms / 1000, 1e-9),
                 "predicted_n": self.n,
                 "predicted_ms": predicted_ms,
                 "predicted_per_token_ms": predicted_ms / max(1, self.n),
@@ -173,7 +175,7 @@ class _Run:
                 if self.first is None and c.completion_tokens:
                     self.first = time.perf_counter()
                 parts.append(c.text)
-                self.n = c.completion_tokens
+                self.n, self.cached = c.completion_tokens, c.cached_tokens
                 if c.finish_reason is not None:
                     finish, stop = c.finish_reason, c.stop
         finally:
@@ -187,7 +189,7 @@ class _Run:
             async for c in gen:
                 if self.first is None and c.completion_tokens:
                     self.first = time.perf_counter()
-                self.n = c.completion_tokens
+                self.n, self.cached = c.completion_tokens, c.cached_tokens
                 if c.text:
                     yield sse({"index": 0, "content": c.text, "tokens": [], "stop": False,
                                "id_slot": -1, "tokens_predicted": self.n,

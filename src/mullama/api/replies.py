@@ -30,13 +30,14 @@ class Finished:
     finish: str | None
     stop: str | None
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens found in the KV cache
 
 
 @dataclass
 class WholeReply:
     text: str
     calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI-shaped calls
-    end: Finished = field(default_factory=lambda: Finished(None, None, 0))
+    end: Finished = field(default_factory=lambda: Finished(None, None, 0, 0))
 
 
 Event = Content | CallStart | CallArgs | CallDone | Finished
@@ -47,10 +48,10 @@ async def events(started: Started) -> AsyncIterator[Event]:
     generation (the engine frees the sequence)."""
     plan, gen = started.plan, started.gen
     reader = CallReader(plan) if plan.active else None
-    finish, stop, tokens = None, None, 0
+    finish, stop, tokens, cached = None, None, 0, 0
     try:
         async for c in gen:
-            tokens = c.completion_tokens
+            tokens, cached = c.completion_tokens, c.cached_tokens
             final = c.finish_reason is not None
             if reader is None:
                 if c.text:
@@ -64,21 +65,23 @@ async def events(started: Started) -> AsyncIterator[Event]:
         await gen.aclose()
     if reader is not None:
         finish = reader.finish(finish)
-    yield Finished(finish, stop, tokens)
+    yield Finished(finish, stop, tokens, cached)
 
 
 async def whole(started: Started) -> WholeReply:
     """The whole reply: its text outside calls and its calls (none when it was cut off
     inside one: then all of it is text)."""
     parts: list[str] = []
-    finish, stop, tokens = None, None, 0
+    finish, stop, tokens, cached = None, None, 0, 0
     try:
         async for c in started.gen:
             parts.append(c.text)
-            tokens = c.completion_tokens
+            tokens, cached = c.completion_tokens, c.cached_tokens
             if c.finish_reason is not None:
                 finish, stop = c.finish_reason, c.stop
     finally:
         await started.gen.aclose()
     reply = started.plan.read("".join(parts), finish)
-    return WholeReply(reply.content, reply.calls, Finished(reply.finish(finish), stop, tokens))
+    return WholeReply(
+        reply.content, reply.calls, Finished(reply.finish(finish), stop, tokens, cached)
+    )

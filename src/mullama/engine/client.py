@@ -64,6 +64,7 @@ class _Stream:
     queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
     done: bool = False
     obs: GenerationObserver = field(default_factory=NullGenerationObserver)
+    cached: int = 0  # prompt tokens the worker found in the KV cache
 
 
 class WorkerClient:
@@ -232,10 +233,11 @@ class WorkerClient:
             return
         if isinstance(event, Step):
             streams = self._streams
-            for sid, wait in event.admitted:
+            for sid, wait, reused in event.admitted:
                 stream = streams.get(sid)
                 if stream is not None:
-                    stream.obs.admitted(wait)
+                    stream.cached = reused
+                    stream.obs.admitted(wait, reused)
             for row in event.rows:
                 stream = streams.get(row.id)
                 if stream is not None:
@@ -244,6 +246,9 @@ class WorkerClient:
             st = self._stats
             st.active, st.queued, st.kv_used = event.active, event.queued, event.kv_used
             st.generated_total, st.threads = event.generated_total, event.threads
+            if event.cache is not None:
+                st.cache = event.cache
+                self.observer.kv_cache(self.name, event.cache)
         elif isinstance(event, Reply):
             stream = self._streams.get(event.id)
             if stream is None:
@@ -295,6 +300,7 @@ class WorkerClient:
                         item.finish,
                         item.logprobs,
                         item.stop,
+                        stream.cached,
                     )
                     if item.finish is not None:
                         return

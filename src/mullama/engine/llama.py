@@ -122,6 +122,14 @@ class Model:
             add_bos=bool(lc.llama_vocab_get_add_bos(self.vocab)),
         )
 
+    def memory_kind(self) -> tuple[int, bool]:
+        """The sliding-attention window (0: none) and whether the model's memory is
+        recurrent or hybrid (then a sequence cannot be cut back to a prefix)."""
+        n_swa = int(lc.llama_model_n_swa(self.ptr))
+        return n_swa, bool(
+            lc.llama_model_is_recurrent(self.ptr) or lc.llama_model_is_hybrid(self.ptr)
+        )
+
     def token_text(self, token: int) -> str:
         return self.piece(token, special=True).decode("utf-8", "replace")
 
@@ -331,6 +339,33 @@ class Context:
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         return bool(lc.llama_memory_seq_rm(self.mem, seq, p0, p1))
+
+    def seq_cp_whole(self, src: int, dst: int) -> None:
+        """Copy every cell of ``src`` to ``dst`` (dst's own cells go). With one KV stream
+        per sequence only a whole copy is allowed (a range aborts the process); the
+        cells' metadata moves now, their data at the next decode."""
+        lc.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+
+    def seq_pos_min(self, seq: int) -> int:
+        """The lowest position ``seq`` holds; -1 when it holds none."""
+        return int(lc.llama_memory_seq_pos_min(self.mem, seq))
+
+    def seq_pos_max(self, seq: int) -> int:
+        return int(lc.llama_memory_seq_pos_max(self.mem, seq))
+
+    def state_save(self, seq: int) -> tuple[Any, int]:
+        """``seq``'s KV cells as a buffer (restorable into any sequence of a context with
+        the same settings), and its length; (None, 0) when there is nothing to save."""
+        size = lc.llama_state_seq_get_size(self.ptr, seq)
+        if size <= 0:
+            return None, 0
+        buf = (ctypes.c_uint8 * size)()
+        written = lc.llama_state_seq_get_data(self.ptr, buf, size, seq)
+        return (buf, int(written)) if written else (None, 0)
+
+    def state_restore(self, seq: int, data: Any, size: int) -> bool:
+        """Put a saved state into ``seq`` (which must be empty); all or nothing."""
+        return bool(lc.llama_state_seq_set_data(self.ptr, data, size, seq))
 
     def clear(self) -> None:
         lc.llama_memory_clear(self.mem, True)

@@ -96,6 +96,7 @@ class WorkerSpec:
     log_format: str = "auto"
     log_file: str | None = None
     load_timeout: float = 300.0
+    cache_ram: int = 0  # bytes of host RAM for KV states of conversations out of a slot
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -381,16 +382,36 @@ class StepRow(NamedTuple):
 
 
 @dataclass
+class CacheReport:
+    """The worker's KV reuse state: what each slot holds (its running sequence's tokens
+    in KV, or an idle slot's kept prefix) and the host-RAM cache's totals; the save and
+    restore times since the last report."""
+
+    slots: list[int]
+    ram_bytes: int = 0
+    ram_entries: int = 0
+    ram_hits: int = 0
+    ram_misses: int = 0
+    ram_saves: int = 0
+    ram_evictions: int = 0
+    ram_failed: int = 0
+    save_seconds: list[float] = field(default_factory=list)
+    restore_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
 class Step:
     """A decode step's outputs and the worker's numbers after it (one frame per step)."""
 
     rows: list[StepRow]
-    admitted: list[tuple[str, float]]  # (id, seconds waited in the queue) given a slot
+    # (id, seconds waited in the queue, prompt tokens found in the KV cache) given a slot
+    admitted: list[tuple[str, float, int]]
     active: int
     queued: int
     kv_used: int
     generated_total: int
     threads: int
+    cache: CacheReport | None = None  # when the slots or the RAM cache changed
 
     def to_wire(self) -> dict[str, Any]:
         # By hand, not asdict (a deep copy, on every step); rows as plain tuples (orjson
@@ -404,12 +425,15 @@ class Step:
             "kv_used": self.kv_used,
             "generated_total": self.generated_total,
             "threads": self.threads,
+            "cache": None if self.cache is None else asdict(self.cache),
         }
 
     @classmethod
     def from_wire(cls, msg: dict[str, Any]) -> Step:
         data = _strict(cls, {k: v for k, v in msg.items() if k != "ev"})
         data["rows"] = [StepRow(*row) for row in data["rows"]]
+        if data.get("cache") is not None:
+            data["cache"] = CacheReport(**_strict(CacheReport, _need(data, "cache", dict)))
         return cls(**data)
 
 
@@ -443,6 +467,7 @@ class Chunk:
     finish_reason: str | None = None  # "stop" | "length" | None while generating
     logprobs: list[Any] | None = None  # the StepRow entries of this chunk's tokens
     stop: str | None = None  # the stop string that ended the generation, when one did
+    cached_tokens: int = 0  # prompt tokens found in the KV cache (not computed again)
 
 
 # What a generation is on the daemon side: closing it early (aclose) cancels it.
@@ -469,6 +494,7 @@ class ModelStats:
     kv_size: int = 0
     generated_total: int = 0
     threads: int = 0  # decode threads of the last step (its share of the CPUs)
+    cache: CacheReport | None = None  # the last one the worker sent
 
 
 # ---- observation hooks ------------------------------------------------------------
@@ -481,8 +507,9 @@ class GenerationObserver(Protocol):
 
     def accepted(self, prompt_tokens: int) -> None: ...
 
-    def admitted(self, queue_wait: float) -> None:
-        """The worker gave the sequence a slot after ``queue_wait`` seconds in its queue."""
+    def admitted(self, queue_wait: float, reused: int = 0) -> None:
+        """The worker gave the sequence a slot after ``queue_wait`` seconds in its queue,
+        with ``reused`` of its prompt tokens already in the KV cache."""
 
     def output(self, n_generated: int, finish: str | None) -> None:
         """A step produced tokens for it (``n_generated`` so far; the first call is the
@@ -499,12 +526,15 @@ class EngineObserver(Protocol):
 
     def loaded(self, model: str, seconds: float, error: BaseException | None) -> None: ...
 
+    def kv_cache(self, model: str, report: CacheReport) -> None:
+        """The worker's KV reuse state changed (slots, host-RAM cache, save/restore times)."""
+
 
 class NullGenerationObserver:
     def accepted(self, prompt_tokens: int) -> None:
         pass
 
-    def admitted(self, queue_wait: float) -> None:
+    def admitted(self, queue_wait: float, reused: int = 0) -> None:
         pass
 
     def output(self, n_generated: int, finish: str | None) -> None:
@@ -524,4 +554,7 @@ class NullObserver:
         pass
 
     def loaded(self, model: str, seconds: float, error: BaseException | None) -> None:
+        pass
+
+    def kv_cache(self, model: str, report: CacheReport) -> None:
         pass

@@ -20,8 +20,15 @@ from typing import Any
 import numpy as np
 
 from .detokenize import IncrementalText, StopMatcher
+from .kvcache import HostCache, as_tokens, common_prefix
 
 log = logging.getLogger(__name__)
+
+# A saved state is worth restoring when it spares this many more tokens than the best slot
+# (a restore costs about what computing a few tokens does), and a slot's history is worth
+# saving before it is overwritten when at least this many of its tokens would be lost.
+MIN_GAIN = 16
+MIN_SAVE = 64
 
 # Prompt tokens per step of a sequence scoring its prompt: each row keeps a vocabulary of
 # logits (64 x 49k floats = 12 MB for SmolLM2), so a long prompt is scored in chunks.
@@ -51,6 +58,7 @@ class Sequence:
     finish: str | None = None
     submitted_at: float = 0.0  # time.monotonic() when queued
     admitted_at: float | None = None  # first time it got a slot
+    reused: int = 0  # prompt tokens found in the KV cache at its first admission
 
     @property
     def remaining(self) -> int:
@@ -79,6 +87,10 @@ class Slot:
     index: int
     seq: Sequence | None = None
     cached: list[int] = field(default_factory=list)  # tokens in KV of an idle slot
+    last_used: float = 0.0  # time.monotonic() its last sequence ended
+
+    def tokens(self) -> np.ndarray:
+        return as_tokens(self.cached)
 
 
 class Scheduler:
@@ -90,11 +102,20 @@ class Scheduler:
         batch: Any,
         n_slots: int,
         n_batch: int,
+        host_cache: HostCache | None = None,
+        n_swa: int = 0,
+        recurrent: bool = False,
     ) -> None:
         self.model = model
         self.ctx = ctx
         self.batch = batch
         self.slots = [Slot(i) for i in range(n_slots)]
+        # Sliding-window models keep only the window (unless the cache is full-size):
+        # a prefix is reused only when its window is still there. Recurrent and hybrid
+        # memories cannot be cut back: no prefix copies and no saved states for them.
+        self.n_swa = n_swa
+        self.recurrent = recurrent
+        self.host = host_cache if host_cache is not None and not recurrent else HostCache(0)
         self.n_batch = n_batch
         self._pieces: dict[int, str | list[int]] = {}  # tokens as logprob entries carry them
         self.waiting: deque[Sequence] = deque()
@@ -178,19 +199,13 @@ class Scheduler:
             self._release(seq)
 
     def _admit(self) -> None:
+        sources: set[int] = set()  # slots copied from this step: not overwritten now
         while self.waiting:
-            free = [s for s in self.slots if s.seq is None]
+            free = [s for s in self.slots if s.seq is None and s.index not in sources]
             if not free:
                 return
             seq = self.waiting.popleft()
-            slot = self._best_slot(free, seq.tokens)
-            # A full hit must still decode the last prompt token to get logits.
-            reuse = min(_common_prefix(slot.cached, seq.tokens), len(seq.tokens) - 1)
-            if seq.score_prompt:
-                reuse = 0  # every prompt token's logits are needed: nothing reused
-            if reuse < len(slot.cached) and not self.ctx.seq_rm(slot.index, reuse, -1):
-                self.ctx.seq_rm(slot.index, -1, -1)
-                reuse = 0
+            slot, reuse = self._place(seq, free, sources)
             slot.cached = []
             slot.seq = seq
             seq.slot = slot.index
@@ -199,18 +214,93 @@ class Scheduler:
             self.running.append(seq)
             if seq.admitted_at is None:
                 seq.admitted_at = time.monotonic()
+                seq.reused = reuse
                 self.admitted.append(seq)
 
-    def _best_slot(self, free: list[Slot], tokens: list[int]) -> Slot:
-        best, best_len = free[0], -1
-        for slot in free:
-            n = _common_prefix(slot.cached, tokens)
-            # Ties: an empty slot before one whose cache could still serve someone, else
-            # the lowest index (running sequences on low, consecutive slots keep a step
-            # in one micro-batch; see _build_batch).
-            if n > best_len or (n == best_len and best.cached and not slot.cached):
-                best, best_len = slot, n
-        return best
+    def _place(self, seq: Sequence, free: list[Slot], sources: set[int]) -> tuple[Slot, int]:
+        """The slot for ``seq`` and how many of its tokens are already in that slot's KV
+        cache, from the best of: the idle slot sharing the longest prefix (cut back to
+        it), a copy of that prefix into a cheaper slot (when the sharing slot holds a
+        longer history of its own), or a state saved in host RAM."""
+        # A full hit must still decode the last prompt token to get logits; a sequence
+        # scoring its prompt needs every prompt token's logits: nothing reused.
+        limit = 0 if seq.score_prompt else len(seq.tokens) - 1
+        tokens = as_tokens(seq.tokens)
+        shared = {s.index: min(common_prefix(s.tokens(), tokens), limit) for s in free}
+        src = max(free, key=lambda s: (shared[s.index], -s.index))
+        best = shared[src.index]
+        entry, saved = self.host.best(tokens) if self.host.enabled and limit else (None, 0)
+        saved = min(saved, limit)
+        if entry is not None and saved >= best + MIN_GAIN:
+            target = self._victim(free)
+            self._evict(target, 0)
+            return target, self._restore(target, entry, saved)
+        if entry is None and self.host.enabled and limit:
+            self.host.stats.misses += 1
+        loses = len(src.cached) - best  # tokens of src's own history a cut would lose
+        others = [s for s in free if s is not src]
+        if best and loses >= MIN_SAVE and others and not self.recurrent and not self.n_swa:
+            target = self._victim(others)
+            if not target.cached or target.last_used < src.last_used:
+                self._evict(target, 0)
+                self.ctx.seq_cp_whole(src.index, target.index)
+                sources.add(src.index)
+                return target, self._keep(target, best)
+        target = src if best else self._victim(free)
+        self._evict(target, best)
+        return target, self._keep(target, best)
+
+    def _victim(self, slots: list[Slot]) -> Slot:
+        """The slot whose history costs least to lose: an empty one, else the least
+        recently used (the shorter history on a tie)."""
+        return min(slots, key=lambda s: (bool(s.cached), s.last_used, len(s.cached), s.index))
+
+    def _evict(self, slot: Slot, keep: int) -> None:
+        """Before ``slot`` keeps only its first ``keep`` tokens: save its history to host
+        RAM when that loses enough of it (and RAM does not hold it already)."""
+        if (
+            self.host.enabled
+            and len(slot.cached) - keep >= MIN_SAVE
+            and not self.host.holds(slot.tokens())
+        ):
+            started = time.perf_counter()
+            data, size = self.ctx.state_save(slot.index)
+            if data is not None and self.host.put(slot.tokens(), data, size):
+                self.host.stats.save_seconds.append(time.perf_counter() - started)
+
+    def _keep(self, slot: Slot, keep: int) -> int:
+        """Cut ``slot``'s KV back to its first ``keep`` positions; returns what it keeps
+        (0 when the model's memory cannot be cut there: it is then recomputed)."""
+        if keep and self.n_swa:
+            # The window before position ``keep`` must still be there (it always is with
+            # a full-size cache; without one, positions past the window are gone).
+            lowest = self.ctx.seq_pos_min(slot.index)
+            if lowest > max(0, keep - self.n_swa):
+                keep = 0
+        if keep == 0 or not self.ctx.seq_rm(slot.index, keep, -1):
+            self.ctx.seq_rm(slot.index, -1, -1)
+            return 0
+        return keep
+
+    def _restore(self, slot: Slot, entry: Any, keep: int) -> int:
+        """Put a saved state into ``slot`` and cut it back to ``keep``; the sequence must
+        hold exactly the entry's positions afterwards, or the entry is dropped and the
+        prompt recomputed."""
+        started = time.perf_counter()
+        self.ctx.seq_rm(slot.index, -1, -1)
+        ok = self.ctx.state_restore(slot.index, entry.data, entry.size)
+        if not (ok and self.ctx.seq_pos_min(slot.index) == 0
+                and self.ctx.seq_pos_max(slot.index) == entry.n_tokens - 1):  # fmt: skip
+            log.warning("a saved KV state did not restore as expected: dropped, recomputing")
+            self.host.drop(entry)
+            self.host.stats.failed_restores += 1
+            self.ctx.seq_rm(slot.index, -1, -1)
+            return 0
+        self.host.touch(entry)
+        self.host.stats.hits += 1
+        kept = self._keep(slot, keep)
+        self.host.stats.restore_seconds.append(time.perf_counter() - started)
+        return kept
 
     def _build_batch(self) -> list[tuple[Sequence, int, int]]:
         """Fill the batch; returns (sequence, tokens added, logits row or -1). A sequence
@@ -372,6 +462,7 @@ class Scheduler:
         if seq.slot >= 0:
             slot = self.slots[seq.slot]
             slot.seq = None
+            slot.last_used = time.monotonic()
             if keep_cache:
                 slot.cached = seq.tokens[: seq.n_past]
             else:
@@ -403,11 +494,3 @@ class BurstTracker:
         elif self._started_with is not None:
             self.expected = self._started_with + n_new
             self._started_with = None
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

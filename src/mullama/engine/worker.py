@@ -27,6 +27,7 @@ from .chat_template import ChatTemplate, TemplateRenderError
 from .constraint import Grammars, tool_grammar
 from .cpushare import CpuShare
 from .detokenize import StopMatcher
+from .kvcache import HostCache
 from .llama import (
     Batch,
     Context,
@@ -39,6 +40,7 @@ from .llama import (
 from .protocol import (
     HEADER_SIZE,
     Accepted,
+    CacheReport,
     Cancel,
     DetokenizeRequest,
     EmbedRequest,
@@ -120,13 +122,20 @@ class Worker:
         # A sequence must fit its KV stream (llama.cpp rounds streams up; never rely on it).
         self.ctx_per_seq = min(self.ctx_per_seq, self.ctx.n_ctx_seq)
         self.batch = Batch(n_batch)
+        n_swa, recurrent = self.model.memory_kind()
         self.sched = Scheduler(
             model=self.model,
             ctx=self.ctx,
             batch=self.batch,
             n_slots=n_slots,
             n_batch=n_batch,
+            host_cache=HostCache(spec.cache_ram),
+            n_swa=n_swa,
+            recurrent=recurrent,
         )
+        if recurrent and spec.cache_ram:
+            log.info("model %s has recurrent memory: no KV states kept in RAM", spec.name)
+        self._last_report: tuple[Any, ...] | None = None
         self.template = ChatTemplate(
             self.info.chat_template, self.info.bos_text, self.info.eos_text
         )
@@ -416,6 +425,28 @@ class Worker:
             batch.close()
         return vectors, total
 
+    def _cache_report(self) -> CacheReport | None:
+        """What the slots hold and the RAM cache's totals, when they changed since the
+        last report (None otherwise: most steps only advance running sequences)."""
+        sched = self.sched
+        st = sched.host.stats
+        key = (
+            tuple(len(s.cached) if s.seq is None else -1 for s in sched.slots),
+            st.saves, st.hits, st.misses, st.failed_restores, st.evictions,
+        )  # fmt: skip
+        if key == self._last_report and not st.save_seconds and not st.restore_seconds:
+            return None
+        self._last_report = key
+        report = CacheReport(
+            slots=[len(s.cached) if s.seq is None else s.seq.n_past for s in sched.slots],
+            ram_bytes=st.bytes, ram_entries=st.entries, ram_hits=st.hits,
+            ram_misses=st.misses, ram_saves=st.saves, ram_evictions=st.evictions,
+            ram_failed=st.failed_restores,
+            save_seconds=st.save_seconds, restore_seconds=st.restore_seconds,
+        )  # fmt: skip
+        st.save_seconds, st.restore_seconds = [], []
+        return report
+
     # ---- main decode loop ----------------------------------------------------------
 
     def run(self) -> None:
@@ -469,8 +500,10 @@ class Worker:
                 step = Step(
                     rows=rows,
                     admitted=[
-                        (s.id, (s.admitted_at or 0.0) - s.submitted_at) for s in sched.admitted
+                        (s.id, (s.admitted_at or 0.0) - s.submitted_at, s.reused)
+                        for s in sched.admitted
                     ],
+                    cache=self._cache_report(),
                     active=stats[0],
                     queued=stats[1],
                     kv_used=sched.kv_used(),

@@ -129,6 +129,7 @@ class ModelManager:
         self.settings = settings
         self.default_keep_alive = parse_keep_alive(settings.keep_alive)
         self.budget = parse_budget(settings.memory_budget)
+        self.cache_ram = parse_budget(settings.cache_ram)  # per model; 0: off
         self.per_model = parse_model_opts(settings.model_opt)
         self.aliases = parse_aliases(settings.model_alias)
         self.fallbacks = parse_fallbacks(settings.fallback)
@@ -187,6 +188,7 @@ class ModelManager:
                 log_format=s.log_format,
                 log_file=s.log_file,
                 load_timeout=s.load_timeout,
+                cache_ram=self.cache_ram,
             )
         )
         if self._observer is not None:

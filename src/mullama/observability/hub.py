@@ -63,6 +63,7 @@ class GenerationTracker:
         self.first: float | None = None
         self.last = 0.0
         self.n = 0
+        self.prompt = 0
         self.finish: str | None = None
         self._itl = m.itl.labels(model)
         self._generated = m.generated_tokens.labels(model)
@@ -71,14 +72,20 @@ class GenerationTracker:
             record.model = model
 
     def accepted(self, prompt_tokens: int) -> None:
+        self.prompt = prompt_tokens
         self.hub.metrics.prompt_tokens.labels(self.model).inc(prompt_tokens)
         if self.record is not None:
             self.record.prompt_tokens += prompt_tokens
 
-    def admitted(self, queue_wait: float) -> None:
+    def admitted(self, queue_wait: float, reused: int = 0) -> None:
         self.admitted_at = time.perf_counter()
         self.queue_wait = max(queue_wait, 0.0)
-        self.hub.metrics.queue_wait.labels(self.model).observe(self.queue_wait)
+        m = self.hub.metrics
+        m.queue_wait.labels(self.model).observe(self.queue_wait)
+        m.prompt_tokens_reused.labels(self.model).inc(reused)
+        m.prompt_tokens_computed.labels(self.model).inc(max(self.prompt - reused, 0))
+        if self.record is not None:
+            self.record.cached_tokens += reused
 
     def output(self, n_generated: int, finish: str | None) -> None:
         now = time.perf_counter()
@@ -164,6 +171,13 @@ class Observability:
             rec.model = model
             rec.prompt_tokens += prompt_tokens
 
+    def kv_cache(self, model: str, report: Any) -> None:
+        m = self.metrics
+        for s in report.save_seconds:
+            m.kv_save.labels(model).observe(s)
+        for s in report.restore_seconds:
+            m.kv_restore.labels(model).observe(s)
+
     def loaded(self, model: str, seconds: float, error: BaseException | None) -> None:
         if error is None:
             self.metrics.model_load.labels(model).observe(seconds)
@@ -248,6 +262,7 @@ class Observability:
                     threads=st.threads if alive else 0,
                     circuit=breaker.state if breaker is not None else "closed",
                     circuit_transitions=dict(breaker.transitions) if breaker else {},
+                    kv_cache=st.cache if alive else None,
                 )
             )
         return out

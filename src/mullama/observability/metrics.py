@@ -25,6 +25,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+KV_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -41,6 +42,7 @@ class ModelSnapshot:
     threads: int = 0
     circuit: str = "closed"
     circuit_transitions: dict[str, int] = field(default_factory=dict)
+    kv_cache: Any = None  # the worker's last CacheReport (engine/protocol.py)
 
 
 @dataclass
@@ -113,7 +115,35 @@ class _LiveCollector(Collector):
             if m.loaded:
                 threads.add_metric([m.name], m.threads)
         return [info, uptime, active, n_loaded, loaded, memory, tps, depth, seqs, kv, threads,
-                circuit, transitions, *_cache_metrics(snap.cache)]  # fmt: skip
+                circuit, transitions, *_kv_host_metrics(snap.models),
+                *_cache_metrics(snap.cache)]  # fmt: skip
+
+
+def _kv_host_metrics(models: list[ModelSnapshot]) -> list[Metric]:
+    """Each loaded model's host-RAM cache of KV states (--cache-ram)."""
+    size = GaugeMetricFamily("mullama_kv_host_cache_bytes",
+                             "Bytes of KV states the model's host-RAM cache holds.", labels=["model"])  # fmt: skip
+    entries = GaugeMetricFamily("mullama_kv_host_cache_entries",
+                                "Conversations the model's host-RAM cache holds.", labels=["model"])  # fmt: skip
+    counters = {
+        "ram_hits": ("mullama_kv_host_cache_hits", "Saved KV states restored into a slot."),
+        "ram_misses": ("mullama_kv_host_cache_misses",
+                       "Admissions for which the host-RAM cache held nothing shared."),
+        "ram_saves": ("mullama_kv_host_cache_saves", "Slot histories saved before a slot was reused."),
+        "ram_evictions": ("mullama_kv_host_cache_evictions",
+                          "Saved states dropped to stay within --cache-ram."),
+        "ram_failed": ("mullama_kv_host_cache_failed_restores",
+                       "Restores that did not hold what they should (dropped, recomputed)."),
+    }  # fmt: skip
+    fams = {k: CounterMetricFamily(n, d, labels=["model"]) for k, (n, d) in counters.items()}
+    for m in models:
+        if m.kv_cache is None:
+            continue
+        size.add_metric([m.name], m.kv_cache.ram_bytes)
+        entries.add_metric([m.name], m.kv_cache.ram_entries)
+        for key, fam in fams.items():
+            fam.add_metric([m.name], getattr(m.kv_cache, key))
+    return [size, entries, *fams.values()]
 
 
 def _cache_metrics(cache: Any) -> list[Metric]:
@@ -199,6 +229,33 @@ class Metrics:
         self.generated_tokens = Counter(
             "mullama_generated_tokens", "Tokens generated.", ["model"], registry=r
         )
+        self.prompt_tokens_reused = Counter(
+            "mullama_prompt_tokens_reused",
+            "Prompt tokens found in the KV cache at admission (a slot's prefix, a copied "
+            "prefix or a state restored from host RAM): not computed.",
+            ["model"],
+            registry=r,
+        )
+        self.prompt_tokens_computed = Counter(
+            "mullama_prompt_tokens_computed",
+            "Prompt tokens the engine computed (prompt tokens less those reused).",
+            ["model"],
+            registry=r,
+        )
+        self.kv_save = Histogram(
+            "mullama_kv_state_save_seconds",
+            "Time to save a slot's KV state to host RAM (on the decode thread, between steps).",
+            ["model"],
+            buckets=KV_BUCKETS,
+            registry=r,
+        )
+        self.kv_restore = Histogram(
+            "mullama_kv_state_restore_seconds",
+            "Time to restore a saved KV state into a slot (on the decode thread).",
+            ["model"],
+            buckets=KV_BUCKETS,
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "mullama_queue_wait_seconds",
             "Time a sequence waited in the engine's queue for a slot.",
@@ -233,6 +290,8 @@ class Metrics:
             self.ttft,
             self.itl,
             self.prompt_tokens,
+            self.prompt_tokens_reused,
+            self.prompt_tokens_computed,
             self.generated_tokens,
             self.queue_wait,
             self.model_load,

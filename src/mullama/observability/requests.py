@@ -30,6 +30,7 @@ class RequestRecord:
     started_ns: int = field(default_factory=time.time_ns)  # wall clock, for spans
     model: str | None = None
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, found in the KV cache (not computed)
     completion_tokens: int = 0
     first_token: float | None = None  # perf_counter of the first generated token
     finish_reasons: list[str] = field(default_factory=list)

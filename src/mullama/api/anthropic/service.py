@@ -36,12 +36,14 @@ def _stop_sequence(end: Finished) -> str | None:
     return end.stop if _stop_reason(end) == "stop_sequence" else None
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
+def _usage(prompt: int, completion: int, cached: int = 0) -> dict[str, int]:
+    """Anthropic's usage: ``input_tokens`` are those computed, the ones found in the KV
+    cache are ``cache_read_input_tokens`` (together, the prompt)."""
     return {
-        "input_tokens": prompt,
+        "input_tokens": prompt - cached,
         "output_tokens": completion,
         "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_read_input_tokens": cached,
     }
 
 
@@ -70,7 +72,9 @@ class AnthropicService:
             "content": content,
             "stop_reason": _stop_reason(reply.end),
             "stop_sequence": _stop_sequence(reply.end),
-            "usage": _usage(started.prompt_tokens, reply.end.completion_tokens),
+            "usage": _usage(
+                started.prompt_tokens, reply.end.completion_tokens, reply.end.cached_tokens
+            ),
         }
 
     async def _stream(self, started: Started, mid: str, model: str) -> AsyncIterator[bytes]:
@@ -115,7 +119,9 @@ class AnthropicService:
                     if open_text or open_call:  # a call max_tokens cut: its block ends too
                         yield event("content_block_stop", {"index": index})
                     delta = {"stop_reason": _stop_reason(e), "stop_sequence": _stop_sequence(e)}
-                    usage = {"output_tokens": e.completion_tokens}
+                    usage = {"output_tokens": e.completion_tokens,
+                             "input_tokens": started.prompt_tokens - e.cached_tokens,
+                             "cache_read_input_tokens": e.cached_tokens}  # fmt: skip
                     yield event("message_delta", {"delta": delta, "usage": usage})
                     yield event("message_stop", {})
         except MullamaError as exc:

@@ -53,6 +53,7 @@ class Timings:
             self.first = time.perf_counter_ns()
 
     def final(self, prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+        """``prompt_tokens``: those computed (Ollama counts only those)."""
         end = time.perf_counter_ns()
         first = self.first if self.first is not None else end
         return {
@@ -269,7 +270,7 @@ def _final(
     out = _piece(model, kind, text)
     out["done"] = True
     out["done_reason"] = last.finish_reason or "stop"
-    out.update(timings.final(prompt_tokens, last.completion_tokens))
+    out.update(timings.final(prompt_tokens - last.cached_tokens, last.completion_tokens))
     return out
 
 

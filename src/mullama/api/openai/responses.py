@@ -238,10 +238,10 @@ class ResponseStore:
         del self._items[rid]
 
 
-def _usage(prompt: int, completion: int) -> dict[str, Any]:
+def _usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt + completion,
@@ -339,7 +339,7 @@ class ResponsesService:
             "status": "completed" if done else "incomplete",
             "incomplete_details": None if done else {"reason": "max_output_tokens"},
             "output": output,
-            "usage": _usage(prompt, end.completion_tokens),
+            "usage": _usage(prompt, end.completion_tokens, end.cached_tokens),
         }
 
     async def _stream(

@@ -32,6 +32,7 @@ class _Choice:
     prompt_tokens: int = 0
     finish_reason: str | None = None
     logprobs: list[Any] = field(default_factory=list)  # the engine's entries, in order
+    cached_tokens: int = 0
 
 
 async def _primed(gen: ChunkStream) -> tuple[Chunk, ChunkStream]:
@@ -60,11 +61,13 @@ async def start_generations(
     return [c.prompt_tokens for c, _ in started], [g for _, g in started]
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
+def _usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    """OpenAI's usage; ``cached``: the prompt tokens found in the KV cache."""
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
     }
 
 
@@ -168,8 +171,9 @@ class OpenAIService:
                 }
                 for i, c in enumerate(choices)
             ],
-            "usage": _usage(prompt_tokens[0], sum(c.completion_tokens for c in choices)),
-        }
+            "usage": _usage(prompt_tokens[0], sum(c.completion_tokens for c in choices),
+                            choices[0].cached_tokens),
+        }  # fmt: skip
 
     async def _chat_stream(
         self,
@@ -204,11 +208,14 @@ class OpenAIService:
             return sse(obj)
 
         completion = [0] * len(gens)
+        cached = 0
         try:
             for i in range(len(gens)):
                 yield chunk(i, {"role": "assistant", "content": ""}, None)
             async for i, c in aiter_merge(gens):
                 completion[i] = c.completion_tokens
+                if i == 0:
+                    cached = c.cached_tokens
                 hold = held[i]
                 if hold is not None:
                     for delta, entries, finish in hold.feed(c):
@@ -226,7 +233,7 @@ class OpenAIService:
                         "created": created,
                         "model": model,
                         "choices": [],
-                        "usage": _usage(prompt_tokens[0], sum(completion)),
+                        "usage": _usage(prompt_tokens[0], sum(completion), cached),
                     }
                 )
         except MullamaError as exc:
@@ -254,7 +261,7 @@ class OpenAIService:
             echo = [prompts[i // req.n] for i in range(len(gens))] if req.echo else None
             return self._completion_stream(
                 cid, created, req.model, n_prompt, gens, include_usage,
-                req.logprobs is not None, echo,
+                req.logprobs is not None, echo, req.n,
             )  # fmt: skip
         choices = await _collect(gens)
         return {
@@ -273,7 +280,11 @@ class OpenAIService:
                 }
                 for i, c in enumerate(choices)
             ],
-            "usage": _usage(n_prompt, sum(c.completion_tokens for c in choices)),
+            "usage": _usage(
+                n_prompt,
+                sum(c.completion_tokens for c in choices),
+                sum(c.cached_tokens for c in choices[:: req.n]),
+            ),  # fmt: skip
         }
 
     async def _completion_stream(
@@ -286,15 +297,19 @@ class OpenAIService:
         include_usage: bool,
         logprobs: bool = False,
         echo: list[str] | None = None,
+        per_prompt: int = 1,
     ) -> AsyncIterator[bytes]:
-        """``echo``: each choice's prompt text, sent ahead of its first text."""
+        """``echo``: each choice's prompt text, sent ahead of its first text;
+        ``per_prompt``: choices per prompt (``n``)."""
         completion = [0] * len(gens)
+        cached = [0] * len(gens)
         offsets = [CompletionLogprobs() for _ in gens]
         prefix = list(echo) if echo is not None else [""] * len(gens)
         base = {"id": cid, "object": "text_completion", "created": created, "model": model}
         try:
             async for i, c in aiter_merge(gens):
                 completion[i] = c.completion_tokens
+                cached[i] = c.cached_tokens
                 if c.text or c.finish_reason is not None or (logprobs and c.logprobs) or prefix[i]:
                     text, prefix[i] = prefix[i] + c.text, ""
                     yield sse(
@@ -313,7 +328,8 @@ class OpenAIService:
                         }
                     )
             if include_usage:
-                yield sse({**base, "choices": [], "usage": _usage(n_prompt, sum(completion))})
+                usage = _usage(n_prompt, sum(completion), sum(cached[::per_prompt]))
+                yield sse({**base, "choices": [], "usage": usage})
         except MullamaError as exc:
             yield sse_error(exc)
         yield SSE_DONE
@@ -403,6 +419,7 @@ async def _collect(gens: list[ChunkStream]) -> list[_Choice]:
         if c.logprobs:
             ch.logprobs.extend(c.logprobs)
         ch.completion_tokens = c.completion_tokens
+        ch.cached_tokens = c.cached_tokens
         if c.finish_reason is not None:
             ch.finish_reason = c.finish_reason
     return choices
