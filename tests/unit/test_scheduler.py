@@ -329,3 +329,15 @@ def test_a_sliding_window_cache_that_lost_the_window_is_not_reused():
     assert a2.reused == 0  # recomputed, never wrong
     a3 = _served(sched, seq("a3", [*a2.tokens, 8], out=[EOG]))
     assert a3.reused == len(a2.tokens)  # a full cache (the window is there): reused
+
+
+def test_a_short_prompt_is_not_held_behind_a_long_one():
+    """A warm turn (few new tokens) admitted after a long new prompt gets its first token
+    in the first step; the long prompt takes the rest of the budget and goes on."""
+    sched, ctx = make(n_slots=2, n_batch=16)
+    sched.submit(seq("long", range(100, 140), out=[5, EOG]))
+    sched.submit(seq("short", range(200, 204), out=[6, EOG]))
+    first = sched.step()
+    assert [o.id for o in first] == ["short"]
+    rows = ctx.batches[0]
+    assert sum(1 for r in rows if r[2] == 1) == 4 and sum(1 for r in rows if r[2] == 0) == 12

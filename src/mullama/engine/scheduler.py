@@ -315,12 +315,15 @@ class Scheduler:
         scoring its prompt has logits on every row; its rows end at the one returned."""
         budget = self.n_batch
         takes: list[tuple[Sequence, int]] = []
-        # Decoding sequences first (one token each), then prompt chunks, oldest first.
+        # Decoding sequences first (one token each), then prompt chunks, the shortest
+        # remaining first: a conversation's next turn (its history reused, a few dozen
+        # new tokens) gets its first token in this step instead of waiting behind a long
+        # new prompt, which takes the rest of the budget (so it still advances each step).
         for seq in self.running:
             if seq.remaining == 1 and budget > 0:
                 takes.append((seq, 1))
                 budget -= 1
-        for seq in self.running:
+        for seq in sorted(self.running, key=lambda s: (s.remaining, s.order)):
             if seq.remaining > 1 and budget > 0:
                 take = min(seq.remaining, budget)
                 if seq.score_prompt:  # logits for every token: bounded output memory
