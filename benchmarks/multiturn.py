@@ -117,6 +117,7 @@ def rss(pid: int) -> int:
 
 
 def run_one(cmd: list[str], port: int, args: argparse.Namespace, seed: int) -> dict:
+    """One server, cold, one round of conversations: its raw samples."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     out: dict = {"turns": [], "gaps": []}
@@ -134,11 +135,18 @@ def run_one(cmd: list[str], port: int, args: argparse.Namespace, seed: int) -> d
                 ))  # fmt: skip
                 return time.perf_counter() - t0
 
-        wall = asyncio.run(go())
+        out["wall"] = asyncio.run(go())
         out["rss"] = rss(proc.pid)
     finally:
         stop(proc)
-    t = out["turns"]
+    return out
+
+
+def summary(rounds: list[dict]) -> dict:
+    """The samples of every round pooled: percentiles over all turns of all rounds."""
+    t = [x for r in rounds for x in r["turns"]]
+    gaps = [g for r in rounds for g in r["gaps"]]
+    wall = sum(r["wall"] for r in rounds)
     later = [x["ttft"] for x in t if x["turn"] >= 1]
     first = [x["ttft"] for x in t if x["turn"] == 0]
     prompt = sum(x["prompt"] for x in t)
@@ -146,8 +154,9 @@ def run_one(cmd: list[str], port: int, args: argparse.Namespace, seed: int) -> d
     return {
         "ttft_first_p50": pct(first, 50), "ttft_first_p95": pct(first, 95),
         "ttft_later_p50": pct(later, 50), "ttft_later_p95": pct(later, 95),
-        "tok_s": sum(x["completion"] for x in t) / wall, "itl_p95": pct(out["gaps"], 95),
-        "reused": cached, "computed": prompt - cached, "rss": out["rss"], "wall": wall,
+        "tok_s": sum(x["completion"] for x in t) / wall, "itl_p95": pct(gaps, 95),
+        "reused": cached, "computed": prompt - cached, "rss": max(r["rss"] for r in rounds),
+        "wall": wall,
     }  # fmt: skip
 
 
@@ -159,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--ctx", type=int, default=4096, help="context per slot")
     p.add_argument("--cache-mib", type=int, default=2048, help="host-RAM KV budget, both")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="of the first round")
+    p.add_argument("--rounds", type=int, default=1, help="each with new texts")
     p.add_argument("--only", choices=["mullama", "mullama-no-cache", "llama-server"], default=None)
     args = p.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time())
@@ -176,15 +186,18 @@ def main(argv: list[str] | None = None) -> int:
                          "-tb", threads, "--cache-ram", str(args.cache_mib), "--cache-reuse", "256",
                          "--alias", NAME, "--log-disable"],
     }  # fmt: skip
-    results = {}
-    for name, cmd in servers.items():
-        if args.only and name != args.only:
-            continue
-        results[name] = run_one(cmd, port, args, seed)
-        print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                                for k, v in results[name].items()}), flush=True)  # fmt: skip
+    names = [n for n in servers if not args.only or n == args.only]
+    raw: dict[str, list[dict]] = {n: [] for n in names}
+    for round_no in range(args.rounds):
+        k = round_no % len(names)
+        for name in names[k:] + names[:k]:  # same texts for all in a round; order rotates
+            raw[name].append(run_one(servers[name], port, args, seed + round_no))
+            r = summary(raw[name][-1:])
+            print(f"round {round_no} {name}", json.dumps({k: round(v, 4) if isinstance(v, float)
+                                                          else v for k, v in r.items()}), flush=True)  # fmt: skip
+    results = {n: summary(raw[n]) for n in names}
     print(
-        f"\nseed {seed}: {args.users} users on {args.slots} slots, {args.turns} turns, "
+        f"\nseeds {seed}..{seed + args.rounds - 1}, pooled: {args.users} users on {args.slots} slots, {args.turns} turns, "
         f"{args.max_tokens}-token answers, think time 0-3 s, streamed, temperature 0\n"
     )
     print(

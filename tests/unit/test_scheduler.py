@@ -340,4 +340,20 @@ def test_a_short_prompt_is_not_held_behind_a_long_one():
     first = sched.step()
     assert [o.id for o in first] == ["short"]
     rows = ctx.batches[0]
-    assert sum(1 for r in rows if r[2] == 1) == 4 and sum(1 for r in rows if r[2] == 0) == 12
+    assert sum(1 for r in rows if r[0] >= 200) == 4 and sum(1 for r in rows if r[0] < 200) == 12
+
+
+def test_a_warm_turn_is_admitted_before_a_long_new_prompt_but_none_starves():
+    sched, ctx = make(n_slots=1, n_batch=64, host_bytes=10**9)
+    a = _served(sched, seq("a", range(1, 101), out=[EOG]))
+    sched.submit(seq("cold", range(500, 700), out=[EOG]))
+    sched.submit(seq("warm", [*a.tokens, 7, 8], out=[EOG]))  # 2 tokens to compute
+    assert [o.id for o in sched.step()] == ["warm"]  # admitted, computed and done
+    assert [s.id for s in sched.waiting] == ["cold"]
+    run(sched)
+    # A long prompt that has waited past the limit goes first, whatever its size.
+    sched.submit(old := seq("old", range(800, 1000), out=[EOG]))
+    old.submitted_at -= 10
+    sched.submit(seq("warm2", [*a.tokens, 7, 8, 9], out=[EOG]))
+    sched.step()
+    assert sched.running[0].id == "old"

@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 MIN_GAIN = 16
 MIN_SAVE = 64
 
+# Admission is shortest job first among the first SJF_WINDOW waiting sequences (a warm
+# turn that computes a few dozen tokens goes before a new 1,000-token prompt), but a
+# sequence that has waited SJF_MAX_WAIT seconds goes next whatever its size: none starves.
+SJF_WINDOW = 32
+SJF_MAX_WAIT = 2.0
+
 # Prompt tokens per step of a sequence scoring its prompt: each row keeps a vocabulary of
 # logits (64 x 49k floats = 12 MB for SmolLM2), so a long prompt is scored in chunks.
 SCORE_CHUNK = 64
@@ -204,7 +210,7 @@ class Scheduler:
             free = [s for s in self.slots if s.seq is None and s.index not in sources]
             if not free:
                 return
-            seq = self.waiting.popleft()
+            seq = self._next_waiting(free)
             slot, reuse = self._place(seq, free, sources)
             slot.cached = []
             slot.seq = seq
@@ -216,6 +222,27 @@ class Scheduler:
                 seq.admitted_at = time.monotonic()
                 seq.reused = reuse
                 self.admitted.append(seq)
+
+    def _next_waiting(self, free: list[Slot]) -> Sequence:
+        """The waiting sequence to admit next: the one with the least to compute (its
+        tokens less what a free slot or the RAM cache holds of them), unless the head of
+        the queue has waited too long."""
+        head = self.waiting[0]
+        if len(self.waiting) == 1 or time.monotonic() - head.submitted_at >= SJF_MAX_WAIT:
+            return self.waiting.popleft()
+        held = [s.tokens() for s in free if s.cached]
+
+        def cost(seq: Sequence) -> int:
+            tokens = as_tokens(seq.tokens)
+            found = max((common_prefix(h, tokens) for h in held), default=0)
+            if self.host.enabled:
+                found = max(found, self.host.best(tokens)[1])
+            return len(seq.tokens) - found
+
+        window = list(itertools.islice(self.waiting, SJF_WINDOW))
+        best = min(window, key=cost)  # the earliest of equal costs (min is stable)
+        self.waiting.remove(best)
+        return best
 
     def _place(self, seq: Sequence, free: list[Slot], sources: set[int]) -> tuple[Slot, int]:
         """The slot for ``seq`` and how many of its tokens are already in that slot's KV
