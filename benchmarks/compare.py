@@ -56,7 +56,7 @@ def mullama_cmd(port: int, *extra: str) -> list[str]:
     """``mullama serve`` on ``port`` for a benchmark: quiet, no control socket."""
     return [
         sys.executable, "-m", "mullama", "serve", "--http-port", str(port),
-        "--log-level", "warning", "--socket", "none", *extra,
+        "--log-level", "warning", "--socket", "none", "--session-disk", "0", *extra,
     ]  # fmt: skip
 
 

@@ -38,6 +38,10 @@ class Daemon:
         self.socket = Path(tempfile.mkdtemp(prefix="mullama-sock-")) / "mullama.sock"
         if not any(a == "--socket" or a.startswith("--socket=") for a in args):
             args = ("--socket", f"unix://{self.socket}", *args)
+        # Saved conversations stay out of the shared cache dir (each test starts cold);
+        # a test with its own --cache-dir keeps the default and can test them.
+        if not any(a.startswith(("--cache-dir", "--session-disk")) for a in args):
+            args = ("--session-disk", "0", *args)
         # prefix: a command that runs the daemon (taskset -c 0, a cgroup wrapper, ...).
         cmd = [*prefix, sys.executable, "-m", "mullama", "serve", "--http-port", str(self.port)]
         cmd += args

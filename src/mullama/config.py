@@ -230,6 +230,19 @@ class ModelSettings(BaseModel):
         "leave their slot (restored into any slot on their next turn instead of computed "
         "again): bytes, a size like 2GiB, or a percentage of RAM; 0 turns it off.",
     )
+    session_disk: str = Field(
+        "1GiB",
+        description="Disk per model for conversations saved across restarts under "
+        "<cache dir>/sessions/ (the hottest KV states, written at shutdown and unload, "
+        "restored on demand by the next start of the same model and settings): bytes, a "
+        "size like 2GiB, or a percentage of RAM; 0 turns it off. Needs --cache-ram.",
+    )
+    session_save_interval: float = Field(
+        0.0,
+        ge=0,
+        description="Also save conversations every this many seconds while the model is "
+        "idle (0: only at shutdown and unload).",
+    )
     fallback: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="PRIMARY=BACKUP: when PRIMARY cannot take a request (its circuit is "

@@ -156,3 +156,56 @@ def test_a_sliding_window_model_reuses_only_what_is_right():
     assert warm_texts == cold_texts
     assert all(warm_cached[t, k] > 500 for t in (1, 2) for k in range(2)), warm_cached
     assert all(cold_cached[t, k] < 50 for t in (1, 2) for k in range(2)), cold_cached
+
+
+def _turn(d: Daemon, messages: list[dict]) -> dict:
+    r = httpx.post(d.url + "/v1/chat/completions", timeout=300, json={
+        "model": "smollm2:135m", "messages": messages, "max_tokens": 12, "temperature": 0,
+    })  # fmt: skip
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_conversations_survive_a_restart(tmp_path):
+    """Three conversations on one slot; the daemon stops (SIGTERM) and starts again on
+    the same cache dir: each conversation's next turn restores its history from the
+    saved session (cached tokens reported) and answers what recomputing gives."""
+    args = ("--cache-dir", str(tmp_path), "--parallel", "1", "--context-size", "2048")
+    chats = {k: [SYSTEM, {"role": "user", "content": _document(k)}] for k in range(3)}
+    with Daemon(*args).wait_healthy() as d:
+        for messages in chats.values():
+            reply = _turn(d, messages)
+            messages += [reply["choices"][0]["message"], {"role": "user", "content": "More?"}]
+    files = sorted((tmp_path / "sessions" / "smollm2_135m").glob("*.kvs"))
+    assert len(files) == 3, files  # two from the RAM cache, one from the slot
+    with Daemon(*args).wait_healthy() as d:
+        restored = {k: _turn(d, messages) for k, messages in chats.items()}
+        log = d.log()
+    with Daemon("--parallel", "1", "--context-size", "2048", "--cache-ram", "0",
+                "--cache-dir", str(tmp_path / "cold")).wait_healthy() as cold:  # fmt: skip
+        recomputed = {k: _turn(cold, messages) for k, messages in chats.items()}
+    for k in chats:
+        assert restored[k]["choices"] == recomputed[k]["choices"]
+        cached = restored[k]["usage"]["prompt_tokens_details"]["cached_tokens"]
+        assert cached > restored[k]["usage"]["prompt_tokens"] - 40, (k, restored[k]["usage"])
+    assert "3 saved conversations to restore on demand" in log
+
+
+def test_a_corrupt_session_file_is_skipped(tmp_path):
+    args = ("--cache-dir", str(tmp_path), "--parallel", "1", "--context-size", "2048")
+    messages = [SYSTEM, {"role": "user", "content": _document(5)}]
+    with Daemon(*args).wait_healthy() as d:
+        reply = _turn(d, messages)
+    messages += [reply["choices"][0]["message"], {"role": "user", "content": "More?"}]
+    (saved,) = (tmp_path / "sessions" / "smollm2_135m").glob("*.kvs")
+    data = bytearray(saved.read_bytes())
+    data[-100:] = bytes(100)  # the state's last bytes: the checksum no longer matches
+    saved.write_bytes(bytes(data))
+    (tmp_path / "sessions" / "smollm2_135m" / "junk.kvs").write_bytes(b"MLKV\xff\xff")
+    with Daemon(*args).wait_healthy() as d:
+        again = _turn(d, messages)
+        log = d.log()
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == 0  # recomputed
+    assert "is corrupt (checksum): skipped and removed" in log
+    assert "junk.kvs skipped and removed" in log
+    assert not saved.exists() or saved.read_bytes() != bytes(data)

@@ -186,3 +186,28 @@ def test_backup_and_restore(hub, store, tmp_path):
             dst.addfile(member, io.BytesIO(data))
     with pytest.raises(ClientError, match="checksum mismatch"):
         restore(ModelStore(tmp_path / "other"), bad)
+
+
+def test_backup_with_sessions_restores_the_saved_conversations(store, tmp_path):
+    sessions = store.root / "sessions" / "smollm2_135m"
+    sessions.mkdir(parents=True)
+    (sessions / "a.kvs").write_bytes(b"MLKV" + bytes(range(256)) * 10)
+    target = tmp_path / "s.tar.gz"
+    assert backup(store, target)["sessions"] == {}  # only when asked
+    index = backup(store, target, sessions=True)
+    assert list(index["sessions"]) == ["sessions/smollm2_135m/a.kvs"]
+    fresh = ModelStore(tmp_path / "fresh")
+    assert restore(fresh, target)["sessions"] == 1
+    restored = fresh.root / "sessions" / "smollm2_135m" / "a.kvs"
+    assert restored.read_bytes() == (sessions / "a.kvs").read_bytes()
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(target) as src, tarfile.open(bad, "w:gz") as dst:
+        for member in src:
+            data = src.extractfile(member).read()
+            if member.name.endswith(".kvs"):
+                data = data[:-1] + b"\x00"
+            import io
+
+            dst.addfile(member, io.BytesIO(data))
+    with pytest.raises(ClientError, match="checksum mismatch in saved session"):
+        restore(ModelStore(tmp_path / "other"), bad)

@@ -139,10 +139,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from ..models.backup import backup
 
     target = Path(args.file)
-    index = backup(_store(args), target, models=args.models)
+    index = backup(_store(args), target, models=args.models, sessions=args.sessions)
     print(
         f"backed up {len(index['manifests'])} models"
         + (f" and {len(index['blobs'])} files" if args.models else "")
+        + (f" and {len(index['sessions'])} saved conversations" if args.sessions else "")
         + f" to {target}"
     )
     return 0
@@ -152,7 +153,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from ..models.backup import restore
 
     result = restore(_store(args), Path(args.file), force=args.force)
-    print(f"restored {len(result['models'])} models and {result['blobs']} files")
+    print(f"restored {len(result['models'])} models and {result['blobs']} files"
+          + (f" and {result['sessions']} saved conversations" if result["sessions"] else ""))  # fmt: skip
     for name in result["missing"]:
         print(f"warning: {name} has no model file in this store; pull it again", file=sys.stderr)
     return 0
@@ -184,6 +186,8 @@ def add_model_commands(sub: Any) -> None:
     )
     p.add_argument("file", metavar="FILE.tar.gz")
     p.add_argument("--models", action="store_true", help="include the model files")
+    p.add_argument("--sessions", action="store_true",
+                   help="include the saved conversations (KV states) of <cache dir>/sessions")  # fmt: skip
     p = parser("restore", "restore a backup (verifies checksums)", cmd_restore)
     p.add_argument("file", metavar="FILE")
     p.add_argument("--force", action="store_true", help="overwrite models that differ")

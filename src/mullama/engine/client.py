@@ -163,8 +163,11 @@ class WorkerClient:
             self.load_seconds_total,
         )
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Stop the worker on purpose (unload); its in-flight requests fail."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop the worker on purpose (unload); its in-flight requests fail. A worker that
+        saves conversations to disk first (--session-disk) gets longer to exit."""
+        if timeout is None:
+            timeout = 5.0 + (60.0 if self.spec.session_disk else 0.0)
         self._closing = True
         proc, writer = self._proc, self._writer
         self._writer = None

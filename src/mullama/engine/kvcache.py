@@ -12,7 +12,9 @@ with numpy, so finding the best of hundreds of entries costs microseconds.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,8 +36,10 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
 @dataclass(eq=False)
 class Entry:
     tokens: np.ndarray  # the positions 0..len-1 the state holds
-    data: Any  # the state's bytes (a ctypes buffer, as llama.cpp wrote it)
+    data: Any  # the state's bytes (a ctypes buffer, as llama.cpp wrote it); None: on disk
     size: int
+    loader: Callable[[], tuple[Any, int] | None] | None = None  # reads a state from disk
+    path: Path | None = None  # the session file it came from
 
     @property
     def n_tokens(self) -> int:
@@ -51,6 +55,7 @@ class HostCacheStats:
     failed_restores: int = 0  # a restore that did not hold what it should: dropped
     bytes: int = 0
     entries: int = 0
+    on_disk: int = 0  # saved sessions found at start, not read yet
     save_seconds: list[float] = field(default_factory=list)  # drained by the worker
     restore_seconds: list[float] = field(default_factory=list)
 
@@ -59,16 +64,21 @@ class HostCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.stats = HostCacheStats()
-        self._entries: OrderedDict[int, Entry] = OrderedDict()
+        self._entries: OrderedDict[int, Entry] = OrderedDict()  # in RAM, LRU first
+        self._disk: dict[int, Entry] = {}  # saved sessions (engine/sessions.py), unread
 
     @property
     def enabled(self) -> bool:
         return self.max_bytes > 0
 
+    def _all(self) -> Iterator[Entry]:
+        yield from self._entries.values()
+        yield from self._disk.values()
+
     def best(self, tokens: np.ndarray) -> tuple[Entry | None, int]:
         """The entry sharing the longest prefix with ``tokens``, and that length."""
         best, best_n = None, 0
-        for entry in self._entries.values():
+        for entry in self._all():
             n = common_prefix(entry.tokens, tokens)
             if n > best_n:
                 best, best_n = entry, n
@@ -78,30 +88,60 @@ class HostCache:
         """Whether an entry already holds all of ``tokens`` (saving them again is waste)."""
         return any(
             e.n_tokens >= len(tokens) and common_prefix(e.tokens, tokens) == len(tokens)
-            for e in self._entries.values()
+            for e in self._all()
         )
 
     def put(self, tokens: np.ndarray, data: Any, size: int) -> bool:
         if size > self.max_bytes or size <= 0:
             return False
-        for key, e in list(self._entries.items()):  # a prefix of the new one: redundant
+        for e in list(self._all()):  # a prefix of the new one: redundant
             if e.n_tokens <= len(tokens) and common_prefix(e.tokens, tokens) == e.n_tokens:
-                self._remove(key)
-        self._entries[id(data)] = Entry(tokens, data, size)
-        self.stats.bytes += size
+                self.drop(e)
+        self._insert(Entry(tokens, data, size))
         self.stats.saves += 1
-        while self.stats.bytes > self.max_bytes:
+        return True
+
+    def _insert(self, entry: Entry) -> None:
+        self._entries[id(entry)] = entry
+        self.stats.bytes += entry.size
+        while self.stats.bytes > self.max_bytes and len(self._entries) > 1:
             self._remove(next(iter(self._entries)))
             self.stats.evictions += 1
         self.stats.entries = len(self._entries)
+
+    def add_saved(self, entries: list[Entry]) -> None:
+        """Sessions found on disk: restorable, read when first needed."""
+        for e in entries:
+            self._disk[id(e)] = e
+        self.stats.on_disk = len(self._disk)
+
+    def materialize(self, entry: Entry) -> bool:
+        """Make sure the entry's state is in RAM (a saved session is read and checked);
+        False when it could not be: the entry is gone."""
+        if entry.data is not None:
+            return True
+        self._disk.pop(id(entry), None)
+        self.stats.on_disk = len(self._disk)
+        loaded = entry.loader() if entry.loader is not None else None
+        if loaded is None:
+            return False
+        entry.data, entry.size = loaded
+        self._insert(entry)
         return True
 
     def touch(self, entry: Entry) -> None:
-        self._entries.move_to_end(id(entry.data))
+        if id(entry) in self._entries:
+            self._entries.move_to_end(id(entry))
 
     def drop(self, entry: Entry) -> None:
-        if id(entry.data) in self._entries:
-            self._remove(id(entry.data))
+        if id(entry) in self._entries:
+            self._remove(id(entry))
+        elif self._disk.pop(id(entry), None) is not None:
+            self.stats.on_disk = len(self._disk)
+
+    def hottest(self) -> list[Entry]:
+        """Every entry, most recently used first (unread saved sessions last)."""
+        return [*reversed(self._entries.values()), *self._disk.values()]
 
     def _remove(self, key: int) -> None:
         entry = self._entries.pop(key)

@@ -47,6 +47,11 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         pass
 
 
+def lc_version() -> str:
+    """llama-cpp-python's version: saved KV states are only restored into the same."""
+    return str(getattr(lc, "__version__", ""))
+
+
 def init_backend(verbose: bool = False) -> None:
     global _LOG_VERBOSE
     _LOG_VERBOSE = verbose

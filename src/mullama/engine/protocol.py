@@ -97,6 +97,10 @@ class WorkerSpec:
     log_file: str | None = None
     load_timeout: float = 300.0
     cache_ram: int = 0  # bytes of host RAM for KV states of conversations out of a slot
+    sessions_dir: str | None = None  # where conversations are saved across restarts
+    session_disk: int = 0  # bytes they may take there; 0: not saved
+    session_interval: float = 0.0  # also save every this many idle seconds (0: at exit only)
+    model_id: str = ""  # the model file's identity (digest), saved sessions must match it
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -321,6 +321,9 @@ class Scheduler:
         prompt recomputed."""
         started = time.perf_counter()
         self.ctx.seq_rm(slot.index, -1, -1)
+        if not self.host.materialize(entry):  # a saved session that could not be read
+            self.host.stats.failed_restores += 1
+            return 0
         ok = self.ctx.state_restore(slot.index, entry.data, entry.size)
         # A sliding-window model's state holds its last window of positions only.
         lowest = max(0, entry.n_tokens - self.n_swa) if self.n_swa else 0

@@ -36,6 +36,7 @@ from .llama import (
     Model,
     Sampler,
     init_backend,
+    lc_version,
 )
 from .protocol import (
     HEADER_SIZE,
@@ -63,7 +64,8 @@ from .protocol import (
     encode_frame,
     read_command,
 )
-from .scheduler import BurstTracker, Scheduler, Sequence
+from .scheduler import MIN_SAVE, BurstTracker, Scheduler, Sequence
+from .sessions import Saved, SessionStore
 
 log = logging.getLogger("mullama.worker")
 
@@ -136,6 +138,15 @@ class Worker:
         if recurrent and spec.cache_ram:
             log.info("model %s has recurrent memory: no KV states kept in RAM", spec.name)
         self._last_report: tuple[Any, ...] | None = None
+        self.sessions: SessionStore | None = None
+        self._saved_key: tuple[Any, ...] | None = None
+        if spec.sessions_dir and spec.session_disk > 0 and self.sched.host.enabled:
+            self.sessions = SessionStore(Path(spec.sessions_dir), spec.session_disk, {
+                "model": spec.model_id, "engine": lc_version(),
+                "n_seq_max": n_slots, "kv_unified": spec.kv_unified,
+                "n_ctx_seq": self.ctx.n_ctx_seq,
+            })  # fmt: skip
+            self.sched.host.add_saved(self.sessions.index())
         self.template = ChatTemplate(
             self.info.chat_template, self.info.bos_text, self.info.eos_text
         )
@@ -175,7 +186,12 @@ class Worker:
             elif isinstance(cmd, TokenizeRequest | DetokenizeRequest):
                 self._on_tokenizer(cmd)
             elif isinstance(cmd, Shutdown):
-                self._exit()
+                if self.sessions is None:
+                    self._exit()
+                # The decode thread saves the sessions, then exits; nothing more to read
+                # (the daemon closes the socket next).
+                self._post("shutdown", None)
+                return
 
     def _exit(self) -> None:
         for share in (self.share, self._embed_share):
@@ -425,6 +441,39 @@ class Worker:
             batch.close()
         return vectors, total
 
+    def _save_wait(self) -> float | None:
+        """How long the idle loop may sleep before the periodic save of sessions."""
+        interval = self.spec.session_interval
+        return interval if self.sessions is not None and interval > 0 else None
+
+    def _save_sessions(self) -> None:
+        """Write the hottest conversations to disk (on the decode thread, between steps):
+        idle slots' histories first (the most recent), then the RAM cache's, newest first;
+        nothing when nothing changed since the last save."""
+        if self.sessions is None:
+            return
+        sched = self.sched
+        host = sched.host
+        key = (tuple(len(s.cached) for s in sched.slots), host.stats.saves, host.stats.hits)
+        if key == self._saved_key:
+            return
+        started = time.perf_counter()
+        items: list[Saved] = []
+        for slot in sorted(sched.slots, key=lambda s: -s.last_used):
+            if slot.seq is None and len(slot.cached) >= MIN_SAVE and not host.holds(slot.tokens()):
+                data, size = self.ctx.state_save(slot.index)
+                if data is not None:
+                    items.append(Saved(slot.tokens(), data, size))
+        items += [Saved(e.tokens, e.data, e.size, e.path) for e in host.hottest()]
+        try:
+            kept, used = self.sessions.write(items)
+        except OSError as exc:
+            log.error("sessions not saved: %s", exc)
+            return
+        self._saved_key = key
+        log.info("sessions: %d conversations saved (%d bytes) in %.2fs",
+                 kept, used, time.perf_counter() - started)  # fmt: skip
+
     def _cache_report(self) -> CacheReport | None:
         """What the slots hold and the RAM cache's totals, when they changed since the
         last report (None otherwise: most steps only advance running sequences)."""
@@ -456,13 +505,17 @@ class Worker:
                 if not self._inbox and not sched.has_work():
                     self._set_busy(False)
                 while not self._inbox and not sched.has_work():
-                    self._cond.wait()
+                    if not self._cond.wait(self._save_wait()):
+                        self._save_sessions()  # idle for a save interval
                 starting = not sched.has_work()
                 expected = min(self._bursts.expected, len(sched.slots))
                 if starting and self._burst_wait_s and expected > 1:
                     self._gather_burst(expected)
                 inbox, self._inbox = self._inbox, []
             self._bursts.observe(starting, sum(1 for kind, _ in inbox if kind == "submit"))
+            if any(kind == "shutdown" for kind, _ in inbox):
+                self._save_sessions()
+                self._exit()
             for kind, payload in inbox:
                 if kind == "submit":
                     sched.submit(payload)

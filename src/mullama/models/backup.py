@@ -1,5 +1,6 @@
 """``mullama backup`` / ``mullama restore``: the store's manifests (and, with --models, its
-blobs) in one .tar.gz with an index of sha256 checksums."""
+blobs; with --sessions, the saved conversations of ``<cache dir>/sessions``) in one
+.tar.gz with an index of sha256 checksums."""
 
 from __future__ import annotations
 
@@ -28,10 +29,21 @@ def _sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def backup(store: ModelStore, target: Path, *, models: bool = False) -> dict[str, Any]:
+SESSIONS = "sessions"
+
+
+def _session_files(store: ModelStore) -> list[Path]:
+    root = store.root / SESSIONS
+    return sorted(p for p in root.glob("*/*.kvs") if p.is_file()) if root.is_dir() else []
+
+
+def backup(
+    store: ModelStore, target: Path, *, models: bool = False, sessions: bool = False
+) -> dict[str, Any]:
     """Write ``target`` (a .tar.gz). Returns the index."""
     manifests = store.list()
-    index: dict[str, Any] = {"format": FORMAT, "created": time.time(), "manifests": {}, "blobs": []}
+    index: dict[str, Any] = {"format": FORMAT, "created": time.time(), "manifests": {}, "blobs": [],
+                             "sessions": {}}  # fmt: skip
     tmp = target.with_name(f".{target.name}.partial")
     try:
         with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
@@ -47,6 +59,11 @@ def backup(store: ModelStore, target: Path, *, models: bool = False) -> dict[str
                     if blob.is_file():
                         tar.add(blob, arcname=f"blobs/{blob.name}", recursive=False)
                         index["blobs"].append(d)
+            if sessions:
+                for path in _session_files(store):
+                    arc = f"{SESSIONS}/{path.parent.name}/{path.name}"
+                    index["sessions"][arc] = sha256_file(path)
+                    tar.add(path, arcname=arc, recursive=False)
             _add_bytes(tar, INDEX, orjson.dumps(index, option=orjson.OPT_INDENT_2))
         os.replace(tmp, target)
     except OSError as exc:
@@ -70,8 +87,13 @@ def _member_ok(member: tarfile.TarInfo) -> bool:
         and not name.startswith("/")
         and ".." not in name
         and "\\" not in name
-        and (name == INDEX or name.startswith(("manifests/", "blobs/")))
-        and name.count("/") <= 1
+        and (
+            (name == INDEX or name.startswith(("manifests/", "blobs/")))
+            and name.count("/") <= 1
+            or name.startswith(f"{SESSIONS}/")
+            and name.count("/") == 2
+            and name.endswith(".kvs")
+        )
     )
 
 
@@ -82,7 +104,7 @@ def restore(store: ModelStore, source: Path, *, force: bool = False) -> dict[str
         raise ClientError(f"backup file not found: {source}")
     staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=_ensure(store.root)))
     try:
-        manifests, blobs = _unpack_and_verify(source, staging)
+        manifests, blobs, sessions = _unpack_and_verify(source, staging)
         conflicts = [
             m.name
             for m in manifests
@@ -106,7 +128,13 @@ def restore(store: ModelStore, source: Path, *, force: bool = False) -> dict[str
             if absent:
                 missing.append(m.name)
             atomic_write(store.manifest_path(m.name), m.to_json())
-        return {"models": [m.name for m in manifests], "blobs": len(blobs), "missing": missing}
+        for arc, path in sessions.items():  # saved conversations: a newer one is kept
+            dest = store.root / arc
+            if not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, dest)
+        return {"models": [m.name for m in manifests], "blobs": len(blobs), "missing": missing,
+                "sessions": len(sessions)}  # fmt: skip
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -116,7 +144,9 @@ def _ensure(path: Path) -> Path:
     return path
 
 
-def _unpack_and_verify(source: Path, staging: Path) -> tuple[list[Manifest], dict[str, Path]]:
+def _unpack_and_verify(
+    source: Path, staging: Path
+) -> tuple[list[Manifest], dict[str, Path], dict[str, Path]]:
     try:
         tar = tarfile.open(source, "r:*")
     except (tarfile.TarError, OSError) as exc:
@@ -166,4 +196,12 @@ def _unpack_and_verify(source: Path, staging: Path) -> tuple[list[Manifest], dic
         if sha256_file(path) != digest:
             raise ClientError(f"{source}: checksum mismatch in blob {digest}")
         blobs[digest] = path
-    return manifests, blobs
+    sessions = {}
+    for arc, digest in index.get("sessions", {}).items():
+        path = files.get(arc)
+        if path is None or not _member_ok(tarfile.TarInfo(arc)) or ".." in arc:
+            raise ClientError(f"{source}: saved session {arc!r} is missing")
+        if sha256_file(path) != digest:
+            raise ClientError(f"{source}: checksum mismatch in saved session {arc!r}")
+        sessions[arc] = path
+    return manifests, blobs, sessions

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from .. import requestctx
@@ -130,6 +131,7 @@ class ModelManager:
         self.default_keep_alive = parse_keep_alive(settings.keep_alive)
         self.budget = parse_budget(settings.memory_budget)
         self.cache_ram = parse_budget(settings.cache_ram)  # per model; 0: off
+        self.session_disk = parse_budget(settings.session_disk)  # per model; 0: off
         self.per_model = parse_model_opts(settings.model_opt)
         self.aliases = parse_aliases(settings.model_alias)
         self.fallbacks = parse_fallbacks(settings.fallback)
@@ -189,6 +191,10 @@ class ModelManager:
                 log_file=s.log_file,
                 load_timeout=s.load_timeout,
                 cache_ram=self.cache_ram,
+                sessions_dir=str(sessions_dir(s.cache_dir, ref.name)),
+                session_disk=self.session_disk,
+                session_interval=s.session_save_interval,
+                model_id=model_identity(ref),
             )
         )
         if self._observer is not None:
@@ -646,6 +652,21 @@ class ModelManager:
         await asyncio.gather(
             *(self._unload(s) for s in self._served.values()), return_exceptions=True
         )
+
+
+def sessions_dir(cache_dir: str, model: str) -> Path:
+    """Where a model's conversations are saved across restarts."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in model)
+    return Path(cache_dir).expanduser() / "sessions" / safe
+
+
+def model_identity(ref: ModelRef) -> str:
+    """What saved sessions must match: the manifest's digest, or for a bare GGUF path
+    its resolved path, size and modification time (hashing it would cost a read)."""
+    if ref.digest is not None:
+        return ref.digest
+    stat = ref.path.stat()
+    return f"file:{ref.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _unserved(exc: MullamaError) -> MullamaError:
