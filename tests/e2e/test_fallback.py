@@ -120,3 +120,11 @@ def test_a_bad_fallback_configuration_is_refused_at_start(flags, message):
     )  # fmt: skip
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
+
+
+def test_a_broken_models_error_names_the_model_not_its_file(fallback_daemon):
+    r = _chat(fallback_daemon, "broken", fallback=False)
+    message = r.json()["error"]["message"]
+    assert "'broken'" in message and "not a valid GGUF model file" in message
+    assert "/" not in message and ".gguf" not in message  # no file-system path
+    assert "broken.gguf" in fallback_daemon.log()  # the operator's log has it

@@ -1,6 +1,7 @@
 """The request-guarding middleware stack, in one place.
 
-Outermost first: [CORS] → [Host guard, loopback binds] → in-flight (503 while draining,
+Outermost first: [CORS] → Origin guard (cross-site requests, non-JSON bodies) → [Host
+guard, loopback binds] → in-flight (503 while draining,
 request timeout, abort on shutdown) → body limit → auth → rate limit → app. The caller adds
 request-id (and access logging) outside of these.
 """
@@ -14,6 +15,7 @@ from ..config import Settings
 from ..security.auth import AuthMiddleware
 from ..security.hosts import HostGuardMiddleware, is_loopback_bind
 from ..security.keys import KeyRing
+from ..security.origin import OriginGuardMiddleware
 from ..security.ratelimit import RateLimiter, RateLimitMiddleware
 from .inflight import InflightMiddleware, InflightTracker
 from .middleware import BodyLimitMiddleware
@@ -48,6 +50,7 @@ def install_guards(app: FastAPI, settings: Settings) -> None:
     )
     if loopback:
         app.add_middleware(HostGuardMiddleware)
+    app.add_middleware(OriginGuardMiddleware, allowed=settings.cors_origins)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -17,8 +17,9 @@ from fastapi import FastAPI
 from ..config import ConfigError, Settings
 from ..errors import MullamaError
 from ..models.manager import ModelManager
-from ..observability.logging import setup_logging
+from ..observability.logging import reopen_log_files, setup_logging
 from ..security.hosts import is_loopback_bind
+from ..security.keys import KeyRing
 from ..security.tls import check_tls
 from .app import create_app
 from .control import ControlSocket, ControlSocketError, LocalSocketApp, socket_path
@@ -118,6 +119,20 @@ async def _guard(coro: Coroutine[Any, Any, None]) -> None:
         await coro
 
 
+def reload(settings: Settings, app: FastAPI) -> None:
+    """SIGHUP (what logrotate's postrotate, or a closed terminal, sends): reopen the log
+    file and read the API keys again; the daemon keeps serving. A key file that no longer
+    reads keeps the keys in force."""
+    reopen_log_files()
+    try:
+        fresh = KeyRing.from_settings(settings)
+    except (ConfigError, OSError) as exc:
+        log.error("SIGHUP: API keys not reloaded (the ones in force stay): %s", exc)
+        return
+    app.state.keys.keys = fresh.keys  # the auth middleware holds this same ring
+    log.info("SIGHUP: log file reopened, %d API keys loaded", len(fresh.keys))
+
+
 async def _serve(
     settings: Settings,
     app: FastAPI,
@@ -136,6 +151,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown.on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, reload, settings, app)
     tasks = [asyncio.ensure_future(_guard(main.serve()))]
     if local is not None:
         tasks.append(asyncio.ensure_future(_guard(local.serve(sockets=[unix_sock]))))
@@ -146,6 +162,6 @@ async def _serve(
             server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
         await manager.close()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     return 0 if main.started else 1

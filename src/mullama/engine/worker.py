@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import queue
+import signal
 import socket
 import sys
 import threading
@@ -626,6 +627,8 @@ def main(argv: list[str] | None = None) -> None:
         static={"model": spec.name},
         tag=f"worker {os.getpid()} {spec.name}",
     )
+    # A SIGHUP is the daemon's to handle (it reloads); a worker runs on.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     chan = Channel(socket.socket(fileno=args.fd))
     init_backend(verbose=spec.log_level == "debug")
     started = time.monotonic()

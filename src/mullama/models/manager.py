@@ -292,6 +292,8 @@ class ModelManager:
             return await self._load(served, keep_alive)
         except MullamaError as exc:
             _unserved(exc)
+            # The log has the file's path; a client is told the model's name only.
+            exc.message = _without_path(exc.message, served.entry.path)
             raise
 
     async def _load(self, served: ServedModel, keep_alive: Any) -> float:
@@ -667,6 +669,15 @@ def model_identity(ref: ModelRef) -> str:
         return ref.digest
     stat = ref.path.stat()
     return f"file:{ref.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _without_path(message: str, path: Path) -> str:
+    """``message`` with the model file's path left out (clients learn no file-system
+    layout: the store's blob paths, the operator's directories)."""
+    for form in (str(path), str(path.resolve()) if path.exists() else str(path)):
+        message = message.replace(f"{form}: ", "").replace(f" {form}", "")
+        message = message.replace(form, "the model file")
+    return message
 
 
 def _unserved(exc: MullamaError) -> MullamaError:

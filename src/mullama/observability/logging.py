@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import logging.handlers
 import sys
 from typing import Any, TextIO
 
@@ -100,7 +101,8 @@ def setup_logging(
     )
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if file:
-        handlers.append(logging.FileHandler(file, encoding="utf-8"))
+        # Reopened by itself when logrotate moves the file away, and on SIGHUP.
+        handlers.append(logging.handlers.WatchedFileHandler(file, encoding="utf-8"))
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -115,3 +117,15 @@ def setup_logging(
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     return resolved
+
+
+def reopen_log_files() -> None:
+    """Close and reopen the log file (after a rotation by copy or move)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                handler.close()
+                handler.stream = handler._open()
+            finally:
+                handler.release()
