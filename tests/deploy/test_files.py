@@ -147,6 +147,8 @@ def test_nginx_config_passes_nginx_t(tmp_path):
     text = (DEPLOY / "nginx" / "mullama.conf").read_text()
     for directive in (
         "least_conn;",
+        "hash $mullama_affinity_key consistent;",
+        "proxy_pass http://$mullama_pool;",
         "proxy_buffering off;",
         "proxy_read_timeout 600s;",
         "client_max_body_size 10m;",
@@ -178,7 +180,8 @@ def test_haproxy_config_passes_haproxy_c(tmp_path):
     assert "valid" in out.lower()
     text = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
     assert text.count("balance leastconn") == 2
-    assert text.count("option httpchk GET /health/ready") == 2
+    assert text.count("option httpchk GET /health/ready") == 3
+    assert "balance hash var(txn.affinity)" in text and "hash-type consistent" in text
     assert re.search(r"use_backend mullama_embeddings if embeddings", text)
     assert "acl embeddings path /v1/embeddings /api/embed" in text
 
