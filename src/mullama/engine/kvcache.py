@@ -55,7 +55,6 @@ class HostCacheStats:
     failed_restores: int = 0  # a restore that did not hold what it should: dropped
     bytes: int = 0
     entries: int = 0
-    on_disk: int = 0  # saved sessions found at start, not read yet
     save_seconds: list[float] = field(default_factory=list)  # drained by the worker
     restore_seconds: list[float] = field(default_factory=list)
 
@@ -113,7 +112,6 @@ class HostCache:
         """Sessions found on disk: restorable, read when first needed."""
         for e in entries:
             self._disk[id(e)] = e
-        self.stats.on_disk = len(self._disk)
 
     def materialize(self, entry: Entry) -> bool:
         """Make sure the entry's state is in RAM (a saved session is read and checked);
@@ -121,7 +119,6 @@ class HostCache:
         if entry.data is not None:
             return True
         self._disk.pop(id(entry), None)
-        self.stats.on_disk = len(self._disk)
         loaded = entry.loader() if entry.loader is not None else None
         if loaded is None:
             return False
@@ -136,8 +133,8 @@ class HostCache:
     def drop(self, entry: Entry) -> None:
         if id(entry) in self._entries:
             self._remove(id(entry))
-        elif self._disk.pop(id(entry), None) is not None:
-            self.stats.on_disk = len(self._disk)
+        else:
+            self._disk.pop(id(entry), None)
 
     def hottest(self) -> list[Entry]:
         """Every entry, most recently used first (unread saved sessions last)."""

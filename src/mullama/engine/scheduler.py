@@ -285,14 +285,13 @@ class Scheduler:
     def _evict(self, slot: Slot, keep: int) -> None:
         """Before ``slot`` keeps only its first ``keep`` tokens: save its history to host
         RAM when that loses enough of it (and RAM does not hold it already)."""
-        if (
-            self.host.enabled
-            and len(slot.cached) - keep >= MIN_SAVE
-            and not self.host.holds(slot.tokens())
-        ):
+        if not self.host.enabled or len(slot.cached) - keep < MIN_SAVE:
+            return
+        tokens = slot.tokens()
+        if not self.host.holds(tokens):
             started = time.perf_counter()
             data, size = self.ctx.state_save(slot.index)
-            if data is not None and self.host.put(slot.tokens(), data, size):
+            if data is not None and self.host.put(tokens, data, size):
                 self.host.stats.save_seconds.append(time.perf_counter() - started)
 
     def _keep(self, slot: Slot, keep: int) -> int:

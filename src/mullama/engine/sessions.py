@@ -108,7 +108,7 @@ class SessionStore:
                 other += 1
                 continue
             size = int(header["size"])
-            loader = self._loader(path, header, offset)
+            loader = self._loader(path, header, offset, zlib.crc32(tokens.astype("<i4").tobytes()))
             entries.append(Entry(tokens, None, size, loader=loader, path=path))
             self.known.add(path.name)
         if entries or other:
@@ -120,19 +120,21 @@ class SessionStore:
             )  # fmt: skip
         return entries
 
-    def _loader(self, path: Path, header: dict[str, Any], offset: int) -> Any:
+    def _loader(self, path: Path, header: dict[str, Any], offset: int, tokens_crc: int) -> Any:
+        """Reads the state (after the tokens the index already read) and checks the CRC
+        of those tokens and this state."""
+
         def load() -> tuple[Any, int] | None:
             size = int(header["size"])
             try:
                 with path.open("rb") as f:
-                    f.seek(offset - 4 * int(header["n_tokens"]))
-                    raw_tokens = f.read(4 * int(header["n_tokens"]))
+                    f.seek(offset)
                     buf = (ctypes.c_uint8 * size)()
                     got = f.readinto(memoryview(buf).cast("B"))
             except OSError as exc:
                 log.warning("session file %s unreadable: %s", path.name, exc)
                 return None
-            crc = zlib.crc32(memoryview(buf).cast("B"), zlib.crc32(raw_tokens))
+            crc = zlib.crc32(memoryview(buf).cast("B"), tokens_crc)
             if got != size or crc != header.get("crc32"):
                 log.warning("session file %s is corrupt (checksum): skipped and removed", path.name)
                 path.unlink(missing_ok=True)

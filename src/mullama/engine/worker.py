@@ -461,10 +461,13 @@ class Worker:
         started = time.perf_counter()
         items: list[Saved] = []
         for slot in sorted(sched.slots, key=lambda s: -s.last_used):
-            if slot.seq is None and len(slot.cached) >= MIN_SAVE and not host.holds(slot.tokens()):
+            if slot.seq is not None or len(slot.cached) < MIN_SAVE:
+                continue
+            tokens = slot.tokens()
+            if not host.holds(tokens):
                 data, size = self.ctx.state_save(slot.index)
                 if data is not None:
-                    items.append(Saved(slot.tokens(), data, size))
+                    items.append(Saved(tokens, data, size))
         items += [Saved(e.tokens, e.data, e.size, e.path) for e in host.hottest()]
         try:
             kept, used = self.sessions.write(items)

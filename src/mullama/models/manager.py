@@ -542,13 +542,12 @@ class ModelManager:
     ) -> ChunkStream:
         """The generation's chunks: from the response cache when it holds this exact
         deterministic request, otherwise from the engine (and then stored)."""
-        key = await self._cache_key(name, request)
+        key, model = await self._cache_key(name, request)
         ctx = requestctx.get()
         if key is not None and ctx.cache_read and self.cache is not None:
             found = await self.cache.lookup(key)
             if isinstance(found, list):
                 ctx.cache_hits += 1
-                model = self.find(name).name
                 self.cache.stats.hits[model] += 1
                 seen = (
                     self._observer.generation(model, request.request_id) if self._observer else None
@@ -583,21 +582,23 @@ class ModelManager:
             finally:
                 await gen.aclose()
 
-    async def _cache_key(self, name: str | None, request: GenerateRequest) -> str | None:
-        """The request's response-cache key; None when the cache is off, the request is
-        not deterministic, or the request said no-store."""
+    async def _cache_key(
+        self, name: str | None, request: GenerateRequest
+    ) -> tuple[str | None, str]:
+        """The request's response-cache key and the model's name; no key when the cache
+        is off, the request is not deterministic, or the request said no-store."""
         ctx = requestctx.get()
         if self.cache is None or not deterministic(request):
-            return None
+            return None, ""
         if not (ctx.cache_read or ctx.cache_store):  # Cache-Control: no-store
-            return None
+            return None, ""
         entry = self.find(name)
         digest = await asyncio.to_thread(entry.current_digest)
         before = self._digests.get(entry.name)
         if before is not None and before != digest:  # the model's file was replaced
             await self.cache.invalidate(before)
         self._digests[entry.name] = digest
-        return cache_key(digest, request)
+        return cache_key(digest, request), entry.name
 
     async def embed(
         self, name: str | None, inputs: list[str], truncate: bool = False, keep_alive: Any = None
@@ -674,7 +675,7 @@ def model_identity(ref: ModelRef) -> str:
 def _without_path(message: str, path: Path) -> str:
     """``message`` with the model file's path left out (clients learn no file-system
     layout: the store's blob paths, the operator's directories)."""
-    for form in (str(path), str(path.resolve()) if path.exists() else str(path)):
+    for form in sorted({str(path), str(path.resolve())}, key=len, reverse=True):
         message = message.replace(f"{form}: ", "").replace(f" {form}", "")
         message = message.replace(form, "the model file")
     return message
