@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Install the system services the test suite needs, from Debian packages (idempotent:
-# quick when they are already there). Prometheus gives /usr/bin/prometheus and promtool.
+# quick when they are already there). Prometheus gives /usr/bin/prometheus and promtool;
+# Chromium is the real browser of the web UI's tests (driven by Playwright's Python package,
+# tests/browser.py), with a font so its screenshots show text.
 # Nothing is started or enabled here; tests start their own instances on 127.0.0.1.
 set -euo pipefail
 need=()
 [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || need+=(prometheus)
+[ -x /usr/lib/chromium/chromium ] || need+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null; then

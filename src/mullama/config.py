@@ -70,6 +70,11 @@ class ServerSettings(BaseModel):
         description="Export OpenTelemetry traces over OTLP/HTTP to this URL "
         "(e.g. http://127.0.0.1:4318); needs the tracing extra.",
     )
+    ui: bool = Field(
+        True,
+        description="Serve the web UI (chat playground and operations dashboard) at /ui/; "
+        "a browser asking for / is sent there.",
+    )
     max_body_size: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes."
     )

@@ -40,12 +40,16 @@ class MullamaError(Exception):
 
     @staticmethod
     def from_wire(data: dict[str, object]) -> MullamaError:
-        cls = _BY_NAME.get(str(data.get("kind")), ServerError)
+        status = data.get("status")
+        # A subclass declared outside this module (the engine's GrammarError) arrives as
+        # its nearest kind here: a client error when its status says so.
+        fallback = ClientError if isinstance(status, int) and status < 500 else ServerError
+        cls = _BY_NAME.get(str(data.get("kind")), fallback)
         return cls(
             str(data.get("message", "error")),
             param=data.get("param"),  # type: ignore[arg-type]
             code=data.get("code"),  # type: ignore[arg-type]
-            status=data.get("status"),  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]
         )
 
 

@@ -10,6 +10,7 @@ from mullama.api.errors import (
     error_body,
     error_response,
     ndjson_error,
+    openai_body,
     sse_error,
     stream_error_tail,
 )
@@ -84,3 +85,16 @@ def test_raw_responses_before_asgi_use_the_same_builder():
         }
     }
     assert f"content-length: {len(body)}".encode() in head
+
+
+def test_an_error_kind_declared_elsewhere_keeps_its_type_across_the_socket():
+    """The engine's GrammarError (a 400) reached clients as type server_error."""
+    from mullama.engine.constraint import GrammarError
+
+    exc = GrammarError("the constraint cannot be compiled: Invalid type", param="response_format")
+    back = errors.MullamaError.from_wire(orjson.loads(orjson.dumps(exc.to_wire())))
+    assert openai_body(back) == openai_body(exc)
+    assert openai_body(back)["error"]["type"] == "invalid_request_error"
+    assert back.status == 400
+    assert isinstance(errors.MullamaError.from_wire({"kind": "Nope", "status": 502}),
+                      errors.ServerError)  # fmt: skip

@@ -6,6 +6,7 @@ answer at once even while every sequence is decoding."""
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -98,6 +99,7 @@ async def system_status(request: Request) -> ORJSONResponse:
                 "load_error": lifecycle.failed_models.get(c.name),
                 "circuit": circuits[c.name].as_dict() if c.name in circuits else None,
                 "kv_reuse": _kv_reuse(snap.kv_cache, c.spec.cache_ram),
+                "slots": c.slots(),
             }
         )
     return ORJSONResponse(
@@ -110,7 +112,15 @@ async def system_status(request: Request) -> ORJSONResponse:
             "memory": {
                 "rss_bytes": snapshot.daemon_memory_bytes,
                 "models_rss_bytes": sum(m.memory_bytes for m in snaps.values()),
+                "budget_bytes": manager.budget,
+                "estimated_bytes": sum(s.estimate for s in manager.served() if s.loaded),
             },
+            "models": [_model_state(s, lifecycle.failed_models) for s in manager.served()],
+            "latency": obs.latency(),
+            "errors": dict(obs.errors),
+            "prompt_tokens": {"reused": obs.prompt_reused, "computed": obs.prompt_computed},
+            "response_cache": _response_cache(manager),
+            "history": obs.history_rates(),
             "pid": os.getpid(),
             "cpu": {
                 **manager.cpu.as_dict(),
@@ -119,6 +129,42 @@ async def system_status(request: Request) -> ORJSONResponse:
             },
         }
     )
+
+
+def _model_state(served: Any, failed: dict[str, str]) -> dict[str, Any]:
+    """A served model's state for status pages: loaded, loading, failed or unloaded;
+    pinned; the keep-alive left (None: forever, or not loaded); the memory estimate."""
+    name = served.entry.name
+    if served.loading:
+        state = "loading"
+    elif served.loaded:
+        state = "loaded"
+    elif name in failed or served.last_error is not None:
+        state = "failed"
+    else:
+        state = "unloaded"
+    left = None
+    if served.loaded and served.expires_at is not None:
+        left = round(max(served.expires_at - time.time(), 0.0), 1)
+    return {
+        "name": name,
+        "state": state,
+        "pinned": served.pinned,
+        "keep_alive_secs": served.keep_alive,
+        "expires_in_secs": left,
+        "in_use": served.leases,
+        "estimate_bytes": served.estimate,
+        "circuit": served.breaker.state,
+        "error": failed.get(name) or (served.last_error and served.last_error.message),
+    }
+
+
+def _response_cache(manager: Any) -> dict[str, Any] | None:
+    cache = manager.cache
+    if cache is None:
+        return None
+    stats = cache.stats
+    return {"hits": sum(stats.hits.values()), "misses": sum(stats.misses.values())}
 
 
 def _kv_reuse(report: Any, budget: int) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .. import __version__
-from ..api import control, health, llamaserver, monitoring, tokenizer
+from ..api import control, health, llamaserver, monitoring, tokenizer, ui
 from ..api.anthropic import routes as anthropic_routes
 from ..api.anthropic.service import AnthropicService
 from ..api.errors import install_error_handlers
@@ -63,11 +63,13 @@ def create_app(
         loading = asyncio.create_task(preload(manager, lifecycle), name="preload")
         app.state.preload = loading
         probing = asyncio.create_task(app.state.dependencies.run(), name="dependencies")
+        sampling = asyncio.create_task(obs.sample_history(), name="history")
         try:
             yield
         finally:
             lifecycle.phase = Phase.STOPPED
             probing.cancel()
+            sampling.cancel()
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
@@ -105,6 +107,8 @@ def create_app(
     app.include_router(control.router)
     app.include_router(tokenizer.router)
     app.include_router(llamaserver.router)
+    if settings.ui:
+        app.include_router(ui.router)
     # add_middleware wraps what was added before: the request context (cache policy,
     # fallback) innermost, then the guards (limits, drain, auth, rate limits), then the
     # access log, then the request id outermost.

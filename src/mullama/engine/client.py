@@ -65,6 +65,8 @@ class _Stream:
     done: bool = False
     obs: GenerationObserver = field(default_factory=NullGenerationObserver)
     cached: int = 0  # prompt tokens the worker found in the KV cache
+    prompt: int = 0  # prompt tokens, once accepted
+    generated: int = 0  # tokens generated so far
 
 
 class WorkerClient:
@@ -244,6 +246,7 @@ class WorkerClient:
             for row in event.rows:
                 stream = streams.get(row.id)
                 if stream is not None:
+                    stream.generated = row.n_generated
                     stream.obs.output(row.n_generated, row.finish)
                     stream.queue.put_nowait(row)
             st = self._stats
@@ -260,6 +263,7 @@ class WorkerClient:
                 stream.queue.put_nowait(event.error)
                 return
             if isinstance(event, Accepted):
+                stream.prompt = event.prompt_tokens
                 stream.obs.accepted(event.prompt_tokens)
             stream.queue.put_nowait(event)
         else:
@@ -269,6 +273,30 @@ class WorkerClient:
 
     def stats(self) -> ModelStats:
         return self._stats
+
+    def slots(self) -> list[dict[str, Any]]:
+        """What each KV slot is doing, for status pages: idle (with the tokens it keeps
+        for reuse), prefill (admitted, no token out yet) or decoding (tokens so far)."""
+        if not self.alive:
+            return []
+        report = self._stats.cache
+        if report is None:  # nothing ran yet
+            return [{"slot": i, "state": "idle", "tokens": 0} for i in range(self.spec.parallel)]
+        ids = report.slot_ids or [None] * len(report.slots)
+        out = []
+        for index, (tokens, sid) in enumerate(zip(report.slots, ids, strict=False)):
+            stream = None if sid is None else self._streams.get(sid)
+            if stream is None:
+                out.append({"slot": index, "state": "idle", "tokens": tokens})
+                continue
+            out.append({
+                "slot": index,
+                "state": "decoding" if stream.generated else "prefill",
+                "tokens": stream.prompt + stream.generated,
+                "prompt_tokens": stream.prompt,
+                "generated": stream.generated,
+            })  # fmt: skip
+        return out
 
     def _send(self, wire: dict[str, Any]) -> None:
         writer = self._writer

@@ -392,6 +392,8 @@ class CacheReport:
     restore times since the last report."""
 
     slots: list[int]
+    # The request id of each slot's running sequence (None: idle), for status pages.
+    slot_ids: list[str | None] = field(default_factory=list)
     ram_bytes: int = 0
     ram_entries: int = 0
     ram_hits: int = 0

@@ -484,7 +484,7 @@ class Worker:
         sched = self.sched
         st = sched.host.stats
         key = (
-            tuple(len(s.cached) if s.seq is None else -1 for s in sched.slots),
+            tuple(len(s.cached) if s.seq is None else s.seq.id for s in sched.slots),
             st.saves, st.hits, st.misses, st.failed_restores, st.evictions,
         )  # fmt: skip
         if key == self._last_report and not st.save_seconds and not st.restore_seconds:
@@ -492,6 +492,7 @@ class Worker:
         self._last_report = key
         report = CacheReport(
             slots=[len(s.cached) if s.seq is None else s.seq.n_past for s in sched.slots],
+            slot_ids=[None if s.seq is None else s.seq.id for s in sched.slots],
             ram_bytes=st.bytes, ram_entries=st.entries, ram_hits=st.hits,
             ram_misses=st.misses, ram_saves=st.saves, ram_evictions=st.evictions,
             ram_failed=st.failed_restores,

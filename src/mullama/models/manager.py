@@ -458,6 +458,19 @@ class ModelManager:
             await self.cache.invalidate(digest)  # an operator's unload starts it afresh
         return was
 
+    def pin(self, name: str | None, pinned: bool) -> ServedModel:
+        """Pin a model (operators): never unloaded by keep-alive or eviction, as a
+        --model is; unpinning brings the default keep-alive back from now on."""
+        served = self.register(name)
+        served.pinned = pinned
+        own = served.opts.keep_alive
+        keep = self.default_keep_alive if own is None else parse_keep_alive(own)
+        keep = None if pinned else keep
+        served.keep_alive = served.base_keep_alive = keep
+        if served.loaded and not served.leases:
+            self._schedule_expiry(served)
+        return served
+
     # ---- keep-alive ---------------------------------------------------------------------
 
     def _set_keep_alive(self, served: ServedModel, value: Any) -> None:

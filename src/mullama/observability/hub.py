@@ -4,19 +4,24 @@ summary, access log line, span) and it answers snapshots for gauges and status p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..errors import MullamaError
-from ..security.policy import HEALTH_PATHS, METRICS_PATH
+from ..security.policy import HEALTH_PATHS, METRICS_PATH, is_ui
 from .metrics import Metrics, ModelSnapshot, Snapshot
-from .requests import ModelSummary, RateMeter, RequestRecord, current_request
+from .requests import ModelSummary, RateMeter, RequestRecord, current_request, percentile
 from .tracing import Tracing
 
 access_log = logging.getLogger("mullama.access")
+
+HISTORY_STEP = 2.0  # seconds between the dashboard's history samples
+HISTORY_POINTS = 150  # five minutes of them
 
 # Probes and scrapes: counted in mullama_requests_total under their own endpoint, but not
 # as API requests (active/total/failed stats) and logged at DEBUG, not INFO.
@@ -84,6 +89,8 @@ class GenerationTracker:
         m.queue_wait.labels(self.model).observe(self.queue_wait)
         m.prompt_tokens_reused.labels(self.model).inc(reused)
         m.prompt_tokens_computed.labels(self.model).inc(max(self.prompt - reused, 0))
+        self.hub.prompt_reused += reused
+        self.hub.prompt_computed += max(self.prompt - reused, 0)
         if self.record is not None:
             self.record.cached_tokens += reused
 
@@ -157,6 +164,15 @@ class Observability:
         self.total_requests = 0
         self.failed_requests = 0
         self.tokens_generated = 0
+        self.prompt_reused = 0  # prompt tokens found in KV caches (all models)
+        self.prompt_computed = 0
+        # Failed API requests by status ("stream": cut after a 200 began).
+        self.errors: Counter[str] = Counter()
+        # The last requests that reached a model: (time to first token or None, duration).
+        self.recent: deque[tuple[float | None, float]] = deque(maxlen=1000)
+        # (wall time, total requests, tokens generated) every HISTORY_STEP seconds, for
+        # the dashboard's charts; sampled by sample_history (a background task).
+        self.history: deque[tuple[float, int, int]] = deque(maxlen=HISTORY_POINTS + 1)
         self.metrics = Metrics(self.snapshot, models.names)
 
     # ---- EngineObserver --------------------------------------------------------------
@@ -187,7 +203,8 @@ class Observability:
     # ---- requests ----------------------------------------------------------------------
 
     def start_request(self, method: str, path: str, request_id: str, client: str) -> RequestRecord:
-        rec = RequestRecord(request_id, method, path, client, monitoring=path in MONITORING_PATHS)
+        monitoring = path in MONITORING_PATHS or is_ui(path)  # probes, scrapes, UI assets
+        rec = RequestRecord(request_id, method, path, client, monitoring=monitoring)
         if not rec.monitoring:
             self.active_requests += 1
         if self.tracing is not None and not rec.monitoring:
@@ -207,6 +224,10 @@ class Observability:
             self.active_requests -= 1
             self.total_requests += 1
             self.failed_requests += not ok
+            if not ok:
+                self.errors[str(status) if status >= 400 else "stream"] += 1
+            if rec.model:
+                self.recent.append((rec.ttft, duration))
         if rec.model:  # models loaded on demand get their summary on first use
             self.summaries.setdefault(rec.model, ModelSummary()).add(rec, ok, ended)
         if rec.span is not None and self.tracing is not None:
@@ -235,6 +256,39 @@ class Observability:
         if rec.error:
             fields["error"] = True
         access_log.log(level, "%s %s %d", rec.method, rec.path, status, extra={"fields": fields})
+
+    # ---- the dashboard's history -------------------------------------------------------
+
+    def sample(self, now: float | None = None) -> None:
+        self.history.append((time.time() if now is None else now, self.total_requests,
+                             self.tokens_generated))  # fmt: skip
+
+    async def sample_history(self) -> None:
+        """Every HISTORY_STEP seconds, for as long as the daemon runs."""
+        while True:
+            self.sample()
+            await asyncio.sleep(HISTORY_STEP)
+
+    def history_rates(self) -> dict[str, Any]:
+        """Requests and tokens per second over the sampled history, oldest first."""
+        points = list(self.history)
+        pairs = list(zip(points, points[1:], strict=False))
+        return {
+            "step_secs": HISTORY_STEP,
+            "requests_per_second": [round((b[1] - a[1]) / (b[0] - a[0]), 3) for a, b in pairs],
+            "tokens_per_second": [round((b[2] - a[2]) / (b[0] - a[0]), 3) for a, b in pairs],
+        }
+
+    def latency(self) -> dict[str, float | None]:
+        """TTFT and whole-request latency percentiles over the last requests, in ms."""
+        ttfts = [t for t, _ in self.recent if t is not None]
+        durations = [d for _, d in self.recent]
+        out: dict[str, float | None] = {}
+        for label, values in (("ttft", ttfts), ("latency", durations)):
+            for q in (50, 95):
+                v = percentile(values, q)
+                out[f"{label}_p{q}_ms"] = None if v is None else round(v * 1000, 3)
+        return out
 
     # ---- snapshots -----------------------------------------------------------------------
 

@@ -21,15 +21,23 @@ DAEMON_STATUS_PATH = "/api/daemon/status"
 ADMIN_PATHS = frozenset(
     {"/api/pull", "/api/delete", "/api/copy", "/api/create", "/api/push", DAEMON_STOP_PATH}
 )
-_ADMIN_PATTERNS = (re.compile(r"^/api/models/.+/(load|unload)$"),)
+_ADMIN_PATTERNS = (re.compile(r"^/api/models/.+/(load|unload|pin|unpin)$"),)
 
 # Set by the control-socket server on every request it receives (the socket's file mode
 # 0600 is its access control); clients cannot set scope keys.
 LOCAL_SOCKET_SCOPE_KEY = "mullama.local_socket"
 
 
+# The web UI's pages and assets hold nothing; the API calls they make need a key.
+UI_PATH = "/ui"
+
+
+def is_ui(path: str) -> bool:
+    return path == UI_PATH or path.startswith(UI_PATH + "/")
+
+
 def is_public(path: str, metrics_public: bool) -> bool:
-    return path in HEALTH_PATHS or (metrics_public and path == METRICS_PATH)
+    return path in HEALTH_PATHS or (metrics_public and path == METRICS_PATH) or is_ui(path)
 
 
 def is_admin(path: str) -> bool:

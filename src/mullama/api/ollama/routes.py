@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 
 from ... import __version__
 from ..body import parse_body
 from ..fallback import answer
 from ..responses import ORJSONResponse
 from ..streaming import DisconnectAwareStream, unless_disconnected
+from ..ui import wants_html
 from .manage import ModelAdmin
 from .models import OllamaModels
 from .schemas import (
@@ -43,7 +44,10 @@ def _respond(result: object) -> Response:
 
 @router.get("/")
 @router.head("/")
-async def root() -> PlainTextResponse:
+async def root(request: Request) -> Response:
+    """Ollama's "is running" text for clients; a browser is sent to the web UI."""
+    if request.app.state.settings.ui and wants_html(request):
+        return RedirectResponse("/ui/", status_code=307)
     return PlainTextResponse("Mullama is running")
 
 
@@ -108,6 +112,18 @@ async def load_model(name: str, request: Request) -> ORJSONResponse:
 async def unload_model(name: str, request: Request) -> ORJSONResponse:
     was = await request.app.state.models.unload(name)
     return ORJSONResponse({"model": name, "status": "unloaded", "was_loaded": was})
+
+
+@router.post("/api/models/{name:path}/pin")
+async def pin_model(name: str, request: Request) -> ORJSONResponse:
+    served = request.app.state.models.pin(name, True)
+    return ORJSONResponse({"model": served.entry.name, "status": "pinned", "pinned": True})
+
+
+@router.post("/api/models/{name:path}/unpin")
+async def unpin_model(name: str, request: Request) -> ORJSONResponse:
+    served = request.app.state.models.pin(name, False)
+    return ORJSONResponse({"model": served.entry.name, "status": "unpinned", "pinned": False})
 
 
 @router.post("/api/show")
