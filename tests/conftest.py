@@ -122,3 +122,7 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1):
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached before the hang guard expired")
         time.sleep(interval)
+
+
+# The headless browser (Debian's Chromium through Playwright) for the web UI's tests.
+from tests.browser import browser  # noqa: E402, F401

@@ -79,3 +79,63 @@ def test_request_bodies_must_be_json(guarded):
     form = _post(d, "/api/generate", b"{}", Origin=d.url,
                  **{"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
     assert form.status_code == 415
+
+
+EVIL_PAGE = """<!doctype html><title>evil</title><script>
+(async () => {
+  const target = %(target)r;
+  const results = {};
+  const simple = (path, body) => fetch(target + path, {method: "POST", mode: "no-cors",
+      headers: {"Content-Type": "text/plain"}, body}).then(() => "sent", (e) => String(e));
+  results.copy = await simple("/api/copy",
+      JSON.stringify({source: "smollm2:135m", destination: "stolen"}));
+  results.stop = await simple("/api/daemon/stop", "");
+  results.chat = await simple("/v1/chat/completions", JSON.stringify(
+      {model: "smollm2:135m", messages: [{role: "user", content: "hi"}], max_tokens: 2}));
+  // A read needs CORS, which the daemon does not grant to this origin.
+  results.read = await fetch(target + "/api/tags").then(() => "read", () => "refused");
+  document.title = JSON.stringify(results);
+})();
+</script>"""
+
+
+def test_a_real_browser_page_on_another_origin_changes_nothing(guarded, browser):
+    """What any web page the user visits could send: a headless Chromium page served from
+    another local port fires the simple requests; none of them does anything."""
+    import http.server
+    import json
+    import threading
+
+    from tests.browser import open_page
+
+    d = guarded
+    page_html = (EVIL_PAGE % {"target": d.url}).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page_html)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    before = httpx.get(d.url + "/api/tags", timeout=10).json()
+    page, console = open_page(browser)
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        page.wait_for_function("() => document.title.startsWith('{')", timeout=60_000)
+        results = json.loads(page.title())
+    finally:
+        page.context.close()
+        server.shutdown()
+    assert results["read"] == "refused", results
+    # The requests left the browser (opaque answers) but were refused: nothing changed,
+    # the daemon still runs.
+    assert httpx.get(d.url + "/api/tags", timeout=10).json() == before
+    assert d.proc.poll() is None and httpx.get(d.url + "/health", timeout=10).status_code == 200
+    log = d.log()
+    assert log.count(" 403") >= 3 or log.count('"status": 403') >= 3, log[-3000:]

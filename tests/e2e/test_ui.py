@@ -12,7 +12,7 @@ from importlib import resources
 import httpx
 import pytest
 
-from tests.browser import browser, open_page, screenshot  # noqa: F401 (a fixture)
+from tests.browser import open_page, screenshot
 from tests.conftest import MODEL, Daemon, wait_for
 
 KEY = "sk-ui-test-admin-0123456789"
@@ -27,7 +27,7 @@ def served():
 
 
 @pytest.fixture
-def chat(browser, served):  # noqa: F811
+def chat(browser, served):
     page, console = open_page(browser, permissions=["clipboard-read", "clipboard-write"])
     page.goto(served.url + "/ui/")
     page.wait_for_selector(f'#model option[value="{MODEL}"]', state="attached")
@@ -193,7 +193,7 @@ def test_html_in_model_output_is_shown_as_text(chat, served):
     assert page.evaluate("window.__pwned") is None
 
 
-def test_dashboard_follows_a_generation_and_operates_models(browser, served):  # noqa: F811
+def test_dashboard_follows_a_generation_and_operates_models(browser, served):
     d = served
     page, console = open_page(browser)
     page.goto(d.url + "/ui/dashboard")
@@ -245,7 +245,7 @@ def test_dashboard_follows_a_generation_and_operates_models(browser, served):  #
     page.context.close()
 
 
-def test_narrow_dark_and_labelled(browser, served):  # noqa: F811
+def test_narrow_dark_and_labelled(browser, served):
     for name, path in (("chat", "/ui/"), ("dashboard", "/ui/dashboard")):
         page, console = open_page(browser, width=390, height=844, dark=True)
         page.goto(served.url + path)
@@ -266,7 +266,7 @@ def test_narrow_dark_and_labelled(browser, served):  # noqa: F811
         page.context.close()
 
 
-def test_with_keys_the_page_asks_for_one(browser):  # noqa: F811
+def test_with_keys_the_page_asks_for_one(browser):
     with Daemon("--parallel", "1", "--context-size", "512",
                 env={"MULLAMA_API_KEY": KEY}).wait_healthy() as d:  # fmt: skip
         page, console = open_page(browser)
