@@ -16,6 +16,7 @@ from tests.browser import open_page, screenshot
 from tests.conftest import MODEL, Daemon, wait_for
 
 KEY = "sk-ui-test-admin-0123456789"
+INFER = "sk-ui-test-inference-0123456789"
 XSS = '**bold** and `code` <script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 
 
@@ -266,11 +267,14 @@ def test_narrow_dark_and_labelled(browser, served):
         page.context.close()
 
 
-def test_with_keys_the_page_asks_for_one(browser):
+def test_with_keys_the_page_asks_for_one(browser, tmp_path):
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(f"keys:\n  - {{name: ops, key: {KEY}, scope: admin}}\n"
+                    f"  - {{name: app, key: {INFER}, scope: inference}}\n")  # fmt: skip
     with Daemon("--parallel", "1", "--context-size", "512",
-                env={"MULLAMA_API_KEY": KEY}).wait_healthy() as d:  # fmt: skip
+                "--api-key-file", str(keys)).wait_healthy() as d:  # fmt: skip
         page, console = open_page(browser)
-        console.allow_status(401)
+        console.allow_status(401, 403)
         page.goto(d.url + "/ui/")
         dialog = page.wait_for_selector("#key-dialog[open]")
         screenshot(page, "key-dialog")
@@ -281,7 +285,7 @@ def test_with_keys_the_page_asks_for_one(browser):
             "() => document.getElementById('key-dialog').open && "
             "document.getElementById('key-reason').textContent.includes('API key')"
         )
-        page.fill("#key-input", KEY)
+        page.fill("#key-input", INFER)
         page.keyboard.press("Enter")
         page.wait_for_selector(f'#model option[value="{MODEL}"]', state="attached")
         assert not dialog.is_visible()
@@ -291,11 +295,28 @@ def test_with_keys_the_page_asks_for_one(browser):
         page.wait_for_selector(".message.assistant .figures", timeout=60_000)
         assert "error" not in page.inner_text(".message.assistant .figures")
         # Kept for this tab only.
-        assert page.evaluate("sessionStorage.getItem('mullama.api-key')") == KEY
-        assert KEY not in page.evaluate("JSON.stringify(localStorage)")
-        # The dashboard in the same tab uses it too.
+        assert page.evaluate("sessionStorage.getItem('mullama.api-key')") == INFER
+        assert INFER not in page.evaluate("JSON.stringify(localStorage)")
+        # The dashboard in the same tab uses it; its operator actions need an admin key.
         page.goto(d.url + "/ui/dashboard")
-        page.wait_for_selector(f'#models tr[data-model="{MODEL}"]')
+        row = f'#models tr[data-model="{MODEL}"]'
+        page.wait_for_selector(f'{row} td[data-state="loaded"]')
         assert not page.is_visible("#key-dialog")
+        page.click(f'{row} button[data-action="unload"]')
+        error = page.wait_for_selector("#error:not([hidden])")
+        assert "Not allowed with this API key" in error.inner_text()
+        assert _loaded(d, KEY)
+        page.click("#forget-key")  # another key
+        page.fill("#key-input", KEY)
+        page.keyboard.press("Enter")
+        page.click(f'{row} button[data-action="unload"]')
+        page.wait_for_selector(f'{row} td[data-state="unloaded"]')
+        assert not _loaded(d, KEY)
         assert console.unexpected() == []
         page.context.close()
+
+
+def _loaded(d: Daemon, key: str) -> bool:
+    auth = {"Authorization": f"Bearer {key}"}
+    status = httpx.get(d.url + "/api/system/status", headers=auth, timeout=10).json()
+    return next(m for m in status["models_loaded"] if m["name"] == MODEL)["loaded"]

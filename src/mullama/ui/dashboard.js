@@ -18,7 +18,10 @@ let available = [];
 let polls = 0;
 let busy = false; // an operator action is running
 
-function showError(text) {
+let errorFrom = null; // "poll" or "action": a poll clears only its own message
+
+function showError(text, from = "poll") {
+  errorFrom = text ? from : null;
   $("error").textContent = text;
   $("error").hidden = !text;
 }
@@ -97,11 +100,11 @@ function latency(s) {
 
 async function act(name, action) {
   busy = true;
-  showError("");
+  if (errorFrom === "action") showError("");
   try {
     await apiJson(`/api/models/${encodeURIComponent(name)}/${action}`, { method: "POST" });
   } catch (err) {
-    showError(`${action} ${name}: ${err.message}`);
+    showError(`${action} ${name}: ${err.message}`, "action");
   } finally {
     busy = false;
     poll();
@@ -187,7 +190,7 @@ async function poll() {
     latency(s);
     models(s);
     engines(s);
-    if (!busy) showError("");
+    if (errorFrom === "poll") showError("");
     document.body.dataset.updated = String(Date.now());
   } catch (err) {
     showError(err.message);
