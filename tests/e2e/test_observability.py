@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import MODEL, Daemon, wait_for
+from tests.hubstub import tiny_gguf
 from tests.otlp import OTLPReceiver
 
 SECRET = "zebra-quartz-" + uuid.uuid4().hex[:8]  # a prompt that must never be logged
@@ -85,8 +86,7 @@ def test_ready_is_503_until_the_model_is_loaded(obs):
 
 
 def test_failed_preload_is_not_ready_but_live(tmp_path):
-    bad = tmp_path / "broken.gguf"
-    bad.write_bytes(b"GGUF" + b"\x00garbage" * 64)
+    bad = tiny_gguf(tmp_path / "broken.gguf")  # passes the GGUF check, fails to load
     d = Daemon("--model", f"broken={bad}")
     try:
 

@@ -3,12 +3,13 @@ pull and serve the real model)."""
 
 from __future__ import annotations
 
+import re
 import tarfile
 
 import pytest
 
 from mullama.errors import AlreadyExists, ClientError, DownloadFailed, InvalidParameter
-from mullama.models.backup import backup, restore
+from mullama.models.backup import INDEX, backup, restore
 from mullama.models.custom import create_model, parse_definition
 from mullama.models.gguf import InvalidGGUF
 from mullama.models.pull import Puller
@@ -211,3 +212,76 @@ def test_backup_with_sessions_restores_the_saved_conversations(store, tmp_path):
             dst.addfile(member, io.BytesIO(data))
     with pytest.raises(ClientError, match="checksum mismatch in saved session"):
         restore(ModelStore(tmp_path / "other"), bad)
+
+
+def _archive(path, entries) -> None:
+    import io
+
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info, None
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        _file("../evil"),
+        _file("/tmp/evil"),
+        _file("manifests/../../evil"),
+        _file("blobs/../../evil"),
+        _file("blobs\\..\\evil"),
+        _file("sessions/../../../evil.kvs"),
+        _link("blobs/sha256-" + "0" * 64, "/etc/passwd"),
+        _link("manifests/x", "/etc/shadow", tarfile.LNKTYPE),
+        _file("elsewhere/file"),
+    ],
+    ids=lambda e: e[0].name + ("->" + e[0].linkname if e[0].linkname else ""),
+)
+def test_a_hostile_backup_archive_is_refused_and_writes_nothing(tmp_path, entry):
+    """Path traversal, absolute paths, symlinks and hard links in a backup archive."""
+    bad = tmp_path / "bad.tar.gz"
+    _archive(bad, [_file(INDEX, b'{"manifests": {}, "blobs": []}'), entry])
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(ClientError, match="unexpected entry " + re.escape(repr(entry[0].name))):
+        restore(ModelStore(tmp_path / "fresh"), bad)
+    after = sorted(p.name for p in tmp_path.rglob("*"))
+    assert [n for n in after if n not in before and n != "fresh"] == []
+    assert not (tmp_path / "evil").exists() and not (tmp_path.parent / "evil").exists()
+
+
+def test_hostile_names_in_a_backup_index_and_in_manifests_are_refused(tmp_path):
+    import orjson
+
+    evil_index = {"manifests": {"../../etc/x": {"path": "manifests/x", "sha256": "0"}},
+                  "blobs": []}  # fmt: skip
+    bad = tmp_path / "names.tar.gz"
+    _archive(bad, [_file(INDEX, orjson.dumps(evil_index)), _file("manifests/x", b"{}")])
+    with pytest.raises(ClientError, match="invalid model name|model name"):
+        restore(ModelStore(tmp_path / "fresh"), bad)
+    bad_digest = {"manifests": {}, "blobs": ["sha256:../../../etc/passwd"]}
+    _archive(bad, [_file(INDEX, orjson.dumps(bad_digest))])
+    with pytest.raises(ClientError):
+        restore(ModelStore(tmp_path / "fresh"), bad)
+    # A manifest on disk whose blob digest or name walks out of the store is corrupt.
+    from mullama.errors import ServerError
+    from mullama.models.store import Manifest
+
+    for obj in (
+        {"name": "x", "files": [{"digest": "sha256:../../etc/passwd", "size": 1, "filename": "a"}]},
+        {"name": "../../x", "files": []},
+    ):
+        with pytest.raises(ServerError, match="corrupt"):
+            Manifest.from_json(orjson.dumps(obj))

@@ -17,6 +17,7 @@ GGUF_MAGIC = b"GGUF"
 _MAX_STRING = 64 * 1024 * 1024
 _MAX_ARRAY = 64 * 1024 * 1024
 _MAX_COUNT = 1 << 24
+_MAX_DIM = 1 << 40  # elements along one tensor dimension
 
 # GGUF metadata value types.
 _SCALARS = {
@@ -275,10 +276,22 @@ def read_gguf(path: str | Path, check_tensors: bool = True) -> GGUFInfo:
 
 
 def _check_tensors(info: GGUFInfo, alignment: int) -> None:
+    """Each tensor's type, shape, alignment and extent inside the file, no two tensors
+    sharing bytes, and a vocabulary as long as the embedding says: llama.cpp trusts
+    these and aborts the process (or reads out of bounds) when they are wrong."""
     where = f"{info.path}: not a valid GGUF model file"
+    spans = []
     for t in info.tensors:
         if t.type not in GGML_TYPES:
             raise InvalidGGUF(f"{where}: tensor {t.name!r} has unknown type {t.type}")
+        if not t.shape or any(d <= 0 or d > _MAX_DIM for d in t.shape):
+            raise InvalidGGUF(f"{where}: tensor {t.name!r} has shape {t.shape}")
+        type_name, block, _ = GGML_TYPES[t.type]
+        if t.shape[0] % block:
+            raise InvalidGGUF(
+                f"{where}: tensor {t.name!r} of type {type_name} has a first dimension "
+                f"({t.shape[0]}) that is not a multiple of its block size {block}"
+            )
         if t.offset % alignment:
             raise InvalidGGUF(f"{where}: tensor {t.name!r} is not aligned to {alignment} bytes")
         end = info.data_offset + t.offset + t.n_bytes()
@@ -287,3 +300,21 @@ def _check_tensors(info: GGUFInfo, alignment: int) -> None:
                 f"{where}: tensor {t.name!r} ends at byte {end}, past the end of the file "
                 f"({info.file_size} bytes): the file is truncated"
             )
+        spans.append((t.offset, t.offset + t.n_bytes(), t.name))
+    spans.sort()
+    for (_, end, name), (start, _, other) in zip(spans, spans[1:], strict=False):
+        if start < end:
+            raise InvalidGGUF(f"{where}: tensors {name!r} and {other!r} overlap")
+    _check_vocabulary(info, where)
+
+
+def _check_vocabulary(info: GGUFInfo, where: str) -> None:
+    tokens = info.metadata.get("tokenizer.ggml.tokens")
+    embd = next((t for t in info.tensors if t.name == "token_embd.weight"), None)
+    if not isinstance(tokens, list) or embd is None or len(embd.shape) < 2:
+        return
+    if len(tokens) < embd.shape[1]:
+        raise InvalidGGUF(
+            f"{where}: the vocabulary has {len(tokens)} tokens but token_embd.weight has "
+            f"{embd.shape[1]} rows"
+        )

@@ -47,7 +47,7 @@ from .aliases import close_matches
 from .breaker import CircuitBreaker, counts_as_failure
 from .budget import estimate_bytes, fmt_bytes, parse_budget, parse_keep_alive
 from .cache import ResponseCache, cache_key, deterministic
-from .gguf import GGUFInfo, read_gguf
+from .gguf import GGUFInfo, InvalidGGUF, read_gguf
 from .options import ModelOptions, parse_aliases, parse_fallbacks, parse_model_opts
 from .registry import EMBEDDED_NAME, ModelRef, resolve
 from .store import sha256_file
@@ -154,7 +154,14 @@ class ModelManager:
             ref = resolve(spec, cache_dir=settings.cache_dir)
             if ref.name in self._served:
                 raise ClientError(f"model name {ref.name!r} is given twice")
-            self._add(ref, pinned=True)
+            served = self._add(ref, pinned=True)
+            # The GGUF check first, as llama-server does: a file that fails it stops the
+            # start (systemd and Kubernetes see it at once) instead of serving nothing.
+            try:
+                served.entry.gguf()
+            except InvalidGGUF as exc:
+                given = "" if spec == str(ref.path) else f" (--model {spec})"
+                raise ClientError(exc.message + given) from None
         for primary, backup in self.fallbacks.items():
             for name in (primary, backup):
                 try:
@@ -323,6 +330,8 @@ class ModelManager:
             try:
                 await served.client.ensure_started()
             except MullamaError as exc:
+                if repr(served.entry.name) not in exc.message:  # the engine's words
+                    exc.message = f"model {served.entry.name!r} cannot be loaded: {exc.message}"
                 self._record_failure(served, exc)
                 raise
             finally:

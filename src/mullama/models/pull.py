@@ -130,9 +130,11 @@ class Puller:
         except MullamaError as exc:
             with self.store.blob_lock(ref.digest):
                 blob.unlink(missing_ok=True)
+            log.warning("pulled %s for %r: %s", ref.filename, name, exc.message)
+            why = exc.message.replace(f"{blob}: ", "")  # the client learns no store path
             raise DownloadFailed(
                 f"pulled {ref.filename} for {name!r} but it is not a usable GGUF file "
-                f"({exc.message}); it was discarded"
+                f"({why}); it was discarded"
             ) from exc
 
     # ---- talking to the Hub --------------------------------------------------------

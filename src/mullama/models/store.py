@@ -246,7 +246,7 @@ class ModelStore:
         for f in manifest.files:
             if not self.blob_path(f.digest).is_file():
                 raise ModelNotFound(
-                    f"model {manifest.name!r}: blob {f.digest} is missing from {self.root}; "
+                    f"model {manifest.name!r}: blob {f.digest} is missing from the store; "
                     "pull or restore it again"
                 )
         if len(manifest.files) == 1:
