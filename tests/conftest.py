@@ -72,7 +72,8 @@ class Daemon:
         self.stop()
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def status(self) -> dict:

@@ -315,6 +315,12 @@ class SecuritySettings(BaseModel):
         description="Where rate-limit counters live: memory:// (this process) or "
         "redis://host:port/db (shared by several instances).",
     )
+    rate_limit_fail: Literal["open", "closed"] = Field(
+        "open",
+        description="When the rate-limit storage (Redis) cannot be reached: open lets "
+        "requests through unlimited (logged), closed refuses limited keys' requests with "
+        "503 and Retry-After. Either way the storage is used again as soon as it answers.",
+    )
     tls_cert: Path | None = Field(None, description="TLS certificate (PEM) to serve HTTPS.")
     tls_key: Path | None = Field(None, description="TLS private key (PEM) for --tls-cert.")
 

@@ -21,6 +21,8 @@ from mullama.engine.protocol import (
     Failed,
     GenerateRequest,
     LoadFailed,
+    Ping,
+    Pong,
     ProtocolError,
     Ready,
     SamplingParams,
@@ -162,14 +164,14 @@ def test_every_frame_type_reads_back_as_itself():
         req, Cancel("r#1"), EmbedRequest("e#2", ["a", "b"], True), Shutdown(),
         TokenizeRequest("t#3", messages=MSG, add_generation_prompt=False, with_pieces=True),
         DetokenizeRequest("d#4", [1, 2, 3]),
-        GenerateRequest("r#5", SamplingParams(), prompt_tokens=[7, 8]),
+        GenerateRequest("r#5", SamplingParams(), prompt_tokens=[7, 8]), Ping("p#6"),
     )  # fmt: skip
     for cmd in commands:
         wire = cmd.to_wire(cmd.request_id) if isinstance(cmd, GenerateRequest) else cmd.to_wire()
         assert read_command(_across(wire)) == cmd
     events = (
         Ready(info), Accepted("r#1", 12), EmbedResult("e#2", [[0.5, 0.5]], 3),
-        Tokens("t#3", [1, 2], ["a", "b"]), Text("d#4", "abc"),
+        Tokens("t#3", [1, 2], ["a", "b"]), Text("d#4", "abc"), Pong("p#6"),
     )  # fmt: skip
     for event in events:
         assert read_event(_across(event.to_wire())) == event

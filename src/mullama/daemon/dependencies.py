@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 PERIOD_S = 5.0  # between two rounds of probes
 TIMEOUT_S = 1.0  # one probe's limit
+WORKER_TIMEOUT_S = 2.0  # a loaded worker's reader thread answers a ping within this
 MIN_FREE_BYTES = 1 << 30  # the store's disk is degraded below 1 GiB free
 
 
@@ -78,7 +79,22 @@ class Dependencies:
             await asyncio.sleep(PERIOD_S)
 
     async def probe_all(self) -> None:
-        await asyncio.gather(*(self._probe(name, check) for name, check in self.checks.items()))
+        checks = dict(self.checks)
+        for client in self.manager.clients():  # loaded workers: stopped or hung ones are down
+            if client.alive:
+                checks[f"model:{client.name}"] = functools.partial(self._worker_ping, client)
+        await asyncio.gather(*(self._probe(name, check) for name, check in checks.items()))
+
+    async def _worker_ping(self, client: Any) -> tuple[str, str | None]:
+        try:
+            await client.ping(WORKER_TIMEOUT_S)
+        except TimeoutError:
+            if not client.alive:  # it went away meanwhile: an unload, not a fault
+                return "not_loaded", None
+            return "down", f"the worker (pid {client.pid}) did not answer in {WORKER_TIMEOUT_S:g} s"
+        except Exception as exc:  # noqa: BLE001 - unloaded or crashed meanwhile
+            return "not_loaded", str(exc)
+        return "ok", None
 
     async def _probe(self, name: str, check: Any) -> None:
         started = time.perf_counter()
@@ -112,8 +128,16 @@ class Dependencies:
             for name, r in self.results.items()
         }  # fmt: skip
         for client in self.manager.clients():
-            out[f"model:{client.name}"] = {"status": "ok" if client.alive else "not_loaded"}
+            key = f"model:{client.name}"
+            if not client.alive:
+                out[key] = {"status": "not_loaded"}
+            elif key not in out:
+                out[key] = {"status": "ok"}  # loaded since the last round of probes
         return out
 
     def degraded(self) -> list[str]:
-        return sorted(n for n, r in self.results.items() if r.status in ("down", "degraded"))
+        alive = {f"model:{c.name}" for c in self.manager.clients() if c.alive}
+        return sorted(
+            n for n, r in self.results.items()
+            if r.status in ("down", "degraded") and (not n.startswith("model:") or n in alive)
+        )  # fmt: skip

@@ -33,7 +33,7 @@ def install_guards(app: FastAPI, settings: Settings) -> None:
     app.state.shutdown = None  # set by daemon.server when running under uvicorn
     loopback = is_loopback_bind(settings.http_addr)
     # add_middleware puts each one outside the ones added before it.
-    app.add_middleware(RateLimitMiddleware, limiter=limiter)
+    app.add_middleware(RateLimitMiddleware, limiter=limiter, fail=settings.rate_limit_fail)
     app.add_middleware(
         AuthMiddleware,
         keys=keys,

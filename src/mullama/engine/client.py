@@ -34,6 +34,8 @@ from .protocol import (
     ModelStats,
     NullGenerationObserver,
     NullObserver,
+    Ping,
+    Pong,
     ProtocolError,
     Ready,
     Reply,
@@ -364,6 +366,24 @@ class WorkerClient:
         if not isinstance(item, kind):
             raise item if isinstance(item, MullamaError) else _unexpected(item)
         return item
+
+    async def ping(self, timeout: float) -> float:
+        """The round trip to the worker's reader thread, in seconds (never starts a
+        worker); TimeoutError when it does not answer in time: stopped, or hung."""
+        if not self.alive:
+            raise ModelUnloaded(f"the engine process for model {self.name!r} is not running")
+        sid = self._new_id("ping")
+        stream = _Stream()
+        self._streams[sid] = stream
+        started = time.perf_counter()
+        try:
+            self._send(Ping(sid).to_wire())
+            item = await asyncio.wait_for(stream.queue.get(), timeout)
+        finally:
+            self._streams.pop(sid, None)
+        if not isinstance(item, Pong):
+            raise item if isinstance(item, MullamaError) else _unexpected(item)
+        return time.perf_counter() - started
 
     async def embed(self, inputs: list[str], truncate: bool = False) -> Embeddings:
         result = await self._ask(

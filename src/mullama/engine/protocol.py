@@ -263,7 +263,18 @@ class Shutdown(_Message):
     TAG = ("op", "shutdown")
 
 
-Command = GenerateRequest | Cancel | EmbedRequest | TokenizeRequest | DetokenizeRequest | Shutdown
+@dataclass
+class Ping(_Message):
+    """Answered by the worker's reader thread with a Pong: the daemon's liveness probe (a
+    stopped or hung worker does not answer)."""
+
+    TAG = ("op", "ping")
+    id: str
+
+
+Command = (
+    GenerateRequest | Cancel | EmbedRequest | TokenizeRequest | DetokenizeRequest | Shutdown | Ping
+)
 
 
 def read_command(msg: Any) -> Command:
@@ -281,7 +292,7 @@ def read_command(msg: Any) -> Command:
 
 
 _COMMANDS: dict[str, type[_Message]] = {
-    c.TAG[1]: c for c in (Cancel, EmbedRequest, TokenizeRequest, DetokenizeRequest, Shutdown)
+    c.TAG[1]: c for c in (Cancel, EmbedRequest, TokenizeRequest, DetokenizeRequest, Shutdown, Ping)
 }
 
 
@@ -372,6 +383,12 @@ class Text(_Message):
     text: str
 
 
+@dataclass
+class Pong(_Message):
+    TAG = ("ev", "pong")
+    id: str
+
+
 class StepRow(NamedTuple):
     """One sequence's output of one decode step."""
 
@@ -445,10 +462,10 @@ class Step:
 
 Event = Step | Ready | LoadFailed | Accepted | Failed | EmbedResult | Tokens | Text
 # The answers to one request, delivered to the request's queue by its id.
-Reply = Accepted | Failed | EmbedResult | Tokens | Text
+Reply = Accepted | Failed | EmbedResult | Tokens | Text | Pong
 
 _EVENTS: dict[str, type[_Message]] = {
-    e.TAG[1]: e for e in (Ready, LoadFailed, Accepted, Failed, EmbedResult, Tokens, Text)
+    e.TAG[1]: e for e in (Ready, LoadFailed, Accepted, Failed, EmbedResult, Tokens, Text, Pong)
 }
 
 

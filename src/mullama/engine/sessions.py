@@ -185,10 +185,14 @@ class SessionStore:
             "size": item.size, "crc32": zlib.crc32(state, zlib.crc32(tokens)),
         })  # fmt: skip
         tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("wb") as f:
-            f.write(MAGIC + struct.pack("<I", len(header)) + header)
-            f.write(tokens)
-            f.write(state)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with tmp.open("wb") as f:
+                f.write(MAGIC + struct.pack("<I", len(header)) + header)
+                f.write(tokens)
+                f.write(state)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
+            raise

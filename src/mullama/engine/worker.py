@@ -50,6 +50,8 @@ from .protocol import (
     Failed,
     GenerateRequest,
     LoadFailed,
+    Ping,
+    Pong,
     ProtocolError,
     Ready,
     SamplingParams,
@@ -83,7 +85,13 @@ class Channel:
         """``message`` is one of protocol.py's worker→daemon types."""
         data = encode_frame(message.to_wire())
         with self._lock:
-            self.sock.sendall(data)
+            try:
+                self.sock.sendall(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # The daemon is gone (stopped while this worker was loading, or killed):
+                # nothing is left to serve, and nobody to tell.
+                log.info("the daemon closed the socket: exiting")
+                os._exit(0)
 
     def recv(self) -> Any | None:
         header = self._rfile.read(HEADER_SIZE)
@@ -186,6 +194,8 @@ class Worker:
                 self._embed_q.put(cmd)
             elif isinstance(cmd, TokenizeRequest | DetokenizeRequest):
                 self._on_tokenizer(cmd)
+            elif isinstance(cmd, Ping):
+                self.chan.send(Pong(cmd.id))
             elif isinstance(cmd, Shutdown):
                 if self.sessions is None:
                     self._exit()

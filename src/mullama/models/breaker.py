@@ -42,6 +42,7 @@ class CircuitBreaker:
     probing: bool = False
     last_error: str | None = None
     transitions: Counter[str] = field(default_factory=Counter)  # to-state -> count
+    _incident: BaseException | None = field(default=None, repr=False)  # the last counted
 
     def _to(self, state: str) -> None:
         if state != self.state:
@@ -79,6 +80,11 @@ class CircuitBreaker:
     def failure(self, probe: bool, exc: BaseException) -> None:
         now = time.monotonic()
         self.last_error = getattr(exc, "message", str(exc))
+        # One incident fails every request it touched with the same error (a crash fails
+        # all of the worker's in-flight requests at once): it counts once.
+        if exc is self._incident and not probe:
+            return
+        self._incident = exc
         if probe or self.state == "half_open":
             self.probing = False
             self.opened_at = now

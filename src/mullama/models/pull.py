@@ -99,7 +99,11 @@ class Puller:
         files = [self._remote(source, f) for f in self._filenames(source)]
         refs = []
         for rf in files:
-            self._download(rf, progress)
+            try:
+                self._download(rf, progress)
+            except NoSpace as exc:
+                exc.message = f"cannot pull {name!r}: {exc.message}"
+                raise
             refs.append(FileRef(rf.digest, rf.size, Path(rf.filename).name))
         progress({"status": "verifying sha256 digest"})
         quant = None
@@ -251,9 +255,9 @@ class Puller:
         free = shutil.disk_usage(partial.parent).free
         if needed > free:
             partial.unlink(missing_ok=True)
+            log.warning("model store %s: %d bytes needed, %d free", self.store.root, needed, free)
             raise NoSpace(
-                f"no space left on device for the model store {self.store.root}: "
-                f"{needed} bytes needed, {free} free"
+                f"no space left on device for the model store: {needed} bytes needed, {free} free"
             )
 
     def _fetch(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ from filelock import FileLock
 from ..errors import AlreadyExists, InvalidName, ModelNotFound, NoSpace, ServerError
 from .aliases import EMBEDDED_NAME, check_name
 from .embedded import embedded_model_path
+
+log = logging.getLogger(__name__)
 
 SCHEMA = 1
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
@@ -287,9 +290,11 @@ def _shallow(m: Manifest) -> dict[str, Any]:
 
 
 def space_error(exc: OSError, where: Path) -> Exception:
+    """The error a client sees (no file-system path in it; the log has ``where``)."""
+    log.warning("cannot write to %s: %s", where, exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return NoSpace(f"no space left on device for the model store {where}")
-    return ServerError(f"cannot write to the model store {where}: {exc.strerror or exc}")
+        return NoSpace("no space left on device for the model store")
+    return ServerError(f"cannot write to the model store: {exc.strerror or exc}")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
