@@ -25,6 +25,10 @@ _native_log = logging.getLogger("mullama.llama")
 _LEVELS = {1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
 _pending: list[str] = []
 _pending_level = [logging.ERROR]
+# Lines llama.cpp logs as errors that are expected here (no fault): logged at INFO, so
+# the error log keeps only real problems. The embedding context asks for mean pooling
+# on models whose default is none.
+_NOT_ERRORS = ("but [1] was specified",)
 
 
 @lc.llama_log_callback
@@ -42,7 +46,10 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
             line = "".join(_pending).rstrip()
             _pending.clear()
             if line:
-                _native_log.log(_pending_level[0], "%s", line)
+                lvl = _pending_level[0]
+                if lvl >= logging.ERROR and any(m in line for m in _NOT_ERRORS):
+                    lvl = logging.INFO
+                _native_log.log(lvl, "%s", line)
     except Exception:  # noqa: BLE001 - logging must never raise into C
         pass
 
