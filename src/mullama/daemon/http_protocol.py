@@ -12,10 +12,25 @@ import asyncio
 from typing import Any
 
 import orjson
+from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ..api.errors import openai_body
-from ..errors import ClientError
+from ..api.errors import error_response, openai_body
+from ..errors import ClientError, Unavailable
+from ..security.policy import HEALTH_PATHS
+
+
+async def over_capacity(scope: Any, receive: Any, send: Any) -> None:
+    """What a request past --max-connections gets: a 503 in its API's error shape with
+    Retry-After (uvicorn's own is a bare text line), and the connection is closed."""
+    err = Unavailable("the server is at its connection limit (--max-connections); retry soon")
+    response = error_response(scope["path"], err)
+    response.headers["connection"] = "close"
+    await response(scope, receive, send)
+
+
+# uvicorn answers requests past its concurrency limit with this ASGI app.
+httptools_impl.service_unavailable = over_capacity
 
 
 class HeaderLimitExceeded(Exception):
@@ -64,6 +79,16 @@ def limited_protocol(max_header_size: int, max_header_count: int, read_timeout: 
 
         def on_headers_complete(self) -> None:
             self._arm()  # now the body must arrive within read_timeout
+            path = self.url.split(b"?", 1)[0].decode("latin-1")
+            if path in HEALTH_PATHS and self.limit_concurrency is not None:
+                # Health probes are answered even past the connection limit: an
+                # orchestrator must see a busy daemon as alive, not kill it.
+                limit, self.limit_concurrency = self.limit_concurrency, None
+                try:
+                    super().on_headers_complete()
+                finally:
+                    self.limit_concurrency = limit
+                return
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
