@@ -251,3 +251,41 @@ def test_exposed_without_keys_refuses_remote_admin():
         assert httpx.get(remote + "/v1/models", headers={"Host": "any.example"}).is_success
     finally:
         d.stop()
+
+
+def test_duplicated_headers_are_not_a_way_around_the_checks(secured):
+    # Two different keys: which one would count is refused outright.
+    for headers in (
+        b"Authorization: Bearer " + INFER.encode() + b"\r\nAuthorization: Bearer " + ADMIN.encode(),
+        b"X-API-Key: " + INFER.encode() + b"\r\nAuthorization: Bearer sk-other",
+    ):
+        resp = _raw(secured, b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n" + headers +
+                    b"\r\nConnection: close\r\n\r\n")  # fmt: skip
+        assert resp.split(b" ")[1] == b"401" and b"more than one API key" in resp, resp[:300]
+    # The same key twice is one key.
+    same = b"X-API-Key: " + INFER.encode() + b"\r\nAuthorization: Bearer " + INFER.encode()
+    resp = _raw(secured, b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n" + same +
+                b"\r\nConnection: close\r\n\r\n")  # fmt: skip
+    assert resp.split(b" ")[1] == b"200"
+    # A second Host that is not loopback: refused (every Host header is checked).
+    resp = _raw(secured, b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n"
+                b"X-API-Key: " + INFER.encode() + b"\r\nConnection: close\r\n\r\n")  # fmt: skip
+    assert resp.split(b" ")[1] in (b"400", b"403"), resp[:200]
+    # Two Content-Length headers that disagree (request smuggling): a 400, never served.
+    resp = _raw(secured, b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                b"X-API-Key: " + INFER.encode() + b"\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 2\r\nContent-Length: 40\r\nConnection: close\r\n\r\n{}")  # fmt: skip
+    assert resp.split(b" ")[1] == b"400", resp[:200]
+    assert httpx.get(secured.url + "/health", timeout=10).status_code == 200
+
+
+def test_keys_never_reach_logs_or_metrics(secured):
+    wrong = "sk-wrong-" + "9" * 24
+    for key in (ADMIN, INFER, wrong):
+        _get(secured, "/v1/models", headers={"Authorization": f"Bearer {key}"})
+        _get(secured, "/api/tags", headers={"X-API-Key": key})
+    metrics = _get(secured, "/metrics", headers={"X-API-Key": ADMIN}).text
+    log = secured.log()
+    for key in (ADMIN, INFER, LIMITED, TOKENS, wrong):
+        assert key not in log and key not in metrics
+        assert key[9:] not in log  # nor the secret part alone

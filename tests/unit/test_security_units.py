@@ -77,3 +77,55 @@ def test_bad_key_files(tmp_path, text, needle):
     f.write_text(text)
     with pytest.raises(ConfigError, match=needle):
         KeyRing(load_key_file(f))
+
+
+def test_host_forms_of_dns_rebinding_are_refused():
+    from mullama.security.hosts import is_loopback_host
+
+    allowed = ("localhost", "LOCALHOST:8080", "localhost.", "127.0.0.1", "127.0.0.1.",
+               "127.5.6.7:1", "[::1]", "[::1]:8080", "app.localhost", "app.localhost.:80")  # fmt: skip
+    refused = (
+        "evil.example", "127.0.0.1.evil.example", "localhost.evil.example", "evil.example:80",
+        "2130706433", "0x7f000001", "0x7f.0.0.1", "017700000001", "0177.0.0.1", "127.1",
+        "[::ffff:7f00:1]x", "localhost:80@evil.example", "evil.example#.localhost",
+        "evil.example/.localhost", "evil.example\\.localhost", "[fe80::1]", "0.0.0.0",
+        "localhost:abc", "", " ", "[::1", "evil.example%2F.localhost",
+    )  # fmt: skip
+    for host in allowed:
+        assert is_loopback_host(host), host
+    for host in refused:
+        assert not is_loopback_host(host), host
+
+
+def test_api_key_comparison_takes_the_same_time_whatever_matches():
+    """Statistical, paired and interleaved (noise hits both alike): a key wrong only in
+    its last character must not be slower or faster to refuse than one wrong in its
+    first, so timing tells an attacker nothing about how much of a key is right. Each
+    pair of batches votes; under constant time the votes split about evenly (400 pairs:
+    a standard deviation of 0.025). (Right against wrong is not compared: the answer,
+    200 or 401, says that anyway.)"""
+    import time
+
+    from mullama.security.keys import ApiKey, KeyRing, digest
+
+    secret = "sk-" + "a1b2c3d4" * 6
+    ring = KeyRing([ApiKey(f"k{i}", "admin", digest(secret if i == 0 else f"sk-other-{i}" * 3))
+                    for i in range(4)])  # fmt: skip
+    late = secret[:-1] + "x"  # shares all but the last character
+    early = "x" + secret[1:]
+
+    def batch(key: str) -> int:
+        started = time.perf_counter_ns()
+        for _ in range(200):
+            ring.lookup(key)
+        return time.perf_counter_ns() - started
+
+    for a, b in ((late, early), (early, "y" + secret[1:-1] + "z")):
+        votes = 0
+        for i in range(400):
+            if i % 2:
+                ta, tb = batch(a), batch(b)
+            else:
+                tb, ta = batch(b), batch(a)
+            votes += ta < tb
+        assert 0.35 < votes / 400 < 0.65, votes

@@ -30,15 +30,20 @@ LOCAL_SOCKET = Principal("local-socket", admin=True, rate_key=None)
 
 
 def presented_key(scope: Scope) -> str | None:
-    """``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
+    """``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. Two different keys in one
+    request (repeated headers, or both headers) are refused: which one would count is
+    exactly what a confused proxy or an attacker would play with."""
+    found: set[str] = set()
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
+                found.add(token.strip())
         elif name == b"x-api-key" and value.strip():
-            return value.decode("latin-1").strip()
-    return None
+            found.add(value.decode("latin-1").strip())
+    if len(found) > 1:
+        raise Unauthorized("more than one API key in the request; send exactly one")
+    return next(iter(found), None)
 
 
 def client_address(scope: Scope) -> str:
