@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mullama.models.registry import embedded_model_path
 from tests.conftest import MODEL, Daemon, free_port, wait_for
 from tests.hubstub import HubServer, tiny_gguf
 
@@ -72,17 +73,33 @@ def _gone(pid: int) -> bool:
 
 
 def test_kill_9_of_a_worker_fails_only_its_streams_and_a_new_worker_serves():
-    with Daemon("--parallel", "8", "--context-size", "2048").wait_healthy() as d:
-        out, threads = _streams(d, 8)
-        wait_for(lambda: d.model_status()["active_sequences"] == 8, timeout=60)
+    """8 streams: 6 on one model, 2 on another (the same file under a second name, in its
+    own worker). Killing the first worker fails its 6 streams, each with engine_crashed;
+    the other model's 2 streams finish normally."""
+    path = str(embedded_model_path())
+    with Daemon("--model", f"{MODEL}={path}", "--model", f"other={path}", "--parallel", "6",
+                "--context-size", "2048").wait_healthy() as d:  # fmt: skip
+        out: list = []
+        other: list = []
+        short = {**LONG, "model": "other", "max_tokens": 300}
+        threads = [threading.Thread(target=_stream, args=(d.url, out)) for _ in range(6)]
+        threads += [threading.Thread(target=_stream, args=(d.url, other, short))
+                    for _ in range(2)]  # fmt: skip
+        for t in threads:
+            t.start()
+        wait_for(lambda: d.model_status()["active_sequences"] == 6
+                 and d.model_status("other")["active_sequences"] == 2, timeout=60)  # fmt: skip
         pid = d.model_status()["pid"]
         os.kill(pid, signal.SIGKILL)
         for t in threads:
-            t.join(60)
-        assert len(out) == 8
+            t.join(120)
+        assert len(out) == 6 and len(other) == 2
         for status, events in out:
             assert status == 200
             assert _last_error(events)["code"] == "engine_crashed"
+        for status, events in other:  # the other model's streams: untouched
+            assert status == 200 and events[-1] == "[DONE]"
+            assert json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
         assert httpx.get(d.url + "/health", timeout=10).status_code == 200
         r = _chat(d)
         assert r.status_code == 200
