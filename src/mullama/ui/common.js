@@ -100,8 +100,21 @@ function askForKey(reason) {
   document.getElementById("key-input").focus();
 }
 
+// The dialog that asks for a key: the same on every page, so it is made here.
+function makeKeyDialog() {
+  const dialog = el("dialog", { id: "key-dialog", "aria-labelledby": "key-title" },
+    el("form", { id: "key-form" },
+      el("h2", { id: "key-title", text: "API key" }),
+      el("p", { id: "key-reason" }),
+      el("label", { for: "key-input", text: "This server needs an API key. It is kept for this tab only." }),
+      el("input", { id: "key-input", type: "password", autocomplete: "off", required: true }),
+      el("button", { type: "submit", text: "Use this key" })));
+  document.body.append(dialog);
+  return dialog;
+}
+
 export function setupKeyDialog() {
-  const dialog = document.getElementById("key-dialog");
+  const dialog = makeKeyDialog();
   const form = document.getElementById("key-form");
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
