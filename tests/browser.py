@@ -35,8 +35,10 @@ def chromium_path() -> str:
     raise RuntimeError("Chromium is missing: scripts/install-test-services.sh installs it")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
+    """One browser per test module: Playwright's sync API holds an event loop on this
+    thread while it runs, so it must be gone before a later module calls asyncio.run."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
