@@ -133,6 +133,15 @@ def error_response(path: str, exc: MullamaError) -> ORJSONResponse:
     return ORJSONResponse(body, status_code=exc.status, headers=exc.headers or None)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method of the path (Starlette names only those of the first route that
+    matched it: ``GET`` for a path that also takes ``DELETE``)."""
+    path = request.scope["path"]
+    routes = getattr(request.app.state, "api_routes", ())
+    methods = {m for r in routes if r.path_regex.match(path) for m in r.methods or ()}
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_mullama(request: Request, exc: Exception) -> ORJSONResponse:
         assert isinstance(exc, MullamaError)
@@ -155,6 +164,8 @@ def install_error_handlers(app: FastAPI) -> None:
         resp = error_response(request.scope["path"], err)
         if exc.headers:
             resp.headers.update(exc.headers)
+        if exc.status_code == 405:
+            resp.headers["Allow"] = allowed_methods(request) or resp.headers.get("Allow", "")
         return resp
 
     async def on_unexpected(request: Request, exc: Exception) -> ORJSONResponse:
