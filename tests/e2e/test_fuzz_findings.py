@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import httpx
 
+from tests.conftest import MODEL
+
 
 def _openai_error(r: httpx.Response, status: int) -> dict:
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["message"]
     return err
+
+
+def test_a_refused_field_with_a_value_equal_to_its_neutral_one(daemon):
+    body = {"model": MODEL, "input": "hi", "background": 0}
+    r = httpx.post(daemon.url + "/v1/responses", json=body, timeout=30)
+    assert _openai_error(r, 400)["param"] == "background"
 
 
 def test_405_names_every_method_of_the_path(daemon):
