@@ -15,6 +15,11 @@ def _openai_error(r: httpx.Response, status: int) -> dict:
     return err
 
 
+def test_completion_with_an_empty_prompt_list(daemon):
+    r = httpx.post(daemon.url + "/completion", json={"prompt": []}, timeout=30)
+    assert _openai_error(r, 400)["param"] == "prompt"
+
+
 def test_a_refused_field_with_a_value_equal_to_its_neutral_one(daemon):
     body = {"model": MODEL, "input": "hi", "background": 0}
     r = httpx.post(daemon.url + "/v1/responses", json=body, timeout=30)

@@ -47,6 +47,15 @@ def test_the_neutral_values_themselves_still_pass(model, body):
     validate(model, body)
 
 
+def test_an_empty_prompt_list_on_completion_is_a_400_naming_it():
+    """/completion turned ``prompt: []`` into a chat request whose own check raised a
+    raw ValidationError: a 500."""
+    body = validate(CompletionBody, {"prompt": []})
+    with pytest.raises(InvalidParameter) as err:
+        body.to_completion("m")
+    assert err.value.param == "prompt"
+
+
 def test_405_names_every_method_of_the_path(tmp_path):
     """Starlette's 405 named the methods of the first route that matched the path only
     (``Allow: GET`` on /v1/responses/ID, which takes DELETE too)."""

@@ -18,7 +18,7 @@ from .. import __version__
 from ..engine.protocol import SamplingParams
 from ..errors import ClientError, MullamaError
 from . import answers as a
-from .body import parse_body
+from .body import parse_body, validate
 from .errors import openai_body
 from .fallback import answer
 from .fields import Refusing, StrictBody
@@ -81,7 +81,7 @@ class CompletionBody(StrictBody, Refusing):
         if self.json_schema is not None:
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "schema", "schema": self.json_schema}}  # fmt: skip
-        return CompletionRequest.model_validate(body)
+        return validate(CompletionRequest, body)  # its own rules (a prompt list not empty)
 
 
 def _model(request: Request, given: str | None) -> str:
