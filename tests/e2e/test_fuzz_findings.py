@@ -3,7 +3,10 @@ daemon: each is now a 4xx in the route's API shape (never a 500), or a correct h
 
 from __future__ import annotations
 
+import os
+
 import httpx
+import pytest
 
 from tests.conftest import MODEL
 
@@ -18,6 +21,21 @@ def _openai_error(r: httpx.Response, status: int) -> dict:
 def test_completion_with_an_empty_prompt_list(daemon):
     r = httpx.post(daemon.url + "/completion", json={"prompt": []}, timeout=30)
     assert _openai_error(r, 400)["param"] == "prompt"
+
+
+def test_a_model_name_too_long_for_a_file_name(daemon):
+    r = httpx.get(daemon.url + "/v1/tokenizer_info", params={"model": "é" * 600}, timeout=30)
+    assert _openai_error(r, 400)["code"] == "invalid_model_name"
+    r = httpx.post(daemon.url + "/api/show", json={"model": "x" * 600}, timeout=30)
+    assert r.status_code == 400 and isinstance(r.json()["error"], str)
+
+
+def test_a_model_name_that_is_a_relative_path_to_a_file(daemon):
+    rel = os.path.relpath(__file__)  # the daemon runs in the tests' working directory
+    if rel.startswith(".."):
+        pytest.skip("the tests run from outside the repository")
+    r = httpx.get(f"{daemon.url}/v1/models/{rel}", timeout=30)
+    assert _openai_error(r, 404)["code"] == "model_not_found"
 
 
 def test_a_refused_field_with_a_value_equal_to_its_neutral_one(daemon):

@@ -13,7 +13,9 @@ from mullama.api.openai.responses import ResponsesRequest
 from mullama.api.openai.schemas import CompletionRequest
 from mullama.config import Settings
 from mullama.daemon.app import create_app
-from mullama.errors import InvalidParameter
+from mullama.errors import InvalidName, InvalidParameter, ModelNotFound
+from mullama.models.manager import ModelManager
+from mullama.models.registry import resolve
 
 
 @pytest.mark.parametrize(
@@ -54,6 +56,30 @@ def test_an_empty_prompt_list_on_completion_is_a_400_naming_it():
     with pytest.raises(InvalidParameter) as err:
         body.to_completion("m")
     assert err.value.param == "prompt"
+
+
+def test_a_name_from_a_request_never_names_a_file(tmp_path, monkeypatch):
+    """A request's model name that was a relative path to an existing file (``etc/passwd``
+    with the daemon in /) was served as that file; now it is looked up in the store only.
+    On the command line a path still serves the file."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0")
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "models"
+    with pytest.raises(ModelNotFound):
+        resolve("etc/passwd", cache_dir=store, paths=False)
+    assert resolve("etc/passwd", cache_dir=store).path == (tmp_path / "etc" / "passwd")
+    manager = ModelManager(Settings(cache_dir=str(store)))
+    with pytest.raises(ModelNotFound):
+        manager.find("etc/passwd")
+
+
+def test_a_name_too_long_for_the_file_system_is_a_name_error(tmp_path):
+    """``Path.is_file`` raised ENAMETOOLONG for a 1000-character name: a 500."""
+    with pytest.raises(InvalidName):
+        resolve("x" * 1000, cache_dir=tmp_path)
+    with pytest.raises(InvalidName):
+        ModelManager(Settings(cache_dir=str(tmp_path))).find("é" * 300)
 
 
 def test_405_names_every_method_of_the_path(tmp_path):
