@@ -15,6 +15,7 @@ only its neutral values, and the fields accepted and ignored are listed as such.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -96,7 +97,7 @@ def api_document(routes: list[APIRoute], model: str) -> dict[str, Any]:
             op["responses"] = _answers(d, refs, model, op, error) if d else op["responses"]
             op["responses"].pop("422", None)
             add_errors(op, route.path_format, d.errors if d else ())
-    return doc
+    return copy.deepcopy(doc)  # no part shared with another document (ERROR_SCHEMAS, ...)
 
 
 def add_errors(op: dict[str, Any], path: str, statuses: Iterable[int]) -> None:
