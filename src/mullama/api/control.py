@@ -11,7 +11,9 @@ from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..errors import Unavailable
+from . import answers as a
 from .body import parse_json, validate
+from .openapi import documented
 from .responses import ORJSONResponse
 
 router = APIRouter()
@@ -23,6 +25,7 @@ class StopBody(BaseModel):
 
 
 @router.get("/api/daemon/status")
+@documented(ok=a.DaemonStatus)
 async def daemon_status(request: Request) -> ORJSONResponse:
     state = request.app.state
     settings = state.settings
@@ -43,6 +46,7 @@ async def daemon_status(request: Request) -> ORJSONResponse:
 
 
 @router.post("/api/daemon/stop")
+@documented(StopBody, a.Stopping, status=202, body_required=False, errors=(400, 503))
 async def daemon_stop(request: Request) -> ORJSONResponse:
     raw = await request.body()
     body = validate(StopBody, await parse_json(request)) if raw.strip() else StopBody()

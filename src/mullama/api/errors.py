@@ -43,13 +43,65 @@ def anthropic_body(exc: MullamaError) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": exc.message}}
 
 
-def error_body(path: str, exc: MullamaError) -> dict[str, Any]:
-    """Ollama's shape under /api/, Anthropic's under /v1/messages, OpenAI's elsewhere."""
+def error_api(path: str) -> str:
+    """Whose error shape a path answers in: Ollama's under /api/, Anthropic's under
+    /v1/messages, OpenAI's elsewhere (the names of ``ERROR_SCHEMAS``)."""
     if path.startswith("/api/"):
-        return ollama_body(exc)
+        return "OllamaError"
     if path == "/v1/messages" or path.startswith("/v1/messages/"):
-        return anthropic_body(exc)
-    return openai_body(exc)
+        return "AnthropicError"
+    return "OpenAIError"
+
+
+_BODIES = {"OllamaError": ollama_body, "AnthropicError": anthropic_body, "OpenAIError": openai_body}
+
+
+def error_body(path: str, exc: MullamaError) -> dict[str, Any]:
+    return _BODIES[error_api(path)](exc)
+
+
+_NULLABLE_STR = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+
+# The three shapes as JSON schemas, for the OpenAPI document (api/openapi.py).
+ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
+    "OpenAIError": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": _NULLABLE_STR,
+                    "code": _NULLABLE_STR,
+                },
+            }
+        },
+    },
+    "OllamaError": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}},
+        "additionalProperties": False,
+    },
+    "AnthropicError": {
+        "type": "object",
+        "required": ["type", "error"],
+        "properties": {
+            "type": {"const": "error"},
+            "error": {
+                "type": "object",
+                "required": ["type", "message"],
+                "properties": {
+                    "type": {"enum": sorted({*_ANTHROPIC_TYPES.values(), "api_error"})},
+                    "message": {"type": "string"},
+                },
+            },
+        },
+    },
+}
 
 
 def sse_error(exc: MullamaError) -> bytes:
@@ -81,6 +133,15 @@ def error_response(path: str, exc: MullamaError) -> ORJSONResponse:
     return ORJSONResponse(body, status_code=exc.status, headers=exc.headers or None)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method of the path (Starlette names only those of the first route that
+    matched it: ``GET`` for a path that also takes ``DELETE``)."""
+    path = request.scope["path"]
+    routes = getattr(request.app.state, "api_routes", ())
+    methods = {m for r in routes if r.path_regex.match(path) for m in r.methods or ()}
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_mullama(request: Request, exc: Exception) -> ORJSONResponse:
         assert isinstance(exc, MullamaError)
@@ -103,6 +164,8 @@ def install_error_handlers(app: FastAPI) -> None:
         resp = error_response(request.scope["path"], err)
         if exc.headers:
             resp.headers.update(exc.headers)
+        if exc.status_code == 405:
+            resp.headers["Allow"] = allowed_methods(request) or resp.headers.get("Allow", "")
         return resp
 
     async def on_unexpected(request: Request, exc: Exception) -> ORJSONResponse:

@@ -30,6 +30,12 @@ def _neutral(value: Any) -> bool:
     return value is None or value is False or value == [] or value == {}
 
 
+def _same(value: Any, neutral: Any) -> bool:
+    """``value`` is ``neutral`` as JSON sees it: Python's ``0 == False`` and ``True == 1``
+    must not let a refused field through (``background: 0``, ``typical_p: true``)."""
+    return type(value) is type(neutral) and value == neutral
+
+
 @functools.cache
 def _known(cls: type[BaseModel]) -> frozenset[str]:
     names = set(cls.model_fields)
@@ -53,7 +59,7 @@ class Refusing(BaseModel):
         for key, value in data.items():
             if key in known or key in cls.IGNORED:
                 continue
-            if _neutral(value) or value in cls.NEUTRAL.get(key, ()):
+            if _neutral(value) or any(_same(value, n) for n in cls.NEUTRAL.get(key, ())):
                 continue
             param = f"{cls.WHERE}{key}"
             why = cls.REFUSED.get(key)

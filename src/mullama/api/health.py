@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from .. import __version__
+from . import answers as a
+from .openapi import documented
 from .responses import ORJSONResponse
 
 router = APIRouter()
@@ -19,6 +21,7 @@ router = APIRouter()
 
 @router.get("/health")
 @router.get("/v1/health")
+@documented(ok=a.Health, also={503: a.Health})
 async def health(request: Request) -> ORJSONResponse:
     """200 while serving; 503 while the preloaded models are still loading (like
     llama-server) and once stopped. ``status`` is ok, degraded (a model failed to load,
@@ -52,11 +55,13 @@ async def health(request: Request) -> ORJSONResponse:
 
 
 @router.get("/health/live")
+@documented(ok=a.Live)
 async def live() -> ORJSONResponse:
     return ORJSONResponse({"status": "alive"})
 
 
 @router.get("/health/ready")
+@documented(ok=a.Ready, also={503: a.Ready})
 async def ready(request: Request) -> ORJSONResponse:
     lifecycle = request.app.state.lifecycle
     body = {"status": "ready" if lifecycle.ready else lifecycle.phase.value}
@@ -67,6 +72,7 @@ async def ready(request: Request) -> ORJSONResponse:
 
 
 @router.get("/api/system/status")
+@documented(ok=a.SystemStatus)
 async def system_status(request: Request) -> ORJSONResponse:
     obs = request.app.state.obs
     lifecycle = request.app.state.lifecycle

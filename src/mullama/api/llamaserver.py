@@ -17,12 +17,14 @@ from pydantic import Field
 from .. import __version__
 from ..engine.protocol import SamplingParams
 from ..errors import ClientError, MullamaError
-from .body import parse_body
+from . import answers as a
+from .body import parse_body, validate
 from .errors import openai_body
 from .fallback import answer
 from .fields import Refusing, StrictBody
 from .openai.schemas import CompletionRequest
 from .openai.service import start_generations
+from .openapi import MODEL_ERRORS, SSE, documented
 from .profiles import profile_of
 from .responses import ORJSONResponse
 from .streaming import DisconnectAwareStream, sse
@@ -79,7 +81,7 @@ class CompletionBody(StrictBody, Refusing):
         if self.json_schema is not None:
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "schema", "schema": self.json_schema}}  # fmt: skip
-        return CompletionRequest.model_validate(body)
+        return validate(CompletionRequest, body)  # its own rules (a prompt list not empty)
 
 
 def _model(request: Request, given: str | None) -> str:
@@ -90,6 +92,14 @@ def _model(request: Request, given: str | None) -> str:
 
 
 @router.post("/completion")
+@documented(
+    CompletionBody,
+    a.LlamaCompletion,
+    stream=SSE,
+    chunk=a.LlamaChunk,
+    errors=MODEL_ERRORS,
+    example={"prompt": "Once upon a time", "n_predict": 8},
+)
 async def completion(request: Request) -> Response:
     body = await parse_body(request, CompletionBody)
     body = body.model_copy(update={"model": _model(request, body.model)})
@@ -203,9 +213,10 @@ class _Run:
 
 
 @router.get("/props")
-async def props(request: Request) -> Response:
+@documented(ok=a.Props, errors=MODEL_ERRORS)
+async def props(request: Request, model: str | None = None) -> Response:
     models = request.app.state.models
-    name = _model(request, request.query_params.get("model"))
+    name = _model(request, model)
     info = await models.tokenizer_info(name)
     defaults = SamplingParams(**profile_of(models, name).defaults)
     return ORJSONResponse(

@@ -6,17 +6,21 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ..observability.metrics import CONTENT_TYPE
+from . import answers as a
+from .openapi import documented
 from .responses import ORJSONResponse
 
 router = APIRouter()
 
 
 @router.get("/metrics")
+@documented(media="text/plain")  # the Prometheus text format
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.obs.metrics.render(), media_type=CONTENT_TYPE)
 
 
 @router.get("/completion-metrics")
 @router.get("/v1/completion-metrics")
+@documented(ok=a.CompletionMetrics)
 async def completion_metrics(request: Request) -> ORJSONResponse:
     return ORJSONResponse(request.app.state.obs.completion_metrics())

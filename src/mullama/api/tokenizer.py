@@ -14,9 +14,11 @@ from pydantic import ConfigDict, Field, model_validator
 from ..engine.protocol import TokenizeRequest
 from ..errors import ClientError
 from ..models.manager import ModelManager
+from . import answers as a
 from .body import parse_body
 from .fields import Refusing
 from .openai.schemas import ChatMessage
+from .openapi import MODEL_ERRORS, documented
 from .profiles import profile_of
 from .responses import ORJSONResponse
 from .tools import ToolChoice, ToolSpec, plan_tools
@@ -87,6 +89,7 @@ def chat_tokenize_request(
     )
 
 
+@documented(TokenizeBody, a.Tokens, errors=MODEL_ERRORS, example={"prompt": "Hello world"})
 async def _tokenize(request: Request) -> Response:
     body = await parse_body(request, TokenizeBody)
     models = _models(request)
@@ -108,6 +111,7 @@ async def _tokenize(request: Request) -> Response:
     return ORJSONResponse(out)
 
 
+@documented(DetokenizeBody, a.Detokenized, errors=MODEL_ERRORS, example={"tokens": [19556]})
 async def _detokenize(request: Request) -> Response:
     body = await parse_body(request, DetokenizeBody)
     models = _models(request)
@@ -115,9 +119,10 @@ async def _detokenize(request: Request) -> Response:
     return ORJSONResponse({"prompt": text})
 
 
-async def _tokenizer_info(request: Request) -> Response:
+@documented(ok=a.TokenizerInfoAnswer, errors=MODEL_ERRORS)
+async def _tokenizer_info(request: Request, model: str | None = None) -> Response:
     models = _models(request)
-    name = _name(models, request.query_params.get("model"))
+    name = _name(models, model)
     info = await models.tokenizer_info(name)
     template = profile_of(models, name).template or info.chat_template
     return ORJSONResponse(

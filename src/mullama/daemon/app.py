@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from .. import __version__
 from ..api import control, health, llamaserver, monitoring, tokenizer, ui
@@ -33,6 +34,7 @@ from .dependencies import Dependencies
 from .guards import install_guards
 from .lifecycle import Lifecycle, Phase
 from .middleware import RequestContextMiddleware, RequestIdMiddleware
+from .openapi import install_openapi
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +101,14 @@ def create_app(
     app.state.ollama_models = OllamaModels(manager, store)
     app.state.model_admin = ModelAdmin(store)
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(monitoring.router)
-    app.include_router(openai_routes.router)
-    app.include_router(anthropic_routes.router)
-    app.include_router(ollama_routes.router)
-    app.include_router(control.router)
-    app.include_router(tokenizer.router)
-    app.include_router(llamaserver.router)
+    routers = [health.router, monitoring.router, openai_routes.router, anthropic_routes.router,
+               ollama_routes.router, control.router, tokenizer.router, llamaserver.router]  # fmt: skip
     if settings.ui:
-        app.include_router(ui.router)
+        routers.append(ui.router)
+    for router in routers:
+        app.include_router(router)
+    app.state.api_routes = [r for rt in routers for r in rt.routes if isinstance(r, APIRoute)]
+    install_openapi(app, app.state.api_routes)
     # add_middleware wraps what was added before: the request context (cache policy,
     # fallback) innermost, then the guards (limits, drain, auth, rate limits), then the
     # access log, then the request id outermost.

@@ -235,7 +235,7 @@ class ModelManager:
         if name.endswith(".gguf") or name.startswith(("/", ".", "~")) or "=" in name:
             raise self._not_found(name)
         try:
-            return resolve(name, cache_dir=self.settings.cache_dir)
+            return resolve(name, cache_dir=self.settings.cache_dir, paths=False)
         except ModelNotFound:
             raise self._not_found(name) from None
 

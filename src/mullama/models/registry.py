@@ -56,11 +56,20 @@ def check_model_file(path: Path) -> Path:
     return path
 
 
-def resolve(spec: str, *, cache_dir: str | Path | None = None) -> ModelRef:
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; a name the file system cannot take (too long) is not."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def resolve(spec: str, *, cache_dir: str | Path | None = None, paths: bool = True) -> ModelRef:
     """``smollm2:135m``, a model in the store (pulled, created, copied), ``path/to/x.gguf``
     (served under its stem) or ``NAME=SPEC``. The file is GGUF-checked when the model is
     loaded (models/manager.py), so a corrupt file fails that model alone, with a clear
-    error naming the file, and never a worker or the daemon."""
+    error naming the file, and never a worker or the daemon. ``paths=False`` (a name
+    from a request) never looks at the file system outside the store."""
     spec = spec.strip()
     if not spec:
         raise ClientError("empty model name")
@@ -70,14 +79,16 @@ def resolve(spec: str, *, cache_dir: str | Path | None = None) -> ModelRef:
         name, _, raw = spec.partition("=")
         if not name.strip():
             raise ClientError(f"missing model name in {spec!r}")
-        return replace(resolve(raw, cache_dir=cache_dir), name=name.strip())
+        return replace(resolve(raw, cache_dir=cache_dir, paths=paths), name=name.strip())
     if spec == EMBEDDED_NAME:
         # The digest a store copy of the built-in model has too (Manifest.digest).
         digest = Manifest(name=EMBEDDED_NAME, embedded=True).digest
         return ModelRef(EMBEDDED_NAME, embedded_model_path(), digest=digest)
     path = Path(spec).expanduser()
-    if is_local_path(spec) or (not spec.startswith(("hf:", "hf.co/")) and path.is_file()):
-        if not path.is_file():
+    if paths and (
+        is_local_path(spec) or (not spec.startswith(("hf:", "hf.co/")) and _is_file(path))
+    ):
+        if not _is_file(path):
             raise ModelNotFound(f"model file not found: {path}")
         return ModelRef(path.stem, path.resolve())
     check_name(spec)

@@ -8,9 +8,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from .. import answers as a
 from ..body import parse_body
 from ..fallback import answer
 from ..openai.routes import request_id, respond
+from ..openapi import MODEL_ERRORS, SSE, documented
 from ..responses import ORJSONResponse
 from ..streaming import unless_disconnected
 from ..tokenizer import chat_tokenize_request
@@ -19,8 +21,21 @@ from .service import AnthropicService
 
 router = APIRouter(prefix="/v1")
 
+# Example bodies for /openapi.json ("model" becomes the daemon's first model).
+_HI = [{"role": "user", "content": "Say hi."}]
+MESSAGES = {"model": "", "max_tokens": 8, "messages": _HI}
+COUNT = {"model": "", "messages": _HI}
+
 
 @router.post("/messages")
+@documented(
+    MessagesRequest,
+    a.AnthropicMessage,
+    stream=SSE,
+    chunk=a.AnthropicEvent,
+    errors=MODEL_ERRORS,
+    example=MESSAGES,
+)
 async def messages(request: Request) -> Response:
     body = await parse_body(request, MessagesRequest)
     service: AnthropicService = request.app.state.anthropic
@@ -29,6 +44,7 @@ async def messages(request: Request) -> Response:
 
 
 @router.post("/messages/count_tokens")
+@documented(CountTokensRequest, a.TokenCount, errors=MODEL_ERRORS, example=COUNT)
 async def count_tokens(request: Request) -> Response:
     body = await parse_body(request, CountTokensRequest)
     chat = body.to_chat()

@@ -7,8 +7,10 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from .. import answers as a
 from ..body import parse_body
 from ..fallback import answer
+from ..openapi import MODEL_ERRORS, SSE, documented
 from ..responses import ORJSONResponse
 from ..streaming import DisconnectAwareStream, unless_disconnected
 from .responses import ResponsesRequest
@@ -18,6 +20,13 @@ from .service import OpenAIService
 router = APIRouter(prefix="/v1")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+# Example bodies for /openapi.json ("model" becomes the daemon's first model).
+_HI = [{"role": "user", "content": "Say hi."}]
+CHAT = {"model": "", "messages": _HI, "max_tokens": 8}
+COMPLETION = {"model": "", "prompt": "Once upon a time", "max_tokens": 8}
+RESPONSE = {"model": "", "input": "Say hi.", "max_output_tokens": 8}
+EMBEDDING = {"model": "", "input": "hello"}
 
 
 def _service(request: Request) -> OpenAIService:
@@ -35,6 +44,14 @@ async def respond(request: Request, result: object) -> Response:
 
 
 @router.post("/chat/completions")
+@documented(
+    ChatCompletionRequest,
+    a.ChatCompletion,
+    stream=SSE,
+    chunk=a.ChatCompletionChunk,
+    errors=MODEL_ERRORS,
+    example=CHAT,
+)
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     rid = request_id(request)
@@ -44,6 +61,14 @@ async def chat_completions(request: Request) -> Response:
 
 
 @router.post("/completions")
+@documented(
+    CompletionRequest,
+    a.TextCompletion,
+    stream=SSE,
+    chunk=a.TextCompletionChunk,
+    errors=MODEL_ERRORS,
+    example=COMPLETION,
+)
 async def completions(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
     rid = request_id(request)
@@ -52,6 +77,14 @@ async def completions(request: Request) -> Response:
 
 
 @router.post("/responses")
+@documented(
+    ResponsesRequest,
+    a.ResponseObject,
+    stream=SSE,
+    chunk=a.ResponseStreamItem,
+    errors=MODEL_ERRORS,
+    example=RESPONSE,
+)
 async def create_response(request: Request) -> Response:
     body = await parse_body(request, ResponsesRequest)
     rid = request_id(request)
@@ -60,16 +93,19 @@ async def create_response(request: Request) -> Response:
 
 
 @router.get("/responses/{response_id}")
+@documented(ok=a.ResponseObject, errors=(404,))
 async def get_response(response_id: str, request: Request) -> Response:
     return ORJSONResponse(request.app.state.responses.get(response_id))
 
 
 @router.delete("/responses/{response_id}")
+@documented(ok=a.ResponseDeleted, errors=(404,))
 async def delete_response(response_id: str, request: Request) -> Response:
     return ORJSONResponse(request.app.state.responses.delete(response_id))
 
 
 @router.post("/embeddings")
+@documented(EmbeddingRequest, a.EmbeddingList, errors=MODEL_ERRORS, example=EMBEDDING)
 async def embeddings(request: Request) -> Response:
     body = await parse_body(request, EmbeddingRequest)
     return ORJSONResponse(await unless_disconnected(request, _service(request).embeddings(body)))
@@ -85,6 +121,7 @@ def _model_names(request: Request) -> list[str]:
 
 
 @router.get("/models")
+@documented(ok=a.ModelList)
 async def list_models(request: Request) -> Response:
     created = int(request.app.state.started_at)
     names = await asyncio.to_thread(_model_names, request)
@@ -100,6 +137,7 @@ async def list_models(request: Request) -> Response:
 
 
 @router.get("/models/{name:path}")
+@documented(ok=a.ModelCard, errors=(400, 404))
 async def get_model(name: str, request: Request) -> Response:
     await asyncio.to_thread(request.app.state.models.find, name)  # 404 if unknown
     created = int(request.app.state.started_at)

@@ -1,0 +1,95 @@
+"""Defects the API fuzzer (tests/e2e/test_fuzz.py) found, each pinned here as pure code;
+tests/e2e/test_fuzz_findings.py checks their answers over HTTP."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+
+from mullama.api.body import validate
+from mullama.api.llamaserver import CompletionBody
+from mullama.api.ollama.schemas import Options
+from mullama.api.openai.responses import ResponsesRequest
+from mullama.api.openai.schemas import CompletionRequest
+from mullama.config import Settings
+from mullama.daemon.app import create_app
+from mullama.errors import InvalidName, InvalidParameter, ModelNotFound
+from mullama.models.manager import ModelManager
+from mullama.models.registry import resolve
+
+
+@pytest.mark.parametrize(
+    "model, body, field",
+    [
+        (ResponsesRequest, {"model": "m", "input": "hi", "background": 0}, "background"),
+        (Options, {"typical_p": True}, "options.typical_p"),
+        (Options, {"mirostat": 0.0}, "options.mirostat"),
+        (CompletionBody, {"prompt": "hi", "typical_p": True}, "typical_p"),
+        (CompletionRequest, {"model": "m", "prompt": "hi", "best_of": True}, "best_of"),
+    ],
+)
+def test_a_refused_field_passes_only_with_its_neutral_value_itself(model, body, field):
+    """Python's ``0 == False`` and ``True == 1`` let ``background: 0`` (and the like)
+    through as if they were the neutral value: now refused by name."""
+    with pytest.raises(InvalidParameter) as err:
+        validate(model, body)
+    assert err.value.param == field
+
+
+@pytest.mark.parametrize(
+    "model, body",
+    [
+        (ResponsesRequest, {"model": "m", "input": "hi", "background": False}),
+        (Options, {"typical_p": 1.0, "mirostat": 0}),
+        (Options, {"typical_p": 1}),
+        (CompletionRequest, {"model": "m", "prompt": "hi", "best_of": 1}),
+    ],
+)
+def test_the_neutral_values_themselves_still_pass(model, body):
+    validate(model, body)
+
+
+def test_an_empty_prompt_list_on_completion_is_a_400_naming_it():
+    """/completion turned ``prompt: []`` into a chat request whose own check raised a
+    raw ValidationError: a 500."""
+    body = validate(CompletionBody, {"prompt": []})
+    with pytest.raises(InvalidParameter) as err:
+        body.to_completion("m")
+    assert err.value.param == "prompt"
+
+
+def test_a_name_from_a_request_never_names_a_file(tmp_path, monkeypatch):
+    """A request's model name that was a relative path to an existing file (``etc/passwd``
+    with the daemon in /) was served as that file; now it is looked up in the store only.
+    On the command line a path still serves the file."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0")
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "models"
+    with pytest.raises(ModelNotFound):
+        resolve("etc/passwd", cache_dir=store, paths=False)
+    assert resolve("etc/passwd", cache_dir=store).path == (tmp_path / "etc" / "passwd")
+    manager = ModelManager(Settings(cache_dir=str(store)))
+    with pytest.raises(ModelNotFound):
+        manager.find("etc/passwd")
+
+
+def test_a_name_too_long_for_the_file_system_is_a_name_error(tmp_path):
+    """``Path.is_file`` raised ENAMETOOLONG for a 1000-character name: a 500."""
+    with pytest.raises(InvalidName):
+        resolve("x" * 1000, cache_dir=tmp_path)
+    with pytest.raises(InvalidName):
+        ModelManager(Settings(cache_dir=str(tmp_path))).find("é" * 300)
+
+
+def test_405_names_every_method_of_the_path(tmp_path):
+    """Starlette's 405 named the methods of the first route that matched the path only
+    (``Allow: GET`` on /v1/responses/ID, which takes DELETE too)."""
+    app = create_app(Settings(cache_dir=str(tmp_path)))
+    client = TestClient(app, base_url="http://127.0.0.1")  # the Host guard lets it in
+    r = client.patch("/v1/responses/resp_1")
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
+    assert r.json()["error"]["code"] == "http_error"
+    r = client.post("/api/version")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    assert r.json() == {"error": "Method Not Allowed"}
