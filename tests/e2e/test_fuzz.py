@@ -33,14 +33,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import schemathesis
+from schemathesis.config import SchemathesisConfig
 
-schemathesis = pytest.importorskip("schemathesis")
-from schemathesis.config import SchemathesisConfig  # noqa: E402
-
-from mullama.config import Settings  # noqa: E402
-from mullama.daemon.app import create_app  # noqa: E402
-from tests.conftest import MODEL, Daemon  # noqa: E402
-from tests.hubstub import HubServer, tiny_gguf  # noqa: E402
+from mullama.config import Settings
+from mullama.daemon.app import create_app
+from tests.conftest import MODEL, Daemon
+from tests.hubstub import HubServer, tiny_gguf
 
 EXAMPLES = int(os.environ.get("MULLAMA_FUZZ_EXAMPLES", "25"))
 SEED = int(os.environ.get("MULLAMA_FUZZ_SEED", "1"))
