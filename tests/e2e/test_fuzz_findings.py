@@ -44,6 +44,23 @@ def test_a_refused_field_with_a_value_equal_to_its_neutral_one(daemon):
     assert _openai_error(r, 400)["param"] == "background"
 
 
+def test_a_keep_alive_past_any_date_leaves_the_listings_working(daemon):
+    """An unpinned model given keep_alive 1e300 made /api/ps and /api/models 500s."""
+    pin = f"{daemon.url}/api/models/{MODEL}"
+    assert httpx.post(pin + "/unpin", timeout=30).status_code == 200
+    try:
+        body = {"model": MODEL, "prompt": "hi", "stream": False, "keep_alive": 1e300,
+                "options": {"num_predict": 2}}  # fmt: skip
+        assert httpx.post(daemon.url + "/api/generate", json=body, timeout=60).status_code == 200
+        for path in ("/api/ps", "/api/models"):
+            r = httpx.get(daemon.url + path, timeout=30)
+            assert r.status_code == 200, r.text
+            (model,) = [m for m in r.json()["models"] if m["name"] == MODEL]
+            assert model["expires_at"].startswith("2"), model  # forever: a date a century on
+    finally:
+        assert httpx.post(pin + "/pin", timeout=30).status_code == 200
+
+
 def test_405_names_every_method_of_the_path(daemon):
     r = httpx.request("PATCH", daemon.url + "/v1/responses/resp_x", timeout=30)
     assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"

@@ -13,7 +13,8 @@ from mullama.api.openai.responses import ResponsesRequest
 from mullama.api.openai.schemas import CompletionRequest
 from mullama.config import Settings
 from mullama.daemon.app import create_app
-from mullama.errors import InvalidName, InvalidParameter, ModelNotFound
+from mullama.errors import ClientError, InvalidName, InvalidParameter, ModelNotFound
+from mullama.models.budget import FOREVER, parse_keep_alive
 from mullama.models.manager import ModelManager
 from mullama.models.registry import resolve
 
@@ -80,6 +81,22 @@ def test_a_name_too_long_for_the_file_system_is_a_name_error(tmp_path):
         resolve("x" * 1000, cache_dir=tmp_path)
     with pytest.raises(InvalidName):
         ModelManager(Settings(cache_dir=str(tmp_path))).find("é" * 300)
+
+
+@pytest.mark.parametrize(
+    "value", [1e300, 10**400, "99999999999999999h", "inf", -1e300], ids=lambda v: repr(v)[:12]
+)
+def test_a_keep_alive_past_any_date_is_forever(value):
+    """One keep_alive of 1e300 on an unpinned model put its expiry past year 9999, and
+    every /api/ps and /api/models after it was a 500 (datetime.fromtimestamp)."""
+    assert parse_keep_alive(value) is None
+    assert parse_keep_alive(FOREVER) == FOREVER and parse_keep_alive("1h") == 3600
+
+
+def test_a_keep_alive_that_is_not_a_number_is_refused():
+    with pytest.raises(ClientError) as err:
+        parse_keep_alive("nan")
+    assert err.value.param == "keep_alive"
 
 
 def test_405_names_every_method_of_the_path(tmp_path):

@@ -3,6 +3,7 @@ keep-alive durations."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -85,15 +86,21 @@ def fmt_bytes(n: float) -> str:
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(h|ms|m|s)")
 
 
+# Longer than this is forever: an expiry must stay a date (datetime ends in year 9999;
+# /api/ps answered 500 for every request after one keep_alive of 1e300).
+FOREVER = 100 * 365 * 86400.0
+
+
 def parse_keep_alive(value: str | int | float | None) -> float | None:
     """Ollama's keep_alive: a number of seconds or a Go duration ("5m", "1h30m", "10s");
-    0 = unload right after the request; negative = keep forever (returns None)."""
+    0 = unload right after the request; negative (or longer than a century) = keep
+    forever (returns None)."""
     if value is None:
         raise ClientError("keep_alive is empty", param="keep_alive")
     if isinstance(value, bool):
         raise ClientError("keep_alive must be a duration or a number", param="keep_alive")
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = float(value) if abs(value) < 1e300 else (math.inf if value > 0 else -math.inf)
     else:
         text = value.strip()
         try:
@@ -107,4 +114,6 @@ def parse_keep_alive(value: str | int | float | None) -> float | None:
                 ) from None
             scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
             seconds = sum(float(n) * scale[u] for n, u in parts)
-    return None if seconds < 0 else seconds
+    if math.isnan(seconds):
+        raise ClientError(f"invalid keep_alive {value!r}: not a number", param="keep_alive")
+    return None if seconds < 0 or seconds > FOREVER else seconds
