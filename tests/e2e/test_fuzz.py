@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tempfile
 import time
 import zlib
@@ -146,7 +147,14 @@ def check_error(api: str, body: Any, where: str) -> None:
         assert isinstance(err.get("type"), str), where
         assert "param" in err and "code" in err, where
         assert err["param"] is None or isinstance(err["param"], str), where
+        assert not UNION_MEMBER.search(err["param"] or ""), where
         assert err["code"] is None or isinstance(err["code"], str), where
+
+
+# What pydantic names the members of a union it tried (str, list[str], literal[...],
+# NamedToolChoice): an error's param names a place in the request, never one of those.
+UNION_MEMBER = re.compile(r"(^|[.\[])((literal|list|dict|tagged-union|function-\w+|union)\[|"
+                          r"(str|int|float|bool|none|[A-Z][a-z]+[A-Z]\w*)([.\[]|$))")  # fmt: skip
 
 
 # 5xx that a request may legitimately get here: none is a crash or an internal error.
@@ -190,6 +198,9 @@ def check_sse(api: str, path: str, text: str, where: str) -> None:
 
 
 # ---- the daemon under test -------------------------------------------------------------
+
+LISTINGS = ("/api/ps", "/api/models", "/api/tags", "/v1/models", "/api/system/status",
+            "/completion-metrics", "/metrics", "/health/ready")  # fmt: skip
 
 # Lines llama.cpp logs at its error level that are no error: the embedding context asks
 # for mean pooling of a model that declares none (every daemon that embeds logs it).
@@ -281,6 +292,9 @@ class Fuzzed:
         assert httpx.get(d.url + "/health", timeout=10).status_code == 200
         worker = self.worker()
         assert worker["restarts"] == 0, worker  # the worker never crashed
+        for path in LISTINGS:  # what the fuzzer left behind still reads
+            r = self.get(path)
+            assert r.status_code == 200, (path, r.text[:500])
         if not self.unloaded:
             assert worker["pid"] == self.pid, worker
         bad = [_readable(line) for line in d.log().splitlines() if _unexpected(line)]
