@@ -66,8 +66,7 @@ TOKEN_FIELDS = {
     "/v1/messages": "max_tokens",
     "/completion": "n_predict",
 }
-
-
+# The operations that write to the model store.
 STORE_WRITES = frozenset({"/api/pull", "/api/delete", "/api/copy", "/api/create"})
 
 
@@ -122,6 +121,16 @@ def _cap(body: dict[str, Any], name: str, positive: bool, until_end: bool = Fals
 # ---- the error shape of a path's API ---------------------------------------------------
 
 
+# What pydantic names the members of a union it tried (str, list[str], literal[...],
+# NamedToolChoice): an error's param names a place in the request, never one of those.
+UNION_MEMBER = re.compile(r"(^|[.\[])((literal|list|dict|tagged-union|function-\w+|union)\[|"
+                          r"(str|int|float|bool|none|[A-Z][a-z]+[A-Z]\w*)([.\[]|$))")  # fmt: skip
+
+
+# 5xx that a request may legitimately get here: none is a crash or an internal error.
+ALLOWED_5XX = {503, 504, 507}
+
+
 def _api(path: str) -> str:
     if path.startswith("/api/"):
         return "ollama"
@@ -149,16 +158,6 @@ def check_error(api: str, body: Any, where: str) -> None:
         assert err["param"] is None or isinstance(err["param"], str), where
         assert not UNION_MEMBER.search(err["param"] or ""), where
         assert err["code"] is None or isinstance(err["code"], str), where
-
-
-# What pydantic names the members of a union it tried (str, list[str], literal[...],
-# NamedToolChoice): an error's param names a place in the request, never one of those.
-UNION_MEMBER = re.compile(r"(^|[.\[])((literal|list|dict|tagged-union|function-\w+|union)\[|"
-                          r"(str|int|float|bool|none|[A-Z][a-z]+[A-Z]\w*)([.\[]|$))")  # fmt: skip
-
-
-# 5xx that a request may legitimately get here: none is a crash or an internal error.
-ALLOWED_5XX = {503, 504, 507}
 
 
 def api_errors(ctx: Any, response: Any, case: Any) -> None:

@@ -120,8 +120,11 @@ def test_keys_and_what_needs_them(tmp_path, monkeypatch):
         assert ("401" in op["responses"]) != public, (method, path)
 
 
-def test_the_document_loads_in_a_fuzzer(doc):
+def test_the_document_is_valid_openapi_and_loads_in_a_fuzzer(doc):
     schemathesis = pytest.importorskip("schemathesis")
+    # The OpenAPI 3.1 meta-schema, as schemathesis ships it.
+    definitions = pytest.importorskip("schemathesis.specs.openapi.definitions")
+    assert [str(e) for e in definitions.OPENAPI_31_VALIDATOR.iter_errors(doc)] == []
     schema = schemathesis.openapi.from_dict(doc)
     results = list(schema.get_all_operations())
     assert all(r.ok() for r in results)
