@@ -50,6 +50,7 @@ SEED = int(os.environ.get("MULLAMA_FUZZ_SEED", "1"))
 COVERAGE = os.environ.get("MULLAMA_FUZZ_COVERAGE", "0") == "1"
 KEY = "sk-fuzz-" + "5" * 24
 TINY = "hf.co/test/Tiny-GGUF:Q4_K_M"
+JSON = "application/json"
 
 # Left out, because it would end the fixture rather than test it: stopping the daemon
 # (tests/e2e/test_lifecycle.py covers it). Deleting a model stays in: the default model
@@ -276,7 +277,7 @@ class Fuzzed:
         status = self.get("/api/system/status").json()
         return next(m for m in status["models_loaded"] if m["name"] == MODEL)
 
-    def run(self, case: Any) -> None:
+    def run(self, case: Any) -> Any:
         bound(case)
         response = case.call(base_url=self.daemon.url, headers=self.headers, timeout=120)
         self.statuses[(case.operation.label, response.status_code)] += 1
@@ -284,6 +285,7 @@ class Fuzzed:
         if response.status_code == 200 and path.endswith(("/unload", "/unpin")):
             self.unloaded = True
         case.validate_response(response, headers=self.headers, additional_checks=[api_errors])
+        return response
 
     def check_afterwards(self) -> None:
         d = self.daemon
@@ -364,7 +366,13 @@ EXPLICIT = [
 
 def run_explicit(fuzzed: Fuzzed, schema: Any) -> None:
     for method, path, body in EXPLICIT:
-        fuzzed.run(schema[path][method].Case(body=body, media_type="application/json"))
+        fuzzed.run(schema[path][method].Case(body=body, media_type=JSON))
+    # A stored response, read back and deleted.
+    body = {"model": MODEL, "input": "Hi", "max_output_tokens": 4}
+    created = fuzzed.run(schema["/v1/responses"]["POST"].Case(body=body, media_type=JSON))
+    stored = {"response_id": created.json()["id"]}
+    for method in ("GET", "DELETE", "GET"):  # the last one: 404, it is gone
+        fuzzed.run(schema["/v1/responses/{response_id}"][method].Case(path_parameters=stored))
 
 
 def _same_document(fuzzed: Fuzzed, keyed: bool) -> None:
@@ -395,6 +403,10 @@ def test_open_daemon_and_worker_stay_up(open_daemon):
 
 def test_keyed_daemon_serves_the_fuzzed_document(keyed_daemon):
     _same_document(keyed_daemon, keyed=True)
+
+
+def test_keyed_explicit(keyed_daemon):
+    run_explicit(keyed_daemon, KEYED)
 
 
 @KEYED.parametrize()
