@@ -68,6 +68,12 @@ def test_an_error_names_the_field_not_a_union_member(daemon):
     assert _openai_error(r, 400)["param"] == "tool_choice.function.name"
 
 
+def test_generate_refuses_a_context_by_name(daemon):
+    body = {"model": MODEL, "prompt": "hi", "context": [1, 2, 3], "stream": False}
+    r = httpx.post(daemon.url + "/api/generate", json=body, timeout=30)
+    assert r.status_code == 400 and "'context' is not supported" in r.json()["error"]
+
+
 def test_405_names_every_method_of_the_path(daemon):
     r = httpx.request("PATCH", daemon.url + "/v1/responses/resp_x", timeout=30)
     assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"

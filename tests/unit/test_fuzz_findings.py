@@ -8,7 +8,7 @@ from starlette.testclient import TestClient
 
 from mullama.api.body import validate
 from mullama.api.llamaserver import CompletionBody
-from mullama.api.ollama.schemas import Options
+from mullama.api.ollama.schemas import GenerateBody, Options
 from mullama.api.openai.responses import ResponsesRequest
 from mullama.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from mullama.config import Settings
@@ -35,6 +35,14 @@ def test_a_refused_field_passes_only_with_its_neutral_value_itself(model, body, 
     with pytest.raises(InvalidParameter) as err:
         validate(model, body)
     assert err.value.param == field
+
+
+def test_generate_refuses_a_context_it_would_have_ignored():
+    """/api/generate took ``context`` (an earlier answer's state) and dropped it."""
+    with pytest.raises(InvalidParameter) as err:
+        validate(GenerateBody, {"model": "m", "prompt": "hi", "context": [1, 2, 3]})
+    assert err.value.param == "context" and "/api/chat" in err.value.message
+    validate(GenerateBody, {"model": "m", "prompt": "hi", "context": []})  # neutral
 
 
 @pytest.mark.parametrize(
