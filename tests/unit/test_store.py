@@ -211,3 +211,21 @@ def test_backup_with_sessions_restores_the_saved_conversations(store, tmp_path):
             dst.addfile(member, io.BytesIO(data))
     with pytest.raises(ClientError, match="checksum mismatch in saved session"):
         restore(ModelStore(tmp_path / "other"), bad)
+
+
+def test_a_name_the_hub_does_not_have_fails_before_any_progress(hub, store):
+    """Found by fuzzing: ``pulling manifest`` came before the listing, so /api/pull of an
+    unknown repo answered 200 and a stream ending in an error, where a 404 belongs."""
+    import asyncio
+
+    from mullama.api.ollama.manage import ModelAdmin
+    from mullama.api.ollama.schemas import PullBody
+    from mullama.errors import ModelNotFound
+
+    events = []
+    with pytest.raises(ModelNotFound):
+        Puller(store).pull("hf.co/owner/Missing-GGUF", events.append)
+    assert events == []
+    body = PullBody.model_validate({"model": "hf.co/owner/Missing-GGUF", "stream": True})
+    with pytest.raises(ModelNotFound):  # an HTTP error, before the stream starts
+        asyncio.run(ModelAdmin(store).pull(body))
