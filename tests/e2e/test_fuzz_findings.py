@@ -61,6 +61,19 @@ def test_a_keep_alive_past_any_date_leaves_the_listings_working(daemon):
         assert httpx.post(pin + "/pin", timeout=30).status_code == 200
 
 
+def test_an_error_names_the_field_not_a_union_member(daemon):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+            "tool_choice": {"type": "function", "function": {"name": 5}}}  # fmt: skip
+    r = httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=30)
+    assert _openai_error(r, 400)["param"] == "tool_choice.function.name"
+
+
+def test_generate_refuses_a_context_by_name(daemon):
+    body = {"model": MODEL, "prompt": "hi", "context": [1, 2, 3], "stream": False}
+    r = httpx.post(daemon.url + "/api/generate", json=body, timeout=30)
+    assert r.status_code == 400 and "'context' is not supported" in r.json()["error"]
+
+
 def test_405_names_every_method_of_the_path(daemon):
     r = httpx.request("PATCH", daemon.url + "/v1/responses/resp_x", timeout=30)
     assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"

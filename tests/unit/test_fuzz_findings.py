@@ -8,9 +8,9 @@ from starlette.testclient import TestClient
 
 from mullama.api.body import validate
 from mullama.api.llamaserver import CompletionBody
-from mullama.api.ollama.schemas import Options
+from mullama.api.ollama.schemas import GenerateBody, Options
 from mullama.api.openai.responses import ResponsesRequest
-from mullama.api.openai.schemas import CompletionRequest
+from mullama.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from mullama.config import Settings
 from mullama.daemon.app import create_app
 from mullama.errors import ClientError, InvalidName, InvalidParameter, ModelNotFound
@@ -37,6 +37,14 @@ def test_a_refused_field_passes_only_with_its_neutral_value_itself(model, body, 
     assert err.value.param == field
 
 
+def test_generate_refuses_a_context_it_would_have_ignored():
+    """/api/generate took ``context`` (an earlier answer's state) and dropped it."""
+    with pytest.raises(InvalidParameter) as err:
+        validate(GenerateBody, {"model": "m", "prompt": "hi", "context": [1, 2, 3]})
+    assert err.value.param == "context" and "/api/chat" in err.value.message
+    validate(GenerateBody, {"model": "m", "prompt": "hi", "context": []})  # neutral
+
+
 @pytest.mark.parametrize(
     "model, body",
     [
@@ -48,6 +56,42 @@ def test_a_refused_field_passes_only_with_its_neutral_value_itself(model, body, 
 )
 def test_the_neutral_values_themselves_still_pass(model, body):
     validate(model, body)
+
+
+BASE = {ChatCompletionRequest: "messages", EmbeddingRequest: "input", CompletionRequest: "prompt"}
+
+
+@pytest.mark.parametrize(
+    "model, body, param",
+    [
+        (ChatCompletionRequest, {"tool_choice": {"type": "function", "function": {"name": None}}},
+         "tool_choice.function.name"),
+        (ChatCompletionRequest, {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+         "messages[0].content[0].text"),
+        (EmbeddingRequest, {"input": [1]}, "input[0]"),
+        (CompletionRequest, {"prompt": [["a"]]}, "prompt[0][0]"),
+        (ChatCompletionRequest, {"stop": 5}, "stop"),
+        (ChatCompletionRequest, {"model": None}, "model"),
+    ],
+)  # fmt: skip
+def test_an_error_names_the_place_in_the_request_not_a_union_member(model, body, param):
+    """The param was pydantic's loc: the first member of a union it tried, as in
+    ``tool_choice.literal['none','auto','required']`` for a tool_choice object."""
+    base = {"model": "m", BASE[model]: [{"role": "user", "content": "hi"}]}
+    if model is not ChatCompletionRequest:
+        base[BASE[model]] = "hi"
+    with pytest.raises(InvalidParameter) as err:
+        validate(model, {**base, **body})
+    assert err.value.param == param and f"'{param}'" in err.value.message
+
+
+def test_a_responses_tool_choice_without_a_name_says_so():
+    body = validate(
+        ResponsesRequest, {"model": "m", "input": "hi", "tool_choice": {"type": "function"}}
+    )
+    with pytest.raises(InvalidParameter) as err:
+        body.to_chat([{"role": "user", "content": "hi"}])
+    assert err.value.param == "tool_choice.name"
 
 
 def test_an_empty_prompt_list_on_completion_is_a_400_naming_it():

@@ -120,8 +120,11 @@ def test_keys_and_what_needs_them(tmp_path, monkeypatch):
         assert ("401" in op["responses"]) != public, (method, path)
 
 
-def test_the_document_loads_in_a_fuzzer(doc):
+def test_the_document_is_valid_openapi_and_loads_in_a_fuzzer(doc):
     schemathesis = pytest.importorskip("schemathesis")
+    # The OpenAPI 3.1 meta-schema, as schemathesis ships it.
+    definitions = pytest.importorskip("schemathesis.specs.openapi.definitions")
+    assert [str(e) for e in definitions.OPENAPI_31_VALIDATOR.iter_errors(doc)] == []
     schema = schemathesis.openapi.from_dict(doc)
     results = list(schema.get_all_operations())
     assert all(r.ok() for r in results)
@@ -132,3 +135,17 @@ def test_api_routes_are_the_apps(app):
     assert all(isinstance(r, APIRoute) for r in app.state.api_routes)
     paths = {r.path for r in app.state.api_routes}
     assert {"/v1/chat/completions", "/api/chat", "/health", "/metrics"} <= paths
+
+
+def test_headers_every_answer_and_error_carries(doc, tmp_path, monkeypatch):
+    for path, method, op in _operations(doc):
+        assert {"name": "X-Request-ID", "in": "header"}.items() <= op["parameters"][-1].items()
+        for status, answer in op["responses"].items():
+            assert "X-Request-ID" in answer["headers"], (method, path, status)
+        if "503" in op["responses"] and path not in ("/health", "/v1/health", "/health/ready"):
+            assert "Retry-After" in op["responses"]["503"]["headers"], (method, path)
+    monkeypatch.setenv("MULLAMA_API_KEY", KEY)
+    keyed = create_app(Settings(cache_dir=str(tmp_path))).openapi()
+    answer = keyed["paths"]["/v1/models"]["get"]["responses"]["401"]
+    assert "WWW-Authenticate" in answer["headers"]
+    assert keyed["components"]["headers"]["X-Request-ID"]["required"] is True

@@ -285,3 +285,21 @@ def test_hostile_names_in_a_backup_index_and_in_manifests_are_refused(tmp_path):
     ):
         with pytest.raises(ServerError, match="corrupt"):
             Manifest.from_json(orjson.dumps(obj))
+
+
+def test_a_name_the_hub_does_not_have_fails_before_any_progress(hub, store):
+    """Found by fuzzing: ``pulling manifest`` came before the listing, so /api/pull of an
+    unknown repo answered 200 and a stream ending in an error, where a 404 belongs."""
+    import asyncio
+
+    from mullama.api.ollama.manage import ModelAdmin
+    from mullama.api.ollama.schemas import PullBody
+    from mullama.errors import ModelNotFound
+
+    events = []
+    with pytest.raises(ModelNotFound):
+        Puller(store).pull("hf.co/owner/Missing-GGUF", events.append)
+    assert events == []
+    body = PullBody.model_validate({"model": "hf.co/owner/Missing-GGUF", "stream": True})
+    with pytest.raises(ModelNotFound):  # an HTTP error, before the stream starts
+        asyncio.run(ModelAdmin(store).pull(body))

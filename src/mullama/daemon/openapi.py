@@ -6,6 +6,7 @@ public, admin or exempt comes from security/policy.py, as the middleware reads i
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,12 +37,56 @@ def openapi_document(app: FastAPI, routes: list[APIRoute]) -> dict[str, Any]:
             "bearer": {"type": "http", "scheme": "bearer"},
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
         }
+    doc["components"]["headers"] = HEADERS
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             add_errors(op, path, guards.statuses(path, method.upper()))
             if guards.keys and not is_public(path, guards.metrics_public):
                 op["security"] = [{"bearer": []}, {"apiKey": []}]
-    return doc
+            op.setdefault("parameters", []).append(REQUEST_ID)
+            for status, answer in op["responses"].items():
+                answer["headers"] = _headers(status, answer)
+    return copy.deepcopy(doc)  # no part shared with another document (HEADERS, ...)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/headers/{name}"}
+
+
+def _headers(status: str, answer: dict[str, Any]) -> dict[str, Any]:
+    """Every answer carries its request's id (RequestIdMiddleware); an error says when
+    to retry (503, 429) or how to authenticate (401)."""
+    out = {"X-Request-ID": _ref("X-Request-ID")}
+    schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+    if str(schema.get("$ref", "")).endswith("Error"):
+        if status in ("429", "503"):
+            out["Retry-After"] = _ref("Retry-After")
+        elif status == "401":
+            out["WWW-Authenticate"] = _ref("WWW-Authenticate")
+    return out
+
+
+REQUEST_ID = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "The request's id in logs, traces and the answer (up to 128 printable "
+    "characters; otherwise a new one is made).",
+}
+HEADERS = {
+    "X-Request-ID": {
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+        "description": "The request's id: the one it sent, or a new one.",
+    },
+    "Retry-After": {
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        "description": "Seconds to wait before retrying.",
+    },
+    "WWW-Authenticate": {"required": True, "schema": {"type": "string"}},
+}
 
 
 @dataclass(frozen=True)

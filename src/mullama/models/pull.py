@@ -92,11 +92,14 @@ class Puller:
                     f"model {name!r} was created or copied locally; there is nothing to pull"
                 )
             raise unknown_model(name, self.store.names())
-        progress({"status": "pulling manifest"})
         if source is None or name == EMBEDDED_NAME:
+            progress({"status": "pulling manifest"})
             progress({"status": "success"})
             return None
+        # What to pull is known before the first event, so a name the Hub does not have is
+        # an HTTP 404, not a 200 whose stream ends with an error.
         files = [self._remote(source, f) for f in self._filenames(source)]
+        progress({"status": "pulling manifest"})
         refs = []
         for rf in files:
             try:

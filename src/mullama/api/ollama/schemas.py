@@ -94,7 +94,13 @@ _THINK = "thinking mode is not implemented"
 
 
 class GenerateBody(_Strict, _Generation, Refusing):
-    REFUSED = {"suffix": "insertion (suffix) is not implemented", "think": _THINK}
+    REFUSED = {
+        "suffix": "insertion (suffix) is not implemented",
+        "think": _THINK,
+        # Answers carry no context to send back; a conversation goes to /api/chat.
+        "context": "continuing from an earlier answer's context is not implemented; "
+        "send the conversation to /api/chat",
+    }
     model: str
     prompt: str = ""
     system: str | None = None
@@ -103,7 +109,6 @@ class GenerateBody(_Strict, _Generation, Refusing):
     stream: bool = True
     images: list[str] | None = None
     keep_alive: KeepAlive = None
-    context: list[int] | None = None
 
 
 class OllamaFunctionCall(BaseModel):

@@ -136,7 +136,12 @@ def _tool_choice(choice: str | dict[str, Any]) -> Any:
     if isinstance(choice, str):
         return choice
     if choice.get("type") == "function":
-        return {"type": "function", "function": {"name": choice.get("name")}}
+        name = choice.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidParameter(
+                "tool_choice of type function needs the function's name", param="tool_choice.name"
+            )
+        return {"type": "function", "function": {"name": name}}
     raise InvalidParameter(
         f"tool_choice {choice.get('type')!r}: only none, auto, required and a function are served",
         param="tool_choice",
