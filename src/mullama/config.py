@@ -135,6 +135,20 @@ class ModelSettings(BaseModel):
         "batch_size, gpu_layers, keep_alive, pinned). Repeatable; comma-separated in the "
         "environment.",
     )
+    remote: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="A model served by a remote OpenAI-compatible engine (vLLM, SGLang, TGI, "
+        "llama-server): NAME=URL[,URL...], each URL up to its /v1 base, several URLs being "
+        "replicas. Every API serves it like a local model. Repeatable; separated by ';' in "
+        "the environment. With only remote models, no local default model is loaded.",
+    )
+    remote_opt: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Per-remote-model setting NAME:key=value (keys: upstream_model, "
+        "api_key_file, api_key_env, timeout, connect_timeout, max_inflight, health_path, "
+        "health_interval; see docs/SCALING.md). Repeatable; comma-separated in the "
+        "environment.",
+    )
     model_alias: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Another name for a model, NAME=MODEL (e.g. claude-sonnet-4-5=qwen2.5:7b), "
@@ -341,11 +355,21 @@ class Settings(SecuritySettings, ModelSettings, ServerSettings, BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
-    @field_validator("model", "model_opt", "model_alias", "fallback", "cors_origins", mode="before")
+    @field_validator(
+        "model", "model_opt", "model_alias", "fallback", "cors_origins", "remote_opt",
+        mode="before",
+    )  # fmt: skip
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("remote", mode="before")
+    @classmethod
+    def _split_remotes(cls, value: Any) -> Any:
+        if isinstance(value, str):  # commas separate a model's replicas
+            return [v.strip() for v in value.split(";") if v.strip()]
         return value
 
     @field_validator("cache_url")

@@ -149,6 +149,13 @@ class ModelUnloaded(EngineCrashed):
     code = "model_unloaded"
 
 
+class UpstreamFailed(ServerError):
+    """A remote engine (--remote) failed the request, or could not be reached (502)."""
+
+    status = 502
+    code = "upstream_error"
+
+
 class DownloadFailed(ServerError):
     """A pull failed: the Hub refused, the connection broke, or the bytes did not verify."""
 
@@ -204,6 +211,7 @@ _BY_NAME: dict[str, type[MullamaError]] = {
         RateLimited,
         ServerError,
         EngineCrashed,
+        UpstreamFailed,
         DownloadFailed,
         NoSpace,
         Unavailable,

@@ -10,6 +10,7 @@ hits; the fallback router (api/fallback.py) records which model answered.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 from dataclasses import dataclass
 
 FALLBACK_HEADER = "x-mullama-fallback"
@@ -25,6 +26,10 @@ class RequestContext:
     cache_misses: int = 0
     cache_bypassed: int = 0
     fallback_path: str | None = None  # "PRIMARY->BACKUP" once a fallback answered
+    # The conversation key that keeps a conversation on one remote replica: the
+    # X-Session-Id header, else a hash of the API key (never the key itself).
+    affinity: str | None = None
+    traceparent: str | None = None  # what a remote engine's request carries (W3C)
 
     @classmethod
     def from_headers(cls, headers: list[tuple[bytes, bytes]]) -> RequestContext:
@@ -38,6 +43,13 @@ class RequestContext:
                     ctx.cache_read = ctx.cache_store = False
                 elif "no-cache" in directives:
                     ctx.cache_read = False
+            elif key == b"x-session-id" and value:
+                ctx.affinity = "session:" + value.decode("latin-1")[:256]
+            elif key in (b"authorization", b"x-api-key") and ctx.affinity is None and value:
+                digest = hashlib.blake2b(value, digest_size=12).hexdigest()
+                ctx.affinity = "key:" + digest
+            elif key == b"traceparent":
+                ctx.traceparent = value.decode("latin-1")[:128]
             elif key == FALLBACK_HEADER.encode():
                 if value.strip().lower() in (b"off", b"false", b"0", b"no"):
                     ctx.fallback = False

@@ -203,12 +203,15 @@ def _base() -> dict[str, dict]:
 
 
 def _merge(base, patch):
-    """Strategic-merge enough for our overlay: maps merge, lists of named maps merge by
-    name, other values replace."""
+    """Strategic-merge enough for our overlays: maps merge, a null value deletes its key,
+    lists of named maps merge by name, other values replace."""
     if isinstance(base, dict) and isinstance(patch, dict):
         out = copy.deepcopy(base)
         for k, v in patch.items():
-            out[k] = _merge(base[k], v) if k in base else copy.deepcopy(v)
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = _merge(base[k], v) if k in base else copy.deepcopy(v)
         return out
     if (
         isinstance(base, list)
@@ -250,6 +253,187 @@ def test_gpu_overlay_renders_to_a_valid_deployment(tmp_path):
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["MULLAMA_GPU_LAYERS"] == "-1" and "MULLAMA_API_KEY__FILE" in env
     assert c["startupProbe"]["httpGet"]["path"] == "/health/ready"  # kept from the base
+
+
+REMOTE_VLLM = K8S / "overlays" / "remote-vllm"
+
+
+def _key(doc: dict) -> tuple[str, str]:
+    return doc["kind"], doc["metadata"]["name"]
+
+
+def _remote_vllm() -> dict[tuple[str, str], dict]:
+    """The remote-vllm overlay as kustomize renders it: the base's resources, each patch
+    merged into its target (or the target dropped, for `$patch: delete`), the new ones."""
+    kust = yaml.safe_load((REMOTE_VLLM / "kustomization.yaml").read_text())
+    assert kust["resources"][0] == "../../base"
+    out = {}
+    for name in yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["resources"]:
+        for doc in _docs(K8S / "base" / name):
+            out[_key(doc)] = doc
+    for entry in kust["patches"]:
+        (patch,) = _docs(REMOTE_VLLM / entry["path"])
+        assert _key(patch) in out, entry["path"]  # a patch over nothing is an error there
+        if patch.get("$patch") == "delete":
+            del out[_key(patch)]
+        else:
+            out[_key(patch)] = _merge(out[_key(patch)], patch)
+    for name in kust["resources"][1:]:
+        for doc in _docs(REMOTE_VLLM / name):
+            assert _key(doc) not in out, name
+            out[_key(doc)] = doc
+    return out
+
+
+def _vllm_container(res) -> dict:
+    (c,) = res["StatefulSet", "vllm"]["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def _arg(container: dict, flag: str) -> str:
+    args = container["args"]
+    return args[args.index(flag) + 1]
+
+
+def test_remote_vllm_overlay_renders_to_valid_manifests(tmp_path):
+    res = _remote_vllm()
+    listed = {p.name for p in REMOTE_VLLM.glob("*.yaml")} - {"kustomization.yaml"}
+    kust = yaml.safe_load((REMOTE_VLLM / "kustomization.yaml").read_text())
+    assert listed == set(kust["resources"][1:]) | {p["path"] for p in kust["patches"]}
+    out = tmp_path / "remote-vllm.yaml"
+    out.write_text(yaml.safe_dump_all(list(res.values())))
+    _kubernetes_validate(out)
+    assert {
+        ("StatefulSet", "vllm"),
+        ("Service", "vllm"),
+        ("Secret", "vllm-api-key"),
+        ("NetworkPolicy", "vllm"),
+        ("Deployment", "mullama"),
+        ("HorizontalPodAutoscaler", "mullama"),
+    } <= set(res)
+    # No local model, so no model store: the claim is gone and nothing mounts one.
+    assert not any(kind == "PersistentVolumeClaim" for kind, _ in res)
+    pod = res["Deployment", "mullama"]["spec"]["template"]["spec"]
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+    (c,) = pod["containers"]
+    assert c["startupProbe"]["httpGet"]["path"] == "/health/ready"  # kept from the base
+    base = _base()["Deployment"]["spec"]["template"]["spec"]["containers"][0]["resources"]
+    for kind in ("requests", "limits"):
+        assert _cpus(c["resources"][kind]["cpu"]) < _cpus(base[kind]["cpu"])
+    assert _cpus(c["resources"]["requests"]["cpu"]) == _cpus(c["resources"]["limits"]["cpu"])
+    assert int(_cpus(c["resources"]["limits"]["cpu"])) >= 1  # a whole CPU, as the base
+
+
+def test_remote_vllm_config_is_read_by_the_daemon_and_names_every_vllm_pod(tmp_path):
+    """mullama.yaml of the patched ConfigMap, through `mullama config show` and the remote
+    model parser: one URL per StatefulSet pod, by its name under the headless Service."""
+    from mullama.models.remote import parse_remotes
+
+    res = _remote_vllm()
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(res["Secret", "mullama-keys"]["stringData"]["keys.yaml"])
+    config = yaml.safe_load(res["ConfigMap", "mullama-config"]["data"]["mullama.yaml"])
+    # The patch replaces the whole file: what is not about models stays the base's.
+    base = yaml.safe_load(_base()["ConfigMap"]["data"]["mullama.yaml"])
+    assert {k: v for k, v in config.items() if k != "models"} == {
+        k: v for k, v in base.items() if k != "models"
+    }
+    config["security"]["api_key_file"] = str(keys)
+    path = tmp_path / "mullama.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = _run(str(BIN / "mullama"), "config", "show", "--config", str(path))
+    shown = yaml.safe_load(out)["models"]
+    assert shown["model"] == []  # only the remote model: nothing loads locally
+    ((_, (urls, opts)),) = parse_remotes(shown["remote"], shown["remote_opt"]).items()
+    sts = res["StatefulSet", "vllm"]
+    svc = res["Service", "vllm"]
+    assert svc["spec"]["clusterIP"] == "None" and sts["spec"]["serviceName"] == "vllm"
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    c = _vllm_container(res)
+    (port,) = svc["spec"]["ports"]
+    (container_port,) = c["ports"]
+    assert port["targetPort"] == container_port["name"]
+    assert port["port"] == container_port["containerPort"] == int(_arg(c, "--port"))
+    ns = sts["metadata"]["namespace"]
+    assert urls == [
+        f"http://{sts['metadata']['name']}-{i}.{svc['metadata']['name']}.{ns}.svc:{port['port']}/v1"
+        for i in range(sts["spec"]["replicas"])
+    ]
+    assert opts.upstream_model == _arg(c, "--model")
+    assert opts.health_path == c["readinessProbe"]["httpGet"]["path"]
+    assert opts.health_path == c["startupProbe"]["httpGet"]["path"]
+
+
+def test_remote_vllm_statefulset_gpus_match_tensor_parallel():
+    res = _remote_vllm()
+    sts = res["StatefulSet", "vllm"]
+    c = _vllm_container(res)
+    image, _, tag = c["image"].partition(":")
+    assert image == "vllm/vllm-openai" and re.fullmatch(r"v\d+\.\d+\.\d+", tag)  # pinned
+    gpus = c["resources"]["limits"]["nvidia.com/gpu"]
+    assert gpus == c["resources"]["requests"]["nvidia.com/gpu"] == "8"
+    assert int(_arg(c, "--tensor-parallel-size")) == int(gpus)
+    assert "--enable-prefix-caching" in c["args"]
+    pod = sts["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    (shm,) = [name for name, path in mounts.items() if path == "/dev/shm"]
+    assert volumes[shm]["emptyDir"]["medium"] == "Memory"
+    # The Hugging Face cache is on the pod's own claim: a restart does not download again.
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    env = {e["name"]: e for e in c["env"]}
+    assert Path(env["HF_HOME"]["value"]).is_relative_to(mounts[claim["metadata"]["name"]])
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_remote_vllm_upstream_key_is_one_secret_mounted_where_remote_opt_reads_it(tmp_path):
+    from mullama.models.remote import _api_key, parse_remotes
+
+    res = _remote_vllm()
+    secret = res["Secret", "vllm-api-key"]
+    config = yaml.safe_load(res["ConfigMap", "mullama-config"]["data"]["mullama.yaml"])
+    ((name, (_, opts)),) = parse_remotes(
+        config["models"]["remote"], config["models"]["remote_opt"]
+    ).items()
+    key_file = Path(opts.api_key_file)
+    pod = res["Deployment", "mullama"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    volume = next(
+        v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "vllm-api-key"
+    )
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True and str(key_file.parent) == mount["mountPath"]
+    assert key_file.name in secret["stringData"]
+    # vLLM takes the same key of the same Secret.
+    ref = {e["name"]: e for e in _vllm_container(res)["env"]}["VLLM_API_KEY"]
+    assert ref["valueFrom"]["secretKeyRef"] == {"name": "vllm-api-key", "key": key_file.name}
+    # What Mullama sends is the file's content, as the Secret's volume writes it.
+    copy_ = tmp_path / key_file.name
+    copy_.write_text(secret["stringData"][key_file.name])
+    assert (
+        _api_key(name, opts.model_copy(update={"api_key_file": str(copy_)}))
+        == (secret["stringData"][key_file.name])
+    )
+
+
+def test_remote_vllm_network_policy_admits_only_mullama_to_vllm():
+    res = _remote_vllm()
+    policy = res["NetworkPolicy", "vllm"]["spec"]
+    vllm_labels = res["StatefulSet", "vllm"]["spec"]["template"]["metadata"]["labels"]
+    mullama_labels = res["Deployment", "mullama"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["podSelector"]["matchLabels"].items() <= vllm_labels.items()
+    assert not policy["podSelector"]["matchLabels"].items() <= mullama_labels.items()
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    assert set(source) == {"podSelector"}  # same namespace, no ipBlock, no other namespace
+    assert source["podSelector"]["matchLabels"].items() <= mullama_labels.items()
+    assert not source["podSelector"]["matchLabels"].items() <= vllm_labels.items()
+    (container_port,) = _vllm_container(res)["ports"]
+    assert rule["ports"] == [{"port": container_port["containerPort"], "protocol": "TCP"}]
 
 
 def test_deployment_probes_drain_and_secrets():

@@ -148,6 +148,7 @@ class _FakeClient:
 class _FakeModels:
     names = ["m"]
     cache = None  # the response cache is off
+    remotes: dict = {}  # no remote engines
 
     def clients(self):
         return [_FakeClient()]

@@ -50,6 +50,7 @@ class SystemStatus(BaseModel):
     history: Json
     pid: int
     cpu: Json
+    remote_models: list[Json]
 
 
 class CompletionMetrics(BaseModel):
@@ -186,6 +187,7 @@ class ModelCard(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    remote: bool | None = None  # served by a remote engine (--remote)
 
 
 class ModelList(BaseModel):
@@ -341,6 +343,7 @@ class Tag(BaseModel):
     size: int
     digest: str
     details: ModelDetails
+    remote_model: str | None = None  # a remote engine's model id (--remote)
 
 
 class Tags(BaseModel):
@@ -365,6 +368,8 @@ class RunningModel(BaseModel):
     details: ModelDetails
     digest: str | None = None  # /api/ps
     path: str | None = None  # /api/models
+    remote_model: str | None = None  # a remote engine's (--remote), with its replicas
+    replicas: list[Json] | None = None
 
 
 class RunningModels(BaseModel):

@@ -121,7 +121,14 @@ async def system_status(request: Request) -> ORJSONResponse:
                 "budget_bytes": manager.budget,
                 "estimated_bytes": sum(s.estimate for s in manager.served() if s.loaded),
             },
-            "models": [_model_state(s, lifecycle.failed_models) for s in manager.served()],
+            "models": [
+                *(_model_state(s, lifecycle.failed_models) for s in manager.served()),
+                *(_remote_state(r) for r in manager.remotes.values()),
+            ],
+            "remote_models": [
+                {"name": r.name, **r.describe(), "circuit": r.breaker.as_dict()}
+                for r in manager.remotes.values()
+            ],  # fmt: skip
             "latency": obs.latency(),
             "errors": dict(obs.errors),
             "prompt_tokens": {"reused": obs.prompt_reused, "computed": obs.prompt_computed},
@@ -162,6 +169,24 @@ def _model_state(served: Any, failed: dict[str, str]) -> dict[str, Any]:
         "estimate_bytes": served.estimate,
         "circuit": served.breaker.state,
         "error": failed.get(name) or (served.last_error and served.last_error.message),
+    }
+
+
+def _remote_state(remote: Any) -> dict[str, Any]:
+    """A remote model in the status page's model list: state ``remote``, never unloaded."""
+    healthy = sum(r.healthy for r in remote.replicas)
+    return {
+        "name": remote.name,
+        "state": "remote",
+        "pinned": True,
+        "keep_alive_secs": None,
+        "expires_in_secs": None,
+        "in_use": remote.inflight,
+        "estimate_bytes": 0,
+        "circuit": remote.breaker.state,
+        "error": None if healthy else "no replica is reachable",
+        "replicas_healthy": healthy,
+        "replicas": len(remote.replicas),
     }
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..engine.protocol import SamplingParams, field_names
+from .toolsyntax import REMOTE_TOOLS
 
 if TYPE_CHECKING:
     from ..models.manager import ModelManager
@@ -60,12 +61,18 @@ class Profile:
 
 
 EMPTY = Profile()
+# A remote engine applies its own chat template and parses its own tool calls: requests
+# go to it as OpenAI messages with tools, and its calls come back in REMOTE_SYNTAX.
+REMOTE = Profile()
+REMOTE.chat_template = REMOTE_TOOLS  # type: ignore[assignment]
 
 
 def profile_of(models: ModelManager, name: str | None) -> Profile:
     """The profile of a model (its ModelRef, served or in the store); a lookup only."""
     if not name:
         return EMPTY
+    if models.remote(name) is not None:
+        return REMOTE
     try:
         entry = models.find(name)
         ref = entry.ref

@@ -31,6 +31,7 @@ class Finished:
     stop: str | None
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens found in the KV cache
+    prompt_tokens: int = 0  # when the engine told them at the end (a remote engine)
 
 
 @dataclass
@@ -48,10 +49,11 @@ async def events(started: Started) -> AsyncIterator[Event]:
     generation (the engine frees the sequence)."""
     plan, gen = started.plan, started.gen
     reader = CallReader(plan) if plan.active else None
-    finish, stop, tokens, cached = None, None, 0, 0
+    finish, stop, tokens, cached, prompt = None, None, 0, 0, 0
     try:
         async for c in gen:
             tokens, cached = c.completion_tokens, c.cached_tokens
+            prompt = c.prompt_tokens or prompt
             final = c.finish_reason is not None
             if reader is None:
                 if c.text:
@@ -65,23 +67,26 @@ async def events(started: Started) -> AsyncIterator[Event]:
         await gen.aclose()
     if reader is not None:
         finish = reader.finish(finish)
-    yield Finished(finish, stop, tokens, cached)
+    yield Finished(finish, stop, tokens, cached, prompt)
 
 
 async def whole(started: Started) -> WholeReply:
     """The whole reply: its text outside calls and its calls (none when it was cut off
     inside one: then all of it is text)."""
     parts: list[str] = []
-    finish, stop, tokens, cached = None, None, 0, 0
+    finish, stop, tokens, cached, prompt = None, None, 0, 0, 0
     try:
         async for c in started.gen:
             parts.append(c.text)
             tokens, cached = c.completion_tokens, c.cached_tokens
+            prompt = c.prompt_tokens or prompt
             if c.finish_reason is not None:
                 finish, stop = c.finish_reason, c.stop
     finally:
         await started.gen.aclose()
     reply = started.plan.read("".join(parts), finish)
     return WholeReply(
-        reply.content, reply.calls, Finished(reply.finish(finish), stop, tokens, cached)
+        reply.content,
+        reply.calls,
+        Finished(reply.finish(finish), stop, tokens, cached, prompt),
     )

@@ -466,7 +466,7 @@ def plan_tools(
     choice: ToolChoice | None,
     parallel: bool | None,
     output_format: str | None,
-    chat_template: str | None = None,
+    chat_template: str | TemplateTools | None = None,
 ) -> ToolPlan:
     """Check the request's tools and choice; errors name what cannot be honoured.
     ``output_format``: the request field that already constrains the output, if any;
@@ -504,7 +504,12 @@ def plan_tools(
                 f"tools[{i}] ({tool.function.name}): parameters must be an object schema",
                 param=f"tools[{i}].function.parameters",
             )
-    template = template_tools(chat_template) if tools else GENERIC_TEMPLATE
+    if not tools:
+        template = GENERIC_TEMPLATE
+    elif isinstance(chat_template, TemplateTools):  # a remote engine's
+        template = chat_template
+    else:
+        template = template_tools(chat_template)
     plan = ToolPlan(tools, choice, parallel is not False, template)
     if plan.forces_call and output_format is not None:
         raise InvalidParameter(

@@ -26,6 +26,7 @@ from functools import lru_cache
 
 from ..engine.chat_template import ChatTemplate
 from ..engine.protocol import CallSyntax
+from ..engine.remote import REMOTE_SYNTAX
 
 # The generic format: a reply that is one JSON object holding a list of calls.
 GENERIC = CallSyntax(open='{"tool_calls": [', separator=", ", close="]}", args_key="parameters")
@@ -238,3 +239,5 @@ def _split_between(between: str, after: str, listed: bool) -> tuple[str, str]:
 
 
 GENERIC_TEMPLATE = TemplateTools(False, False, True, True, GENERIC)
+# A remote engine's (models/remote.py): it takes tools and calls in OpenAI's shape.
+REMOTE_TOOLS = TemplateTools(True, True, True, True, REMOTE_SYNTAX)

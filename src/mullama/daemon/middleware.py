@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import requestctx
 from ..api.errors import error_body
 from ..errors import PayloadTooLarge
+from ..observability.requests import current_request
 
 
 def adding_headers(send: Send, extra: Callable[[], list[tuple[bytes, bytes]]]) -> Send:
@@ -61,6 +62,10 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         ctx = requestctx.RequestContext.from_headers(scope["headers"])
+        record = current_request.get()
+        if record is not None and record.span is not None:  # a remote engine's parent span
+            sc = record.span.get_span_context()
+            ctx.traceparent = f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
         token = requestctx.current.set(ctx)
         try:
             await self.app(scope, receive, adding_headers(send, ctx.response_headers))

@@ -552,6 +552,15 @@ class EngineObserver(Protocol):
     def kv_cache(self, model: str, report: CacheReport) -> None:
         """The worker's KV reuse state changed (slots, host-RAM cache, save/restore times)."""
 
+    def replica_request(
+        self, model: str, replica: str, outcome: str, ttft: float | None, tokens: int
+    ) -> None:
+        """A request to a remote model's replica ended (``outcome``: ok, error, cancelled,
+        connect_error or the upstream's status), with its time to first token."""
+
+    def replica_health(self, model: str, replica: str, healthy: bool) -> None:
+        """A remote model's replica was taken out or brought back."""
+
 
 class NullGenerationObserver:
     def accepted(self, prompt_tokens: int) -> None:
@@ -580,4 +589,12 @@ class NullObserver:
         pass
 
     def kv_cache(self, model: str, report: CacheReport) -> None:
+        pass
+
+    def replica_request(
+        self, model: str, replica: str, outcome: str, ttft: float | None, tokens: int
+    ) -> None:
+        pass
+
+    def replica_health(self, model: str, replica: str, healthy: bool) -> None:
         pass

@@ -50,6 +50,7 @@ from .cache import ResponseCache, cache_key, deterministic
 from .gguf import GGUFInfo, InvalidGGUF, read_gguf
 from .options import ModelOptions, parse_aliases, parse_fallbacks, parse_model_opts
 from .registry import EMBEDDED_NAME, ModelRef, resolve
+from .remote import RemoteModel, parse_remotes
 from .store import sha256_file
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class ServedModel:
 class ModelManager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.started_at = time.time()
         self.default_keep_alive = parse_keep_alive(settings.keep_alive)
         self.budget = parse_budget(settings.memory_budget)
         self.cache_ram = parse_budget(settings.cache_ram)  # per model; 0: off
@@ -150,9 +152,17 @@ class ModelManager:
             self.cpu.describe(),
             f"{settings.cpu_share} ({self.share_dir})" if self.share_dir else "off",
         )
-        for spec in settings.model or [EMBEDDED_NAME]:
+        # Models on remote engines (--remote); with only those, no local default model.
+        self.remotes: dict[str, RemoteModel] = {}
+        for name, (urls, opts) in parse_remotes(settings.remote, settings.remote_opt).items():
+            self.remotes[name] = RemoteModel(
+                name, urls, opts, max_queue=settings.max_queue, queue_timeout=settings.load_timeout,
+                breaker=CircuitBreaker(name, settings.breaker_failures, settings.breaker_window,
+                                       settings.breaker_cooldown),
+            )  # fmt: skip
+        for spec in settings.model or ([] if self.remotes else [EMBEDDED_NAME]):
             ref = resolve(spec, cache_dir=settings.cache_dir)
-            if ref.name in self._served:
+            if ref.name in self._served or ref.name in self.remotes:
                 raise ClientError(f"model name {ref.name!r} is given twice")
             served = self._add(ref, pinned=True)
             # The GGUF check first, as llama-server does: a file that fails it stops the
@@ -164,6 +174,8 @@ class ModelManager:
                 raise ClientError(exc.message + given) from None
         for primary, backup in self.fallbacks.items():
             for name in (primary, backup):
+                if self.remote(name) is not None:
+                    continue
                 try:
                     self.find(name)
                 except ModelNotFound:
@@ -239,6 +251,20 @@ class ModelManager:
         except ModelNotFound:
             raise self._not_found(name) from None
 
+    def remote(self, name: str | None) -> RemoteModel | None:
+        """The remote model ``name`` means (an alias is followed), or None."""
+        return self.remotes.get(self.aliases.get(name or "", name) or "")
+
+    def _local_only(self, name: str | None, what: str) -> None:
+        """Refuse, by name, what a remote engine does not offer through Mullama."""
+        remote = self.remote(name)
+        if remote is not None:
+            raise ClientError(
+                f"model {remote.name!r} is served by a remote engine: {what} is not available "
+                "for it",
+                param="model",
+            )
+
     def find(self, name: str | None) -> ModelEntry:
         """The model ``name`` means (served, or in the store), without registering it:
         looking a model up changes nothing. Raises ModelNotFound."""
@@ -254,8 +280,10 @@ class ModelManager:
         return served if served is not None else self._add(self._resolve(name), pinned=False)
 
     def circuits(self) -> dict[str, CircuitBreaker]:
-        """Each served model's circuit breaker."""
-        return {name: s.breaker for name, s in self._served.items()}
+        """Each served model's circuit breaker (local and remote)."""
+        out = {name: s.breaker for name, s in self._served.items()}
+        out.update((name, r.breaker) for name, r in self.remotes.items())
+        return out
 
     def _not_found(self, name: str) -> ModelNotFound:
         hint = close_matches(name, self._served, cutoff=0.6)
@@ -266,6 +294,8 @@ class ModelManager:
         self._observer = observer
         for served in self._served.values():
             served.client.observer = observer
+        for remote in self.remotes.values():
+            remote.observer = observer
 
     @property
     def names(self) -> list[str]:
@@ -293,7 +323,10 @@ class ModelManager:
 
     async def load(self, name: str | None, keep_alive: Any = None) -> float:
         """Make sure the model is loaded; returns the seconds spent loading (0 if it was).
-        A model that cannot be loaded raises an ``unserved`` error (a fallback may answer)."""
+        A model that cannot be loaded raises an ``unserved`` error (a fallback may answer).
+        A remote model is always "loaded": its engine runs elsewhere."""
+        if self.remote(name) is not None:
+            return 0.0
         served = self.register(name)
         try:
             return await self._load(served, keep_alive)
@@ -453,6 +486,7 @@ class ModelManager:
 
     async def unload(self, name: str | None) -> bool:
         """Unload now (operators). In-flight requests of the model fail."""
+        self._local_only(name, "unloading")
         name = self.aliases.get(name or "", name)
         served = self._served.get(name or "")
         if served is None:
@@ -470,6 +504,7 @@ class ModelManager:
     def pin(self, name: str | None, pinned: bool) -> ServedModel:
         """Pin a model (operators): never unloaded by keep-alive or eviction, as a
         --model is; unpinning brings the default keep-alive back from now on."""
+        self._local_only(name, "pinning")
         served = self.register(name)
         served.pinned = pinned
         own = served.opts.keep_alive
@@ -526,38 +561,24 @@ class ModelManager:
                 f"queue limit {self.settings.max_queue}",
                 retry_after=2,
             ))  # fmt: skip
-        try:
-            probe = served.breaker.before()  # an open circuit fails fast here
-        except MullamaError as exc:
-            _unserved(exc)
-            raise
-        served.leases += 1
-        if served.expiry is not None:
-            served.expiry.cancel()
-            served.expiry = None
-        verdict = False
-        try:
-            await self.load(name)
-            yield served
-            verdict = True
-            served.breaker.success(probe)
-        except BaseException as exc:
-            if counts_as_failure(exc):
-                verdict = True
-                served.breaker.failure(probe, exc)
-            raise
-        finally:
-            if not verdict:
-                served.breaker.no_verdict(probe)
-            served.leases -= 1
-            served.last_used = time.monotonic()
-            if served.leases == 0 and served.loaded:
-                if served.keep_alive == 0 and not served.pinned:
-                    asyncio.ensure_future(self._expire(served))
-                else:
-                    self._schedule_expiry(served)
-            async with self._changed:
-                self._changed.notify_all()
+        async with _judged(served.breaker):  # an open circuit fails fast here
+            served.leases += 1
+            if served.expiry is not None:
+                served.expiry.cancel()
+                served.expiry = None
+            try:
+                await self.load(name)
+                yield served
+            finally:
+                served.leases -= 1
+                served.last_used = time.monotonic()
+                if served.leases == 0 and served.loaded:
+                    if served.keep_alive == 0 and not served.pinned:
+                        asyncio.ensure_future(self._expire(served))
+                    else:
+                        self._schedule_expiry(served)
+                async with self._changed:
+                    self._changed.notify_all()
 
     async def generate(
         self, name: str | None, request: GenerateRequest, keep_alive: Any = None
@@ -586,14 +607,14 @@ class ModelManager:
             if found is not None:  # the cache is down: served as if it were off
                 key = None
         recorded: list[Chunk] | None = [] if key is not None and ctx.cache_store else None
-        async with self.lease(name, keep_alive) as served:
+        async with self._engine(name, keep_alive) as (model, engine):
             if self.cache is not None:  # counted once the model took the request
                 if key is None:
                     ctx.cache_bypassed += 1
                 else:
                     ctx.cache_misses += 1
-                    self.cache.stats.misses[served.entry.name] += 1
-            gen = served.client.generate(request)
+                    self.cache.stats.misses[model] += 1
+            gen = engine.generate(request)
             try:
                 async for chunk in gen:
                     if recorded is not None:
@@ -614,6 +635,9 @@ class ModelManager:
             return None, ""
         if not (ctx.cache_read or ctx.cache_store):  # Cache-Control: no-store
             return None, ""
+        remote = self.remote(name)
+        if remote is not None:
+            return cache_key(remote.digest, request), remote.name
         entry = self.find(name)
         digest = await asyncio.to_thread(entry.current_digest)
         before = self._digests.get(entry.name)
@@ -625,22 +649,42 @@ class ModelManager:
     async def embed(
         self, name: str | None, inputs: list[str], truncate: bool = False, keep_alive: Any = None
     ) -> Embeddings:
-        async with self.lease(name, keep_alive) as served:
-            return await served.client.embed(inputs, truncate)
+        async with self._engine(name, keep_alive) as (_, engine):
+            return await engine.embed(inputs, truncate)
+
+    @contextlib.asynccontextmanager
+    async def _engine(
+        self, name: str | None, keep_alive: Any
+    ) -> AsyncIterator[tuple[str, WorkerClient | RemoteModel]]:
+        """The engine that serves ``name`` for one request (and the model's name): a
+        lease on a local model, or a remote model behind its circuit breaker."""
+        remote = self.remote(name)
+        if remote is None:
+            async with self.lease(name, keep_alive) as served:
+                yield served.entry.name, served.client
+            return
+        async with _judged(remote.breaker):
+            try:
+                yield remote.name, remote
+            finally:
+                remote.last_used = time.monotonic()
 
     async def tokenize(
         self, name: str | None, request: TokenizeRequest, keep_alive: Any = None
     ) -> tuple[Tokens, WorkerInfo]:
         """The tokens, and the facts of the model's tokenizer (for max_model_len)."""
+        self._local_only(name, "tokenizing")
         async with self.lease(name, keep_alive) as served:
             tokens = await served.client.tokenize(request)
             return tokens, self._worker_info(served)
 
     async def detokenize(self, name: str | None, tokens: list[int], keep_alive: Any = None) -> str:
+        self._local_only(name, "detokenizing")
         async with self.lease(name, keep_alive) as served:
             return await served.client.detokenize(tokens)
 
     async def tokenizer_info(self, name: str | None) -> WorkerInfo:
+        self._local_only(name, "the tokenizer")
         async with self.lease(name) as served:
             return self._worker_info(served)
 
@@ -655,12 +699,14 @@ class ModelManager:
     def default_name(self) -> str:
         """The model a request that names none means: the first one given with --model."""
         pinned = [n for n, s in self._served.items() if s.pinned]
-        return (pinned or list(self._served) or [""])[0]
+        return (pinned or list(self._served) or list(self.remotes) or [""])[0]
 
     # ---- start / stop ---------------------------------------------------------------------
 
     async def start(self) -> dict[str, str]:
         """Load the pinned (--model) models; returns {name: error} for those that failed."""
+        for remote in self.remotes.values():
+            remote.start()  # health checks
         names = [n for n, s in self._served.items() if s.pinned]
         results = await asyncio.gather(*(self.load(n) for n in names), return_exceptions=True)
         failed = {}
@@ -675,7 +721,9 @@ class ModelManager:
 
     async def close(self) -> None:
         await asyncio.gather(
-            *(self._unload(s) for s in self._served.values()), return_exceptions=True
+            *(self._unload(s) for s in self._served.values()),
+            *(r.close() for r in self.remotes.values()),
+            return_exceptions=True,
         )
 
 
@@ -701,6 +749,30 @@ def _without_path(message: str, path: Path) -> str:
         message = message.replace(f"{form}: ", "").replace(f" {form}", "")
         message = message.replace(form, "the model file")
     return message
+
+
+@contextlib.asynccontextmanager
+async def _judged(breaker: CircuitBreaker) -> AsyncIterator[None]:
+    """One request under a model's circuit breaker: refused at once while it is open (an
+    ``unserved`` error), and its outcome counted (the model's failures only)."""
+    try:
+        probe = breaker.before()
+    except MullamaError as exc:
+        _unserved(exc)
+        raise
+    verdict = False
+    try:
+        yield
+        verdict = True
+        breaker.success(probe)
+    except BaseException as exc:
+        if counts_as_failure(exc):
+            verdict = True
+            breaker.failure(probe, exc)
+        raise
+    finally:
+        if not verdict:
+            breaker.no_verdict(probe)
 
 
 def _unserved(exc: MullamaError) -> MullamaError:

@@ -158,8 +158,9 @@ class Observability:
         self.models = models  # ModelManager: names, clients()
         self.tracing = tracing
         self.started = time.time()
-        self.rates: dict[str, RateMeter] = {name: RateMeter() for name in models.names}
-        self.summaries: dict[str, ModelSummary] = {name: ModelSummary() for name in models.names}
+        names = [*models.names, *models.remotes]
+        self.rates: dict[str, RateMeter] = {name: RateMeter() for name in names}
+        self.summaries: dict[str, ModelSummary] = {name: ModelSummary() for name in names}
         self.active_requests = 0
         self.total_requests = 0
         self.failed_requests = 0
@@ -173,12 +174,25 @@ class Observability:
         # (wall time, total requests, tokens generated) every HISTORY_STEP seconds, for
         # the dashboard's charts; sampled by sample_history (a background task).
         self.history: deque[tuple[float, int, int]] = deque(maxlen=HISTORY_POINTS + 1)
-        self.metrics = Metrics(self.snapshot, models.names)
+        self.metrics = Metrics(self.snapshot, names)
 
     # ---- EngineObserver --------------------------------------------------------------
 
     def generation(self, model: str, request_id: str) -> GenerationTracker:
         return GenerationTracker(self, model, current_request.get())
+
+    def replica_request(
+        self, model: str, replica: str, outcome: str, ttft: float | None, tokens: int
+    ) -> None:
+        m = self.metrics
+        m.remote_requests.labels(model, replica, outcome).inc()
+        if ttft is not None:
+            m.remote_ttft.labels(model, replica).observe(ttft)
+        if tokens:
+            m.remote_tokens.labels(model, replica).inc(tokens)
+
+    def replica_health(self, model: str, replica: str, healthy: bool) -> None:
+        pass  # read live by the collector (mullama_remote_replica_up)
 
     def embedded(self, model: str, prompt_tokens: int) -> None:
         self.metrics.prompt_tokens.labels(model).inc(prompt_tokens)
@@ -329,6 +343,7 @@ class Observability:
             version=__version__,
             models=self.model_snapshots(),
             cache=self.models.cache,
+            remotes=list(self.models.remotes.values()),
         )
 
     def stats(self) -> dict[str, int]:

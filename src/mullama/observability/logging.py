@@ -116,6 +116,10 @@ def setup_logging(
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    # httpx logs every request's URL at INFO: a remote engine's internal URLs stay out of
+    # the logs (Mullama logs its own lines about replicas, by index).
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return resolved
 
 

@@ -53,6 +53,7 @@ class Snapshot:
     version: str
     models: list[ModelSnapshot] = field(default_factory=list)
     cache: Any = None  # the response cache (models/cache.py), when it is on
+    remotes: list[Any] = field(default_factory=list)  # RemoteModels (models/remote.py)
 
 
 class _LiveCollector(Collector):
@@ -116,7 +117,7 @@ class _LiveCollector(Collector):
                 threads.add_metric([m.name], m.threads)
         return [info, uptime, active, n_loaded, loaded, memory, tps, depth, seqs, kv, threads,
                 circuit, transitions, *_kv_host_metrics(snap.models),
-                *_cache_metrics(snap.cache)]  # fmt: skip
+                *_cache_metrics(snap.cache), *_remote_metrics(snap.remotes)]  # fmt: skip
 
 
 def _kv_host_metrics(models: list[ModelSnapshot]) -> list[Metric]:
@@ -144,6 +145,26 @@ def _kv_host_metrics(models: list[ModelSnapshot]) -> list[Metric]:
         for key, fam in fams.items():
             fam.add_metric([m.name], getattr(m.kv_cache, key))
     return [size, entries, *fams.values()]
+
+
+def _remote_metrics(remotes: list[Any]) -> list[Metric]:
+    """Each remote model's replicas: in flight now, and up (1) or taken out (0)."""
+    labels = ["model", "replica"]
+    inflight = GaugeMetricFamily(
+        "mullama_remote_in_flight", "Requests in flight on a remote model's replica.", labels=labels
+    )
+    up = GaugeMetricFamily("mullama_remote_replica_up",
+                           "1 while a remote model's replica is in service, 0 while it is "
+                           "taken out (failed its health checks).", labels=labels)  # fmt: skip
+    queued = GaugeMetricFamily(
+        "mullama_remote_queued", "Requests waiting for a remote model's replica.", labels=["model"]
+    )
+    for remote in remotes:
+        queued.add_metric([remote.name], remote.waiting)
+        for r in remote.replicas:
+            inflight.add_metric([remote.name, r.label], r.inflight)
+            up.add_metric([remote.name, r.label], 1 if r.healthy else 0)
+    return [inflight, up, queued]
 
 
 def _cache_metrics(cache: Any) -> list[Metric]:
@@ -283,6 +304,27 @@ class Metrics:
         for name in models:
             self._precreate(name)
         r.register(_LiveCollector(snapshot))
+
+        self.remote_requests = Counter(
+            "mullama_remote_requests",
+            "Requests sent to a remote model's replica, by outcome (ok, error, cancelled, "
+            "connect_error, or the upstream's HTTP status).",
+            ["model", "replica", "outcome"],
+            registry=r,
+        )
+        self.remote_ttft = Histogram(
+            "mullama_remote_time_to_first_token_seconds",
+            "Time from sending a request to a remote replica to its first token.",
+            ["model", "replica"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.remote_tokens = Counter(
+            "mullama_remote_generated_tokens",
+            "Tokens (stream pieces) a remote model's replica generated.",
+            ["model", "replica"],
+            registry=r,
+        )
 
     def _precreate(self, model: str) -> None:
         """Per-model series exist (at 0) from the start, so rate() works at once."""

@@ -73,7 +73,9 @@ class AnthropicService:
             "stop_reason": _stop_reason(reply.end),
             "stop_sequence": _stop_sequence(reply.end),
             "usage": _usage(
-                started.prompt_tokens, reply.end.completion_tokens, reply.end.cached_tokens
+                reply.end.prompt_tokens or started.prompt_tokens,
+                reply.end.completion_tokens,
+                reply.end.cached_tokens,
             ),
         }
 
@@ -120,7 +122,8 @@ class AnthropicService:
                         yield event("content_block_stop", {"index": index})
                     delta = {"stop_reason": _stop_reason(e), "stop_sequence": _stop_sequence(e)}
                     usage = {"output_tokens": e.completion_tokens,
-                             "input_tokens": started.prompt_tokens - e.cached_tokens,
+                             "input_tokens": (e.prompt_tokens or started.prompt_tokens)
+                             - e.cached_tokens,
                              "cache_read_input_tokens": e.cached_tokens}  # fmt: skip
                     yield event("message_delta", {"delta": delta, "usage": usage})
                     yield event("message_stop", {})

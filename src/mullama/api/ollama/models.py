@@ -32,6 +32,11 @@ def _details(info: GGUFInfo) -> dict[str, Any]:
     }
 
 
+_REMOTE_DETAILS = {"parent_model": "", "format": "remote", "family": "", "families": [],
+                   "parameter_size": "", "quantization_level": ""}  # fmt: skip
+_FOREVER = timedelta(days=365 * 100)  # Ollama's "never expires"
+
+
 class OllamaModels:
     def __init__(self, models: ModelManager, store: ModelStore | None = None) -> None:
         self.models = models
@@ -49,8 +54,38 @@ class OllamaModels:
             names += [n for n in self.store.names() if n not in names]
         return names
 
+    def _remote_tag(self, remote: Any) -> dict[str, Any]:
+        return {
+            "name": remote.name,
+            "model": remote.name,
+            "modified_at": iso_time(self.models.started_at),
+            "size": 0,
+            "digest": remote.digest.removeprefix("sha256:"),
+            "details": _REMOTE_DETAILS,
+            "remote_model": remote.upstream_model,
+        }
+
+    def _remote_state(self, remote: Any) -> dict[str, Any]:
+        """A remote model as /api/ps lists it: always loaded (its engine runs elsewhere),
+        its requests and its replicas (by index: no upstream URL is shown)."""
+        return {
+            **self._remote_tag(remote),
+            "size_vram": 0,
+            "memory_estimate": 0,
+            "expires_at": iso_time((datetime.now(UTC) + _FOREVER).timestamp()),
+            "pinned": True,
+            "loaded": True,
+            "pid": None,
+            "context_length": 0,
+            "parallel": remote.limit * len(remote.replicas),
+            "active_requests": remote.inflight,
+            "active_sequences": remote.inflight,
+            "queued_sequences": remote.waiting,
+            "replicas": [r.describe() for r in remote.replicas],
+        }
+
     async def tags(self) -> list[dict[str, Any]]:
-        out = []
+        out = [self._remote_tag(r) for r in self.models.remotes.values()]
         for name in await asyncio.to_thread(self._names):
             try:
                 entry, info, digest = await self._entry(name)
@@ -71,7 +106,7 @@ class OllamaModels:
 
     async def ps(self) -> list[dict[str, Any]]:
         """Loaded models, in Ollama's shape plus Mullama's own fields."""
-        out = []
+        out = [self._remote_state(r) for r in self.models.remotes.values()]
         for served in self.models.served():
             if not served.loaded:
                 continue
@@ -84,7 +119,7 @@ class OllamaModels:
         st = client.stats()
         expires = served.expires_at
         if expires is None:  # pinned or keep_alive < 0: far in the future, as Ollama does
-            expires = (datetime.now(UTC) + timedelta(days=365 * 100)).timestamp()
+            expires = (datetime.now(UTC) + _FOREVER).timestamp()
         return {
             "name": served.entry.name,
             "model": served.entry.name,
@@ -104,7 +139,7 @@ class OllamaModels:
 
     async def catalog(self) -> list[dict[str, Any]]:
         """Every model this daemon can serve, with its loaded state."""
-        out = []
+        out = [self._remote_state(r) for r in self.models.remotes.values()]
         for served in self.models.served():
             info = await asyncio.to_thread(served.entry.gguf)
             state = self._state(served)
@@ -114,6 +149,19 @@ class OllamaModels:
         return out
 
     async def show(self, name: str) -> dict[str, Any]:
+        remote = self.models.remote(name)
+        if remote is not None:
+            return {
+                "license": "",
+                "modelfile": "",
+                "parameters": "",
+                "template": "",
+                "details": _REMOTE_DETAILS,
+                "model_info": {},
+                "capabilities": ["completion", "tools", "embedding"],
+                "modified_at": iso_time(self.models.started_at),
+                "remote_model": remote.upstream_model,
+            }
         entry, info, digest = await self._entry(name)
         model_info = {
             k: v

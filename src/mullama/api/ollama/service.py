@@ -161,7 +161,7 @@ class OllamaService:
         text = "".join(parts)
         reply = plan.read(text, last.finish_reason) if plan is not None else None
         content = reply.content if reply is not None else text
-        out = _final(model, kind, content, last, first.prompt_tokens, timings)
+        out = _final(model, kind, content, last, last.prompt_tokens or first.prompt_tokens, timings)
         if reply is not None and reply.calls:
             out["message"]["tool_calls"] = ollama_calls(reply.calls)
         if entries:
@@ -207,7 +207,8 @@ class OllamaService:
             if reader is not None and reader.calls and not sent:
                 # The call was cut off (num_predict, a stop): its text, as a whole reply gives it.
                 yield ndjson_line(_piece(model, kind, reader.text[reader.mark :]))
-            yield ndjson_line(_final(model, kind, "", last, first.prompt_tokens, timings))
+            prompt = last.prompt_tokens or first.prompt_tokens  # a remote engine's come last
+            yield ndjson_line(_final(model, kind, "", last, prompt, timings))
         except MullamaError as exc:
             yield ndjson_error(exc)
         finally:

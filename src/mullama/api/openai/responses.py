@@ -292,7 +292,8 @@ class ResponsesService:
         for call in reply.calls:
             fn = call["function"]
             output.append(_call_item(_new_id("fc"), call["id"], fn["name"], fn["arguments"], "completed"))  # fmt: skip
-        response = self._finish(base, output, started.prompt_tokens, reply.end)
+        prompt = reply.end.prompt_tokens or started.prompt_tokens
+        response = self._finish(base, output, prompt, reply.end)
         if body.store:
             self.store.put(response, conversation + _as_messages(output))
         return response
@@ -438,7 +439,8 @@ class ResponsesService:
                         if item["status"] == "in_progress":  # a call max_tokens cut
                             item["status"] = "incomplete"
                             yield ev("response.output_item.done", output_index=idx, item=item)
-                    response = self._finish(base, output, started.prompt_tokens, e)
+                    prompt = e.prompt_tokens or started.prompt_tokens
+                    response = self._finish(base, output, prompt, e)
                     if store:
                         self.store.put(response, conversation + _as_messages(output))
                     kind = (

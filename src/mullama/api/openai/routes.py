@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -112,8 +113,8 @@ async def embeddings(request: Request) -> Response:
 
 
 def _model_names(request: Request) -> list[str]:
-    """The served models, then the other models in the store."""
-    names = list(request.app.state.models.names)
+    """The served models, the remote ones, then the other models in the store."""
+    names = [*request.app.state.models.names, *request.app.state.models.remotes]
     store = getattr(request.app.state, "store", None)
     if store is not None:
         names += [n for n in store.names() if n not in names]
@@ -125,22 +126,23 @@ def _model_names(request: Request) -> list[str]:
 async def list_models(request: Request) -> Response:
     created = int(request.app.state.started_at)
     names = await asyncio.to_thread(_model_names, request)
-    return ORJSONResponse(
-        {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": created, "owned_by": "mullama"}
-                for name in names
-            ],
-        }
-    )
+    models = request.app.state.models
+    data = [_card(n, created, models.remote(n) is not None) for n in names]
+    return ORJSONResponse({"object": "list", "data": data})
+
+
+def _card(name: str, created: int, remote: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "mullama"}
+    if remote:
+        out["remote"] = True
+    return out
 
 
 @router.get("/models/{name:path}")
 @documented(ok=a.ModelCard, errors=(400, 404))
 async def get_model(name: str, request: Request) -> Response:
-    await asyncio.to_thread(request.app.state.models.find, name)  # 404 if unknown
+    models = request.app.state.models
+    if models.remote(name) is None:
+        await asyncio.to_thread(models.find, name)  # 404 if unknown
     created = int(request.app.state.started_at)
-    return ORJSONResponse(
-        {"id": name, "object": "model", "created": created, "owned_by": "mullama"}
-    )
+    return ORJSONResponse(_card(name, created, models.remote(name) is not None))

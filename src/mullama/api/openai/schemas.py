@@ -106,6 +106,8 @@ class _Sampling(_Strict, Refusing):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    # vLLM's and SGLang's name of the same knob (Mullama in front of Mullama sends both)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     n: int = Field(default=1, ge=1, le=8)
     ignore_eos: bool = False  # extension (as llama-server): generate until max_tokens
     stream: bool = False
@@ -134,6 +136,8 @@ class _Sampling(_Strict, Refusing):
             value = getattr(self, name)
             if value is not None:
                 setattr(p, name, value)
+        if self.repeat_penalty is None and self.repetition_penalty is not None:
+            p.repeat_penalty = self.repetition_penalty
         if max_tokens is not None:
             p.max_tokens = max_tokens
         if self.stop_list():

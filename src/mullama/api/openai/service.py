@@ -171,8 +171,8 @@ class OpenAIService:
                 }
                 for i, c in enumerate(choices)
             ],
-            "usage": _usage(prompt_tokens[0], sum(c.completion_tokens for c in choices),
-                            choices[0].cached_tokens),
+            "usage": _usage(choices[0].prompt_tokens or prompt_tokens[0],
+                            sum(c.completion_tokens for c in choices), choices[0].cached_tokens),
         }  # fmt: skip
 
     async def _chat_stream(
@@ -208,14 +208,14 @@ class OpenAIService:
             return sse(obj)
 
         completion = [0] * len(gens)
-        cached = 0
+        cached, prompt = 0, prompt_tokens[0]
         try:
             for i in range(len(gens)):
                 yield chunk(i, {"role": "assistant", "content": ""}, None)
             async for i, c in aiter_merge(gens):
                 completion[i] = c.completion_tokens
                 if i == 0:
-                    cached = c.cached_tokens
+                    cached, prompt = c.cached_tokens, c.prompt_tokens or prompt
                 hold = held[i]
                 if hold is not None:
                     for delta, entries, finish in hold.feed(c):
@@ -233,7 +233,7 @@ class OpenAIService:
                         "created": created,
                         "model": model,
                         "choices": [],
-                        "usage": _usage(prompt_tokens[0], sum(completion), cached),
+                        "usage": _usage(prompt, sum(completion), cached),
                     }
                 )
         except MullamaError as exc:
@@ -281,7 +281,7 @@ class OpenAIService:
                 for i, c in enumerate(choices)
             ],
             "usage": _usage(
-                n_prompt,
+                sum(c.prompt_tokens for c in choices[:: req.n]) or n_prompt,
                 sum(c.completion_tokens for c in choices),
                 sum(c.cached_tokens for c in choices[:: req.n]),
             ),  # fmt: skip
@@ -303,6 +303,7 @@ class OpenAIService:
         ``per_prompt``: choices per prompt (``n``)."""
         completion = [0] * len(gens)
         cached = [0] * len(gens)
+        prompts = [0] * len(gens)  # a remote engine's counts come with its last chunk
         offsets = [CompletionLogprobs() for _ in gens]
         prefix = list(echo) if echo is not None else [""] * len(gens)
         base = {"id": cid, "object": "text_completion", "created": created, "model": model}
@@ -310,6 +311,7 @@ class OpenAIService:
             async for i, c in aiter_merge(gens):
                 completion[i] = c.completion_tokens
                 cached[i] = c.cached_tokens
+                prompts[i] = c.prompt_tokens or prompts[i]
                 if c.text or c.finish_reason is not None or (logprobs and c.logprobs) or prefix[i]:
                     text, prefix[i] = prefix[i] + c.text, ""
                     yield sse(
@@ -328,6 +330,7 @@ class OpenAIService:
                         }
                     )
             if include_usage:
+                n_prompt = sum(prompts[::per_prompt]) or n_prompt
                 usage = _usage(n_prompt, sum(completion), sum(cached[::per_prompt]))
                 yield sse({**base, "choices": [], "usage": usage})
         except MullamaError as exc:
@@ -419,6 +422,7 @@ async def _collect(gens: list[ChunkStream]) -> list[_Choice]:
         if c.logprobs:
             ch.logprobs.extend(c.logprobs)
         ch.completion_tokens = c.completion_tokens
+        ch.prompt_tokens = c.prompt_tokens or ch.prompt_tokens  # a remote engine's come last
         ch.cached_tokens = c.cached_tokens
         if c.finish_reason is not None:
             ch.finish_reason = c.finish_reason
