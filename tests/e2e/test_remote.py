@@ -110,7 +110,8 @@ def test_remote_and_local_models_are_listed_side_by_side(front):
 
 def test_openai_sdk_chat_completions_and_embeddings_through_a_remote_engine(front):
     client = _client(front)
-    reply = client.chat.completions.create(model="smol", messages=CHAT, max_tokens=8)
+    greedy = {"temperature": 0, "extra_headers": {"Cache-Control": "no-store"}}
+    reply = client.chat.completions.create(model="smol", messages=CHAT, max_tokens=8, **greedy)
     assert reply.model == "smol"
     assert reply.choices[0].finish_reason == "length"
     assert reply.usage.completion_tokens == 8  # the engine's own count
@@ -129,8 +130,9 @@ def test_openai_sdk_chat_completions_and_embeddings_through_a_remote_engine(fron
     done = client.completions.create(model="smol", prompt="The capital of France is",
                                      max_tokens=4, temperature=0, logprobs=1)  # fmt: skip
     assert done.choices[0].text and len(done.choices[0].logprobs.tokens) == 4
-    lp = client.chat.completions.create(model="smol", messages=CHAT, max_tokens=3,
-                                        logprobs=True, top_logprobs=2)  # fmt: skip
+    lp = client.chat.completions.create(model="smol", messages=CHAT, max_tokens=3, temperature=0,
+                                        logprobs=True, top_logprobs=2,
+                                        extra_headers={"Cache-Control": "no-store"})  # fmt: skip
     entries = lp.choices[0].logprobs.content
     assert len(entries) == 3 and all(len(e.top_logprobs) == 2 for e in entries)
     emb = client.embeddings.create(model="smol", input=["hello", "a longer sentence"])

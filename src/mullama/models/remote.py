@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -181,11 +181,9 @@ class RemoteModel:
             headers["authorization"] = f"Bearer {key}"
             self._secrets.append(key)
         self._secrets.sort(key=len, reverse=True)
-        self.http = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(opts.timeout, connect=opts.connect_timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
+        self._headers_base = headers
+        self._http: aiohttp.ClientSession | None = None  # made in the running loop
+        self._probe: aiohttp.ClientSession | None = None  # health checks: a new connection each
         self._health: asyncio.Task[None] | None = None
         self.digest = (
             "sha256:"
@@ -193,6 +191,24 @@ class RemoteModel:
         )
 
     # ---- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The upstream connections (aiohttp: about half httpx's CPU per streamed token)."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                headers=self._headers_base,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=self.opts.connect_timeout, sock_read=self.opts.timeout
+                ),
+                # Idle connections are dropped before the engines' own keep-alive (5 s for
+                # uvicorn's vLLM and for llama-server) closes them under a request.
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=4),
+                read_bufsize=1 << 20,  # an SSE line up to 1 MiB (a long tool call, logprobs)
+                raise_for_status=False,
+                auto_decompress=True,
+            )
+        return self._http
 
     def start(self) -> None:
         if self._health is None:
@@ -204,7 +220,9 @@ class RemoteModel:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health
             self._health = None
-        await self.http.aclose()
+        for session in (self._http, self._probe):
+            if session is not None:
+                await session.close()
 
     async def _health_loop(self) -> None:
         while True:
@@ -213,10 +231,16 @@ class RemoteModel:
 
     async def check(self, replica: Replica) -> bool:
         """One active health check: the replica's health URL answers 2xx."""
+        if self._probe is None:
+            self._probe = aiohttp.ClientSession(
+                headers=self._headers_base,
+                connector=aiohttp.TCPConnector(force_close=True),
+                timeout=aiohttp.ClientTimeout(total=self.opts.connect_timeout),
+            )
         try:
-            response = await self.http.get(replica.health_url, timeout=self.opts.connect_timeout)
-            ok = response.is_success
-        except httpx.HTTPError:
+            async with self._probe.get(replica.health_url) as response:
+                ok = 200 <= response.status < 300
+        except (aiohttp.ClientError, TimeoutError):
             ok = False
         self._set_health(replica, ok, "health check" if not ok else "")
         return ok
@@ -318,17 +342,17 @@ class RemoteModel:
             text = text.replace(host, "[upstream]")
         return text
 
-    async def _error(self, replica: Replica, response: httpx.Response) -> MullamaError:
+    async def _error(self, replica: Replica, response: aiohttp.ClientResponse) -> MullamaError:
         """An upstream error answer as the client's error (the upstream's own message for
         a request it refused; its failures as 502)."""
         try:
-            raw = await response.aread()
-        except httpx.HTTPError:
+            raw = await response.content.read(1 << 16)
+        except (aiohttp.ClientError, TimeoutError):
             raw = b""
         finally:
-            await response.aclose()
+            response.close()
         message = _message(raw)
-        status = response.status_code
+        status = response.status
         if status == 429:
             return Unavailable(f"model {self.name!r}: its remote engine is over its limits",
                                retry_after=2)  # fmt: skip
@@ -349,7 +373,9 @@ class RemoteModel:
             f"(status {status})"
         )
 
-    async def _open(self, path: str, body: dict[str, Any]) -> tuple[Replica, httpx.Response, float]:
+    async def _open(
+        self, path: str, body: dict[str, Any]
+    ) -> tuple[Replica, aiohttp.ClientResponse, float]:
         """Send ``body`` to a replica and wait for its answer's headers; a failure before
         any byte (refused, reset, 5xx, 429) is retried once on another replica."""
         key = requestctx.get().affinity
@@ -357,7 +383,8 @@ class RemoteModel:
         payload = orjson.dumps(body)
         headers = {"content-type": "application/json", **self._headers()}
         error: MullamaError | None = None
-        for _ in range(2):
+        failed, stale = 0, 0
+        while failed < 2:
             started = time.perf_counter()
             try:
                 replica = await self.acquire(key, tried)
@@ -365,14 +392,19 @@ class RemoteModel:
                 if error is not None:
                     raise error from None
                 raise
-            tried.add(replica)
             try:
-                request = self.http.build_request("POST", replica.base + path, content=payload,
-                                                  headers=headers)  # fmt: skip
-                response = await self.http.send(request, stream=True)
-            except httpx.HTTPError as exc:
+                response = await self.http.post(replica.base + path, data=payload, headers=headers)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 self.release(replica)
+                if not isinstance(exc, aiohttp.ClientConnectorError | TimeoutError) and not stale:
+                    # A kept connection the engine had closed meanwhile: once more, on a new
+                    # connection, without counting it against the replica or the retry.
+                    stale += 1
+                    self.observer.replica_request(self.name, replica.label, "reconnect", None, 0)
+                    continue
+                failed += 1
                 replica.errors += 1
+                tried.add(replica)  # it cannot be reached: out until a health check passes
                 self._set_health(replica, False, type(exc).__name__)
                 self.observer.replica_request(self.name, replica.label, "connect_error", None, 0)
                 error = UpstreamFailed(
@@ -383,17 +415,19 @@ class RemoteModel:
             except BaseException:
                 self.release(replica)
                 raise
-            if response.is_success:
+            status = response.status
+            if 200 <= status < 300:
                 return replica, response, started
+            failed += 1
+            tried.add(replica)
             self.release(replica)
             error = await self._error(replica, response)
-            self.observer.replica_request(self.name, replica.label, str(response.status_code),
-                                          None, 0)  # fmt: skip
-            if response.status_code >= 500:
+            self.observer.replica_request(self.name, replica.label, str(status), None, 0)
+            if status >= 500:
                 replica.failures += 1
                 if replica.failures >= 3:
-                    self._set_health(replica, False, f"status {response.status_code}")
-            if response.status_code < 500 and response.status_code != 429:
+                    self._set_health(replica, False, f"status {status}")
+            if status < 500 and status != 429:
                 raise error
         assert error is not None
         raise error
@@ -406,7 +440,7 @@ class RemoteModel:
         body = build(request, self.name, self.upstream_model)
         obs = self.observer.generation(self.name, request.request_id)
         error: BaseException | None = None
-        response: httpx.Response | None = None
+        response: aiohttp.ClientResponse | None = None
         replica: Replica | None = None
         first: float | None = None
         reader = StreamReader(chat)
@@ -417,7 +451,7 @@ class RemoteModel:
             )
             obs.admitted(0.0, 0)
             yield Chunk()
-            async for event in self._events(replica, response):
+            async for event in _ahead(self._events(replica, response)):
                 chunk = reader.read(event)
                 if chunk is not None:
                     if first is None:
@@ -436,34 +470,41 @@ class RemoteModel:
             raise
         finally:
             if response is not None:
-                await response.aclose()
+                if outcome == "ok":
+                    response.release()  # read to its end: the connection is kept for reuse
+                else:  # early: the connection goes, and the engine frees the sequence
+                    response.close()
             if replica is not None:
                 self.release(replica)
                 self.observer.replica_request(self.name, replica.label, outcome, first, reader.n)
             obs.closed(error)
 
     async def _events(
-        self, replica: Replica, response: httpx.Response
+        self, replica: Replica, response: aiohttp.ClientResponse
     ) -> AsyncIterator[dict[str, Any]]:
         """The upstream's server-sent events, parsed; a broken stream, or an error event,
         is an UpstreamFailed (or the upstream's refusal)."""
         try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in response.content:
+                if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
+                    # The body's end too, so that the connection goes back to the pool.
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        async with asyncio.timeout(self.opts.connect_timeout):
+                            await response.content.read()
                     return
                 event = orjson.loads(data)
                 if isinstance(event, dict) and "error" in event:
                     raise UpstreamFailed(
                         f"model {self.name!r}: its remote engine failed mid-answer: "
-                        f"{self._scrub(_message(data.encode()))}"
+                        f"{self._scrub(_message(data))}"
                     )
                 yield event
-        except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # JSON, a line too long
             replica.errors += 1
-            if isinstance(exc, httpx.TransportError):
+            if isinstance(exc, aiohttp.ClientConnectionError | TimeoutError):
                 self._set_health(replica, False, type(exc).__name__)
             raise UpstreamFailed(
                 f"model {self.name!r}: replica {replica.index} of its remote engine broke off "
@@ -474,16 +515,16 @@ class RemoteModel:
         body = {"model": self.upstream_model, "input": inputs}
         replica, response, started = await _unserved_on_error(self._open("/embeddings", body))
         try:
-            data = orjson.loads(await response.aread())
+            data = orjson.loads(await response.read())
             vectors = [item["embedding"] for item in sorted(data["data"], key=lambda d: d["index"])]
             tokens = int((data.get("usage") or {}).get("prompt_tokens") or 0)
-        except (httpx.HTTPError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
             raise UpstreamFailed(
                 f"model {self.name!r}: replica {replica.index} of its remote engine sent no "
                 f"embeddings ({type(exc).__name__})"
             ) from None
         finally:
-            await response.aclose()
+            response.release()
             self.release(replica)
         self.observer.replica_request(self.name, replica.label, "ok",
                                       time.perf_counter() - started, 0)  # fmt: skip
@@ -504,6 +545,37 @@ class RemoteModel:
             "in_flight": self.inflight,
             "queued": self.waiting,
         }
+
+
+_END = object()
+
+
+async def _ahead(source: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``source``'s items, read by a task of their own as soon as they arrive: an engine
+    that waits for its reader (llama-server does) never waits for the client's side of the
+    daemon. Closing this stops the task (and ``source``)."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for item in source:
+                queue.put_nowait(item)
+            queue.put_nowait(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader
+            queue.put_nowait(exc)
+        finally:
+            await source.aclose()  # type: ignore[attr-defined]
+
+    task = asyncio.create_task(pump())
+    try:
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _unserved_on_error(opening: Any) -> Any:

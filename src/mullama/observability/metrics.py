@@ -307,7 +307,7 @@ class Metrics:
 
         self.remote_requests = Counter(
             "mullama_remote_requests",
-            "Requests sent to a remote model's replica, by outcome (ok, error, cancelled, "
+            "Requests sent to a remote model's replica, by outcome (ok, error, cancelled, reconnect, "
             "connect_error, or the upstream's HTTP status).",
             ["model", "replica", "outcome"],
             registry=r,
