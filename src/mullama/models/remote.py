@@ -226,7 +226,10 @@ class RemoteModel:
 
     async def _health_loop(self) -> None:
         while True:
-            await asyncio.gather(*(self.check(r) for r in self.replicas))
+            try:
+                await asyncio.gather(*(self.check(r) for r in self.replicas))
+            except Exception:  # noqa: BLE001 - the checks go on whatever one of them met
+                log.exception("remote model %s: a health check failed", self.name)
             await asyncio.sleep(self.opts.health_interval)
 
     async def check(self, replica: Replica) -> bool:
@@ -307,9 +310,9 @@ class RemoteModel:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise self._busy()
-                async with self._room:
+                async with self._room:  # woken by a release; at worst, looked again in 0.5 s
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._room.wait(), left)
+                        await asyncio.wait_for(self._room.wait(), min(left, 0.5))
         finally:
             if queued:
                 self.waiting -= 1
