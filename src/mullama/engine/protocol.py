@@ -558,9 +558,6 @@ class EngineObserver(Protocol):
         """A request to a remote model's replica ended (``outcome``: ok, error, cancelled,
         connect_error or the upstream's status), with its time to first token."""
 
-    def replica_health(self, model: str, replica: str, healthy: bool) -> None:
-        """A remote model's replica was taken out or brought back."""
-
 
 class NullGenerationObserver:
     def accepted(self, prompt_tokens: int) -> None:
@@ -594,7 +591,4 @@ class NullObserver:
     def replica_request(
         self, model: str, replica: str, outcome: str, ttft: float | None, tokens: int
     ) -> None:
-        pass
-
-    def replica_health(self, model: str, replica: str, healthy: bool) -> None:
         pass

@@ -12,7 +12,7 @@ completion tokens) arrives on the last chunk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -206,7 +206,6 @@ class StreamReader:
     calls: int = 0  # calls opened
     call_args: int = 0  # characters of the open call's arguments
     _call_index: int | None = None
-    pending: list[str] = field(default_factory=list)
 
     def read(self, event: dict[str, Any]) -> Chunk | None:
         """The chunk of one event (None when it carries nothing new)."""

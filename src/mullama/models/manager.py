@@ -664,10 +664,7 @@ class ModelManager:
                 yield served.entry.name, served.client
             return
         async with _judged(remote.breaker):
-            try:
-                yield remote.name, remote
-            finally:
-                remote.last_used = time.monotonic()
+            yield remote.name, remote
 
     async def tokenize(
         self, name: str | None, request: TokenizeRequest, keep_alive: Any = None

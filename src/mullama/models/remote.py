@@ -172,7 +172,6 @@ class RemoteModel:
         self.observer: Any = NullObserver()
         self.waiting = 0
         self._turn = 0
-        self.last_used = time.monotonic()
         self._room = asyncio.Condition()
         self._secrets = [u for r in self.replicas for u in (r.base, r.health_url)]
         headers = {"user-agent": "mullama"}
@@ -258,7 +257,6 @@ class RemoteModel:
             else:
                 log.warning("remote model %s: replica %d taken out (%s)", self.name,
                             replica.index, why)  # fmt: skip
-            self.observer.replica_health(self.name, replica.label, ok)
             if ok:
                 asyncio.ensure_future(self._notify())
 

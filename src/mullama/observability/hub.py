@@ -191,9 +191,6 @@ class Observability:
         if tokens:
             m.remote_tokens.labels(model, replica).inc(tokens)
 
-    def replica_health(self, model: str, replica: str, healthy: bool) -> None:
-        pass  # read live by the collector (mullama_remote_replica_up)
-
     def embedded(self, model: str, prompt_tokens: int) -> None:
         self.metrics.prompt_tokens.labels(model).inc(prompt_tokens)
         rec = current_request.get()
