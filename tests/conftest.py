@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -53,17 +53,8 @@ class Daemon:
         )
 
     def wait_healthy(self, timeout: float = 120.0) -> Daemon:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"daemon did not become healthy:\n{self.log()}")
+        wait_serving(self.proc, self.url, "daemon", self.log, timeout)
+        return self
 
     def __enter__(self) -> Daemon:
         return self
@@ -111,6 +102,24 @@ def openai_client(daemon: Daemon):
     )
     yield client
     client.close()
+
+
+def wait_serving(
+    proc: subprocess.Popen, url: str, what: str, log: Callable[[], str], timeout: float = 120.0
+) -> None:
+    """Until ``url``/health answers 200; a process that exits, or never answers, is an
+    error carrying its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log()}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not become healthy:\n{log()}")
 
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1):

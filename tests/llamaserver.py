@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
 from mullama.models.registry import embedded_model_path
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_serving
 
 VERSION = "0.3.36"
 BIN = (
@@ -52,17 +51,9 @@ class LlamaServer:
         env = {**os.environ, "LD_LIBRARY_PATH": str(BIN)}
         self.proc = subprocess.Popen([str(binary()), *self.args], stdout=log,
                                      stderr=subprocess.STDOUT, env=env)  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("llama-server did not become healthy")
+        wait_serving(self.proc, self.url, "llama-server",
+                     lambda: self.log_path.read_text()[-3000:], timeout)  # fmt: skip
+        return self
 
     def kill(self) -> None:
         """SIGKILL: the engine dies mid-answer, as a crashed node does."""

@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from tests.conftest import MODEL, Daemon, free_port, wait_for
-from tests.e2e.test_observability_stack import METRIC, _dashboard_exprs
+from tests.e2e.test_observability_stack import METRIC, _dashboard_exprs, _scraped_names
 from tests.hubstub import tiny_gguf
 from tests.llamaserver import LlamaServer
 from tests.otlp import OTLPReceiver
@@ -255,9 +255,7 @@ def test_rest_of_the_production_layer_applies(front):
     assert _metric(front, "mullama_remote_replica_up", model="smol") == 2
     assert _metric(front, "mullama_generated_tokens_total", model="smol") > 20
     # The Grafana dashboard's remote-replica panels read series this daemon exports.
-    exported = {ln.split("{")[0].split(" ")[0]
-                for ln in httpx.get(front.url + "/metrics", timeout=10).text.splitlines()
-                if not ln.startswith("#")}  # fmt: skip
+    exported = _scraped_names(front.url)
     used = {m for e in _dashboard_exprs() for m in METRIC.findall(e) if "remote" in m}
     assert len(used) >= 5 and used <= exported, used - exported
 
