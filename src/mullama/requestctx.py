@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 FALLBACK_HEADER = "x-mullama-fallback"
 CACHE_HEADER = "x-mullama-cache"
@@ -26,10 +27,31 @@ class RequestContext:
     cache_misses: int = 0
     cache_bypassed: int = 0
     fallback_path: str | None = None  # "PRIMARY->BACKUP" once a fallback answered
-    # The conversation key that keeps a conversation on one remote replica: the
-    # X-Session-Id header, else a hash of the API key (never the key itself).
-    affinity: str | None = None
-    traceparent: str | None = None  # what a remote engine's request carries (W3C)
+    # What a remote engine's request needs, read from the headers as they are and made
+    # into its forms only when a remote model asks (``affinity``, ``traceparent``).
+    session_id: bytes | None = None
+    api_key: bytes | None = field(default=None, repr=False)
+    client_traceparent: bytes | None = None
+    span: Any = field(default=None, repr=False)  # the request's tracing span (middleware)
+
+    @property
+    def affinity(self) -> str | None:
+        """The conversation key that keeps a conversation on one remote replica: the
+        X-Session-Id header, else a hash of the API key (never the key itself)."""
+        if self.session_id:
+            return "session:" + self.session_id.decode("latin-1")[:256]
+        if self.api_key:
+            return "key:" + hashlib.blake2b(self.api_key, digest_size=12).hexdigest()
+        return None
+
+    @property
+    def traceparent(self) -> str | None:
+        """The W3C trace context for a remote engine: the request's own span when tracing
+        is on, else the client's header."""
+        if self.span is not None:
+            sc = self.span.get_span_context()
+            return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
+        return self.client_traceparent.decode("latin-1")[:128] if self.client_traceparent else None
 
     @classmethod
     def from_headers(cls, headers: list[tuple[bytes, bytes]]) -> RequestContext:
@@ -43,13 +65,12 @@ class RequestContext:
                     ctx.cache_read = ctx.cache_store = False
                 elif "no-cache" in directives:
                     ctx.cache_read = False
-            elif key == b"x-session-id" and value:
-                ctx.affinity = "session:" + value.decode("latin-1")[:256]
-            elif key in (b"authorization", b"x-api-key") and ctx.affinity is None and value:
-                digest = hashlib.blake2b(value, digest_size=12).hexdigest()
-                ctx.affinity = "key:" + digest
+            elif key == b"x-session-id":
+                ctx.session_id = value
+            elif key in (b"authorization", b"x-api-key") and not ctx.api_key:
+                ctx.api_key = value
             elif key == b"traceparent":
-                ctx.traceparent = value.decode("latin-1")[:128]
+                ctx.client_traceparent = value
             elif key == FALLBACK_HEADER.encode():
                 if value.strip().lower() in (b"off", b"false", b"0", b"no"):
                     ctx.fallback = False

@@ -63,9 +63,8 @@ class RequestContextMiddleware:
             return
         ctx = requestctx.RequestContext.from_headers(scope["headers"])
         record = current_request.get()
-        if record is not None and record.span is not None:  # a remote engine's parent span
-            sc = record.span.get_span_context()
-            ctx.traceparent = f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
+        if record is not None:
+            ctx.span = record.span  # a remote engine's parent span
         token = requestctx.current.set(ctx)
         try:
             await self.app(scope, receive, adding_headers(send, ctx.response_headers))
