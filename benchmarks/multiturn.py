@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="of the first round")
     p.add_argument("--rounds", type=int, default=1, help="each with new texts")
     p.add_argument("--only", choices=["mullama", "mullama-no-cache", "llama-server"], default=None)
+    p.add_argument("--raw", type=Path, default=None, help="write every sample here (JSON)")
     args = p.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time())
     threads = str(os.cpu_count())
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {round_no} {name}", json.dumps({k: round(v, 4) if isinstance(v, float)
                                                           else v for k, v in r.items()}), flush=True)  # fmt: skip
     results = {n: summary(raw[n]) for n in names}
+    if args.raw:
+        args.raw.write_text(json.dumps(raw))
     print(
         f"\nseeds {seed}..{seed + args.rounds - 1}, pooled: {args.users} users on {args.slots} slots, {args.turns} turns, "
         f"{args.max_tokens}-token answers, think time 0-3 s, streamed, temperature 0\n"

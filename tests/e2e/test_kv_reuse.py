@@ -4,6 +4,9 @@ usage, and answers exactly what recomputing it would (greedy, several turns and 
 
 from __future__ import annotations
 
+import json
+from contextlib import ExitStack
+
 import httpx
 import pytest
 
@@ -209,3 +212,44 @@ def test_a_corrupt_session_file_is_skipped(tmp_path):
     assert "is corrupt (checksum): skipped and removed" in log
     assert "junk.kvs skipped and removed" in log
     assert not saved.exists() or saved.read_bytes() != bytes(data)
+
+
+def _counting(start: int) -> str:
+    return ", ".join(str(i) for i in range(start, start + 12)) + ","
+
+
+def test_a_running_sequence_moves_to_close_a_gap_in_the_slots():
+    """Three streams on slots 0, 1 and 2; the one on slot 1 leaves. The stream on slot 2
+    moves into slot 1 (one KV copy; consecutive ids decode in one micro-batch) and goes
+    on counting exactly where it was: its KV came along whole."""
+    with Daemon("--parallel", "3", "--context-size", "1024").wait_healthy() as d:
+        with httpx.Client(base_url=d.url, timeout=300) as client, ExitStack() as stack:
+            streams, texts = {}, {}
+            for name, prompt in (("a", _counting(1)), ("b", "Once upon a time"),
+                                 ("c", _counting(101))):  # fmt: skip
+                # One at a time, each running before the next: slots 0, 1, 2 in turn.
+                r = stack.enter_context(client.stream("POST", "/v1/completions", json={
+                    "model": "smollm2:135m", "prompt": prompt, "max_tokens": 150,
+                    "temperature": 0, "ignore_eos": True, "stream": True,
+                }))  # fmt: skip
+                streams[name] = (r, _pieces(r.iter_lines()))
+                texts[name] = next(streams[name][1])
+            assert d.model_status()["kv_reuse"]["moves"] == 0
+            streams.pop("b")[0].close()  # its client leaves: slot 1 frees
+            for name, (_, pieces) in streams.items():
+                texts[name] += "".join(pieces)
+        status = d.model_status()["kv_reuse"]
+        metrics = httpx.get(d.url + "/metrics", timeout=10).text
+    assert status["moves"] == 1 and status["slots"][2] == 0, status
+    assert 'mullama_kv_sequence_moves_total{model="smollm2:135m"} 1.0' in metrics
+    for name, start in (("a", 13), ("c", 113)):
+        expected = " " + ", ".join(str(i) for i in range(start, start + 100))
+        assert len(texts[name]) > 100 and expected.startswith(texts[name]), texts[name]
+
+
+def _pieces(lines):
+    """The text pieces of a streamed completion, as they come."""
+    for line in lines:
+        if line.startswith("data: ") and line != "data: [DONE]":
+            for choice in json.loads(line[6:])["choices"]:
+                yield choice["text"]

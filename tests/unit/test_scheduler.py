@@ -99,7 +99,7 @@ class FakeSampler:
         pass
 
 
-def make(n_slots=2, n_batch=8, kv=10_000, host_bytes=0, n_swa=0):
+def make(n_slots=2, n_batch=8, kv=10_000, host_bytes=0, n_swa=0, streams=True):
     ctx = FakeCtx(kv)
     sched = Scheduler(
         model=FakeModel(),
@@ -109,6 +109,7 @@ def make(n_slots=2, n_batch=8, kv=10_000, host_bytes=0, n_swa=0):
         n_batch=n_batch,
         host_cache=HostCache(host_bytes),
         n_swa=n_swa,
+        streams=streams,
     )
     return sched, ctx
 
@@ -252,6 +253,57 @@ def test_batch_is_written_in_slot_order():
         ids = [row[2] for row in batch]
         assert ids == sorted(ids), ids
     assert [row[2] for row in ctx.batches[-1]] == [0, 1, 2]
+
+
+def _gap_in_the_middle(b_prompt, host_bytes=0, c_max=40, streams=True):
+    """Three sequences on slots 0, 1 and 2; the one on slot 1 ends first."""
+    sched, ctx = make(n_slots=3, n_batch=256, host_bytes=host_bytes, streams=streams)
+    a = seq("a", [1, 2], out=[5] * 50, max_tokens=40)
+    b = seq("b", b_prompt, out=[6, 6, 6, EOG])
+    c = seq("c", [8, 9], out=[7] * 50, max_tokens=c_max)
+    for s in (a, b, c):  # one at a time: admitted in this order
+        sched.submit(s)
+        sched.step()
+    assert (a.slot, b.slot, c.slot) == (0, 1, 2)
+    while b.finish is None:
+        sched.step()
+    return sched, ctx, a, b, c
+
+
+def test_a_gap_in_the_running_slots_is_closed_by_moving_the_highest():
+    # Slots 0 and 2 running cost llama.cpp two micro-batches a step; 0 and 1 cost one.
+    sched, ctx, a, b, c = _gap_in_the_middle([3, 4])
+    before = len(ctx.batches)
+    sched.step()
+    assert c.slot == 1 and ctx.copies == [(2, 1)] and sched.moves == 1
+    assert ctx.kv[2] == set() and sched.slots[2].cached == []  # left empty
+    run(sched)
+    assert a.finish == c.finish == "length" and c.n_generated == 40
+    for batch in ctx.batches[before:]:
+        assert {row[2] for row in batch} <= {0, 1}
+    assert ctx.kv[1] == set(range(c.n_past))  # its KV moved whole, positions intact
+
+
+def test_a_move_never_loses_a_history_the_ram_cache_cannot_keep():
+    long = list(range(100, 200))  # a history worth keeping (MIN_SAVE tokens or more)
+    sched, ctx, a, b, c = _gap_in_the_middle(long)
+    sched.step()  # no RAM cache: b's history stays in slot 1, c stays on slot 2
+    assert c.slot == 2 and ctx.copies == [] and sched.slots[1].cached[:100] == long
+    sched, ctx, a, b, c = _gap_in_the_middle(long, host_bytes=10**9)
+    sched.step()  # with one: b's history is saved first, then c moves in
+    assert c.slot == 1 and sched.host.stats.saves == 1
+    run(sched)
+    b2 = _served(sched, seq("b2", [*b.tokens, 11], out=[EOG]))
+    assert b2.reused == len(b.tokens) and sched.host.stats.hits == 1
+
+
+def test_no_move_for_a_sequence_about_to_end_or_a_unified_cache():
+    sched, ctx, _, _, c = _gap_in_the_middle([3, 4], c_max=8)
+    sched.step()
+    assert c.slot == 2 and ctx.copies == []  # too few tokens left to pay for the copy
+    sched, ctx, _, _, c = _gap_in_the_middle([3, 4], streams=False)
+    sched.step()
+    assert c.slot == 2 and ctx.copies == []  # one pool: any ids batch together
 
 
 def test_burst_tracker_learns_how_many_requests_start_together():

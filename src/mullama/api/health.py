@@ -205,6 +205,7 @@ def _kv_reuse(report: Any, budget: int) -> dict[str, Any] | None:
         return None
     return {
         "slots": report.slots,
+        "moves": report.moves,
         "ram_cache": {
             "bytes": report.ram_bytes,
             "budget_bytes": budget,

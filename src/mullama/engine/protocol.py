@@ -418,6 +418,7 @@ class CacheReport:
     ram_saves: int = 0
     ram_evictions: int = 0
     ram_failed: int = 0
+    moves: int = 0  # running sequences moved to close a gap in the slot ids
     save_seconds: list[float] = field(default_factory=list)
     restore_seconds: list[float] = field(default_factory=list)
 

@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 MIN_GAIN = 16
 MIN_SAVE = 64
 
+# A running sequence is moved to close a gap in the slot ids only when it has at least
+# this many tokens left to generate (a move copies its whole KV stream once; the gap
+# costs a graph computation more on every step it lasts).
+MIN_MOVE = 16
+
 # Admission is shortest job first among the first SJF_WINDOW waiting sequences (a warm
 # turn that computes a few dozen tokens goes before a new 1,000-token prompt), but a
 # sequence that has waited SJF_MAX_WAIT seconds goes next whatever its size: none starves.
@@ -111,6 +116,7 @@ class Scheduler:
         host_cache: HostCache | None = None,
         n_swa: int = 0,
         recurrent: bool = False,
+        streams: bool = True,
     ) -> None:
         self.model = model
         self.ctx = ctx
@@ -122,6 +128,12 @@ class Scheduler:
         self.n_swa = n_swa
         self.recurrent = recurrent
         self.host = host_cache if host_cache is not None and not recurrent else HostCache(0)
+        # One KV stream per sequence (not unified): llama.cpp cuts each batch into
+        # micro-batches of consecutive sequence ids, so running sequences are kept on
+        # consecutive slots (moved by a whole-stream copy, which those memories allow).
+        self.compact = streams and not recurrent and not n_swa
+        self.moves = 0  # sequences moved to close a gap
+        self._sources: set[int] = set()  # slots copied from this step: not overwritten
         self.n_batch = n_batch
         self._pieces: dict[int, str | list[int]] = {}  # tokens as logprob entries carry them
         self.waiting: deque[Sequence] = deque()
@@ -166,9 +178,11 @@ class Scheduler:
         out: list[Output] = []
         self.admitted = []
         self._drop_cancelled()
+        self._sources = set()
         self._admit()
         if not self.running:
             return out
+        self._compact()
         while True:
             plan = self._build_batch()
             if not plan:
@@ -205,7 +219,7 @@ class Scheduler:
             self._release(seq)
 
     def _admit(self) -> None:
-        sources: set[int] = set()  # slots copied from this step: not overwritten now
+        sources = self._sources
         while self.waiting:
             free = [s for s in self.slots if s.seq is None and s.index not in sources]
             if not free:
@@ -276,6 +290,40 @@ class Scheduler:
         target = src if best else self._victim(free)
         self._evict(target, best)
         return target, self._keep(target, best)
+
+    def _compact(self) -> None:
+        """Close gaps in the running sequences' slot ids (slots 0, 1 and 3 running take
+        two graph computations a step; 0, 1 and 2 take one): the sequence on the highest
+        slot moves into the lowest gap whose idle history is not lost by it (empty, short,
+        or saved to RAM first). Its KV stream is copied whole at the next decode, and the
+        slot it leaves is emptied (its cells would only repeat the moved sequence's)."""
+        if not self.compact:
+            return
+        while len(self.running) > 1:
+            ids = sorted(s.slot for s in self.running)
+            if ids[-1] - ids[0] + 1 == len(ids):
+                return
+            src = self.slots[ids[-1]]
+            seq = src.seq
+            gaps = [
+                s for s in self.slots[ids[0] : ids[-1]]
+                if s.seq is None and s.index not in self._sources
+                and (self.host.enabled or len(s.cached) < MIN_SAVE)
+            ]  # fmt: skip
+            if seq is None or not gaps or seq.max_tokens - seq.n_generated < MIN_MOVE:
+                return
+            dst = gaps[0]
+            self._evict(dst, 0)
+            if seq.n_past:
+                self.ctx.seq_cp_whole(src.index, dst.index)
+            else:
+                self.ctx.seq_rm(dst.index, -1, -1)
+            self.ctx.seq_rm(src.index, -1, -1)
+            dst.seq, dst.cached = seq, []
+            src.seq, src.cached = None, []
+            seq.slot = dst.index
+            self.moves += 1
+            log.debug("sequence %s moved from slot %d to %d", seq.id, src.index, dst.index)
 
     def _victim(self, slots: list[Slot]) -> Slot:
         """The slot whose history costs least to lose: an empty one, else the least

@@ -143,6 +143,7 @@ class Worker:
             host_cache=HostCache(spec.cache_ram),
             n_swa=n_swa,
             recurrent=recurrent,
+            streams=not spec.kv_unified,
         )
         if recurrent and spec.cache_ram:
             log.info("model %s has recurrent memory: no KV states kept in RAM", spec.name)
@@ -495,7 +496,7 @@ class Worker:
         st = sched.host.stats
         key = (
             tuple(len(s.cached) if s.seq is None else s.seq.id for s in sched.slots),
-            st.saves, st.hits, st.misses, st.failed_restores, st.evictions,
+            st.saves, st.hits, st.misses, st.failed_restores, st.evictions, sched.moves,
         )  # fmt: skip
         if key == self._last_report and not st.save_seconds and not st.restore_seconds:
             return None
@@ -505,7 +506,7 @@ class Worker:
             slot_ids=[None if s.seq is None else s.seq.id for s in sched.slots],
             ram_bytes=st.bytes, ram_entries=st.entries, ram_hits=st.hits,
             ram_misses=st.misses, ram_saves=st.saves, ram_evictions=st.evictions,
-            ram_failed=st.failed_restores,
+            ram_failed=st.failed_restores, moves=sched.moves,
             save_seconds=st.save_seconds, restore_seconds=st.restore_seconds,
         )  # fmt: skip
         st.save_seconds, st.restore_seconds = [], []

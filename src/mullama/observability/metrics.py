@@ -135,6 +135,9 @@ def _kv_host_metrics(models: list[ModelSnapshot]) -> list[Metric]:
                           "Saved states dropped to stay within --cache-ram."),
         "ram_failed": ("mullama_kv_host_cache_failed_restores",
                        "Restores that did not hold what they should (dropped, recomputed)."),
+        "moves": ("mullama_kv_sequence_moves",
+                  "Running sequences moved to close a gap in the slot ids (a whole KV "
+                  "stream copied: consecutive ids decode in one micro-batch)."),
     }  # fmt: skip
     fams = {k: CounterMetricFamily(n, d, labels=["model"]) for k, (n, d) in counters.items()}
     for m in models:
