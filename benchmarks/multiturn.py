@@ -137,6 +137,10 @@ def run_one(cmd: list[str], port: int, args: argparse.Namespace, seed: int) -> d
 
         out["wall"] = asyncio.run(go())
         out["rss"] = rss(proc.pid)
+        status = httpx.get(url + "/api/system/status", timeout=10)  # Mullama's own
+        if status.status_code == 200:
+            reuse = status.json()["models_loaded"][0]["kv_reuse"] or {}
+            out["moves"] = reuse.get("moves", 0)
     finally:
         stop(proc)
     return out
@@ -156,7 +160,7 @@ def summary(rounds: list[dict]) -> dict:
         "ttft_later_p50": pct(later, 50), "ttft_later_p95": pct(later, 95),
         "tok_s": sum(x["completion"] for x in t) / wall, "itl_p95": pct(gaps, 95),
         "reused": cached, "computed": prompt - cached, "rss": max(r["rss"] for r in rounds),
-        "wall": wall,
+        "wall": wall, "moves": sum(r.get("moves", 0) for r in rounds),
     }  # fmt: skip
 
 
@@ -170,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-mib", type=int, default=2048, help="host-RAM KV budget, both")
     p.add_argument("--seed", type=int, default=None, help="of the first round")
     p.add_argument("--rounds", type=int, default=1, help="each with new texts")
-    p.add_argument("--only", choices=["mullama", "mullama-no-cache", "llama-server"], default=None)
+    p.add_argument("--only", default=None,
+                   help="comma-separated: mullama, mullama-no-cache, llama-server")  # fmt: skip
     p.add_argument("--raw", type=Path, default=None, help="write every sample here (JSON)")
     args = p.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time())
@@ -187,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
                          "-tb", threads, "--cache-ram", str(args.cache_mib), "--cache-reuse", "256",
                          "--alias", NAME, "--log-disable"],
     }  # fmt: skip
-    names = [n for n in servers if not args.only or n == args.only]
+    only = set(args.only.split(",")) if args.only else set(servers)
+    if only - set(servers):
+        p.error(f"--only: unknown {', '.join(sorted(only - set(servers)))}")
+    names = [n for n in servers if n in only]
     raw: dict[str, list[dict]] = {n: [] for n in names}
     for round_no in range(args.rounds):
         k = round_no % len(names)

@@ -55,6 +55,19 @@ def test_completion_whole_and_streamed(server):
     assert "".join(e["content"] for e in events) == whole["content"]
 
 
+def test_n_predict_zero_evaluates_the_prompt_into_the_cache(server):
+    prompt = "A prompt to keep warm: " + " ".join(f"item {i}" for i in range(60))
+    body = {"prompt": prompt, "n_predict": 0, "temperature": 0}
+    warm = httpx.post(server.url + "/completion", json=body, headers=AUTH, timeout=60).json()
+    assert warm["content"] == "" and warm["tokens_predicted"] == 0
+    assert warm["stop_type"] == "limit" and warm["tokens_evaluated"] > 100
+    # The next request with that prompt finds it in the KV cache.
+    reply = httpx.post(server.url + "/completion", json={**body, "n_predict": 4}, headers=AUTH,
+                       timeout=60).json()  # fmt: skip
+    assert reply["tokens_predicted"] == 4
+    assert reply["tokens_cached"] >= warm["tokens_evaluated"] - 1, reply
+
+
 def test_completion_stop_words_and_refused_fields(server):
     body = {"prompt": "Count: 1, 2, 3,", "n_predict": 40, "temperature": 0, "stop": ["6"]}
     reply = httpx.post(server.url + "/completion", json=body, headers=AUTH, timeout=60).json()

@@ -74,6 +74,8 @@ class CompletionBody(StrictBody, Refusing):
                                 "ignore_eos": self.ignore_eos}  # fmt: skip
         if self.n_predict > 0:
             body["max_tokens"] = self.n_predict
+        elif self.n_predict == 0:  # the OpenAI API allows 0 only for scoring: set after
+            body["max_tokens"] = 1
         for name in ("temperature", "top_k", "top_p", "min_p", "seed", "repeat_penalty",
                      "presence_penalty", "frequency_penalty", "stop", "keep_alive"):  # fmt: skip
             if getattr(self, name) is not None:
@@ -114,6 +116,8 @@ async def _complete(request: Request, body: CompletionBody) -> Response:
     requests = service._completion_requests(req, rid)
     if body.n_predict == -1:  # llama-server's "until the end": the context's room
         requests[0].params.max_tokens = None
+    elif body.n_predict == 0:  # nothing generated: the prompt is evaluated into the cache
+        requests[0].params.max_tokens = 0
     started = time.perf_counter()
     prompt_tokens, gens = await start_generations(
         request.app.state.models, name, requests, req.keep_alive
@@ -151,7 +155,7 @@ class _Run:
             "tokens_predicted": self.n,
             "tokens_evaluated": self.n_prompt,
             "generation_settings": {
-                "n_predict": self.params.max_tokens or -1,
+                "n_predict": -1 if self.params.max_tokens is None else self.params.max_tokens,
                 **{
                     k: v
                     for k, v in asdict(self.params).items()
