@@ -107,6 +107,9 @@ def test_remote_and_local_models_are_listed_side_by_side(front):
     status = front.status()
     assert {m["name"]: m["state"] for m in status["models"]}["smol"] == "remote"
     assert status["remote_models"][0]["name"] == "smol"
+    typo = httpx.post(front.url + "/v1/chat/completions", timeout=10,
+                      json={"model": "smoll", "messages": CHAT, "max_tokens": 2})  # fmt: skip
+    assert typo.status_code == 404 and "did you mean smol" in typo.json()["error"]["message"]
 
 
 def test_openai_sdk_chat_completions_and_embeddings_through_a_remote_engine(front):

@@ -8,7 +8,13 @@ import tarfile
 
 import pytest
 
-from mullama.errors import AlreadyExists, ClientError, DownloadFailed, InvalidParameter
+from mullama.errors import (
+    AlreadyExists,
+    ClientError,
+    DownloadFailed,
+    InvalidParameter,
+    ModelNotFound,
+)
 from mullama.models.backup import INDEX, backup, restore
 from mullama.models.custom import create_model, parse_definition
 from mullama.models.gguf import InvalidGGUF
@@ -117,6 +123,17 @@ def test_rm_keeps_a_blob_another_name_uses(hub, store):
     assert store.blob_path(m.files[0].digest).is_file()
     assert store.remove("mine") == [m.files[0].digest]
     assert list(store.blobs()) == []
+
+
+def test_a_copy_onto_itself_writes_nothing(hub, store):
+    m = Puller(store).pull(f"hf.co/{REPO}")
+    modified = store.get(f"hf.co/{REPO}").modified
+    assert store.copy(f"hf.co/{REPO}", f"hf.co/{REPO}").files == m.files
+    assert store.get(f"hf.co/{REPO}").modified == modified
+    store.copy("smollm2:135m", "smollm2:135m")  # the built-in model gets no store copy
+    assert store.names() == [f"hf.co/{REPO}"]
+    with pytest.raises(ModelNotFound):
+        store.copy("nothing-here", "nothing-here")
 
 
 def test_custom_model_manifest(hub, store, tmp_path):

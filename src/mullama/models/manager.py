@@ -218,17 +218,15 @@ class ModelManager:
         )
         if self._observer is not None:
             client.observer = self._observer
-        keep = self.default_keep_alive
-        if opts.keep_alive is not None:
-            keep = parse_keep_alive(opts.keep_alive)
         pinned = pinned if opts.pinned is None else opts.pinned
+        keep = self._own_keep_alive(opts, pinned)
         served = ServedModel(
             entry=ModelEntry(ref),
             client=client,
             opts=opts,
             pinned=pinned,
-            keep_alive=None if pinned else keep,
-            base_keep_alive=None if pinned else keep,
+            keep_alive=keep,
+            base_keep_alive=keep,
             breaker=CircuitBreaker(
                 ref.name,
                 self.settings.breaker_failures,
@@ -286,7 +284,7 @@ class ModelManager:
         return out
 
     def _not_found(self, name: str) -> ModelNotFound:
-        hint = close_matches(name, self._served, cutoff=0.6)
+        hint = close_matches(name, [*self._served, *self.remotes], cutoff=0.6)
         return ModelNotFound(f"The model '{name}' does not exist{hint}", param="model")
 
     def set_observer(self, observer: Any) -> None:
@@ -507,15 +505,20 @@ class ModelManager:
         self._local_only(name, "pinning")
         served = self.register(name)
         served.pinned = pinned
-        own = served.opts.keep_alive
-        keep = self.default_keep_alive if own is None else parse_keep_alive(own)
-        keep = None if pinned else keep
-        served.keep_alive = served.base_keep_alive = keep
+        served.keep_alive = served.base_keep_alive = self._own_keep_alive(served.opts, pinned)
         if served.loaded and not served.leases:
             self._schedule_expiry(served)
         return served
 
     # ---- keep-alive ---------------------------------------------------------------------
+
+    def _own_keep_alive(self, opts: ModelOptions, pinned: bool) -> float | None:
+        """A model's keep-alive when a request gives none: its --model-opt, else the
+        daemon's; None (forever) while pinned."""
+        if pinned:
+            return None
+        own = opts.keep_alive
+        return self.default_keep_alive if own is None else parse_keep_alive(own)
 
     def _set_keep_alive(self, served: ServedModel, value: Any) -> None:
         """A request's keep_alive applies from its end on; requests without one bring the

@@ -215,6 +215,8 @@ class ModelStore:
             base = Manifest(name=dst, embedded=True, parent=EMBEDDED_NAME)
         else:
             base = self.require(src)
+        if src == dst:  # nothing to do (as Ollama); the built-in model gets no store copy
+            return base
         new = Manifest(**{**_shallow(base), "name": dst, "modified": time.time()})
         self.write(new)
         return new
