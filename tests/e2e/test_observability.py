@@ -254,7 +254,12 @@ def test_metrics_match_a_known_set_of_requests(obs):
     assert after[("mullama_requests_active", frozenset())] == 0
     assert after[("mullama_models_loaded", frozenset())] == 1
 
-    stats = obs.status()["stats"]
+    status = obs.status()
+    assert status["prompt_tokens"] == {  # the status page reads the same counters
+        "reused": int(after[("mullama_prompt_tokens_reused_total", frozenset(m.items()))]),
+        "computed": int(after[("mullama_prompt_tokens_computed_total", frozenset(m.items()))]),
+    }
+    stats = status["stats"]
     assert stats["total_requests"] - stats_before["total_requests"] == 10
     assert stats["failed_requests"] - stats_before["failed_requests"] == 3
     assert stats["tokens_generated"] - stats_before["tokens_generated"] == sent.completion

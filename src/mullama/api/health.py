@@ -131,7 +131,7 @@ async def system_status(request: Request) -> ORJSONResponse:
             ],  # fmt: skip
             "latency": obs.latency(),
             "errors": dict(obs.errors),
-            "prompt_tokens": {"reused": obs.prompt_reused, "computed": obs.prompt_computed},
+            "prompt_tokens": obs.prompt_tokens(),
             "response_cache": _response_cache(manager),
             "history": obs.history_rates(),
             "pid": os.getpid(),

@@ -89,8 +89,6 @@ class GenerationTracker:
         m.queue_wait.labels(self.model).observe(self.queue_wait)
         m.prompt_tokens_reused.labels(self.model).inc(reused)
         m.prompt_tokens_computed.labels(self.model).inc(max(self.prompt - reused, 0))
-        self.hub.prompt_reused += reused
-        self.hub.prompt_computed += max(self.prompt - reused, 0)
         if self.record is not None:
             self.record.cached_tokens += reused
 
@@ -165,8 +163,6 @@ class Observability:
         self.total_requests = 0
         self.failed_requests = 0
         self.tokens_generated = 0
-        self.prompt_reused = 0  # prompt tokens found in KV caches (all models)
-        self.prompt_computed = 0
         # Failed API requests by status ("stream": cut after a 200 began).
         self.errors: Counter[str] = Counter()
         # The last requests that reached a model: (time to first token or None, duration).
@@ -175,6 +171,15 @@ class Observability:
         # the dashboard's charts; sampled by sample_history (a background task).
         self.history: deque[tuple[float, int, int]] = deque(maxlen=HISTORY_POINTS + 1)
         self.metrics = Metrics(self.snapshot, names)
+
+    def prompt_tokens(self) -> dict[str, int]:
+        """Prompt tokens found in the KV caches and computed, all models: the counters'
+        own totals."""
+        m = self.metrics
+        return {
+            "reused": _total(m.prompt_tokens_reused),
+            "computed": _total(m.prompt_tokens_computed),
+        }
 
     # ---- EngineObserver --------------------------------------------------------------
 
@@ -358,3 +363,10 @@ class Observability:
             "uptime_secs": round(self.uptime(), 3),
             "models": {name: s.to_json() for name, s in self.summaries.items()},
         }
+
+
+def _total(counter: Any) -> int:
+    """A labelled counter's sum over its labels."""
+    return int(
+        sum(s.value for f in counter.collect() for s in f.samples if s.name.endswith("_total"))
+    )
