@@ -7,8 +7,11 @@ U users on S slots (U > S), K turns each. Every conversation starts with one sha
 system prompt of several hundred tokens and its own text of about 1,000 tokens (a pasted
 document), then each turn adds the previous answer and a new user message; a random
 think time (0-3 s) passes between a user's turns. Requests are streamed
-``/v1/chat/completions`` at temperature 0. The texts are new on each run (a fresh seed),
-the same for every server within a run, and every server starts cold.
+``/v1/chat/completions`` at temperature 0 with ``ignore_eos`` (both servers take it), so
+every answer is ``--max-tokens`` long: greedy answers differ from server to server (and
+with the batch size: llama.cpp is not batch-invariant), and answers ending early would
+make the servers' work differ. The texts are new on each run (a fresh seed), the same
+for every server within a run, and every server starts cold.
 
 llama-server runs as its documentation recommends for this: ``-np S -c S*CTX
 --cache-ram MiB --cache-reuse 256`` (default slot similarity), with the same RAM budget
@@ -24,6 +27,7 @@ import asyncio
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 import time
@@ -67,7 +71,8 @@ async def user(client: httpx.AsyncClient, url: str, system: str, doc: str, turns
     messages = [{"role": "system", "content": system}, {"role": "user", "content": doc}]
     for turn in range(turns):
         body = {"model": NAME, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
-                "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+                "stream": True, "stream_options": {"include_usage": True},
+                "ignore_eos": True}  # fmt: skip
         t0 = time.perf_counter()
         first = last = None
         text, gaps, usage, timings = [], [], None, None
@@ -176,23 +181,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="each with new texts")
     p.add_argument("--only", default=None,
                    help="comma-separated: mullama, mullama-no-cache, llama-server")  # fmt: skip
+    p.add_argument("--mullama-args", default="", help="more arguments for both Mullamas")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                   help="also run Mullama with these arguments, as server 'mullama NAME'")  # fmt: skip
     p.add_argument("--raw", type=Path, default=None, help="write every sample here (JSON)")
     args = p.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time())
     threads = str(os.cpu_count())
     s, ctx = str(args.slots), str(args.ctx)
     port = free_port()
+    more = shlex.split(args.mullama_args)
     servers = {
         "mullama": mullama_cmd(port, "--parallel", s, "--context-size", ctx, "--threads", threads,
-                               "--cache-ram", f"{args.cache_mib}MiB"),
+                               "--cache-ram", f"{args.cache_mib}MiB", *more),
         "mullama-no-cache": mullama_cmd(port, "--parallel", s, "--context-size", ctx,
-                                        "--threads", threads, "--cache-ram", "0"),
+                                        "--threads", threads, "--cache-ram", "0", *more),
         "llama-server": [str(build_anchors() / "llama-server"), "-m", model_path(), "--port",
                          str(port), "-np", s, "-c", str(args.slots * args.ctx), "-t", threads,
                          "-tb", threads, "--cache-ram", str(args.cache_mib), "--cache-reuse", "256",
                          "--alias", NAME, "--log-disable"],
     }  # fmt: skip
+    for variant in args.variant:
+        label, _, extra = variant.partition("=")
+        servers[f"mullama {label}"] = [*servers["mullama"], *shlex.split(extra)]
     only = set(args.only.split(",")) if args.only else set(servers)
+    only |= {f"mullama {v.partition('=')[0]}" for v in args.variant}
     if only - set(servers):
         p.error(f"--only: unknown {', '.join(sorted(only - set(servers)))}")
     names = [n for n in servers if n in only]
@@ -209,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         args.raw.write_text(json.dumps(raw))
     print(
         f"\nseeds {seed}..{seed + args.rounds - 1}, pooled: {args.users} users on {args.slots} slots, {args.turns} turns, "
-        f"{args.max_tokens}-token answers, think time 0-3 s, streamed, temperature 0\n"
+        f"{args.max_tokens}-token answers (ignore_eos), think time 0-3 s, streamed, "
+        "temperature 0\n"
     )
     print(
         "| server | TTFT p50 turn 1 (s) | TTFT p50 turns >= 2 (s) | p95 turns >= 2 (s) "

@@ -185,7 +185,11 @@ class ModelSettings(BaseModel):
         "threads stall each other).",
     )
     batch_size: int = Field(
-        512, ge=16, description="Most tokens put into one llama_decode step (n_batch)."
+        2048,
+        ge=16,
+        description="Most tokens put into one llama_decode step (n_batch), as llama-server's "
+        "-b. A step that ends a short prompt (at most 512 tokens, a conversation's next turn) "
+        "holds at most 512, so that turn's first token does not wait behind a long prefill.",
     )
     kv_unified: bool = Field(
         False,

@@ -99,7 +99,7 @@ class FakeSampler:
         pass
 
 
-def make(n_slots=2, n_batch=8, kv=10_000, host_bytes=0, n_swa=0, streams=True):
+def make(n_slots=2, n_batch=8, kv=10_000, host_bytes=0, n_swa=0, streams=True, n_quick=None):
     ctx = FakeCtx(kv)
     sched = Scheduler(
         model=FakeModel(),
@@ -107,6 +107,7 @@ def make(n_slots=2, n_batch=8, kv=10_000, host_bytes=0, n_swa=0, streams=True):
         batch=FakeBatch(n_batch),
         n_slots=n_slots,
         n_batch=n_batch,
+        n_quick=n_quick,
         host_cache=HostCache(host_bytes),
         n_swa=n_swa,
         streams=streams,
@@ -304,6 +305,26 @@ def test_no_move_for_a_sequence_about_to_end_or_a_unified_cache():
     sched, ctx, _, _, c = _gap_in_the_middle([3, 4], streams=False)
     sched.step()
     assert c.slot == 2 and ctx.copies == []  # one pool: any ids batch together
+
+
+def test_a_long_prompt_takes_big_steps_unless_a_short_one_ends_in_the_step():
+    # Long prefills go in few big steps (each step is a pause for every generating
+    # sequence); a step that ends a short prompt stays small, for its first token.
+    sched, ctx = make(n_slots=3, n_batch=64, n_quick=16)
+    talker = seq("t", [1, 2], out=[5] * 40, max_tokens=40)
+    sched.submit(talker)
+    sched.step()
+    sched.submit(seq("doc", range(100, 300), out=[EOG]))
+    sched.step()
+    assert len(ctx.batches[-1]) == 64  # the talker's token and 63 of the document
+    turn = seq("turn", range(500, 510), out=[6, EOG])
+    sched.submit(turn)
+    sched.step()
+    rows = ctx.batches[-1]
+    assert len(rows) == 16, rows  # 1 + the turn's 10 + 5 of the document
+    assert [r[2] for r in rows].count(turn.slot) == 10 and turn.n_generated == 1
+    sched.step()
+    assert len(ctx.batches[-1]) == 64  # the turn generates; the document takes the rest
 
 
 def test_burst_tracker_learns_how_many_requests_start_together():

@@ -320,6 +320,7 @@ class Context:
         self.n_ctx = lc.llama_n_ctx(self.ptr)
         self.n_ctx_seq = lc.llama_n_ctx_seq(self.ptr)  # padded up, never below the ask
         self.n_batch = lc.llama_n_batch(self.ptr)
+        self.n_ubatch = lc.llama_n_ubatch(self.ptr)
         self.n_vocab = lc.llama_vocab_n_tokens(model.vocab)
         self.threads = cfg.n_threads
 

@@ -86,7 +86,7 @@ class WorkerSpec:
     path: str
     parallel: int = 4
     context_size: int = 4096
-    batch_size: int = 512
+    batch_size: int = 2048
     kv_unified: bool = False
     burst_wait_ms: float = 0.0
     threads: int = 1  # resolved by the daemon from the CPU budget (engine/cpu.py)

@@ -113,6 +113,7 @@ class Scheduler:
         batch: Any,
         n_slots: int,
         n_batch: int,
+        n_quick: int | None = None,
         host_cache: HostCache | None = None,
         n_swa: int = 0,
         recurrent: bool = False,
@@ -135,6 +136,11 @@ class Scheduler:
         self.moves = 0  # sequences moved to close a gap
         self._sources: set[int] = set()  # slots copied from this step: not overwritten
         self.n_batch = n_batch
+        # A step that ends a prompt of at most n_quick tokens (a conversation's next turn)
+        # holds at most n_quick tokens: that first token does not wait behind a long
+        # prefill, which otherwise takes up to n_batch a step (fewer, longer steps: each
+        # step is a pause for every sequence that is generating).
+        self.n_quick = min(n_quick or n_batch, n_batch)
         self._pieces: dict[int, str | list[int]] = {}  # tokens as logprob entries carry them
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -407,6 +413,8 @@ class Scheduler:
                     take = min(take, SCORE_CHUNK)
                 takes.append((seq, take))
                 budget -= take
+                if take == seq.remaining <= self.n_quick:  # its first token comes soon
+                    budget = min(budget, self.n_quick - (self.n_batch - budget))
         # Written in slot order: with one KV stream per sequence, llama.cpp cuts a batch
         # into micro-batches of consecutive sequence ids, so slot order keeps a decode
         # step in one micro-batch (the order does not matter to a unified cache).

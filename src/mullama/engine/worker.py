@@ -140,6 +140,7 @@ class Worker:
             batch=self.batch,
             n_slots=n_slots,
             n_batch=n_batch,
+            n_quick=self.ctx.n_ubatch,
             host_cache=HostCache(spec.cache_ram),
             n_swa=n_swa,
             recurrent=recurrent,
