@@ -11,6 +11,7 @@ with numpy, so finding the best of hundreds of entries costs microseconds.
 
 from __future__ import annotations
 
+import ctypes
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def state_buffer(size: int) -> ctypes.Array[ctypes.c_uint8]:
+    """A buffer for one saved KV state, not zeroed first: every byte is written by
+    llama.cpp (or read from a session file) before use. A zeroed ctypes array of a
+    ~35 MB state (1,500 SmolLM2 tokens) took ~17 ms to make, the copy into it ~2 ms:
+    made from numpy's uninitialised memory the save takes ~4 ms."""
+    return (ctypes.c_uint8 * size).from_buffer(np.empty(size, dtype=np.uint8))
 
 
 def as_tokens(tokens: list[int]) -> np.ndarray:

@@ -17,6 +17,7 @@ import llama_cpp as lc
 import numpy as np
 
 from .constraint import Constraint
+from .kvcache import state_buffer
 from .protocol import SamplingParams, normalize
 
 _LOG_VERBOSE = False
@@ -372,7 +373,7 @@ class Context:
         size = lc.llama_state_seq_get_size(self.ptr, seq)
         if size <= 0:
             return None, 0
-        buf = (ctypes.c_uint8 * size)()
+        buf = state_buffer(size)
         written = lc.llama_state_seq_get_data(self.ptr, buf, size, seq)
         return (buf, int(written)) if written else (None, 0)
 

@@ -16,7 +16,6 @@ ignored with one log line; a corrupt or truncated one is skipped and removed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import logging
 import os
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .kvcache import Entry
+from .kvcache import Entry, state_buffer
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,7 @@ class SessionStore:
             try:
                 with path.open("rb") as f:
                     f.seek(offset)
-                    buf = (ctypes.c_uint8 * size)()
+                    buf = state_buffer(size)
                     got = f.readinto(memoryview(buf).cast("B"))
             except OSError as exc:
                 log.warning("session file %s unreadable: %s", path.name, exc)
