@@ -134,7 +134,6 @@ class Scheduler:
         # consecutive slots (moved by a whole-stream copy, which those memories allow).
         self.compact = streams and not recurrent and not n_swa
         self.moves = 0  # sequences moved to close a gap
-        self._sources: set[int] = set()  # slots copied from this step: not overwritten
         self.n_batch = n_batch
         # A step that ends a prompt of at most n_quick tokens (a conversation's next turn)
         # holds at most n_quick tokens: that first token does not wait behind a long
@@ -184,11 +183,10 @@ class Scheduler:
         out: list[Output] = []
         self.admitted = []
         self._drop_cancelled()
-        self._sources = set()
-        self._admit()
+        sources = self._admit()
         if not self.running:
             return out
-        self._compact()
+        self._compact(sources)
         while True:
             plan = self._build_batch()
             if not plan:
@@ -224,12 +222,14 @@ class Scheduler:
             seq.finish = "cancelled"
             self._release(seq)
 
-    def _admit(self) -> None:
-        sources = self._sources
+    def _admit(self) -> set[int]:
+        """Waiting sequences into free slots; returns the slots copied from (their data
+        moves at the next decode: not overwritten before it)."""
+        sources: set[int] = set()
         while self.waiting:
             free = [s for s in self.slots if s.seq is None and s.index not in sources]
             if not free:
-                return
+                return sources
             seq = self._next_waiting(free)
             slot, reuse = self._place(seq, free, sources)
             slot.cached = []
@@ -242,6 +242,7 @@ class Scheduler:
                 seq.admitted_at = time.monotonic()
                 seq.reused = reuse
                 self.admitted.append(seq)
+        return sources
 
     def _next_waiting(self, free: list[Slot]) -> Sequence:
         """The waiting sequence to admit next: the one with the least to compute (its
@@ -297,7 +298,7 @@ class Scheduler:
         self._evict(target, best)
         return target, self._keep(target, best)
 
-    def _compact(self) -> None:
+    def _compact(self, sources: set[int]) -> None:
         """Close gaps in the running sequences' slot ids (slots 0, 1 and 3 running take
         two graph computations a step; 0, 1 and 2 take one): the sequence on the highest
         slot moves into the lowest gap whose idle history is not lost by it (empty, short,
@@ -313,7 +314,7 @@ class Scheduler:
             seq = src.seq
             gaps = [
                 s for s in self.slots[ids[0] : ids[-1]]
-                if s.seq is None and s.index not in self._sources
+                if s.seq is None and s.index not in sources
                 and (self.host.enabled or len(s.cached) < MIN_SAVE)
             ]  # fmt: skip
             if seq is None or not gaps or seq.max_tokens - seq.n_generated < MIN_MOVE:
