@@ -5,6 +5,7 @@ usage, and answers exactly what recomputing it would (greedy, several turns and 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import httpx
@@ -253,3 +254,33 @@ def _pieces(lines):
         if line.startswith("data: ") and line != "data: [DONE]":
             for choice in json.loads(line[6:])["choices"]:
                 yield choice["text"]
+
+
+def test_conversations_arriving_together_compute_their_shared_prefix_once():
+    """Three requests sharing a ~400-token prefix arrive at once, with no slot holding it:
+    one computes it, the others copy it from that running sequence (waiting for it when
+    it is not computed yet), say so in usage, and continue exactly as they would alone."""
+    shared = ", ".join(str(i) for i in range(1, 151))
+    ends = {k: 150 + 4 * k for k in (1, 2, 3)}
+    prompts = {k: shared + ", " + ", ".join(str(i) for i in range(151, end + 1)) + ","
+               for k, end in ends.items()}  # fmt: skip
+    with Daemon("--parallel", "3", "--context-size", "1024").wait_healthy() as d:
+
+        def complete(k: int) -> dict:
+            r = httpx.post(d.url + "/v1/completions", timeout=300, json={
+                "model": "smollm2:135m", "prompt": prompts[k], "max_tokens": 24,
+                "temperature": 0,
+            })  # fmt: skip
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        with ThreadPoolExecutor(3) as pool:
+            replies = dict(zip(ends, pool.map(complete, ends), strict=True))
+    usage = {k: r["usage"] for k, r in replies.items()}
+    cached = sorted(u["prompt_tokens_details"]["cached_tokens"] for u in usage.values())
+    shortest = min(u["prompt_tokens"] for u in usage.values())
+    assert cached[0] == 0 and cached[1] >= shortest - 8, usage  # one computed it
+    for k, end in ends.items():
+        expected = " " + ", ".join(str(i) for i in range(end + 1, end + 40))
+        text = replies[k]["choices"][0]["text"]
+        assert len(text) > 20 and expected.startswith(text), (k, text)

@@ -430,3 +430,42 @@ def test_a_warm_turn_is_admitted_before_a_long_new_prompt_but_none_starves():
     sched.submit(seq("warm2", [*a.tokens, 7, 8, 9], out=[EOG]))
     sched.step()
     assert sched.running[0].id == "old"
+
+
+def test_a_burst_sharing_a_long_prefix_computes_it_once():
+    """Three conversations arrive together with the same 100-token system prompt: the
+    first computes it, the others wait a step and copy it (no idle slot held it yet)."""
+    sched, ctx = make(n_slots=3, n_batch=256)
+    system = list(range(1, 101))
+    a, b, c = (seq(k, [*system, *range(base, base + 10)], out=[5, EOG])
+               for k, base in (("a", 201), ("b", 301), ("c", 401)))  # fmt: skip
+    for s in (a, b, c):
+        sched.submit(s)
+    sched.step()
+    slots = {s.id: s.slot for s in (a, b, c)}
+    assert {r[2] for r in ctx.batches[0]} == {slots["a"]} and len(ctx.batches[0]) == 110
+    sched.step()
+    assert sorted(ctx.copies) == [(slots["a"], slots["b"]), (slots["a"], slots["c"])]
+    followers = [r for r in ctx.batches[1] if r[2] != slots["a"]]
+    assert len(followers) == 20 and min(r[1] for r in followers) == 100
+    run(sched)
+    assert (a.reused, b.reused, c.reused) == (0, 100, 100)
+    for k in "bc":  # each holds the system prompt, its own 10 tokens and its answer
+        assert ctx.kv[slots[k]] == set(range(111))
+
+
+def test_a_follower_whose_leader_leaves_computes_the_prefix_itself():
+    sched, ctx = make(n_slots=2, n_batch=32)
+    system = list(range(1, 101))
+    a = seq("a", [*system, 201], out=[EOG])
+    b = seq("b", [*system, 301], out=[6, EOG])
+    sched.submit(a)
+    sched.submit(b)
+    sched.step()  # a computes its first 32 tokens; b waits for the prefix
+    b_slot = b.slot
+    assert {r[2] for r in ctx.batches[0]} == {a.slot}
+    sched.cancel("a")
+    run(sched)
+    assert ctx.copies == [] and b.reused == 0 and b.finish == "stop"
+    rows = [r for batch in ctx.batches[1:] for r in batch if r[2] == b_slot]
+    assert [r[1] for r in rows] == list(range(102))  # its whole prompt, then its answer

@@ -70,6 +70,9 @@ class Sequence:
     submitted_at: float = 0.0  # time.monotonic() when queued
     admitted_at: float | None = None  # first time it got a slot
     reused: int = 0  # prompt tokens found in the KV cache at its first admission
+    # Admitted while another running sequence computes a prefix they share: this one
+    # computes nothing until the leader has that prefix, then copies it (leader, length).
+    follows: tuple[Sequence, int] | None = None
 
     @property
     def remaining(self) -> int:
@@ -133,6 +136,9 @@ class Scheduler:
         # micro-batches of consecutive sequence ids, so running sequences are kept on
         # consecutive slots (moved by a whole-stream copy, which those memories allow).
         self.compact = streams and not recurrent and not n_swa
+        # A new sequence may copy a prefix from a running one (computed, or computed by it
+        # first): not for memories that cannot be cut back or keep only a window.
+        self.follow = not recurrent and not n_swa
         self.moves = 0  # sequences moved to close a gap
         self.n_batch = n_batch
         # A step that ends a prompt of at most n_quick tokens (a conversation's next turn)
@@ -148,6 +154,7 @@ class Scheduler:
         self.generated_total = 0
         # Sequences that got their first slot in the last step (for queue-wait metrics).
         self.admitted: list[Sequence] = []
+        self._unreported: set[str] = set()  # admitted followers, reported when they join
 
     # ---- bookkeeping -------------------------------------------------------------
 
@@ -186,6 +193,7 @@ class Scheduler:
         sources = self._admit()
         if not self.running:
             return out
+        sources |= self._join_leaders()
         self._compact(sources)
         while True:
             plan = self._build_batch()
@@ -240,9 +248,37 @@ class Scheduler:
             self.running.append(seq)
             if seq.admitted_at is None:
                 seq.admitted_at = time.monotonic()
-                seq.reused = reuse
-                self.admitted.append(seq)
+                self._unreported.add(seq.id)
+            if seq.follows is None:  # a follower is reported once it joined its leader
+                self._report(seq, reuse)
         return sources
+
+    def _join_leaders(self) -> set[int]:
+        """Sequences waiting on a leader's prefix copy it once the leader has computed
+        it (or, if the leader left first, compute it themselves). Returns the slots
+        involved: their KV data moves at the next decode."""
+        involved: set[int] = set()
+        for seq in self.running:
+            if seq.follows is None:
+                continue
+            lead, length = seq.follows
+            if lead in self.running and lead.n_past < length:
+                continue  # not there yet
+            seq.follows = None
+            if lead in self.running:
+                self.ctx.seq_cp_whole(lead.slot, seq.slot)
+                seq.n_past = self._keep(self.slots[seq.slot], length)
+                involved |= {lead.slot, seq.slot}
+                log.debug("sequence %s copied %d prompt tokens from %s", seq.id, length, lead.id)
+            self._report(seq, seq.n_past)
+        return involved
+
+    def _report(self, seq: Sequence, reused: int) -> None:
+        """The first admission of ``seq`` is reported once (queue wait, tokens reused)."""
+        if seq.id in self._unreported:
+            self._unreported.discard(seq.id)
+            seq.reused = reused
+            self.admitted.append(seq)
 
     def _next_waiting(self, free: list[Slot]) -> Sequence:
         """The waiting sequence to admit next: the one with the least to compute (its
@@ -252,6 +288,8 @@ class Scheduler:
         if len(self.waiting) == 1 or time.monotonic() - head.submitted_at >= SJF_MAX_WAIT:
             return self.waiting.popleft()
         held = [s.tokens() for s in free if s.cached]
+        if self.follow:
+            held += [as_tokens(r.tokens) for r in self.running if r.follows is None]
 
         def cost(seq: Sequence) -> int:
             tokens = as_tokens(seq.tokens)
@@ -279,6 +317,20 @@ class Scheduler:
         best = shared[src.index]
         entry, saved = self.host.best(tokens) if self.host.enabled and limit else (None, 0)
         saved = min(saved, limit)
+        lead, led = self._leader(tokens, limit)
+        if lead is not None and led >= max(best, saved) + MIN_SAVE:
+            # A running sequence has (or is computing) a longer prefix of this prompt
+            # than any idle slot or saved state: copy it rather than compute it again
+            # (a burst of conversations sharing a long system prompt computes it once).
+            target = self._victim(free)
+            self._evict(target, 0)
+            self._keep(target, 0)
+            done = min(led, lead.n_past)  # what the leader has computed so far
+            if led - done >= MIN_SAVE or done <= max(best, saved):
+                seq.follows = (lead, led)  # worth waiting a step or more for
+                return target, 0
+            self.ctx.seq_cp_whole(lead.slot, target.index)
+            return target, self._keep(target, done)
         if entry is not None and saved >= best + MIN_GAIN:
             target = self._victim(free)
             self._evict(target, 0)
@@ -298,6 +350,19 @@ class Scheduler:
         self._evict(target, best)
         return target, self._keep(target, best)
 
+    def _leader(self, tokens: np.ndarray, limit: int) -> tuple[Sequence | None, int]:
+        """The running sequence whose tokens (computed or still to compute) share the
+        longest prefix with ``tokens``, and that length (at most ``limit``)."""
+        if not self.follow or not limit:
+            return None, 0
+        best: tuple[Sequence | None, int] = (None, 0)
+        for run in self.running:
+            if run.follows is None and run.slot >= 0:
+                n = min(common_prefix(as_tokens(run.tokens), tokens), limit)
+                if n > best[1]:
+                    best = (run, n)
+        return best
+
     def _compact(self, sources: set[int]) -> None:
         """Close gaps in the running sequences' slot ids (slots 0, 1 and 3 running take
         two graph computations a step; 0, 1 and 2 take one): the sequence on the highest
@@ -312,6 +377,8 @@ class Scheduler:
                 return
             src = self.slots[ids[-1]]
             seq = src.seq
+            if src.index in sources:
+                return  # a copy into or out of it is pending
             gaps = [
                 s for s in self.slots[ids[0] : ids[-1]]
                 if s.seq is None and s.index not in sources
@@ -404,11 +471,11 @@ class Scheduler:
         # new tokens) gets its first token in this step instead of waiting behind a long
         # new prompt, which takes the rest of the budget (so it still advances each step).
         for seq in self.running:
-            if seq.remaining == 1 and budget > 0:
+            if seq.remaining == 1 and budget > 0 and seq.follows is None:
                 takes.append((seq, 1))
                 budget -= 1
         for seq in sorted(self.running, key=lambda s: (s.remaining, s.order)):
-            if seq.remaining > 1 and budget > 0:
+            if seq.remaining > 1 and budget > 0 and seq.follows is None:
                 take = min(seq.remaining, budget)
                 if seq.score_prompt:  # logits for every token: bounded output memory
                     take = min(take, SCORE_CHUNK)
@@ -462,6 +529,7 @@ class Scheduler:
         victim.slot = -1
         victim.n_past = 0
         victim.prompt_entries = []  # scored again from the start
+        victim.follows = None
         self.waiting.appendleft(victim)
         return True
 
@@ -570,6 +638,7 @@ class Scheduler:
 
     def _forget(self, seq: Sequence) -> None:
         seq.sampler.close()
+        self._unreported.discard(seq.id)
         self.by_id.pop(seq.id, None)
 
 
