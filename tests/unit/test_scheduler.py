@@ -469,3 +469,21 @@ def test_a_follower_whose_leader_leaves_computes_the_prefix_itself():
     assert ctx.copies == [] and b.reused == 0 and b.finish == "stop"
     rows = [r for batch in ctx.batches[1:] for r in batch if r[2] == b_slot]
     assert [r[1] for r in rows] == list(range(102))  # its whole prompt, then its answer
+
+
+def test_admission_weighs_time_waited_against_the_work_left():
+    """Highest response ratio next: a short turn that has waited a little goes before a
+    long prompt that has waited longer, until the long one has waited far longer."""
+    sched, ctx = make(n_slots=1, n_batch=64, host_bytes=10**9)
+    a = _served(sched, seq("a", range(1, 101), out=[EOG]))
+    for waited in (5.0, 30.0):
+        sched.prompt_rate = 100.0  # tokens/s: the long prompt's service is ~2 s, the turn's ~0.1
+        cold = seq("cold", range(500, 700), out=[EOG])
+        warm = seq("warm", [*a.tokens, 7, 8], out=[EOG])
+        sched.submit(cold)
+        sched.submit(warm)
+        cold.submitted_at -= waited
+        warm.submitted_at -= 0.5
+        sched.step()
+        assert [s.id for s in sched.admitted] == ["warm" if waited == 5.0 else "cold"], waited
+        run(sched)

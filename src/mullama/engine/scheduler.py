@@ -35,11 +35,15 @@ MIN_SAVE = 64
 # costs a graph computation more on every step it lasts).
 MIN_MOVE = 16
 
-# Admission is shortest job first among the first SJF_WINDOW waiting sequences (a warm
-# turn that computes a few dozen tokens goes before a new 1,000-token prompt), but a
-# sequence that has waited SJF_MAX_WAIT seconds goes next whatever its size: none starves.
+# Admission among the first SJF_WINDOW waiting sequences is highest response ratio next:
+# (time waited + service) / service, the service being the tokens left to compute at the
+# measured prompt rate, plus one step (STEP_SECONDS, also added to every wait). Among
+# sequences that have waited alike the shortest goes first (a warm turn that computes a
+# few dozen tokens before a new 1,000-token prompt); a long one's ratio grows as it waits,
+# so none starves. At 300 prompt tokens/s, a 1,000-token prompt that has waited 10 s goes
+# before a 30-token turn that has waited less than ~0.6 s.
 SJF_WINDOW = 32
-SJF_MAX_WAIT = 2.0
+STEP_SECONDS = 0.05
 
 # Prompt tokens per step of a sequence scoring its prompt: each row keeps a vocabulary of
 # logits (64 x 49k floats = 12 MB for SmolLM2), so a long prompt is scored in chunks.
@@ -155,6 +159,7 @@ class Scheduler:
         # Sequences that got their first slot in the last step (for queue-wait metrics).
         self.admitted: list[Sequence] = []
         self._unreported: set[str] = set()  # admitted followers, reported when they join
+        self.prompt_rate = 1000.0  # prompt tokens per second, measured as steps run
 
     # ---- bookkeeping -------------------------------------------------------------
 
@@ -199,8 +204,10 @@ class Scheduler:
             plan = self._build_batch()
             if not plan:
                 return out
+            started = time.perf_counter()
             rc = self.ctx.decode(self.batch)
             if rc == 0:
+                self._time_prompt(plan, time.perf_counter() - started)
                 break
             # No room in the KV cache: drop idle prefix caches first, then preempt the
             # newest sequence and requeue it at the front. Never crash.
@@ -220,6 +227,13 @@ class Scheduler:
         for seq in [s for s in self.running if s.finish is not None]:
             self._release(seq)
         return out
+
+    def _time_prompt(self, plan: list[tuple[Sequence, int, int]], seconds: float) -> None:
+        """The prompt rate admission estimates service times with: a moving average of
+        the steps that computed at least MIN_SAVE prompt tokens."""
+        prompt = sum(taken for _, taken, _ in plan if taken > 1)
+        if prompt >= MIN_SAVE and seconds > 0:
+            self.prompt_rate += 0.2 * (prompt / seconds - self.prompt_rate)
 
     def _drop_cancelled(self) -> None:
         if any(s.cancelled for s in self.waiting):
@@ -281,11 +295,10 @@ class Scheduler:
             self.admitted.append(seq)
 
     def _next_waiting(self, free: list[Slot]) -> Sequence:
-        """The waiting sequence to admit next: the one with the least to compute (its
-        tokens less what a free slot or the RAM cache holds of them), unless the head of
-        the queue has waited too long."""
-        head = self.waiting[0]
-        if len(self.waiting) == 1 or time.monotonic() - head.submitted_at >= SJF_MAX_WAIT:
+        """The waiting sequence to admit next: the highest ratio of time waited plus
+        service to service, where the service is what it has to compute (its tokens less
+        what a free slot, a running sequence or the RAM cache holds of them)."""
+        if len(self.waiting) == 1:
             return self.waiting.popleft()
         held = [s.tokens() for s in free if s.cached]
         if self.follow:
@@ -298,8 +311,14 @@ class Scheduler:
                 found = max(found, self.host.best(tokens)[1])
             return len(seq.tokens) - found
 
+        now = time.monotonic()
+
+        def ratio(seq: Sequence) -> float:
+            service = cost(seq) / self.prompt_rate + STEP_SECONDS
+            return (now - seq.submitted_at + STEP_SECONDS + service) / service
+
         window = list(itertools.islice(self.waiting, SJF_WINDOW))
-        best = min(window, key=cost)  # the earliest of equal costs (min is stable)
+        best = max(window, key=ratio)  # the earliest of equal ratios (max is stable)
         self.waiting.remove(best)
         return best
 
