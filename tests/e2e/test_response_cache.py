@@ -117,6 +117,24 @@ def test_cache_control_and_sampling_decide_what_is_cached(cache_daemon):
     assert _chat(d, **{**seeded, "seed": 1235}).headers["X-Mullama-Cache"] == "miss"
 
 
+def test_a_prompt_sent_to_warm_the_kv_cache_always_reaches_it(cache_daemon):
+    """llama-server's n_predict: 0 evaluates a prompt into the KV cache: never answered
+    from the response cache (that would warm nothing), so the real request that follows
+    finds its prompt computed, however often the warm-up was sent."""
+    d = cache_daemon
+    prompt = "Warm me up: " + " ".join(f"entry {i}" for i in range(50))
+    body = {"model": "cached", "prompt": prompt, "n_predict": 0, "temperature": 0}
+    for _ in range(2):
+        r = httpx.post(d.url + "/completion", json=body, timeout=120)
+        assert r.status_code == 200 and r.headers["X-Mullama-Cache"] == "bypass", r.text
+        assert r.json()["tokens_evaluated"] > 50
+    # Another prompt takes the slot in between; the warmed one is found again.
+    httpx.post(d.url + "/completion", json={**body, "prompt": "Something else entirely"},
+               timeout=120)  # fmt: skip
+    r = httpx.post(d.url + "/completion", json={**body, "n_predict": 3}, timeout=120)
+    assert r.json()["tokens_cached"] >= r.json()["tokens_evaluated"] - 1, r.json()
+
+
 def test_a_replaced_or_unloaded_model_has_no_cached_answers(cache_daemon):
     d = cache_daemon
     extra = {"max_tokens": 6}

@@ -38,7 +38,12 @@ WARN_EVERY = 30.0
 
 
 def deterministic(request: GenerateRequest) -> bool:
+    """Whether the request's answer can come from the cache: a fixed answer, and one
+    that is the point of the request (a prompt evaluated for nothing, such as
+    llama-server's ``n_predict: 0``, is sent to warm the KV cache: it must reach it)."""
     p = request.params
+    if p.max_tokens == 0 and not p.prompt_logprobs:
+        return False
     return p.temperature == 0 or (p.seed is not None and p.seed >= 0)
 
 
