@@ -320,3 +320,44 @@ def _loaded(d: Daemon, key: str) -> bool:
     auth = {"Authorization": f"Bearer {key}"}
     status = httpx.get(d.url + "/api/system/status", headers=auth, timeout=10).json()
     return next(m for m in status["models_loaded"] if m["name"] == MODEL)["loaded"]
+
+
+def test_a_late_refusal_of_a_replaced_key_does_not_forget_the_new_one(browser, tmp_path):
+    """Requests sent with a wrong key can come back refused after the right key was typed
+    in: that refusal is not the new key's. The page sends such a request again with the
+    new key, keeps the key, and asks for nothing."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(f"keys:\n  - {{name: app, key: {INFER}, scope: inference}}\n")
+    with Daemon("--parallel", "1", "--context-size", "512",
+                "--api-key-file", str(keys)).wait_healthy() as d:  # fmt: skip
+        page, console = open_page(browser)
+        console.allow_status(401)
+        held = []
+
+        def hold_one_wrong(route):
+            if route.request.headers.get("authorization") == "Bearer sk-wrong" and not held:
+                held.append(route)  # answered later, after the right key is in
+            else:
+                route.continue_()
+
+        page.route("**/api/ps", hold_one_wrong)
+        page.goto(d.url + "/ui/")
+        dialog = page.wait_for_selector("#key-dialog[open]")
+        page.fill("#key-input", "sk-wrong")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.getElementById('key-dialog').open")
+        wait_for(lambda: page.evaluate("1") and held)  # evaluate lets the route handler run
+        page.fill("#key-input", INFER)
+        page.keyboard.press("Enter")
+        page.wait_for_selector(f'#model option[value="{MODEL}"]', state="attached")
+
+        def resent(response):
+            sent = response.request.headers.get("authorization")
+            return "/api/ps" in response.url and sent == f"Bearer {INFER}"
+
+        with page.expect_response(resent):
+            held[0].continue_()  # its 401 comes back now
+        assert page.evaluate("() => sessionStorage.getItem('mullama.api-key')") == INFER
+        assert not dialog.is_visible() and page.is_hidden("#error")
+        assert console.unexpected() == []
+        page.context.close()

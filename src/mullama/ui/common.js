@@ -47,8 +47,9 @@ export function describe(status, body, headers) {
   return msg;
 }
 
-// Throws ApiError with a readable message; a 401 forgets the key and asks again.
-export async function checked(resp) {
+// Throws ApiError with a readable message; a 401 forgets the key it was sent with and
+// asks again (a refusal of a key the user has replaced since is not the new key's).
+export async function checked(resp, sentKey = apiKey()) {
   if (resp.ok) return resp;
   let body = null;
   try {
@@ -56,7 +57,7 @@ export async function checked(resp) {
   } catch {
     body = null;
   }
-  if (resp.status === 401) {
+  if (resp.status === 401 && apiKey() === sentKey) {
     sessionStorage.removeItem(KEY);
     askForKey(describe(resp.status, body, resp.headers));
   }
@@ -65,17 +66,21 @@ export async function checked(resp) {
 
 export async function api(path, { method = "GET", body, signal } = {}) {
   await haveKey();
-  const headers = {};
-  const key = apiKey();
-  if (key) headers.Authorization = `Bearer ${key}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  const resp = await fetch(path, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-    signal,
-  });
-  return checked(resp);
+  for (;;) {
+    const headers = {};
+    const key = apiKey();
+    if (key) headers.Authorization = `Bearer ${key}`;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const resp = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal,
+    });
+    // Refused with a key the user has replaced since: sent again with the new one.
+    if (resp.status === 401 && apiKey() && apiKey() !== key) continue;
+    return checked(resp, key);
+  }
 }
 
 export async function apiJson(path, options) {
