@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -268,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{m['tok_per_s'] / s['tok_per_s']:.2f} | {ratio_b} | "
             f"{m['ttft_p50_ms']:.0f} / {s['ttft_p50_ms']:.0f} | {m['errors']} / {s['errors']} |"
         )
+    print("\nEach round, tok/s (Mullama / llama-server, measured one after the other):\n")
+    for conc in (1, args.parallel):
+        pairs = list(zip(runs["mullama"], runs["llama-server"], strict=True))
+        cells = [f"{m[conc]['tok_per_s']:.1f} / {s[conc]['tok_per_s']:.1f}" for m, s in pairs]
+        ratio = statistics.median(m[conc]["tok_per_s"] / s[conc]["tok_per_s"] for m, s in pairs)
+        print(f"- c={conc}: {', '.join(cells)}; median of the rounds' ratios {ratio:.2f}")
     if args.baseline:
         print(f"\nMullama / baseline ({args.baseline}):")
         for conc in (1, args.parallel):

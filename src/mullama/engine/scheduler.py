@@ -35,14 +35,14 @@ MIN_SAVE = 64
 # costs a graph computation more on every step it lasts).
 MIN_MOVE = 16
 
-# Admission among the first SJF_WINDOW waiting sequences is highest response ratio next:
+# Admission among the first ADMIT_WINDOW waiting sequences is highest response ratio next:
 # (time waited + service) / service, the service being the tokens left to compute at the
 # measured prompt rate, plus one step (STEP_SECONDS, also added to every wait). Among
 # sequences that have waited alike the shortest goes first (a warm turn that computes a
 # few dozen tokens before a new 1,000-token prompt); a long one's ratio grows as it waits,
 # so none starves. At 300 prompt tokens/s, a 1,000-token prompt that has waited 10 s goes
 # before a 30-token turn that has waited less than ~0.6 s.
-SJF_WINDOW = 32
+ADMIT_WINDOW = 32
 STEP_SECONDS = 0.05
 
 # Prompt tokens per step of a sequence scoring its prompt: each row keeps a vocabulary of
@@ -317,7 +317,7 @@ class Scheduler:
             service = cost(seq) / self.prompt_rate + STEP_SECONDS
             return (now - seq.submitted_at + STEP_SECONDS + service) / service
 
-        window = list(itertools.islice(self.waiting, SJF_WINDOW))
+        window = list(itertools.islice(self.waiting, ADMIT_WINDOW))
         best = max(window, key=ratio)  # the earliest of equal ratios (max is stable)
         self.waiting.remove(best)
         return best
