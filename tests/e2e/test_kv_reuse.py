@@ -256,15 +256,18 @@ def _pieces(lines):
                 yield choice["text"]
 
 
-def test_conversations_arriving_together_compute_their_shared_prefix_once():
+@pytest.mark.parametrize("kv", ["streams", "unified"])
+def test_conversations_arriving_together_compute_their_shared_prefix_once(kv):
     """Three requests sharing a ~400-token prefix arrive at once, with no slot holding it:
     one computes it, the others copy it from that running sequence (waiting for it when
-    it is not computed yet), say so in usage, and continue exactly as they would alone."""
+    it is not computed yet), say so in usage, and continue exactly as they would alone;
+    with a KV stream per sequence and with one unified pool."""
     shared = ", ".join(str(i) for i in range(1, 151))
     ends = {k: 150 + 4 * k for k in (1, 2, 3)}
     prompts = {k: shared + ", " + ", ".join(str(i) for i in range(151, end + 1)) + ","
                for k, end in ends.items()}  # fmt: skip
-    with Daemon("--parallel", "3", "--context-size", "1024").wait_healthy() as d:
+    unified = ("--kv-unified",) if kv == "unified" else ()
+    with Daemon("--parallel", "3", "--context-size", "1024", *unified).wait_healthy() as d:
 
         def complete(k: int) -> dict:
             r = httpx.post(d.url + "/v1/completions", timeout=300, json={
