@@ -77,6 +77,7 @@ class Sequence:
     # Admitted while another running sequence computes a prefix they share: this one
     # computes nothing until the leader has that prefix, then copies it (leader, length).
     follows: tuple[Sequence, int] | None = None
+    reported: bool = False  # its first admission went out (queue wait, tokens reused)
 
     @property
     def remaining(self) -> int:
@@ -158,7 +159,6 @@ class Scheduler:
         self.generated_total = 0
         # Sequences that got their first slot in the last step (for queue-wait metrics).
         self.admitted: list[Sequence] = []
-        self._unreported: set[str] = set()  # admitted followers, reported when they join
         self.prompt_rate = 1000.0  # prompt tokens per second, measured as steps run
 
     # ---- bookkeeping -------------------------------------------------------------
@@ -262,7 +262,6 @@ class Scheduler:
             self.running.append(seq)
             if seq.admitted_at is None:
                 seq.admitted_at = time.monotonic()
-                self._unreported.add(seq.id)
             if seq.follows is None:  # a follower is reported once it joined its leader
                 self._report(seq, reuse)
         return sources
@@ -276,10 +275,11 @@ class Scheduler:
             if seq.follows is None:
                 continue
             lead, length = seq.follows
-            if lead in self.running and lead.n_past < length:
+            present = lead in self.running
+            if present and lead.n_past < length:
                 continue  # not there yet
             seq.follows = None
-            if lead in self.running:
+            if present:
                 self.ctx.seq_cp_whole(lead.slot, seq.slot)
                 seq.n_past = self._keep(self.slots[seq.slot], length)
                 involved |= {lead.slot, seq.slot}
@@ -289,8 +289,8 @@ class Scheduler:
 
     def _report(self, seq: Sequence, reused: int) -> None:
         """The first admission of ``seq`` is reported once (queue wait, tokens reused)."""
-        if seq.id in self._unreported:
-            self._unreported.discard(seq.id)
+        if not seq.reported:
+            seq.reported = True
             seq.reused = reused
             self.admitted.append(seq)
 
@@ -657,7 +657,6 @@ class Scheduler:
 
     def _forget(self, seq: Sequence) -> None:
         seq.sampler.close()
-        self._unreported.discard(seq.id)
         self.by_id.pop(seq.id, None)
 
 

@@ -49,7 +49,7 @@ export function describe(status, body, headers) {
 
 // Throws ApiError with a readable message; a 401 forgets the key it was sent with and
 // asks again (a refusal of a key the user has replaced since is not the new key's).
-export async function checked(resp, sentKey = apiKey()) {
+export async function checked(resp, sentKey) {
   if (resp.ok) return resp;
   let body = null;
   try {
