@@ -15,7 +15,8 @@ for every server within a run, and every server starts cold.
 
 llama-server runs as its documentation recommends for this: ``-np S -c S*CTX
 --cache-ram MiB --cache-reuse 256`` (default slot similarity), with the same RAM budget
-as Mullama's ``--cache-ram``. Reports per server: TTFT p50/p95 on the first turn and on
+as Mullama's ``--cache-ram``; ``llama-server-fa-off`` is the same with ``-fa off``
+(flash attention off, as Mullama's default on a CPU). Reports per server: TTFT p50/p95 on the first turn and on
 turns >= 2, generated tok/s over the run, inter-token p95, prompt tokens reused/computed
 (as each server reports them), and the RSS of the server's processes at the end.
 """
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="of the first round")
     p.add_argument("--rounds", type=int, default=1, help="each with new texts")
     p.add_argument("--only", default=None,
-                   help="comma-separated: mullama, mullama-no-cache, llama-server")  # fmt: skip
+                   help="comma-separated: mullama, mullama-no-cache, llama-server, "
+                        "llama-server-fa-off")  # fmt: skip
     p.add_argument("--mullama-args", default="", help="more arguments for both Mullamas")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                    help="also run Mullama with these arguments, as server 'mullama NAME'")  # fmt: skip
@@ -201,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
                          "-tb", threads, "--cache-ram", str(args.cache_mib), "--cache-reuse", "256",
                          "--alias", NAME, "--log-disable"],
     }  # fmt: skip
+    # llama-server's flash attention is on by default where the device supports it (the
+    # CPU does); Mullama's is off on a CPU. The same llama-server with it off, for a
+    # comparison that is not about that default.
+    servers["llama-server-fa-off"] = [*servers["llama-server"], "-fa", "off"]
     for variant in args.variant:
         label, _, extra = variant.partition("=")
         servers[f"mullama {label}"] = [*servers["mullama"], *shlex.split(extra)]
@@ -234,10 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {r['ttft_first_p50']:.2f} | {r['ttft_later_p50']:.3f} "
               f"| {r['ttft_later_p95']:.3f} | {r['tok_s']:.1f} | {r['itl_p95'] * 1000:.1f} "
               f"| {r['reused']} / {r['computed']} | {r['rss'] / 2**20:.0f} |")  # fmt: skip
-    if "mullama" in results and "llama-server" in results:
-        m, ls = results["mullama"], results["llama-server"]
-        print(f"\nMullama / llama-server: TTFT p50 turns >= 2 {m['ttft_later_p50'] / ls['ttft_later_p50']:.2f}, "
-              f"tok/s {m['tok_s'] / ls['tok_s']:.2f}, inter-token p95 {m['itl_p95'] / ls['itl_p95']:.2f}")  # fmt: skip
+    for other in ("llama-server", "llama-server-fa-off"):
+        if "mullama" in results and other in results:
+            m, ls = results["mullama"], results[other]
+            print(f"\nMullama / {other}: TTFT p50 turns >= 2 {m['ttft_later_p50'] / ls['ttft_later_p50']:.2f}, "
+                  f"tok/s {m['tok_s'] / ls['tok_s']:.2f}, inter-token p95 {m['itl_p95'] / ls['itl_p95']:.2f}")  # fmt: skip
     if "mullama" in results and "mullama-no-cache" in results:
         m, c = results["mullama"], results["mullama-no-cache"]
         print(f"the RAM cache buys: TTFT p50 turns >= 2 x{c['ttft_later_p50'] / m['ttft_later_p50']:.1f}, "

@@ -197,6 +197,14 @@ class ModelSettings(BaseModel):
         "context-size stream per sequence (same size in all). Per-sequence streams decode "
         "faster: attention reads only the sequence's own cells (~10% at 8 sequences).",
     )
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Flash attention (llama-server's -fa). auto: off when the model runs on "
+        "the CPU, llama.cpp's choice (on where supported) when layers are offloaded to a GPU. "
+        "On a CPU, llama.cpp's flash-attention kernel makes each generated token slower as "
+        "the context grows (2.2x slower at 2,048 tokens, 8 sequences; docs/PERFORMANCE.md), "
+        "while it is up to a quarter faster below ~200 tokens and an eighth faster on prompts.",
+    )
     burst_wait_ms: float = Field(
         20.0,
         ge=0,

@@ -195,6 +195,28 @@ def test_conversations_survive_a_restart(tmp_path):
     assert "3 saved conversations to restore on demand" in log
 
 
+def test_sessions_restore_only_with_the_flash_attention_they_were_saved_with(tmp_path):
+    """Flash attention changes the V cache's layout: a conversation saved with
+    --flash-attn on is ignored (with a log line) by a start with it off, the default on a
+    CPU, and restored by a start with it on."""
+    args = ("--cache-dir", str(tmp_path), "--parallel", "1", "--context-size", "2048")
+    messages = [SYSTEM, {"role": "user", "content": _document(6)}]
+    with Daemon(*args, "--flash-attn", "on").wait_healthy() as d:
+        assert d.model_status()["flash_attn"] == "on"
+        reply = _turn(d, messages)
+    messages += [reply["choices"][0]["message"], {"role": "user", "content": "More?"}]
+    with Daemon(*args).wait_healthy() as d:
+        assert d.model_status()["flash_attn"] == "off"
+        off = _turn(d, messages)
+        log = d.log()
+    assert off["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert "1 ignored (another model file or other context settings)" in log
+    with Daemon(*args, "--flash-attn", "on").wait_healthy() as d:
+        on = _turn(d, messages)
+    cached = on["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached > on["usage"]["prompt_tokens"] - 40, on["usage"]
+
+
 def test_a_corrupt_session_file_is_skipped(tmp_path):
     args = ("--cache-dir", str(tmp_path), "--parallel", "1", "--context-size", "2048")
     messages = [SYSTEM, {"role": "user", "content": _document(5)}]

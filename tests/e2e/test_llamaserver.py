@@ -24,7 +24,7 @@ def server():
     """The deployment guides' command, with ``mullama serve`` for ``llama-server``."""
     port = free_port()
     args = ("--host", "127.0.0.1", "--port", str(port), "-m", PATH, "-a", "smol", "-c", "4096",
-            "--parallel", "4", "--cont-batching", "--metrics", "-fa", "auto")  # fmt: skip
+            "--parallel", "4", "--cont-batching", "--metrics", "-fa", "on")  # fmt: skip
     d = Daemon(*args, env={"LLAMA_API_KEY": KEY})
     d.url = f"http://127.0.0.1:{port}"  # --port wins over the harness's own port
     with d.wait_healthy():
@@ -40,6 +40,8 @@ def test_the_llama_server_command_line_serves_with_its_meaning(server):
     assert props["total_slots"] == 4 and props["default_generation_settings"]["n_ctx"] == 1024
     assert props["model_path"] == PATH and props["model_alias"] == "smol"
     assert "# HELP" in httpx.get(server.url + "/metrics", headers=AUTH).text
+    status = httpx.get(server.url + "/api/system/status", headers=AUTH).json()
+    assert status["models_loaded"][0]["flash_attn"] == "on"  # -fa on, not Mullama's CPU default
 
 
 def test_completion_whole_and_streamed(server):

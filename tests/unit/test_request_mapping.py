@@ -158,6 +158,7 @@ def test_every_frame_type_reads_back_as_itself():
         description="llama 135M", context_size=1024, parallel=4, kv_size=4096, threads=2,
         load_seconds=0.4, n_vocab=49152, bos_token="<s>", eos_token="</s>", add_bos=True,
         chat_template=None,
+        flash_attn="off",
     )  # fmt: skip
     req = GenerateRequest("r#1", SamplingParams(), prompt="hi")
     commands = (

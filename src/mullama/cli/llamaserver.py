@@ -5,8 +5,8 @@ deployment's ``llama-server --host 0.0.0.0 --port 8080 -m model.gguf -c 4096 --p
 ``translate`` rewrites llama-server's flags into Mullama's before the parser sees them.
 The differences in meaning are handled here: ``-c`` is the *total* context, divided
 among the slots as llama-server does (Mullama's ``--context-size`` is per sequence);
-``-a`` names the ``-m`` model; ``--api-key`` is a key given on the command line (Mullama
-takes it from the environment otherwise); ``LLAMA_API_KEY`` is read as
+``-a`` names the ``-m`` model; ``-fa`` alone means on; ``--api-key`` is a key given on
+the command line (Mullama takes it from the environment otherwise); ``LLAMA_API_KEY`` is read as
 ``MULLAMA_API_KEY``. Flags for what Mullama always does are accepted and change nothing.
 A llama-server flag with no counterpart is an error that says what to do instead.
 """
@@ -37,10 +37,8 @@ ALWAYS = {
     "--jinja": "chat templates are always rendered with Jinja",
     "--no-webui": "there is no web page at the root",
 }
-ALWAYS_WITH_VALUE = {  # flags that take an optional on/off/auto value
-    "-fa": "flash attention is llama.cpp's default (auto)",
-    "--flash-attn": "flash attention is llama.cpp's default (auto)",
-}
+# Flash attention: an on/off/auto value, optional (alone, older llama-servers' switch: on).
+FLASH_ATTN = {"-fa", "--flash-attn"}
 # llama-server flags with no counterpart here, and what to do instead.
 INSTEAD = {
     "-n": "the number of tokens to predict is per request (max_tokens, num_predict)",
@@ -87,9 +85,14 @@ def translate(
         if flag in ALWAYS:
             i += 1
             continue
-        if flag in ALWAYS_WITH_VALUE:
-            has_value = i + 1 < len(argv) and argv[i + 1] in ("on", "off", "auto")
-            i += 2 if has_value and not eq else 1
+        if flag in FLASH_ATTN:
+            nxt = argv[i + 1] if not eq and i + 1 < len(argv) else "-"
+            has_value = not nxt.startswith("-")
+            value = inline if eq else nxt if has_value else "on"
+            if value not in ("on", "off", "auto"):
+                raise ClientError(f"{flag} takes on, off or auto (alone: on), not {value!r}")
+            out += ["--flash-attn", value]
+            i += 2 if has_value else 1
             continue
         if flag in INSTEAD:
             raise ClientError(f"{flag} (a llama-server flag) has no counterpart: {INSTEAD[flag]}")

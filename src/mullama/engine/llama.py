@@ -295,6 +295,27 @@ class ContextConfig:
     # SmolLM2-135M, 8 sequences of 128 tokens, 2 cores: 186-198 tok/s per-sequence vs
     # 173-178 tok/s unified (the batch must be written in sequence-id order; see scheduler).
     kv_unified: bool = False
+    # Flash attention: "on", "off" or "auto" (llama.cpp decides per device). With it off
+    # the V cache is stored transposed, so saved states restore only into a context with
+    # the same setting.
+    flash_attn: str = "auto"
+
+
+FLASH_ATTN = {
+    "auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+
+
+def resolve_flash_attn(setting: str, gpu_layers: int) -> str:
+    """Mullama's ``auto``: off when the model runs on the CPU (no layer offloaded, or a
+    build without a GPU backend), where llama.cpp's CPU flash-attention kernel makes each
+    generated token slower as the context grows; llama.cpp's own auto on a GPU."""
+    if setting != "auto":
+        return setting
+    on_gpu = gpu_layers != 0 and bool(lc.llama_supports_gpu_offload())
+    return "auto" if on_gpu else "off"
 
 
 class Context:
@@ -309,6 +330,7 @@ class Context:
         p.n_threads = cfg.n_threads
         p.n_threads_batch = cfg.n_threads
         p.kv_unified = cfg.kv_unified
+        p.flash_attn_type = FLASH_ATTN[cfg.flash_attn]
         p.no_perf = True
         if cfg.embeddings:
             p.embeddings = True

@@ -38,6 +38,7 @@ from .llama import (
     Sampler,
     init_backend,
     lc_version,
+    resolve_flash_attn,
 )
 from .protocol import (
     HEADER_SIZE,
@@ -119,6 +120,7 @@ class Worker:
         share_dir = spec.cpu_share_dir
         self.share = CpuShare(Path(share_dir), self.threads) if share_dir else None
         self._embed_share: CpuShare | None = None  # made on the first embedding request
+        self.flash_attn = resolve_flash_attn(spec.flash_attn, spec.gpu_layers)
         self.ctx = Context(
             self.model,
             ContextConfig(
@@ -127,6 +129,7 @@ class Worker:
                 n_seq_max=n_slots,
                 n_threads=self.threads,
                 kv_unified=spec.kv_unified,
+                flash_attn=self.flash_attn,
             ),
         )
         n_batch = self.ctx.n_batch
@@ -155,7 +158,7 @@ class Worker:
             self.sessions = SessionStore(Path(spec.sessions_dir), spec.session_disk, {
                 "model": spec.model_id, "engine": lc_version(),
                 "n_seq_max": n_slots, "kv_unified": spec.kv_unified,
-                "n_ctx_seq": self.ctx.n_ctx_seq,
+                "n_ctx_seq": self.ctx.n_ctx_seq, "flash_attn": self.flash_attn,
             })  # fmt: skip
             self.sched.host.add_saved(self.sessions.index())
         self.template = ChatTemplate(
@@ -397,6 +400,7 @@ class Worker:
                     n_seq_max=1,
                     n_threads=self.threads,
                     embeddings=True,
+                    flash_attn=self.flash_attn,
                     pooling=1 if self.model.meta(f"{self._arch()}.pooling_type") is None else -1,
                 ),
             )
@@ -672,6 +676,7 @@ def main(argv: list[str] | None = None) -> None:
                 eos_token=info.eos_text,
                 add_bos=info.add_bos,
                 chat_template=info.chat_template,
+                flash_attn=worker.flash_attn,
             )
         )
     )

@@ -201,6 +201,7 @@ class ModelManager:
                 context_size=opts.context_size,
                 batch_size=opts.batch_size,
                 kv_unified=s.kv_unified,
+                flash_attn=s.flash_attn,
                 burst_wait_ms=s.burst_wait_ms,
                 threads=opts.threads or self.cpu.threads,
                 cpu_share_dir=self.share_dir,
@@ -309,10 +310,12 @@ class ModelManager:
 
     def _estimate(self, served: ServedModel) -> int:
         if not served.estimate:
-            o = served.opts
-            served.estimate = estimate_bytes(
-                served.entry.gguf(), o.context_size * o.parallel, o.batch_size
-            )
+            o, s = served.opts, self.settings
+            total = o.context_size * o.parallel
+            # Without flash attention (the CPU default: assumed unless it is on) the
+            # attention scores of a micro-batch span a sequence's stream or the whole pool.
+            span = 0 if s.flash_attn == "on" else total if s.kv_unified else o.context_size
+            served.estimate = estimate_bytes(served.entry.gguf(), total, o.batch_size, span)
         return served.estimate
 
     def _used(self, exclude: ServedModel | None = None) -> tuple[int, int]:
