@@ -1,6 +1,6 @@
 """Flash attention on and off, on this machine's CPU: the time of one decode step (each of
 B sequences adds one token at position L) and the prompt rate, same model, same context,
-in one process. The numbers behind ``--flash-attn auto`` (off on a CPU).
+in one process. The numbers behind ``--flash-attn``.
 
     .venv/bin/python benchmarks/flash_attn.py [--batch 1,4,8] [--positions 32,256,1024,2048]
 

@@ -16,7 +16,7 @@ for every server within a run, and every server starts cold.
 llama-server runs as its documentation recommends for this: ``-np S -c S*CTX
 --cache-ram MiB --cache-reuse 256`` (default slot similarity), with the same RAM budget
 as Mullama's ``--cache-ram``; ``llama-server-fa-off`` is the same with ``-fa off``
-(flash attention off, as Mullama's default on a CPU). Reports per server: TTFT p50/p95 on the first turn and on
+(flash attention off; compare with ``--mullama-args '--flash-attn off'``). Reports per server: TTFT p50/p95 on the first turn and on
 turns >= 2, generated tok/s over the run, inter-token p95, prompt tokens reused/computed
 (as each server reports them), and the RSS of the server's processes at the end.
 """
@@ -203,9 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                          "-tb", threads, "--cache-ram", str(args.cache_mib), "--cache-reuse", "256",
                          "--alias", NAME, "--log-disable"],
     }  # fmt: skip
-    # llama-server's flash attention is on by default where the device supports it (the
-    # CPU does); Mullama's is off on a CPU. The same llama-server with it off, for a
-    # comparison that is not about that default.
+    # Flash attention is on by default where the device supports it (the CPU does); the
+    # same llama-server with it off, beside a Mullama run with --flash-attn off.
     servers["llama-server-fa-off"] = [*servers["llama-server"], "-fa", "off"]
     for variant in args.variant:
         label, _, extra = variant.partition("=")

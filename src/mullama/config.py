@@ -199,11 +199,10 @@ class ModelSettings(BaseModel):
     )
     flash_attn: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="Flash attention (llama-server's -fa). auto: off when the model runs on "
-        "the CPU, llama.cpp's choice (on where supported) when layers are offloaded to a GPU. "
-        "On a CPU, llama.cpp's flash-attention kernel makes each generated token slower as "
-        "the context grows (2.2x slower at 2,048 tokens, 8 sequences; docs/PERFORMANCE.md), "
-        "while it is up to a quarter faster below ~200 tokens and an eighth faster on prompts.",
+        description="Flash attention (llama-server's -fa). auto: llama.cpp's choice, on where "
+        "the device has it (the CPU does). On a CPU, off makes each generated token faster "
+        "once contexts are long (2.2x at 2,048 tokens, 8 sequences; docs/PERFORMANCE.md), "
+        "while on is up to a quarter faster below ~200 tokens and an eighth faster on prompts.",
     )
     burst_wait_ms: float = Field(
         20.0,

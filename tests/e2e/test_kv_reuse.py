@@ -197,15 +197,15 @@ def test_conversations_survive_a_restart(tmp_path):
 
 def test_sessions_restore_only_with_the_flash_attention_they_were_saved_with(tmp_path):
     """Flash attention changes the V cache's layout: a conversation saved with
-    --flash-attn on is ignored (with a log line) by a start with it off, the default on a
-    CPU, and restored by a start with it on."""
+    --flash-attn on is ignored (with a log line) by a start with it off, and restored by a
+    start with it on."""
     args = ("--cache-dir", str(tmp_path), "--parallel", "1", "--context-size", "2048")
     messages = [SYSTEM, {"role": "user", "content": _document(6)}]
     with Daemon(*args, "--flash-attn", "on").wait_healthy() as d:
         assert d.model_status()["flash_attn"] == "on"
         reply = _turn(d, messages)
     messages += [reply["choices"][0]["message"], {"role": "user", "content": "More?"}]
-    with Daemon(*args).wait_healthy() as d:
+    with Daemon(*args, "--flash-attn", "off").wait_healthy() as d:
         assert d.model_status()["flash_attn"] == "off"
         off = _turn(d, messages)
         log = d.log()

@@ -41,7 +41,7 @@ def test_the_llama_server_command_line_serves_with_its_meaning(server):
     assert props["model_path"] == PATH and props["model_alias"] == "smol"
     assert "# HELP" in httpx.get(server.url + "/metrics", headers=AUTH).text
     status = httpx.get(server.url + "/api/system/status", headers=AUTH).json()
-    assert status["models_loaded"][0]["flash_attn"] == "on"  # -fa on, not Mullama's CPU default
+    assert status["models_loaded"][0]["flash_attn"] == "on"  # -fa on, not the default auto
 
 
 def test_completion_whole_and_streamed(server):

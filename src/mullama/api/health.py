@@ -93,7 +93,7 @@ async def system_status(request: Request) -> ORJSONResponse:
                 "kv_cache_used": snap.kv_used,
                 "kv_cache_size": snap.kv_size,
                 "kv_unified": c.spec.kv_unified,
-                # on / off, or auto: left to llama.cpp (a GPU model); null until loaded
+                # on / off, or auto: left to llama.cpp; null until loaded
                 "flash_attn": c.info.flash_attn if snap.loaded and c.info else None,
                 "threads": c.spec.threads,
                 # Threads of its last decode step: its share while other models decode.

@@ -308,16 +308,6 @@ FLASH_ATTN = {
 }
 
 
-def resolve_flash_attn(setting: str, gpu_layers: int) -> str:
-    """Mullama's ``auto``: off when the model runs on the CPU (no layer offloaded, or a
-    build without a GPU backend), where llama.cpp's CPU flash-attention kernel makes each
-    generated token slower as the context grows; llama.cpp's own auto on a GPU."""
-    if setting != "auto":
-        return setting
-    on_gpu = gpu_layers != 0 and bool(lc.llama_supports_gpu_offload())
-    return "auto" if on_gpu else "off"
-
-
 class Context:
     """A ``llama_context`` whose KV cache holds up to n_seq_max sequences."""
 

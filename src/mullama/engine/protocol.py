@@ -88,7 +88,7 @@ class WorkerSpec:
     context_size: int = 4096
     batch_size: int = 2048
     kv_unified: bool = False
-    flash_attn: str = "auto"  # auto (off on the CPU, llama.cpp's choice on a GPU), on, off
+    flash_attn: str = "auto"  # auto (llama.cpp's choice: on where the device has it), on, off
     burst_wait_ms: float = 0.0
     threads: int = 1  # resolved by the daemon from the CPU budget (engine/cpu.py)
     cpu_share_dir: str | None = None  # where busy workers split the CPUs (engine/cpushare.py)
@@ -319,7 +319,7 @@ class WorkerInfo:
     eos_token: str
     add_bos: bool
     chat_template: str | None  # the GGUF's own
-    flash_attn: str  # on, off, or auto: left to llama.cpp (on a GPU)
+    flash_attn: str  # on, off, or auto: left to llama.cpp
 
 
 @dataclass

@@ -38,7 +38,6 @@ from .llama import (
     Sampler,
     init_backend,
     lc_version,
-    resolve_flash_attn,
 )
 from .protocol import (
     HEADER_SIZE,
@@ -120,7 +119,7 @@ class Worker:
         share_dir = spec.cpu_share_dir
         self.share = CpuShare(Path(share_dir), self.threads) if share_dir else None
         self._embed_share: CpuShare | None = None  # made on the first embedding request
-        self.flash_attn = resolve_flash_attn(spec.flash_attn, spec.gpu_layers)
+        self.flash_attn = spec.flash_attn
         self.ctx = Context(
             self.model,
             ContextConfig(

@@ -312,9 +312,9 @@ class ModelManager:
         if not served.estimate:
             o, s = served.opts, self.settings
             total = o.context_size * o.parallel
-            # Without flash attention (the CPU default: assumed unless it is on) the
-            # attention scores of a micro-batch span a sequence's stream or the whole pool.
-            span = 0 if s.flash_attn == "on" else total if s.kv_unified else o.context_size
+            # Without flash attention the attention scores of a micro-batch span a
+            # sequence's stream or the whole pool.
+            span = 0 if s.flash_attn != "off" else total if s.kv_unified else o.context_size
             served.estimate = estimate_bytes(served.entry.gguf(), total, o.batch_size, span)
         return served.estimate
 
