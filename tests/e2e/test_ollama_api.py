@@ -268,7 +268,9 @@ def test_openai_response_format_json_schema(openai_client):
 def test_openai_json_object(openai_client):
     resp = openai_client.chat.completions.create(
         model=MODEL,
-        messages=[{"role": "user", "content": "Reply in JSON with a greeting."}],
+        # A prompt whose greedy JSON is short: "Reply in JSON with a greeting." ran past
+        # max_tokens on one CPU (an ever-growing array) and not on another.
+        messages=[{"role": "user", "content": 'Reply with a JSON object with one key "greeting".'}],
         response_format={"type": "json_object"},
         max_tokens=120,
         temperature=0,

@@ -42,10 +42,13 @@ def test_chat_max_tokens_gives_length(openai_client):
 
 
 def test_ignore_eos_generates_text_past_the_models_end(openai_client):
-    # As a raw completion, this prompt makes SmolLM2 end at once: greedy picks an
-    # end-of-generation token first. ignore_eos must go on with real text to max_tokens,
-    # never emitting end tokens as empty pieces.
-    prompt = "Write a long story about a lighthouse keeper who finds a message in a bottle."
+    # A raw completion whose assistant reply is already complete: greedy picks an
+    # end-of-generation token first (a story prompt did on one CPU and not on another).
+    # ignore_eos must go on with real text to max_tokens, never emitting end tokens as
+    # empty pieces.
+    prompt = (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello! How can I help you today?"
+    )
     plain = openai_client.completions.create(
         model=MODEL, prompt=prompt, max_tokens=8, temperature=0
     )
