@@ -85,7 +85,8 @@ def test_openai_agents_output_type(daemon):
     )  # fmt: skip
     result = Runner.run_sync(agent, "Paris is a city in France.")
     assert isinstance(result.final_output, City)
-    assert result.final_output.name == "Paris" and result.final_output.country == "France"
+    # The values the model extracted (SmolLM2 writes the country "FRANCE" on some CPUs).
+    assert result.final_output.name == "Paris" and result.final_output.country.lower() == "france"
 
 
 def test_openai_agents_function_tool_with_a_forced_tool_choice(daemon):
