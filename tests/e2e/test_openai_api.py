@@ -326,9 +326,10 @@ def test_shared_kv_pool_mode_serves_concurrent_requests():
             # alone in its steps, before and after the burst (same batch shapes: llama.cpp
             # is not batch-invariant, so a reply computed beside other sequences may take
             # another word where two tokens are close).
-            return client.completions.create(
+            reply = client.completions.create(
                 model=MODEL, prompt="The three primary colours are", max_tokens=24, temperature=0
-            ).choices[0].text
+            )
+            return reply.choices[0].text
 
         before = alone()
 
