@@ -147,6 +147,7 @@ def run_one(cmd: list[str], port: int, args: argparse.Namespace, seed: int) -> d
         if status.status_code == 200:
             reuse = status.json()["models_loaded"][0]["kv_reuse"] or {}
             out["moves"] = reuse.get("moves", 0)
+            out["preemptions"] = reuse.get("preemptions", 0)
     finally:
         stop(proc)
     return out
@@ -165,6 +166,8 @@ def summary(rounds: list[dict]) -> dict:
         "ttft_first_p50": pct(first, 50), "ttft_first_p95": pct(first, 95),
         "ttft_later_p50": pct(later, 50), "ttft_later_p95": pct(later, 95),
         "tok_s": sum(x["completion"] for x in t) / wall, "itl_p95": pct(gaps, 95),
+        "itl_p99": pct(gaps, 99), "gap_max": max(gaps, default=0.0),
+        "preemptions": sum(r.get("preemptions", 0) for r in rounds),
         "reused": cached, "computed": prompt - cached, "rss": max(r["rss"] for r in rounds),
         "wall": wall, "moves": sum(r.get("moves", 0) for r in rounds),
     }  # fmt: skip
@@ -232,18 +235,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "| server | TTFT p50 turn 1 (s) | TTFT p50 turns >= 2 (s) | p95 turns >= 2 (s) "
-        "| tok/s | inter-token p95 (ms) | prompt tokens reused / computed | RSS (MiB) |"
+        "| tok/s | inter-token p95 (ms) | p99 (ms) | longest gap (s) "
+        "| prompt tokens reused / computed | preemptions | RSS (MiB) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
         print(f"| {name} | {r['ttft_first_p50']:.2f} | {r['ttft_later_p50']:.3f} "
               f"| {r['ttft_later_p95']:.3f} | {r['tok_s']:.1f} | {r['itl_p95'] * 1000:.1f} "
-              f"| {r['reused']} / {r['computed']} | {r['rss'] / 2**20:.0f} |")  # fmt: skip
+              f"| {r['itl_p99'] * 1000:.0f} | {r['gap_max']:.1f} "
+              f"| {r['reused']} / {r['computed']} | {r['preemptions']} | {r['rss'] / 2**20:.0f} |")  # fmt: skip
+    mine = [n for n in results if n.startswith("mullama") and n != "mullama-no-cache"]
     for other in ("llama-server", "llama-server-fa-off"):
-        if "mullama" in results and other in results:
-            m, ls = results["mullama"], results[other]
-            print(f"\nMullama / {other}: TTFT p50 turns >= 2 {m['ttft_later_p50'] / ls['ttft_later_p50']:.2f}, "
-                  f"tok/s {m['tok_s'] / ls['tok_s']:.2f}, inter-token p95 {m['itl_p95'] / ls['itl_p95']:.2f}")  # fmt: skip
+        for name in mine if other in results else []:
+            m, ls = results[name], results[other]
+            print(f"\n{name} / {other}: TTFT p50 turns >= 2 {m['ttft_later_p50'] / ls['ttft_later_p50']:.2f}, "
+                  f"p95 {m['ttft_later_p95'] / ls['ttft_later_p95']:.2f}, "
+                  f"tok/s {m['tok_s'] / ls['tok_s']:.2f}, inter-token p95 {m['itl_p95'] / ls['itl_p95']:.2f}, "
+                  f"p99 {m['itl_p99'] / ls['itl_p99']:.2f}")  # fmt: skip
     if "mullama" in results and "mullama-no-cache" in results:
         m, c = results["mullama"], results["mullama-no-cache"]
         print(f"the RAM cache buys: TTFT p50 turns >= 2 x{c['ttft_later_p50'] / m['ttft_later_p50']:.1f}, "

@@ -260,6 +260,16 @@ class ModelSettings(BaseModel):
         "leave their slot (restored into any slot on their next turn instead of computed "
         "again): bytes, a size like 2GiB, or a percentage of RAM; 0 turns it off.",
     )
+    preempt_after: float = Field(
+        0.0,
+        ge=0,
+        description="When every slot is generating, a short request (at most 512 tokens to "
+        "compute, e.g. a conversation's next turn with its history in the RAM cache) that "
+        "has waited this many seconds for a slot takes the slot of the answer with the most "
+        "tokens left, which pauses (its KV saved to RAM) and resumes from the same state at "
+        "the next free slot: first tokens come sooner, a long answer pauses once. 0 = never. "
+        "Needs --cache-ram.",
+    )
     session_disk: str = Field(
         "1GiB",
         description="Disk per model for conversations saved across restarts under "

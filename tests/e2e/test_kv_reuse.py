@@ -309,3 +309,30 @@ def test_conversations_arriving_together_compute_their_shared_prefix_once(kv):
         expected = " " + ", ".join(str(i) for i in range(end + 1, end + 40))
         text = replies[k]["choices"][0]["text"]
         assert len(text) > 20 and expected.startswith(text), (k, text)
+
+
+def test_a_short_request_preempts_a_long_answer_which_resumes_where_it_was():
+    """One slot, a long answer streaming; a short request that has waited --preempt-after
+    takes the slot (the long answer's KV goes to RAM) and is answered while the long one
+    is paused; the long one then resumes from its saved state and goes on counting exactly
+    where it was."""
+    args = ("--parallel", "1", "--context-size", "2048", "--preempt-after", "0.2")
+    with Daemon(*args).wait_healthy() as d, httpx.Client(base_url=d.url, timeout=300) as client:
+        with client.stream("POST", "/v1/completions", json={
+            "model": "smollm2:135m", "prompt": _counting(1), "max_tokens": 400,
+            "temperature": 0, "ignore_eos": True, "stream": True,
+        }) as r:  # fmt: skip
+            pieces = _pieces(r.iter_lines())
+            text = next(pieces)
+            short = client.post("/v1/chat/completions", json={
+                "model": "smollm2:135m", "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 8, "temperature": 0,
+            })  # fmt: skip
+            assert short.status_code == 200 and short.json()["choices"][0]["message"]["content"]
+            # Answered before the long stream ended: the long one was paused for it.
+            assert d.model_status()["kv_reuse"]["preemptions"] == 1
+            text += "".join(pieces)
+        metrics = httpx.get(d.url + "/metrics", timeout=10).text
+    assert 'mullama_preemptions_total{model="smollm2:135m"} 1.0' in metrics
+    expected = " " + ", ".join(str(i) for i in range(13, 400))
+    assert len(text) > 300 and expected.startswith(text), text

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mullama.engine.detokenize import StopMatcher
-from mullama.engine.kvcache import HostCache
+from mullama.engine.kvcache import HostCache, as_tokens
 from mullama.engine.scheduler import BurstTracker, Scheduler, Sequence
 
 EOG = 0
@@ -99,7 +99,8 @@ class FakeSampler:
         pass
 
 
-def make(n_slots=2, n_batch=8, kv=10_000, host_bytes=0, n_swa=0, streams=True, n_quick=None):
+def make(n_slots=2, n_batch=8, kv=10_000, host_bytes=0, n_swa=0, streams=True, n_quick=None,
+         preempt_after=0.0):  # fmt: skip
     ctx = FakeCtx(kv)
     sched = Scheduler(
         model=FakeModel(),
@@ -111,6 +112,7 @@ def make(n_slots=2, n_batch=8, kv=10_000, host_bytes=0, n_swa=0, streams=True, n
         host_cache=HostCache(host_bytes),
         n_swa=n_swa,
         streams=streams,
+        preempt_after=preempt_after,
     )
     return sched, ctx
 
@@ -487,3 +489,79 @@ def test_admission_weighs_time_waited_against_the_work_left():
         sched.step()
         assert [s.id for s in sched.admitted] == ["warm" if waited == 5.0 else "cold"], waited
         run(sched)
+
+
+def _until(sched, done, steps=200):
+    for _ in range(steps):
+        if done():
+            return
+        sched.step()
+    raise AssertionError("never happened")
+
+
+def test_a_short_request_that_waited_preempts_the_longest_answer_which_resumes_from_ram():
+    """Every slot generates; a short request that has waited --preempt-after takes the
+    slot of the answer with most tokens left. That answer's KV goes to RAM and it resumes
+    from it at the next free slot, where it stopped: nothing recomputed, nothing lost."""
+    sched, ctx = make(n_slots=2, n_batch=128, host_bytes=10**9, preempt_after=0.5, n_quick=16)
+    long = seq("long", range(1, 101), max_tokens=40)
+    near = seq("near", range(201, 231), max_tokens=20)
+    for s in (long, near):
+        sched.submit(s)
+    _until(sched, lambda: long.n_generated >= 3)
+    fresh = seq("fresh", range(500, 510), out=[5, EOG])
+    sched.submit(fresh)  # short, but it has not waited long enough: it waits for near
+    _until(sched, lambda: fresh.slot >= 0)
+    assert near.finish == "length" and long.slot >= 0 and sched.preemptions == 0
+    run(sched)
+    sched.submit(long2 := seq("long2", range(1, 101), max_tokens=40))
+    sched.submit(near2 := seq("near2", range(201, 231), max_tokens=20))
+    _until(sched, lambda: long2.n_generated >= 3 and near2.n_generated >= 3)
+    cold = seq("cold", range(600, 660), out=[EOG])  # 60 tokens to compute: not short
+    short = seq("short", range(700, 710), out=[5, EOG])
+    long_slot, at = long2.slot, len(long2.tokens)
+    for s in (cold, short):
+        sched.submit(s)
+        s.submitted_at -= 1.0
+    sched.step()
+    assert sched.preemptions == 1 and short.slot == long_slot and short.n_generated == 1
+    assert sched.waiting[0] is long2 and long2.parked and cold in sched.waiting
+    assert sched.host.holds(as_tokens(long2.tokens[: at - 1]))  # all but its newest token
+    seen = len(ctx.batches)
+    _until(sched, lambda: long2.slot >= 0)  # the next free slot (short's: 2 tokens)
+    back = long2.slot
+    assert ctx.restores == [back]  # its state, from RAM (short's history was there)
+    run(sched)
+    assert long2.n_generated == 40 and near2.n_generated == 20 and short.finish == "stop"
+    # It went on from its newest token (position at - 1): each position once, none of
+    # its history computed again.
+    positions = [r[1] for b in ctx.batches[seen:] for r in b if r[2] == back and r[1] >= 100]
+    assert positions == list(range(at - 1, 139))  # its last token is sampled, not decoded
+    assert sched.preemptions == 1 and cold.finish == "stop"  # cold never preempted
+
+
+def test_an_answer_is_paused_at_most_once_and_one_at_a_time():
+    sched, _ = make(n_slots=1, n_batch=128, preempt_after=0.5)  # no RAM cache: never
+    sched.submit(long := seq("long", range(1, 101), max_tokens=30))
+    _until(sched, lambda: long.n_generated >= 2)
+    sched.submit(short := seq("short", range(500, 505), out=[EOG]))
+    short.submitted_at -= 1.0
+    sched.step()
+    assert sched.preemptions == 0 and sched.waiting[0] is short
+    sched, _ = make(n_slots=1, n_batch=128, host_bytes=10**9, preempt_after=0.5)
+    sched.submit(long := seq("long", range(1, 101), max_tokens=40))
+    _until(sched, lambda: long.n_generated >= 2)
+    shorts = [seq(f"s{k}", range(500 + 10 * k, 505 + 10 * k), max_tokens=20) for k in range(2)]
+    for s in shorts:
+        sched.submit(s)
+        s.submitted_at -= 1.0
+    sched.step()
+    assert sched.preemptions == 1 and sched.running == [shorts[0]]
+    _until(sched, lambda: long.slot >= 0)
+    # s1 waited: long was parked (one at a time); long resumes first, and runs to its end.
+    assert shorts[0].finish == "length" and [s.id for s in sched.waiting] == ["s1"]
+    assert sched.running == [long]
+    sched.step()
+    assert sched.preemptions == 1 and sched.running == [long]
+    run(sched)
+    assert long.n_generated == 40 and shorts[1].n_generated == 20

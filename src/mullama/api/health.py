@@ -208,6 +208,7 @@ def _kv_reuse(report: Any, budget: int) -> dict[str, Any] | None:
     return {
         "slots": report.slots,
         "moves": report.moves,
+        "preemptions": report.preemptions,
         "ram_cache": {
             "bytes": report.ram_bytes,
             "budget_bytes": budget,

@@ -98,6 +98,7 @@ class WorkerSpec:
     log_file: str | None = None
     load_timeout: float = 300.0
     cache_ram: int = 0  # bytes of host RAM for KV states of conversations out of a slot
+    preempt_after: float = 0.0  # seconds a short request waits before preempting (0: never)
     sessions_dir: str | None = None  # where conversations are saved across restarts
     session_disk: int = 0  # bytes they may take there; 0: not saved
     session_interval: float = 0.0  # also save every this many idle seconds (0: at exit only)
@@ -421,6 +422,7 @@ class CacheReport:
     ram_evictions: int = 0
     ram_failed: int = 0
     moves: int = 0  # running sequences moved to close a gap in the slot ids
+    preemptions: int = 0  # answers paused (KV to RAM) so that a short request could start
     save_seconds: list[float] = field(default_factory=list)
     restore_seconds: list[float] = field(default_factory=list)
 

@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,10 @@ class Sequence:
     # computes nothing until the leader has that prefix, then copies it (leader, length).
     follows: tuple[Sequence, int] | None = None
     reported: bool = False  # its first admission went out (queue wait, tokens reused)
+    # Preempted while generating so that a short request could start: its KV is in host
+    # RAM and it waits at the head of the queue to resume from it (at most once).
+    parked: bool = False
+    preempted: bool = False
 
     @property
     def remaining(self) -> int:
@@ -126,6 +131,7 @@ class Scheduler:
         n_swa: int = 0,
         recurrent: bool = False,
         streams: bool = True,
+        preempt_after: float = 0.0,
     ) -> None:
         self.model = model
         self.ctx = ctx
@@ -145,6 +151,11 @@ class Scheduler:
         # first): not for memories that cannot be cut back or keep only a window.
         self.follow = not recurrent and not n_swa
         self.moves = 0  # sequences moved to close a gap
+        # A short request (at most n_quick tokens to compute: a conversation's next turn)
+        # that has waited this long for a slot while every slot generates preempts the
+        # one with most tokens left (0: never). Needs the host-RAM cache.
+        self.preempt_after = preempt_after
+        self.preemptions = 0
         self.n_batch = n_batch
         # A step that ends a prompt of at most n_quick tokens (a conversation's next turn)
         # holds at most n_quick tokens: that first token does not wait behind a long
@@ -250,9 +261,14 @@ class Scheduler:
         sources: set[int] = set()
         while self.waiting:
             free = [s for s in self.slots if s.seq is None and s.index not in sources]
-            if not free:
-                return sources
-            seq = self._next_waiting(free)
+            if free:
+                seq = self._next_waiting(free)
+            else:
+                preempted = self._preempt(sources)
+                if preempted is None:
+                    return sources
+                seq, free = preempted
+            seq.parked = False
             slot, reuse = self._place(seq, free, sources)
             slot.cached = []
             slot.seq = seq
@@ -295,11 +311,28 @@ class Scheduler:
             self.admitted.append(seq)
 
     def _next_waiting(self, free: list[Slot]) -> Sequence:
-        """The waiting sequence to admit next: the highest ratio of time waited plus
-        service to service, where the service is what it has to compute (its tokens less
+        """The waiting sequence to admit next: a paused answer, else the highest ratio of
+        time waited plus service to service, where the service is what it has to compute (its tokens less
         what a free slot, a running sequence or the RAM cache holds of them)."""
         if len(self.waiting) == 1:
             return self.waiting.popleft()
+        if self.waiting[0].parked:  # an answer paused by _preempt resumes first
+            return self.waiting.popleft()
+        cost = self._costs(free)
+        now = time.monotonic()
+
+        def ratio(seq: Sequence) -> float:
+            service = cost(seq) / self.prompt_rate + STEP_SECONDS
+            return (now - seq.submitted_at + STEP_SECONDS + service) / service
+
+        window = list(itertools.islice(self.waiting, ADMIT_WINDOW))
+        best = max(window, key=ratio)  # the earliest of equal ratios (max is stable)
+        self.waiting.remove(best)
+        return best
+
+    def _costs(self, free: list[Slot]) -> Callable[[Sequence], int]:
+        """What a waiting sequence has to compute: its tokens less the longest prefix of
+        them that a free slot, a running sequence or the RAM cache holds."""
         held = [s.tokens() for s in free if s.cached]
         if self.follow:
             held += [as_tokens(r.tokens) for r in self.running if r.follows is None]
@@ -311,16 +344,54 @@ class Scheduler:
                 found = max(found, self.host.best(tokens)[1])
             return len(seq.tokens) - found
 
+        return cost
+
+    def _preempt(self, sources: set[int]) -> tuple[Sequence, list[Slot]] | None:
+        """Every slot is busy. A short waiting request (at most n_quick tokens to compute,
+        a conversation's next turn) that has waited ``preempt_after`` seconds takes the
+        slot of the generating sequence with most tokens left: that one's KV is saved to
+        host RAM and it waits at the head of the queue, to resume from the same bytes
+        (the same answer) at the next free slot. One sequence is parked at a time, each
+        at most once: a short request waits at most about one answer's time less than
+        before, a long answer pauses once. Returns the request and the slot it takes."""
+        if not self.preempt_after or not self.host.enabled or self.recurrent:
+            return None
+        if any(s.parked for s in self.waiting):
+            return None
         now = time.monotonic()
-
-        def ratio(seq: Sequence) -> float:
-            service = cost(seq) / self.prompt_rate + STEP_SECONDS
-            return (now - seq.submitted_at + STEP_SECONDS + service) / service
-
-        window = list(itertools.islice(self.waiting, ADMIT_WINDOW))
-        best = max(window, key=ratio)  # the earliest of equal ratios (max is stable)
-        self.waiting.remove(best)
-        return best
+        ready = [
+            s for s in itertools.islice(self.waiting, ADMIT_WINDOW)
+            if s.n_generated == 0 and now - s.submitted_at >= self.preempt_after
+        ]  # fmt: skip
+        if not ready:
+            return None
+        cost = self._costs([])
+        short = [s for s in ready if cost(s) <= self.n_quick]
+        leaders = {id(r.follows[0]) for r in self.running if r.follows is not None}
+        victims = [
+            r for r in self.running
+            if r.remaining == 1 and r.n_generated and not r.preempted and not r.score_prompt
+            and r.max_tokens - r.n_generated >= MIN_MOVE
+            and id(r) not in leaders and r.slot not in sources
+        ]  # fmt: skip
+        if not short or not victims:
+            return None
+        seq = min(short, key=lambda s: s.submitted_at)
+        victim = max(victims, key=lambda r: (r.max_tokens - r.n_generated, r.order))
+        slot = self.slots[victim.slot]
+        history = victim.tokens[: victim.n_past]
+        if not self._save(slot, as_tokens(history)):
+            return None  # no room in RAM for it: it goes on
+        self.running.remove(victim)
+        slot.seq, slot.cached, slot.last_used = None, history, time.monotonic()
+        victim.slot, victim.n_past = -1, 0
+        victim.parked = victim.preempted = True
+        self.waiting.remove(seq)
+        self.waiting.appendleft(victim)
+        self.preemptions += 1
+        log.debug("sequence %s preempted after %d tokens for %s", victim.id,
+                  victim.n_generated, seq.id)  # fmt: skip
+        return seq, [slot]
 
     def _place(self, seq: Sequence, free: list[Slot], sources: set[int]) -> tuple[Slot, int]:
         """The slot for ``seq`` and how many of its tokens are already in that slot's KV
@@ -428,12 +499,19 @@ class Scheduler:
         RAM when that loses enough of it (and RAM does not hold it already)."""
         if not self.host.enabled or len(slot.cached) - keep < MIN_SAVE:
             return
-        tokens = slot.tokens()
-        if not self.host.holds(tokens):
-            started = time.perf_counter()
-            data, size = self.ctx.state_save(slot.index)
-            if data is not None and self.host.put(tokens, data, size):
-                self.host.stats.save_seconds.append(time.perf_counter() - started)
+        self._save(slot, slot.tokens())
+
+    def _save(self, slot: Slot, tokens: np.ndarray) -> bool:
+        """``slot``'s KV (holding ``tokens``) into host RAM, unless RAM holds it already;
+        False when it does not fit."""
+        if self.host.holds(tokens):
+            return True
+        started = time.perf_counter()
+        data, size = self.ctx.state_save(slot.index)
+        if data is None or not self.host.put(tokens, data, size):
+            return False
+        self.host.stats.save_seconds.append(time.perf_counter() - started)
+        return True
 
     def _keep(self, slot: Slot, keep: int) -> int:
         """Cut ``slot``'s KV back to its first ``keep`` positions; returns what it keeps

@@ -147,6 +147,7 @@ class Worker:
             n_swa=n_swa,
             recurrent=recurrent,
             streams=not spec.kv_unified,
+            preempt_after=spec.preempt_after,
         )
         if recurrent and spec.cache_ram:
             log.info("model %s has recurrent memory: no KV states kept in RAM", spec.name)
@@ -501,6 +502,7 @@ class Worker:
         key = (
             tuple(len(s.cached) if s.seq is None else s.seq.id for s in sched.slots),
             st.saves, st.hits, st.misses, st.failed_restores, st.evictions, sched.moves,
+            sched.preemptions,
         )  # fmt: skip
         if key == self._last_report and not st.save_seconds and not st.restore_seconds:
             return None
@@ -510,7 +512,7 @@ class Worker:
             slot_ids=[None if s.seq is None else s.seq.id for s in sched.slots],
             ram_bytes=st.bytes, ram_entries=st.entries, ram_hits=st.hits,
             ram_misses=st.misses, ram_saves=st.saves, ram_evictions=st.evictions,
-            ram_failed=st.failed_restores, moves=sched.moves,
+            ram_failed=st.failed_restores, moves=sched.moves, preemptions=sched.preemptions,
             save_seconds=st.save_seconds, restore_seconds=st.restore_seconds,
         )  # fmt: skip
         st.save_seconds, st.restore_seconds = [], []

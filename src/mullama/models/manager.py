@@ -211,6 +211,7 @@ class ModelManager:
                 log_file=s.log_file,
                 load_timeout=s.load_timeout,
                 cache_ram=self.cache_ram,
+                preempt_after=s.preempt_after,
                 sessions_dir=str(sessions_dir(s.cache_dir, ref.name)),
                 session_disk=self.session_disk,
                 session_interval=s.session_save_interval,

@@ -138,6 +138,9 @@ def _kv_host_metrics(models: list[ModelSnapshot]) -> list[Metric]:
         "moves": ("mullama_kv_sequence_moves",
                   "Running sequences moved to close a gap in the slot ids (a whole KV "
                   "stream copied: consecutive ids decode in one micro-batch)."),
+        "preemptions": ("mullama_preemptions",
+                        "Answers paused (their KV saved to RAM, resumed at the next free "
+                        "slot) so that a short request could start (--preempt-after)."),
     }  # fmt: skip
     fams = {k: CounterMetricFamily(n, d, labels=["model"]) for k, (n, d) in counters.items()}
     for m in models:
