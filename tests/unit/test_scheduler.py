@@ -504,8 +504,8 @@ def test_a_short_request_that_waited_preempts_the_longest_answer_which_resumes_f
     slot of the answer with most tokens left. That answer's KV goes to RAM and it resumes
     from it at the next free slot, where it stopped: nothing recomputed, nothing lost."""
     sched, ctx = make(n_slots=2, n_batch=128, host_bytes=10**9, preempt_after=0.5, n_quick=16)
-    long = seq("long", range(1, 101), max_tokens=40)
-    near = seq("near", range(201, 231), max_tokens=20)
+    long = seq("long", range(1, 101), max_tokens=60)
+    near = seq("near", range(201, 231), max_tokens=30)
     for s in (long, near):
         sched.submit(s)
     _until(sched, lambda: long.n_generated >= 3)
@@ -514,9 +514,16 @@ def test_a_short_request_that_waited_preempts_the_longest_answer_which_resumes_f
     _until(sched, lambda: fresh.slot >= 0)
     assert near.finish == "length" and long.slot >= 0 and sched.preemptions == 0
     run(sched)
-    sched.submit(long2 := seq("long2", range(1, 101), max_tokens=40))
-    sched.submit(near2 := seq("near2", range(201, 231), max_tokens=20))
+    sched.submit(long2 := seq("long2", range(1, 101), max_tokens=60))
+    sched.submit(near2 := seq("near2", range(201, 231), max_tokens=30))
     _until(sched, lambda: long2.n_generated >= 3 and near2.n_generated >= 3)
+    early = seq("early", range(800, 810), out=[EOG])
+    sched.submit(early)
+    early.submitted_at -= 1.0
+    sched.step()  # neither answer has streamed 16 tokens: not paused right after starting
+    assert sched.preemptions == 0 and sched.waiting[0] is early
+    sched.cancel("early")
+    _until(sched, lambda: long2.n_generated >= 16)
     cold = seq("cold", range(600, 660), out=[EOG])  # 60 tokens to compute: not short
     short = seq("short", range(700, 710), out=[5, EOG])
     long_slot, at = long2.slot, len(long2.tokens)
@@ -532,25 +539,25 @@ def test_a_short_request_that_waited_preempts_the_longest_answer_which_resumes_f
     back = long2.slot
     assert ctx.restores == [back]  # its state, from RAM (short's history was there)
     run(sched)
-    assert long2.n_generated == 40 and near2.n_generated == 20 and short.finish == "stop"
+    assert long2.n_generated == 60 and near2.n_generated == 30 and short.finish == "stop"
     # It went on from its newest token (position at - 1): each position once, none of
     # its history computed again.
     positions = [r[1] for b in ctx.batches[seen:] for r in b if r[2] == back and r[1] >= 100]
-    assert positions == list(range(at - 1, 139))  # its last token is sampled, not decoded
+    assert positions == list(range(at - 1, 159))  # its last token is sampled, not decoded
     assert sched.preemptions == 1 and cold.finish == "stop"  # cold never preempted
 
 
 def test_an_answer_is_paused_at_most_once_and_one_at_a_time():
     sched, _ = make(n_slots=1, n_batch=128, preempt_after=0.5)  # no RAM cache: never
     sched.submit(long := seq("long", range(1, 101), max_tokens=30))
-    _until(sched, lambda: long.n_generated >= 2)
+    _until(sched, lambda: long.n_generated >= 16)
     sched.submit(short := seq("short", range(500, 505), out=[EOG]))
     short.submitted_at -= 1.0
     sched.step()
     assert sched.preemptions == 0 and sched.waiting[0] is short
     sched, _ = make(n_slots=1, n_batch=128, host_bytes=10**9, preempt_after=0.5)
     sched.submit(long := seq("long", range(1, 101), max_tokens=40))
-    _until(sched, lambda: long.n_generated >= 2)
+    _until(sched, lambda: long.n_generated >= 16)
     shorts = [seq(f"s{k}", range(500 + 10 * k, 505 + 10 * k), max_tokens=20) for k in range(2)]
     for s in shorts:
         sched.submit(s)
@@ -565,3 +572,4 @@ def test_an_answer_is_paused_at_most_once_and_one_at_a_time():
     assert sched.preemptions == 1 and sched.running == [long]
     run(sched)
     assert long.n_generated == 40 and shorts[1].n_generated == 20
+

@@ -314,18 +314,19 @@ class Scheduler:
         """The waiting sequence to admit next: a paused answer, else the highest ratio of
         time waited plus service to service, where the service is what it has to compute (its tokens less
         what a free slot, a running sequence or the RAM cache holds of them)."""
-        if len(self.waiting) == 1:
-            return self.waiting.popleft()
         if self.waiting[0].parked:  # an answer paused by _preempt resumes first
             return self.waiting.popleft()
         cost = self._costs(free)
+        window = list(itertools.islice(self.waiting, ADMIT_WINDOW))
+        if len(window) == 1:
+            self.waiting.remove(window[0])
+            return window[0]
         now = time.monotonic()
 
         def ratio(seq: Sequence) -> float:
             service = cost(seq) / self.prompt_rate + STEP_SECONDS
             return (now - seq.submitted_at + STEP_SECONDS + service) / service
 
-        window = list(itertools.islice(self.waiting, ADMIT_WINDOW))
         best = max(window, key=ratio)  # the earliest of equal ratios (max is stable)
         self.waiting.remove(best)
         return best
@@ -349,11 +350,12 @@ class Scheduler:
     def _preempt(self, sources: set[int]) -> tuple[Sequence, list[Slot]] | None:
         """Every slot is busy. A short waiting request (at most n_quick tokens to compute,
         a conversation's next turn) that has waited ``preempt_after`` seconds takes the
-        slot of the generating sequence with most tokens left: that one's KV is saved to
-        host RAM and it waits at the head of the queue, to resume from the same bytes
-        (the same answer) at the next free slot. One sequence is parked at a time, each
-        at most once: a short request waits at most about one answer's time less than
-        before, a long answer pauses once. Returns the request and the slot it takes."""
+        slot of the answer with most tokens left among those that have streamed at least
+        MIN_MOVE tokens (not one that just began: its user would see a first token and
+        then a pause): its KV is saved to host RAM and it waits at the head of the queue,
+        to resume from the same bytes (the same answer) at the next free slot. One
+        answer is paused at a time, each at most once. Returns the request and the slot
+        it takes."""
         if not self.preempt_after or not self.host.enabled or self.recurrent:
             return None
         if any(s.parked for s in self.waiting):
@@ -370,8 +372,8 @@ class Scheduler:
         leaders = {id(r.follows[0]) for r in self.running if r.follows is not None}
         victims = [
             r for r in self.running
-            if r.remaining == 1 and r.n_generated and not r.preempted and not r.score_prompt
-            and r.max_tokens - r.n_generated >= MIN_MOVE
+            if r.remaining == 1 and not r.preempted and not r.score_prompt
+            and r.n_generated >= MIN_MOVE and r.max_tokens - r.n_generated >= MIN_MOVE
             and id(r) not in leaders and r.slot not in sources
         ]  # fmt: skip
         if not short or not victims:
@@ -380,6 +382,9 @@ class Scheduler:
         victim = max(victims, key=lambda r: (r.max_tokens - r.n_generated, r.order))
         slot = self.slots[victim.slot]
         history = victim.tokens[: victim.n_past]
+        mine, _ = self.host.best(as_tokens(seq.tokens))
+        if mine is not None:
+            self.host.touch(mine)  # the request's own history is not what the save evicts
         if not self._save(slot, as_tokens(history)):
             return None  # no room in RAM for it: it goes on
         self.running.remove(victim)
