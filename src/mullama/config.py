@@ -266,8 +266,9 @@ class ModelSettings(BaseModel):
         description="When every slot is generating, a short request (at most 512 tokens to "
         "compute, e.g. a conversation's next turn with its history in the RAM cache) that "
         "has waited this many seconds for a slot takes the slot of the answer with the most "
-        "tokens left, which pauses (its KV saved to RAM) and resumes from the same state at "
-        "the next free slot: first tokens come sooner, a long answer pauses once. 0 = never. "
+        "tokens left (of those that have streamed 16 or more), which pauses (its KV saved to "
+        "RAM) and resumes from the same state, with the same text, at the next free slot: "
+        "first tokens come sooner, one answer pauses at a time, each at most once. 0 = never. "
         "Needs --cache-ram.",
     )
     session_disk: str = Field(

@@ -312,8 +312,8 @@ class Scheduler:
 
     def _next_waiting(self, free: list[Slot]) -> Sequence:
         """The waiting sequence to admit next: a paused answer, else the highest ratio of
-        time waited plus service to service, where the service is what it has to compute (its tokens less
-        what a free slot, a running sequence or the RAM cache holds of them)."""
+        time waited plus service to service, where the service is what it has to compute
+        (its tokens less what a free slot, a running sequence or the RAM cache holds)."""
         if self.waiting[0].parked:  # an answer paused by _preempt resumes first
             return self.waiting.popleft()
         cost = self._costs(free)
