@@ -246,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
               f"| {r['reused']} / {r['computed']} | {r['preemptions']} | {r['rss'] / 2**20:.0f} |")  # fmt: skip
     mine = [n for n in results if n.startswith("mullama") and n != "mullama-no-cache"]
     for other in ("llama-server", "llama-server-fa-off"):
-        for name in mine if other in results else []:
+        if other not in results:
+            continue
+        for name in mine:
             m, ls = results[name], results[other]
             print(f"\n{name} / {other}: TTFT p50 turns >= 2 {m['ttft_later_p50'] / ls['ttft_later_p50']:.2f}, "
                   f"p95 {m['ttft_later_p95'] / ls['ttft_later_p95']:.2f}, "

@@ -314,19 +314,17 @@ class Scheduler:
         """The waiting sequence to admit next: a paused answer, else the highest ratio of
         time waited plus service to service, where the service is what it has to compute
         (its tokens less what a free slot, a running sequence or the RAM cache holds)."""
-        if self.waiting[0].parked:  # an answer paused by _preempt resumes first
+        # Alone, or an answer paused by _preempt (it resumes first): nothing to weigh.
+        if len(self.waiting) == 1 or self.waiting[0].parked:
             return self.waiting.popleft()
         cost = self._costs(free)
-        window = list(itertools.islice(self.waiting, ADMIT_WINDOW))
-        if len(window) == 1:
-            self.waiting.remove(window[0])
-            return window[0]
         now = time.monotonic()
 
         def ratio(seq: Sequence) -> float:
             service = cost(seq) / self.prompt_rate + STEP_SECONDS
             return (now - seq.submitted_at + STEP_SECONDS + service) / service
 
+        window = list(itertools.islice(self.waiting, ADMIT_WINDOW))
         best = max(window, key=ratio)  # the earliest of equal ratios (max is stable)
         self.waiting.remove(best)
         return best
