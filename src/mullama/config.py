@@ -321,7 +321,8 @@ class SecuritySettings(BaseModel):
     api_key_file: Path | None = Field(
         None,
         description="YAML/JSON file listing API keys: name, key or sha256, scope "
-        "(inference|admin), optional requests_per_minute/tokens_per_minute.",
+        "(inference|admin), optional requests_per_minute/tokens_per_minute and tenant (keys "
+        "of one tenant share its caches).",
     )
     metrics_public: bool = Field(False, description="Serve /metrics without an API key.")
     allow_remote_admin: bool = Field(
@@ -356,6 +357,13 @@ class SecuritySettings(BaseModel):
         description="When the rate-limit storage (Redis) cannot be reached: open lets "
         "requests through unlimited (logged), closed refuses limited keys' requests with "
         "503 and Retry-After. Either way the storage is used again as soon as it answers.",
+    )
+    share_cache_across_keys: bool = Field(
+        False,
+        description="With several API keys, let every key reuse the prompts (KV) and "
+        "cached responses of every other. By default each key, or each tenant named in "
+        "--api-key-file, has its own: reused-token counts and cache hits would otherwise "
+        "tell one caller what another sent.",
     )
     tls_cert: Path | None = Field(None, description="TLS certificate (PEM) to serve HTTPS.")
     tls_key: Path | None = Field(None, description="TLS private key (PEM) for --tls-cert.")

@@ -4,7 +4,9 @@
 :class:`RequestContext`, puts it in the ``current`` context variable for the request's
 task (and the tasks started from it), and adds the headers it collected to the response
 when the response starts. The model manager reads the cache policy and records cache
-hits; the fallback router (api/fallback.py) records which model answered.
+hits; the fallback router (api/fallback.py) records which model answered. The middleware
+also sets the caller's cache tenant (security/tenancy.py), which scopes every generation's
+prefix reuse and response-cache entry (``cache_scope``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,19 @@ class RequestContext:
     api_key: bytes | None = field(default=None, repr=False)
     client_traceparent: bytes | None = None
     span: Any = field(default=None, repr=False)  # the request's tracing span (middleware)
+    cache_tenant: str = ""  # whose caches it uses ("" = shared; security/tenancy.py)
+
+    def cache_scope(self, salt: str | None = None) -> str:
+        """The namespace of a generation's KV reuse and response-cache entry: "" when
+        the caches are shared and no cache_salt is given, else a short hash of the
+        tenant and the salt (the same for every daemon, so Redis entries match)."""
+        if not self.cache_tenant and not salt:
+            return ""
+        h = hashlib.blake2b(digest_size=12, person=b"mullama-scope")
+        h.update(self.cache_tenant.encode())
+        h.update(b"\0")
+        h.update((salt or "").encode())
+        return h.hexdigest()
 
     @property
     def affinity(self) -> str | None:

@@ -117,7 +117,7 @@ def make(n_slots=2, n_batch=8, kv=10_000, host_bytes=0, n_swa=0, streams=True, n
     return sched, ctx
 
 
-def seq(sid, prompt, out=(), max_tokens=100, stops=()):
+def seq(sid, prompt, out=(), max_tokens=100, stops=(), scope=""):
     return Sequence(
         id=sid,
         tokens=list(prompt),
@@ -125,6 +125,7 @@ def seq(sid, prompt, out=(), max_tokens=100, stops=()):
         max_tokens=max_tokens,
         sampler=FakeSampler(out),
         stops=StopMatcher(list(stops)),
+        scope=scope,
     )
 
 
@@ -573,3 +574,75 @@ def test_an_answer_is_paused_at_most_once_and_one_at_a_time():
     run(sched)
     assert long.n_generated == 40 and shorts[1].n_generated == 20
 
+
+
+# ---- cache scopes: one tenant's prompts are never reused for another's -----------------
+
+
+def test_an_idle_slot_is_reused_only_by_a_request_of_its_cache_scope():
+    sched, ctx = make(n_slots=2, n_batch=64)
+    prompt = list(range(1, 41))
+    a = _served(sched, seq("a", prompt, out=[EOG], scope="A"))
+    b = _served(sched, seq("b", prompt, out=[EOG], scope="B"))
+    # b computed the whole prompt in the other slot: a's history is neither reused nor cut.
+    assert b.reused == 0 and ctx.copies == []
+    assert sorted(r[1] for batch in ctx.batches[-1:] for r in batch) == list(range(40))
+    assert sched.slots[0].cached == a.tokens and sched.slots[1].cached == b.tokens
+    a2 = _served(sched, seq("a2", [*prompt, 50], out=[EOG], scope="A"))
+    b2 = _served(sched, seq("b2", [*prompt, 60], out=[EOG], scope="B"))
+    assert (a2.reused, b2.reused) == (40, 40)
+    # The unscoped namespace ("") is a scope like any other.
+    c = _served(sched, seq("c", [*prompt, 70], out=[EOG]))
+    assert c.reused == 0
+
+
+def test_the_ram_cache_restores_a_history_only_for_its_cache_scope():
+    sched, ctx = make(n_slots=1, n_batch=64, host_bytes=10**9)
+    a = _served(sched, seq("a", range(1, 101), out=[EOG], scope="A"))
+    _served(sched, seq("other", range(1001, 1101), out=[EOG], scope="A"))  # a's to RAM
+    b = _served(sched, seq("b", [*a.tokens, 7], out=[EOG], scope="B"))
+    assert b.reused == 0 and ctx.restores == [] and sched.host.stats.hits == 0
+    # b's history (a's tokens and one more) is saved in its own scope: a's entry, a
+    # prefix of it in another scope, is kept, and a's next turn restores it (the slot,
+    # which holds b's identical tokens, is not used).
+    a2 = _served(sched, seq("a2", [*a.tokens, 7], out=[EOG], scope="A"))
+    assert a2.reused == len(a.tokens) and ctx.restores == [0]
+    assert sched.host.holds(as_tokens(b.tokens), "B")
+    assert not sched.host.holds(as_tokens(b.tokens), "A")
+
+
+def test_a_running_sequence_s_prefix_is_not_copied_across_cache_scopes():
+    sched, ctx = make(n_slots=2, n_batch=256)
+    system = list(range(1, 101))
+    a = seq("a", [*system, 201], out=[5, EOG], scope="A")
+    b = seq("b", [*system, 301], out=[5, EOG], scope="B")
+    sched.submit(a)
+    sched.submit(b)
+    sched.step()
+    assert b.follows is None  # not waiting on a's prefix
+    run(sched)
+    assert ctx.copies == [] and (a.reused, b.reused) == (0, 0)
+    # The same burst within one scope copies it (the control).
+    sched, ctx = make(n_slots=2, n_batch=256)
+    a, b = (seq(k, [*system, t], out=[5, EOG], scope="A") for k, t in (("a", 201), ("b", 301)))
+    sched.submit(a)
+    sched.submit(b)
+    run(sched)
+    assert ctx.copies and b.reused == 100
+
+
+def test_admission_counts_only_a_history_of_the_request_s_scope_as_warm():
+    """A turn whose tokens an idle slot holds goes before a short new prompt (it has
+    one token to compute); the same tokens sent in another scope are a cold prompt."""
+    for scope, first in (("A", "probe"), ("B", "short")):
+        sched, ctx = make(n_slots=1, n_batch=64)
+        a = _served(sched, seq("a", range(1, 101), out=[EOG], scope="A"))
+        sched.prompt_rate = 100.0  # tokens/s: 101 tokens take ~1 s, 30 tokens ~0.3 s
+        probe = seq("probe", [*a.tokens, 7], out=[EOG], scope=scope)
+        short = seq("short", range(500, 530), out=[EOG], scope="B")
+        sched.submit(probe)
+        sched.submit(short)
+        probe.submitted_at -= 1.0
+        short.submitted_at -= 0.5
+        sched.step()
+        assert [s.id for s in sched.admitted] == [first], scope

@@ -68,6 +68,7 @@ class CompletionBody(StrictBody, Refusing):
     json_schema: dict[str, Any] | None = None
     keep_alive: str | int | float | None = None
     fallback: bool = True  # extension: False keeps the request on its model (--fallback)
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=1024)  # vLLM's
 
     def to_completion(self, model: str) -> CompletionRequest:
         body: dict[str, Any] = {"model": model, "prompt": self.prompt, "stream": self.stream,
@@ -77,7 +78,8 @@ class CompletionBody(StrictBody, Refusing):
         elif self.n_predict == 0:  # the OpenAI API allows 0 only for scoring: set after
             body["max_tokens"] = 1
         for name in ("temperature", "top_k", "top_p", "min_p", "seed", "repeat_penalty",
-                     "presence_penalty", "frequency_penalty", "stop", "keep_alive"):  # fmt: skip
+                     "presence_penalty", "frequency_penalty", "stop", "keep_alive",
+                     "cache_salt"):  # fmt: skip
             if getattr(self, name) is not None:
                 body[name] = getattr(self, name)
         if self.json_schema is not None:

@@ -30,6 +30,8 @@ from ..models.store import ModelStore
 from ..observability.access import AccessLogMiddleware
 from ..observability.hub import Observability
 from ..observability.tracing import Tracing
+from ..security.keys import KeyRing
+from ..security.tenancy import CacheTenancy
 from .dependencies import Dependencies
 from .guards import install_guards
 from .lifecycle import Lifecycle, Phase
@@ -112,8 +114,10 @@ def create_app(
     # add_middleware wraps what was added before: the request context (cache policy,
     # fallback) innermost, then the guards (limits, drain, auth, rate limits), then the
     # access log, then the request id outermost.
-    app.add_middleware(RequestContextMiddleware)
+    tenancy = CacheTenancy(KeyRing([]), shared=settings.share_cache_across_keys)
+    app.add_middleware(RequestContextMiddleware, tenancy=tenancy)
     install_guards(app, settings)
+    tenancy.keys = app.state.keys  # the ring the auth middleware holds (SIGHUP reloads it)
     app.add_middleware(AccessLogMiddleware, obs=obs)
     app.add_middleware(RequestIdMiddleware)
     return app

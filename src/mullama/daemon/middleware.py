@@ -12,6 +12,7 @@ from .. import requestctx
 from ..api.errors import error_body
 from ..errors import PayloadTooLarge
 from ..observability.requests import current_request
+from ..security.tenancy import CacheTenancy
 
 
 def adding_headers(send: Send, extra: Callable[[], list[tuple[bytes, bytes]]]) -> Send:
@@ -51,17 +52,21 @@ class RequestIdMiddleware:
 
 class RequestContextMiddleware:
     """The request's ``RequestContext`` (cache policy, fallback opt-out) from its
-    headers; what the layers below recorded in it (X-Mullama-Cache, X-Mullama-Fallback)
-    goes out with the response's headers."""
+    headers, and its caller's cache tenant (it runs inside the auth middleware, which
+    stored the caller); what the layers below recorded in it (X-Mullama-Cache,
+    X-Mullama-Fallback) goes out with the response's headers."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, tenancy: CacheTenancy | None = None) -> None:
         self.app = app
+        self.tenancy = tenancy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         ctx = requestctx.RequestContext.from_headers(scope["headers"])
+        if self.tenancy is not None:
+            ctx.cache_tenant = self.tenancy.tenant(scope.get("state", {}).get("principal"))
         record = current_request.get()
         if record is not None:
             ctx.span = record.span  # a remote engine's parent span

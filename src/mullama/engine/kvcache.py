@@ -7,6 +7,10 @@ on every request), keyed by the tokens it holds; entries live least recently use
 out within ``max_bytes``. An entry whose tokens are a prefix of a newer one's is dropped
 (the newer one serves every request the older one could). Lookups compare token arrays
 with numpy, so finding the best of hundreds of entries costs microseconds.
+
+Every entry belongs to a cache scope (``GenerateRequest.cache_scope``: the caller's tenant
+and cache_salt, "" when caches are shared): a lookup sees only the entries of its own
+scope, so one tenant's prompt is never reused for, or confirmed to, another.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class Entry:
     size: int
     loader: Callable[[], tuple[Any, int] | None] | None = None  # reads a state from disk
     path: Path | None = None  # the session file it came from
+    scope: str = ""  # the cache scope of the requests that computed it
 
     @property
     def n_tokens(self) -> int:
@@ -83,29 +88,35 @@ class HostCache:
         yield from self._entries.values()
         yield from self._disk.values()
 
-    def best(self, tokens: np.ndarray) -> tuple[Entry | None, int]:
-        """The entry sharing the longest prefix with ``tokens``, and that length."""
+    def best(self, tokens: np.ndarray, scope: str = "") -> tuple[Entry | None, int]:
+        """The entry of ``scope`` sharing the longest prefix with ``tokens``, and that
+        length."""
         best, best_n = None, 0
         for entry in self._all():
+            if entry.scope != scope:
+                continue
             n = common_prefix(entry.tokens, tokens)
             if n > best_n:
                 best, best_n = entry, n
         return best, best_n
 
-    def holds(self, tokens: np.ndarray) -> bool:
-        """Whether an entry already holds all of ``tokens`` (saving them again is waste)."""
+    def holds(self, tokens: np.ndarray, scope: str = "") -> bool:
+        """Whether an entry of ``scope`` already holds all of ``tokens`` (saving them
+        again is waste)."""
         return any(
-            e.n_tokens >= len(tokens) and common_prefix(e.tokens, tokens) == len(tokens)
+            e.scope == scope and e.n_tokens >= len(tokens)
+            and common_prefix(e.tokens, tokens) == len(tokens)
             for e in self._all()
-        )
+        )  # fmt: skip
 
-    def put(self, tokens: np.ndarray, data: Any, size: int) -> bool:
+    def put(self, tokens: np.ndarray, data: Any, size: int, scope: str = "") -> bool:
         if size > self.max_bytes or size <= 0:
             return False
-        for e in list(self._all()):  # a prefix of the new one: redundant
-            if e.n_tokens <= len(tokens) and common_prefix(e.tokens, tokens) == e.n_tokens:
+        for e in list(self._all()):  # a prefix of the new one, in its scope: redundant
+            if (e.scope == scope and e.n_tokens <= len(tokens)
+                    and common_prefix(e.tokens, tokens) == e.n_tokens):  # fmt: skip
                 self.drop(e)
-        self._insert(Entry(tokens, data, size))
+        self._insert(Entry(tokens, data, size, scope=scope))
         self.stats.saves += 1
         return True
 

@@ -195,6 +195,11 @@ class GenerateRequest:
     add_special: bool = True
     template: str | None = None  # a Jinja chat template overriding the model's (custom models)
     tools: list[dict[str, Any]] | None = None  # for templates that describe tools themselves
+    cache_salt: str | None = None  # the client's cache_salt (vLLM's), as it sent it
+    # The namespace of prefix reuse and of the response cache: a short opaque string (a
+    # hash of the caller's tenant and cache_salt; "" when caches are shared), set by the
+    # model manager. A prompt's KV is reused only by a request of the same scope.
+    cache_scope: str = ""
 
     def to_wire(self, wire_id: str) -> dict[str, Any]:
         """The ``generate`` frame; ``wire_id`` names the sequence on the socket."""

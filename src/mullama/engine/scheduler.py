@@ -5,6 +5,10 @@ cache. Each step puts, for every running sequence, the tokens it still needs int
 batch: one token for sequences that are generating, a chunk of the prompt for sequences
 that are prefilling, until the batch budget (n_batch) is spent. There is no separate
 prefill mode: a new request joins at the next step.
+
+Prefix reuse (idle slots, running sequences, the host-RAM cache and saved sessions) is
+scoped: every sequence, slot history and saved state carries its requests' cache scope,
+and a prompt matches only histories of its own scope (``_shared``).
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ class Sequence:
     # RAM and it waits at the head of the queue to resume from it (at most once).
     parked: bool = False
     preempted: bool = False
+    scope: str = ""  # its cache scope: it reuses and leaves KV for this scope only
 
     @property
     def remaining(self) -> int:
@@ -112,9 +117,16 @@ class Slot:
     seq: Sequence | None = None
     cached: list[int] = field(default_factory=list)  # tokens in KV of an idle slot
     last_used: float = 0.0  # time.monotonic() its last sequence ended
+    scope: str = ""  # the cache scope of its sequence, or of its idle history
 
     def tokens(self) -> np.ndarray:
         return as_tokens(self.cached)
+
+
+def _shared(scope: str, held: np.ndarray, held_scope: str, tokens: np.ndarray) -> int:
+    """The prefix of ``tokens`` (a request of ``scope``) that ``held`` (KV of
+    ``held_scope``) can give it: none across scopes."""
+    return common_prefix(held, tokens) if scope == held_scope else 0
 
 
 class Scheduler:
@@ -271,7 +283,7 @@ class Scheduler:
             seq.parked = False
             slot, reuse = self._place(seq, free, sources)
             slot.cached = []
-            slot.seq = seq
+            slot.seq, slot.scope = seq, seq.scope
             seq.slot = slot.index
             seq.n_past = reuse
             seq.order = next(self._order)
@@ -332,15 +344,15 @@ class Scheduler:
     def _costs(self, free: list[Slot]) -> Callable[[Sequence], int]:
         """What a waiting sequence has to compute: its tokens less the longest prefix of
         them that a free slot, a running sequence or the RAM cache holds."""
-        held = [s.tokens() for s in free if s.cached]
+        held = [(s.tokens(), s.scope) for s in free if s.cached]
         if self.follow:
-            held += [as_tokens(r.tokens) for r in self.running if r.follows is None]
+            held += [(as_tokens(r.tokens), r.scope) for r in self.running if r.follows is None]
 
         def cost(seq: Sequence) -> int:
             tokens = as_tokens(seq.tokens)
-            found = max((common_prefix(h, tokens) for h in held), default=0)
+            found = max((_shared(seq.scope, h, hs, tokens) for h, hs in held), default=0)
             if self.host.enabled:
-                found = max(found, self.host.best(tokens)[1])
+                found = max(found, self.host.best(tokens, seq.scope)[1])
             return len(seq.tokens) - found
 
         return cost
@@ -380,7 +392,7 @@ class Scheduler:
         victim = max(victims, key=lambda r: (r.max_tokens - r.n_generated, r.order))
         slot = self.slots[victim.slot]
         history = victim.tokens[: victim.n_past]
-        mine, _ = self.host.best(as_tokens(seq.tokens))
+        mine, _ = self.host.best(as_tokens(seq.tokens), seq.scope)
         if mine is not None:
             self.host.touch(mine)  # the request's own history is not what the save evicts
         if not self._save(slot, as_tokens(history)):
@@ -405,12 +417,13 @@ class Scheduler:
         # scoring its prompt needs every prompt token's logits: nothing reused.
         limit = 0 if seq.score_prompt else len(seq.tokens) - 1
         tokens = as_tokens(seq.tokens)
-        shared = {s.index: min(common_prefix(s.tokens(), tokens), limit) for s in free}
+        scope = seq.scope
+        shared = {s.index: min(_shared(scope, s.tokens(), s.scope, tokens), limit) for s in free}
         src = max(free, key=lambda s: (shared[s.index], -s.index))
         best = shared[src.index]
-        entry, saved = self.host.best(tokens) if self.host.enabled and limit else (None, 0)
+        entry, saved = self.host.best(tokens, scope) if self.host.enabled and limit else (None, 0)
         saved = min(saved, limit)
-        lead, led = self._leader(tokens, limit)
+        lead, led = self._leader(tokens, scope, limit)
         if lead is not None and led >= max(best, saved) + MIN_SAVE:
             # A running sequence has (or is computing) a longer prefix of this prompt
             # than any idle slot or saved state: copy it rather than compute it again
@@ -443,15 +456,17 @@ class Scheduler:
         self._evict(target, best)
         return target, self._keep(target, best)
 
-    def _leader(self, tokens: np.ndarray, limit: int) -> tuple[Sequence | None, int]:
-        """The running sequence whose tokens (computed or still to compute) share the
-        longest prefix with ``tokens``, and that length (at most ``limit``)."""
+    def _leader(
+        self, tokens: np.ndarray, scope: str, limit: int
+    ) -> tuple[Sequence | None, int]:
+        """The running sequence of ``scope`` whose tokens (computed or still to compute)
+        share the longest prefix with ``tokens``, and that length (at most ``limit``)."""
         if not self.follow or not limit:
             return None, 0
         best: tuple[Sequence | None, int] = (None, 0)
         for run in self.running:
             if run.follows is None and run.slot >= 0:
-                n = min(common_prefix(as_tokens(run.tokens), tokens), limit)
+                n = min(_shared(scope, as_tokens(run.tokens), run.scope, tokens), limit)
                 if n > best[1]:
                     best = (run, n)
         return best
@@ -486,7 +501,7 @@ class Scheduler:
             else:
                 self.ctx.seq_rm(dst.index, -1, -1)
             self.ctx.seq_rm(src.index, -1, -1)
-            dst.seq, dst.cached = seq, []
+            dst.seq, dst.cached, dst.scope = seq, [], seq.scope
             src.seq, src.cached = None, []
             seq.slot = dst.index
             self.moves += 1
@@ -505,13 +520,13 @@ class Scheduler:
         self._save(slot, slot.tokens())
 
     def _save(self, slot: Slot, tokens: np.ndarray) -> bool:
-        """``slot``'s KV (holding ``tokens``) into host RAM, unless RAM holds it already;
-        False when it does not fit."""
-        if self.host.holds(tokens):
+        """``slot``'s KV (holding ``tokens``) into host RAM, in the slot's cache scope,
+        unless RAM holds it already; False when it does not fit."""
+        if self.host.holds(tokens, slot.scope):
             return True
         started = time.perf_counter()
         data, size = self.ctx.state_save(slot.index)
-        if data is None or not self.host.put(tokens, data, size):
+        if data is None or not self.host.put(tokens, data, size, slot.scope):
             return False
         self.host.stats.save_seconds.append(time.perf_counter() - started)
         return True

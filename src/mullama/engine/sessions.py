@@ -5,12 +5,13 @@ and settings.
 
 One file per conversation: ``MLKV``, a little-endian u32 header length, the header (JSON:
 format version, the fingerprint of the model and context settings, the token count, the
-state's size, a CRC-32 of tokens and state), the tokens (int32) and the state as
-``llama_state_seq_get_data`` wrote it. Files are written to a temporary name, flushed and
-renamed, so a crash mid-write leaves no broken entry. At start only headers and tokens
-are read; a state is read (and its CRC checked) when a request restores it. A file whose
-fingerprint differs (another model file, other context settings, another llama.cpp) is
-ignored with one log line; a corrupt or truncated one is skipped and removed.
+state's size, a CRC-32 of tokens and state, the cache scope when not ""), the tokens
+(int32) and the state as ``llama_state_seq_get_data`` wrote it. Files are written to a
+temporary name, flushed and renamed, so a crash mid-write leaves no broken entry. At
+start only headers and tokens are read; a state is read (and its CRC checked) when a
+request restores it. A file whose fingerprint differs (another model file, other context
+settings, another llama.cpp) is ignored with one log line; a corrupt or truncated one is
+skipped and removed.
 """
 
 from __future__ import annotations
@@ -47,10 +48,14 @@ class Saved:
     data: Any = None
     size: int = 0
     path: Path | None = None
+    scope: str = ""  # the cache scope it belongs to (kvcache.Entry.scope)
 
 
-def _name(tokens: np.ndarray) -> str:
-    return hashlib.sha256(tokens.tobytes()).hexdigest()[:32] + SUFFIX
+def _name(tokens: np.ndarray, scope: str = "") -> str:
+    digest = hashlib.sha256(tokens.tobytes())
+    if scope:  # the same tokens in two scopes are two files
+        digest.update(b"\0" + scope.encode())
+    return digest.hexdigest()[:32] + SUFFIX
 
 
 class SessionStore:
@@ -107,8 +112,12 @@ class SessionStore:
                 other += 1
                 continue
             size = int(header["size"])
+            scope = header.get("scope", "")
+            if not isinstance(scope, str):
+                other += 1
+                continue
             loader = self._loader(path, header, offset, zlib.crc32(tokens.astype("<i4").tobytes()))
-            entries.append(Entry(tokens, None, size, loader=loader, path=path))
+            entries.append(Entry(tokens, None, size, loader=loader, path=path, scope=scope))
             self.known.add(path.name)
         if entries or other:
             log.info(
@@ -152,7 +161,7 @@ class SessionStore:
         keep: set[str] = set()
         used = 0
         for item in items:
-            name = _name(item.tokens)
+            name = _name(item.tokens, item.scope)
             if name in keep:
                 continue
             if item.path is not None and item.path.exists():
@@ -179,10 +188,13 @@ class SessionStore:
     def _write_one(self, path: Path, item: Saved) -> None:
         tokens = item.tokens.astype("<i4").tobytes()
         state = memoryview(item.data).cast("B")[: item.size]
-        header = orjson.dumps({
+        fields: dict[str, Any] = {
             "format": FORMAT, "fingerprint": self.fingerprint, "n_tokens": len(item.tokens),
             "size": item.size, "crc32": zlib.crc32(state, zlib.crc32(tokens)),
-        })  # fmt: skip
+        }  # fmt: skip
+        if item.scope:  # files of the unscoped namespace read as before
+            fields["scope"] = item.scope
+        header = orjson.dumps(fields)
         tmp = path.with_name(f".{path.name}.tmp")
         try:
             with tmp.open("wb") as f:

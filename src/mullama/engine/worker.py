@@ -304,6 +304,7 @@ class Worker:
             ctx_limit=limit,
             top_logprobs=params.logprobs,
             score_prompt=params.prompt_logprobs and params.logprobs is not None,
+            scope=req.cache_scope,
         )
 
     def _prompt_tokens(self, req: GenerateRequest) -> tuple[list[int], str]:
@@ -480,11 +481,11 @@ class Worker:
             if slot.seq is not None or len(slot.cached) < MIN_SAVE:
                 continue
             tokens = slot.tokens()
-            if not host.holds(tokens):
+            if not host.holds(tokens, slot.scope):
                 data, size = self.ctx.state_save(slot.index)
                 if data is not None:
-                    items.append(Saved(tokens, data, size))
-        items += [Saved(e.tokens, e.data, e.size, e.path) for e in host.hottest()]
+                    items.append(Saved(tokens, data, size, scope=slot.scope))
+        items += [Saved(e.tokens, e.data, e.size, e.path, e.scope) for e in host.hottest()]
         try:
             kept, used = self.sessions.write(items)
         except OSError as exc:

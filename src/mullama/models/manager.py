@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -591,9 +591,12 @@ class ModelManager:
         self, name: str | None, request: GenerateRequest, keep_alive: Any = None
     ) -> ChunkStream:
         """The generation's chunks: from the response cache when it holds this exact
-        deterministic request, otherwise from the engine (and then stored)."""
-        key, model = await self._cache_key(name, request)
+        deterministic request, otherwise from the engine (and then stored). Both the
+        cache entry and the engine's prefix reuse are scoped to the caller's tenant and
+        the request's cache_salt (``cache_scope``)."""
         ctx = requestctx.get()
+        request = replace(request, cache_scope=ctx.cache_scope(request.cache_salt))
+        key, model = await self._cache_key(name, request)
         if key is not None and ctx.cache_read and self.cache is not None:
             found = await self.cache.lookup(key)
             if isinstance(found, list):

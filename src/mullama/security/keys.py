@@ -23,6 +23,9 @@ class ApiKey:
     digest: bytes  # sha256 of the key; the key itself is never stored
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    # Keys of one tenant share its prompt (KV) and response caches; a key without one
+    # is a tenant of its own.
+    tenant: str | None = None
 
 
 def digest(key: str) -> bytes:
@@ -39,6 +42,10 @@ class KeyRing:
 
     def __bool__(self) -> bool:
         return bool(self.keys)
+
+    def named(self, name: str) -> ApiKey | None:
+        """The key called ``name`` (a principal's name), None when no key is."""
+        return next((k for k in self.keys if k.name == name), None)
 
     def lookup(self, presented: str) -> ApiKey | None:
         """The key whose digest matches, compared in constant time against every key."""
@@ -62,8 +69,9 @@ class KeyRing:
 def load_key_file(path: Path) -> list[ApiKey]:
     """YAML or JSON: a list of entries, or ``{"keys": [...]}``. Each entry has ``name``,
     ``key`` (the key) or ``sha256`` (its hex digest), ``scope`` and optional
-    ``requests_per_minute`` / ``tokens_per_minute``. Or llama-server's format: one key
-    per line (``#`` comments allowed), each with the inference scope."""
+    ``requests_per_minute`` / ``tokens_per_minute`` and ``tenant`` (keys of one tenant
+    share its caches). Or llama-server's format: one key per line (``#`` comments
+    allowed), each with the inference scope."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -83,7 +91,9 @@ def load_key_file(path: Path) -> list[ApiKey]:
     return [_entry(path, i, e) for i, e in enumerate(data)]
 
 
-_ENTRY_KEYS = {"name", "key", "sha256", "scope", "requests_per_minute", "tokens_per_minute"}
+_ENTRY_KEYS = {
+    "name", "key", "sha256", "scope", "requests_per_minute", "tokens_per_minute", "tenant",
+}  # fmt: skip
 
 
 def _entry(path: Path, i: int, e: Any) -> ApiKey:
@@ -116,4 +126,7 @@ def _entry(path: Path, i: int, e: Any) -> ApiKey:
         if value is not None and (not isinstance(value, int) or value < 0):
             raise ConfigError(f"{where} ({name}): {field} must be a non-negative integer")
         limits[field] = value
-    return ApiKey(name, scope, d, **limits)
+    tenant = e.get("tenant")
+    if tenant is not None and (not isinstance(tenant, str) or not tenant.strip()):
+        raise ConfigError(f"{where} ({name}): tenant must be a non-empty string")
+    return ApiKey(name, scope, d, **limits, tenant=tenant.strip() if tenant else None)

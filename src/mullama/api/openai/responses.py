@@ -78,6 +78,7 @@ class ResponsesRequest(_Strict, Refusing):
     store: bool = True
     previous_response_id: str | None = None
     fallback: bool = True  # extension: False keeps the request on its model (--fallback)
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=1024)  # vLLM's
 
     def to_chat(self, conversation: list[dict[str, Any]]) -> ChatCompletionRequest:
         """The chat request this is, for ``conversation`` (a previous response's messages
@@ -86,7 +87,7 @@ class ResponsesRequest(_Strict, Refusing):
         if self.instructions:  # not carried over from a previous response, as OpenAI's
             messages = [{"role": "system", "content": self.instructions}, *messages]
         body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": self.stream}
-        for name in ("temperature", "top_p", "parallel_tool_calls"):
+        for name in ("temperature", "top_p", "parallel_tool_calls", "cache_salt"):
             if getattr(self, name) is not None:
                 body[name] = getattr(self, name)
         if self.max_output_tokens is not None:

@@ -115,6 +115,8 @@ class _Sampling(_Strict, Refusing):
     response_format: ResponseFormat | None = None
     keep_alive: str | int | float | None = None  # extension, as Ollama's keep_alive
     fallback: bool = True  # extension: False keeps the request on its model (--fallback)
+    # vLLM's: prefix reuse (and the response cache) only among requests with this salt
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=1024)
 
     @field_validator("stop")
     @classmethod

@@ -99,6 +99,7 @@ class OpenAIService:
                     messages=messages,
                     template=profile.template,
                     tools=tools,
+                    cache_salt=req.cache_salt,
                 )  # fmt: skip
             )
         return out
@@ -115,10 +116,11 @@ class OpenAIService:
                 params = req.to_sampling_params(profile, max_tokens)
                 if params.seed is not None:
                     params.seed += i
+                sid, salt = f"{rid}/{p_idx}/{i}", req.cache_salt
                 if isinstance(prompt, str):
-                    out.append(GenerateRequest(f"{rid}/{p_idx}/{i}", params, prompt=prompt))
+                    out.append(GenerateRequest(sid, params, prompt=prompt, cache_salt=salt))
                 else:
-                    out.append(GenerateRequest(f"{rid}/{p_idx}/{i}", params, prompt_tokens=prompt))
+                    out.append(GenerateRequest(sid, params, prompt_tokens=prompt, cache_salt=salt))
         return out
 
     # ---- chat ------------------------------------------------------------------------
