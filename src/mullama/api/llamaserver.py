@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from pydantic import Field
 
 from .. import __version__
+from ..engine import limits
 from ..engine.protocol import SamplingParams
 from ..errors import ClientError, MullamaError
 from . import answers as a
@@ -54,14 +55,14 @@ class CompletionBody(StrictBody, Refusing):
     prompt: str | list[int]
     n_predict: int = Field(default=-1, ge=-1)
     stream: bool = False
-    stop: list[str] | None = Field(default=None, max_length=16)
+    stop: limits.Stops | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_k: int | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    seed: int | None = None
+    seed: limits.Seed | None = None
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    repeat_last_n: int | None = Field(default=None, ge=-1)
+    repeat_last_n: int | None = Field(default=None, ge=-1)  # -1: the context size
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     ignore_eos: bool = False
@@ -120,6 +121,8 @@ async def _complete(request: Request, body: CompletionBody) -> Response:
         requests[0].params.max_tokens = None
     elif body.n_predict == 0:  # nothing generated: the prompt is evaluated into the cache
         requests[0].params.max_tokens = 0
+    if body.repeat_last_n is not None:  # no OpenAI field: set here (the worker bounds it)
+        requests[0].params.repeat_last_n = body.repeat_last_n
     started = time.perf_counter()
     prompt_tokens, gens = await start_generations(
         request.app.state.models, name, requests, req.keep_alive

@@ -29,6 +29,7 @@ from .constraint import Grammars, tool_grammar
 from .cpushare import CpuShare
 from .detokenize import StopMatcher
 from .kvcache import HostCache
+from .limits import bound
 from .llama import (
     Batch,
     Context,
@@ -287,10 +288,10 @@ class Worker:
         return template
 
     def _prepare(self, req: GenerateRequest) -> Sequence:
-        params = req.params
+        limit = min(self.ctx_per_seq, req.params.context_limit or self.ctx_per_seq)
+        params = bound(req.params, limit, self.info.n_vocab)
         tokens, param = self._prompt_tokens(req)
         n_prompt = len(tokens)
-        limit = min(self.ctx_per_seq, params.context_limit or self.ctx_per_seq)
         _check_length(n_prompt, params.max_tokens, limit, param)
         return Sequence(
             id=req.request_id,

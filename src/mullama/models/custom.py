@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..engine import limits
 from ..engine.chat_template import ChatTemplate, TemplateRenderError
 from ..errors import ClientError, InvalidParameter, ModelNotFound
 from .aliases import EMBEDDED_NAME, check_name, hub_source, is_local_path, unknown_model
@@ -41,10 +42,10 @@ class ModelParameters(BaseModel):
     top_k: int | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    seed: int | None = None
+    seed: limits.Seed | None = None
     num_predict: int | None = Field(default=None, ge=-2)
     num_ctx: int | None = Field(default=None, ge=1)
-    stop: list[str] | None = None
+    stop: limits.Stops | None = None
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     repeat_last_n: int | None = Field(default=None, ge=-1)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import orjson
 from pydantic import Field, ValidationError
 
+from ...engine import limits
 from ...errors import InvalidParameter
 from ..body import validate
 from ..fields import Refusing, StrictBody
@@ -109,9 +110,9 @@ class MessagesRequest(_Strict, Refusing):
     max_tokens: int = Field(ge=1)
     messages: list[Message] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
-    tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=limits.MAX_TOOLS)
     tool_choice: ToolChoice | None = None
-    stop_sequences: list[str] | None = Field(default=None, max_length=16)
+    stop_sequences: limits.Stops | None = None
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ...engine import limits
 from ...engine.protocol import SamplingParams
 from ...errors import InvalidParameter
 from ...models.custom import ModelParameters
@@ -44,6 +45,11 @@ class Options(Refusing, ModelParameters):
     stop: list[str] | str | None = None
     ignore_eos: bool | None = None  # extension (as llama-server): generate to num_predict
 
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: list[str] | str | None) -> list[str] | str | None:
+        return limits.check_stop_field(value)
+
     def to_sampling_params(self, fmt: Format, profile: Profile) -> SamplingParams:
         """Ollama's defaults, then the model's (a custom model's parameters), then the
         request's options; ``format`` constrains the output to JSON."""
@@ -75,7 +81,7 @@ class _Generation(BaseModel):
     format: Format = None
     options: Options | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: limits.TopLogprobs | None = None
     fallback: bool = True  # extension: False keeps the request on its model (--fallback)
 
     @model_validator(mode="after")
@@ -137,7 +143,7 @@ class Message(_Strict, Refusing):
 
 class ChatBody(_Strict, _Generation, Refusing):
     REFUSED = {"think": _THINK}
-    tools: list[ToolSpec] | None = Field(default=None, max_length=128)
+    tools: list[ToolSpec] | None = Field(default=None, max_length=limits.MAX_TOOLS)
     tool_choice: ToolChoice | None = None  # extension: OpenAI's meaning
     model: str
     messages: list[Message] = Field(default_factory=list)
@@ -152,6 +158,11 @@ class EmbedBody(_Strict, Refusing):
     truncate: bool = True
     options: Options | None = None
     keep_alive: KeepAlive = None
+
+    @field_validator("input")
+    @classmethod
+    def _check_input(cls, value: str | list[str]) -> str | list[str]:
+        return limits.check_inputs(value) if isinstance(value, list) else value
 
 
 class EmbeddingsBody(_Strict, Refusing):

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 import orjson
 from pydantic import Field
 
+from ...engine import limits
 from ...errors import InvalidParameter, MullamaError, NotFound
 from ..body import validate
 from ..fields import Refusing, StrictBody
@@ -67,7 +68,7 @@ class ResponsesRequest(_Strict, Refusing):
     model: str
     input: str | list[dict[str, Any]]
     instructions: str | None = None
-    tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=limits.MAX_TOOLS)
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None

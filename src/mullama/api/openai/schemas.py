@@ -7,6 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ...engine import limits
 from ...engine.protocol import SamplingParams, field_names
 from ...errors import ClientError, InvalidParameter
 from ..fields import Refusing, StrictBody
@@ -101,14 +102,14 @@ class _Sampling(_Strict, Refusing):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    seed: int | None = None
+    seed: limits.Seed | None = None
     stop: Stop = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     # vLLM's and SGLang's name of the same knob (Mullama in front of Mullama sends both)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    n: int = Field(default=1, ge=1, le=8)
+    n: limits.Choices = 1
     ignore_eos: bool = False  # extension (as llama-server): generate until max_tokens
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -121,9 +122,7 @@ class _Sampling(_Strict, Refusing):
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, value: Stop) -> Stop:
-        if isinstance(value, list) and len(value) > 16:
-            raise ValueError("at most 16 stop sequences")
-        return value
+        return limits.check_stop_field(value)
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -190,8 +189,8 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[ToolSpec] | None = Field(default=None, max_length=128)
+    top_logprobs: limits.TopLogprobs | None = None
+    tools: list[ToolSpec] | None = Field(default=None, max_length=limits.MAX_TOOLS)
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
@@ -217,7 +216,7 @@ class CompletionRequest(_Sampling):
     # several lists of token ids: lm-evaluation-harness sends the last.
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
-    logprobs: int | None = Field(default=None, ge=0, le=20)
+    logprobs: limits.TopLogprobs | None = None
     # 0 only with echo: score the prompt, generate nothing (lm-evaluation-harness).
     max_tokens: int | None = Field(default=None, ge=0)
 
@@ -227,6 +226,17 @@ class CompletionRequest(_Sampling):
             raise InvalidParameter(
                 "max_tokens 0 generates nothing: it is only for scoring a prompt (with echo)",
                 param="max_tokens",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _bounded_completions(self) -> CompletionRequest:
+        n = len(self.prompts()) * self.n
+        if n > limits.MAX_COMPLETIONS:
+            raise InvalidParameter(
+                f"at most {limits.MAX_COMPLETIONS} completions per request (prompts times n), "
+                f"not {n}",
+                param="prompt",
             )
         return self
 
@@ -270,6 +280,4 @@ class EmbeddingRequest(_Strict, Refusing):
     def _check_input(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, list) and not value:
             raise ValueError("input must not be an empty list")
-        if isinstance(value, list) and len(value) > 2048:
-            raise ValueError("at most 2048 inputs per request")
-        return value
+        return limits.check_inputs(value) if isinstance(value, list) else value
