@@ -330,6 +330,13 @@ class SecuritySettings(BaseModel):
         description="Without API keys on a non-loopback address, still let non-local "
         "callers use model-management routes.",
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names (besides localhost and IP addresses) that requests may "
+        "address the daemon by on a loopback bind, and by which a caller on this machine "
+        "keeps local admin on an exposed bind without keys (repeatable; comma-separated in "
+        "the environment). Guards against DNS rebinding.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origins allowed by CORS (repeatable; comma-separated in the "
@@ -386,7 +393,8 @@ class Settings(SecuritySettings, ModelSettings, ServerSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     @field_validator(
-        "model", "model_opt", "model_alias", "fallback", "cors_origins", "remote_opt",
+        "model", "model_opt", "model_alias", "fallback", "cors_origins", "allowed_hosts",
+        "remote_opt",
         mode="before",
     )  # fmt: skip
     @classmethod

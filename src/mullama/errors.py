@@ -73,6 +73,14 @@ class ModelNotFound(ClientError):
     code = "model_not_found"
 
 
+class ModelNotLoaded(ClientError):
+    """A read-only request about a model that is known but not loaded (a GET never
+    loads one)."""
+
+    status = 409
+    code = "model_not_loaded"
+
+
 class NotFound(ClientError):
     status = 404
     code = "not_found"

@@ -415,3 +415,47 @@ def test_fuzz_with_a_key(case, keyed_daemon):
 
 def test_keyed_daemon_and_worker_stay_up(keyed_daemon):
     keyed_daemon.check_afterwards()
+
+
+PATH_MUTATIONS = int(os.environ.get("MULLAMA_FUZZ_PATHS", "600"))
+
+
+def test_fuzzed_admin_paths_with_an_inference_key_do_nothing(hub, tmp_path_factory):
+    """Random disguises of every admin route's path (encoded control characters, slashes,
+    dots, case, suffixes, stacked), sent with an inference key and bodies that would pull
+    from the stand-in Hub, copy, create, delete, unpin or stop: none succeeds, and the
+    store, the served models and the daemon are as before."""
+    import random
+
+    from tests.disguises import ADMIN_OPERATIONS, mutate, send
+
+    admin_key, infer_key = "sk-fz-admin-" + "7" * 24, "sk-fz-infer-" + "8" * 24
+    keys = tmp_path_factory.mktemp("keys") / "keys.yaml"
+    keys.write_text(f"- {{name: ops, key: {admin_key}, scope: admin}}\n"
+                    f"- {{name: app, key: {infer_key}}}\n")  # fmt: skip
+    cache = tmp_path_factory.mktemp("cache")
+    d = _start(hub, cache, env={"MULLAMA_API_KEY_FILE": str(keys)})
+    try:
+        admin = {"Authorization": f"Bearer {admin_key}"}
+        ops = [(m, p.replace("hf.co/attacker/Evil-GGUF", TINY), b) for m, p, b in ADMIN_OPERATIONS]
+        ops = [(m, p, {**b, "model": TINY} if p == "/api/pull" else b) for m, p, b in ops]
+        files = sorted(str(p) for p in cache.rglob("*"))
+        tags = httpx.get(d.url + "/api/tags", headers=admin, timeout=30).json()
+        rng = random.Random(SEED)
+        seen: Counter[int] = Counter()
+        for _ in range(PATH_MUTATIONS):
+            method, path, body = rng.choice(ops)
+            spelling = mutate(path, rng)
+            status, raw = send(d.port, method, spelling, {"X-API-Key": infer_key}, body)
+            seen[status] += 1
+            assert not 200 <= status < 300, (method, spelling, raw[:300])
+        assert seen[400] and seen[403], seen  # both refusals happened
+        assert d.proc.poll() is None
+        assert sorted(str(p) for p in cache.rglob("*")) == files
+        assert httpx.get(d.url + "/api/tags", headers=admin, timeout=30).json() == tags
+        # The admin key pulls the same model (so a leak above would have shown).
+        r = httpx.post(d.url + "/api/pull", json={"model": TINY, "stream": False},
+                       headers=admin, timeout=120)  # fmt: skip
+        assert r.status_code == 200, r.text
+    finally:
+        d.stop()

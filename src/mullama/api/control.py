@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from .. import __version__
+from ..access import admin, exempt
 from ..errors import Unavailable
 from . import answers as a
 from .body import parse_json, validate
@@ -26,6 +27,7 @@ class StopBody(BaseModel):
 
 @router.get("/api/daemon/status")
 @documented(ok=a.DaemonStatus)
+@exempt
 async def daemon_status(request: Request) -> ORJSONResponse:
     state = request.app.state
     settings = state.settings
@@ -47,6 +49,8 @@ async def daemon_status(request: Request) -> ORJSONResponse:
 
 @router.post("/api/daemon/stop")
 @documented(StopBody, a.Stopping, status=202, body_required=False, errors=(400, 503))
+@admin
+@exempt
 async def daemon_stop(request: Request) -> ORJSONResponse:
     raw = await request.body()
     body = validate(StopBody, await parse_json(request)) if raw.strip() else StopBody()

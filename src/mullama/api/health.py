@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from .. import __version__
+from ..access import exempt, public
 from . import answers as a
 from .openapi import documented
 from .responses import ORJSONResponse
@@ -22,6 +23,8 @@ router = APIRouter()
 @router.get("/health")
 @router.get("/v1/health")
 @documented(ok=a.Health, also={503: a.Health})
+@public
+@exempt
 async def health(request: Request) -> ORJSONResponse:
     """200 while serving; 503 while the preloaded models are still loading (like
     llama-server) and once stopped. ``status`` is ok, degraded (a model failed to load,
@@ -56,12 +59,16 @@ async def health(request: Request) -> ORJSONResponse:
 
 @router.get("/health/live")
 @documented(ok=a.Live)
+@public
+@exempt
 async def live() -> ORJSONResponse:
     return ORJSONResponse({"status": "alive"})
 
 
 @router.get("/health/ready")
 @documented(ok=a.Ready, also={503: a.Ready})
+@public
+@exempt
 async def ready(request: Request) -> ORJSONResponse:
     lifecycle = request.app.state.lifecycle
     body = {"status": "ready" if lifecycle.ready else lifecycle.phase.value}

@@ -222,11 +222,11 @@ class _Run:
 
 
 @router.get("/props")
-@documented(ok=a.Props, errors=MODEL_ERRORS)
+@documented(ok=a.Props, errors=(400, 404, 409))
 async def props(request: Request, model: str | None = None) -> Response:
     models = request.app.state.models
     name = _model(request, model)
-    info = await models.tokenizer_info(name)
+    info = models.loaded_info(name)  # a GET never loads (or evicts) a model
     defaults = SamplingParams(**profile_of(models, name).defaults)
     return ORJSONResponse(
         {

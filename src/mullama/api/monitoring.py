@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from .. import access
 from ..observability.metrics import CONTENT_TYPE
 from . import answers as a
 from .openapi import documented
@@ -15,6 +16,8 @@ router = APIRouter()
 
 @router.get("/metrics")
 @documented(media="text/plain")  # the Prometheus text format
+@access.metrics
+@access.exempt
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.obs.metrics.render(), media_type=CONTENT_TYPE)
 

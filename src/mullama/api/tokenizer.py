@@ -119,11 +119,11 @@ async def _detokenize(request: Request) -> Response:
     return ORJSONResponse({"prompt": text})
 
 
-@documented(ok=a.TokenizerInfoAnswer, errors=MODEL_ERRORS)
+@documented(ok=a.TokenizerInfoAnswer, errors=(400, 404, 409))
 async def _tokenizer_info(request: Request, model: str | None = None) -> Response:
     models = _models(request)
     name = _name(models, model)
-    info = await models.tokenizer_info(name)
+    info = models.loaded_info(name)  # a GET never loads (or evicts) a model
     template = profile_of(models, name).template or info.chat_template
     return ORJSONResponse(
         {

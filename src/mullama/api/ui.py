@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from .. import __version__
+from ..access import public
 from ..errors import NotFound
 from .responses import ORJSONResponse
 
@@ -64,11 +65,13 @@ def wants_html(request: Request) -> bool:
 
 
 @router.get("/ui")
+@public
 async def ui_root() -> RedirectResponse:
     return RedirectResponse("/ui/", status_code=308, headers=HEADERS)
 
 
 @router.get("/ui/config.json")
+@public
 async def ui_config(request: Request) -> ORJSONResponse:
     """What the pages need before their first API call: whether a key is required (so
     they ask for it first) and the version."""
@@ -80,6 +83,7 @@ async def ui_config(request: Request) -> ORJSONResponse:
 
 @router.api_route("/ui/", methods=["GET", "HEAD"])
 @router.api_route("/ui/{name}", methods=["GET", "HEAD"])
+@public
 async def ui_file(name: str = "") -> Response:
     name = PAGES.get(name, name)
     body = asset(name)

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 
 from .. import __version__
@@ -31,6 +31,7 @@ from ..observability.access import AccessLogMiddleware
 from ..observability.hub import Observability
 from ..observability.tracing import Tracing
 from ..security.keys import KeyRing
+from ..security.policy import check_route
 from ..security.tenancy import CacheTenancy
 from .dependencies import Dependencies
 from .guards import install_guards
@@ -87,6 +88,8 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
+        # Once routed, the route that runs must be the one the guards authorised.
+        dependencies=[Depends(check_route)],
     )
     app.state.settings = settings
     app.state.models = manager

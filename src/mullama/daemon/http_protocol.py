@@ -17,7 +17,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..api.errors import error_response, openai_body
 from ..errors import ClientError, Unavailable
-from ..security.policy import HEALTH_PATHS
+from ..observability.hub import HEALTH_PATHS
 
 
 async def over_capacity(scope: Any, receive: Any, send: Any) -> None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..api.errors import error_response, ndjson_error, stream_error_tail
 from ..errors import MullamaError, RequestTimeout, Unavailable
-from ..security.policy import is_admin, is_lifecycle_exempt
+from ..security.policy import request_rule
 from .lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
@@ -83,16 +82,15 @@ class InflightMiddleware:
         lifecycle: Lifecycle,
         tracker: InflightTracker,
         request_timeout: float,
-        exempt: Callable[[str], bool] = is_lifecycle_exempt,
     ) -> None:
         self.app = app
         self.lifecycle = lifecycle
         self.tracker = tracker
         self.request_timeout = request_timeout
-        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.exempt(scope["path"]):
+        rule = request_rule(scope)
+        if scope["type"] != "http" or rule.lifecycle_exempt:
             await self.app(scope, receive, send)
             return
         if not self.lifecycle.accepting:
@@ -104,7 +102,7 @@ class InflightMiddleware:
             await resp(scope, receive, send)
             return
         # Model management (pulls of big files) is not bound by the request timeout.
-        timeout = None if is_admin(scope["path"]) else self.request_timeout
+        timeout = self.request_timeout if rule.timed else None
         await self._run(scope, receive, send, timeout)
 
     async def _run(self, scope: Scope, receive: Receive, send: Send, timeout: float | None) -> None:

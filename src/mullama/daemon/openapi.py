@@ -2,7 +2,8 @@
 middleware in front of them can answer on each path, as configured: the Origin and Host
 guards (403), the body limit (413) and media type (415), API keys (401, and the security
 schemes), rate limits (429), draining (503) and --request-timeout (504). Which path is
-public, admin or exempt comes from security/policy.py, as the middleware reads it."""
+public, admin or exempt is what each route declares (security/policy.py), as the
+middleware reads it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fastapi.routing import APIRoute
 
 from ..api.openapi import add_errors, api_document
 from ..security.origin import BODY_METHODS
-from ..security.policy import is_admin, is_lifecycle_exempt, is_public
+from ..security.policy import Rule, is_public, rule_of
 
 
 def install_openapi(app: FastAPI, routes: list[APIRoute]) -> None:
@@ -38,10 +39,12 @@ def openapi_document(app: FastAPI, routes: list[APIRoute]) -> dict[str, Any]:
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
         }
     doc["components"]["headers"] = HEADERS
+    rules = {(r.path_format, m): rule_of(r) for r in routes for m in r.methods or ()}
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
-            add_errors(op, path, guards.statuses(path, method.upper()))
-            if guards.keys and not is_public(path, guards.metrics_public):
+            rule = rules[(path, method.upper())]
+            add_errors(op, path, guards.statuses(rule, method.upper()))
+            if guards.keys and not is_public(rule, guards.metrics_public):
                 op["security"] = [{"bearer": []}, {"apiKey": []}]
             op.setdefault("parameters", []).append(REQUEST_ID)
             for status, answer in op["responses"].items():
@@ -106,17 +109,17 @@ class _Guards:
         )
         return cls(keys=bool(keyed), limits=limits, metrics_public=settings.metrics_public)
 
-    def statuses(self, path: str, method: str) -> set[int]:
+    def statuses(self, rule: Rule, method: str) -> set[int]:
         codes = {403, 413}  # the Origin (and Host) guard; a body over --max-body-size
         if method in BODY_METHODS:
             codes.add(415)  # a body that is not declared JSON
-        if not is_public(path, self.metrics_public):
+        if not is_public(rule, self.metrics_public):
             if self.keys:
                 codes.add(401)
             if self.limits:
                 codes.add(429)
-        if not is_lifecycle_exempt(path):
+        if not rule.lifecycle_exempt:
             codes.add(503)  # draining
-            if not is_admin(path):
+            if rule.timed:
                 codes.add(504)  # --request-timeout
         return codes

@@ -39,6 +39,7 @@ from ..errors import (
     EngineCrashed,
     InsufficientMemory,
     ModelNotFound,
+    ModelNotLoaded,
     MullamaError,
     ServerError,
     Unavailable,
@@ -690,10 +691,20 @@ class ModelManager:
         async with self.lease(name, keep_alive) as served:
             return await served.client.detokenize(tokens)
 
-    async def tokenizer_info(self, name: str | None) -> WorkerInfo:
+    def loaded_info(self, name: str | None) -> WorkerInfo:
+        """A loaded model's engine facts, for GET routes (/props, /tokenizer_info): a GET
+        never loads a model, evicts one, or touches its keep-alive. Raises ModelNotFound,
+        or ModelNotLoaded for a known model that is not loaded now."""
         self._local_only(name, "the tokenizer")
-        async with self.lease(name) as served:
-            return self._worker_info(served)
+        entry = self.find(name)
+        served = self._served.get(entry.name)
+        if served is None or not served.loaded or served.client.info is None:
+            raise ModelNotLoaded(
+                f"model {entry.name!r} is not loaded, and a GET never loads one: load it "
+                f"(POST /api/models/{entry.name}/load) or send it a request first",
+                param="model",
+            )
+        return served.client.info
 
     @staticmethod
     def _worker_info(served: ServedModel) -> WorkerInfo:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..errors import MullamaError
-from ..security.policy import HEALTH_PATHS, METRICS_PATH, is_ui
 from .metrics import Metrics, ModelSnapshot, Snapshot
 from .requests import ModelSummary, RateMeter, RequestRecord, current_request, percentile
 from .tracing import Tracing
@@ -23,11 +22,15 @@ access_log = logging.getLogger("mullama.access")
 HISTORY_STEP = 2.0  # seconds between the dashboard's history samples
 HISTORY_POINTS = 150  # five minutes of them
 
+# Health probes (also answered past the connection limit: daemon/http_protocol.py).
+# These path sets sort requests for logs and stats only; who may call a route is what the
+# route declares (security/policy.py).
+HEALTH_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/v1/health"})
 # Probes and scrapes: counted in mullama_requests_total under their own endpoint, but not
 # as API requests (active/total/failed stats) and logged at DEBUG, not INFO.
 MONITORING_PATHS = HEALTH_PATHS | frozenset(
     {
-        METRICS_PATH,
+        "/metrics",
         "/completion-metrics",
         "/v1/completion-metrics",
         "/api/system/status",
@@ -219,7 +222,8 @@ class Observability:
     # ---- requests ----------------------------------------------------------------------
 
     def start_request(self, method: str, path: str, request_id: str, client: str) -> RequestRecord:
-        monitoring = path in MONITORING_PATHS or is_ui(path)  # probes, scrapes, UI assets
+        # probes, scrapes, UI assets
+        monitoring = path in MONITORING_PATHS or path == "/ui" or path.startswith("/ui/")
         rec = RequestRecord(request_id, method, path, client, monitoring=monitoring)
         if not rec.monitoring:
             self.active_requests += 1

@@ -9,8 +9,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..api.errors import error_response
 from ..errors import Forbidden, MullamaError, Unauthorized
+from .hosts import addressed_by_name
 from .keys import KeyRing
-from .policy import is_admin, is_local_caller, is_public, via_local_socket
+from .policy import Access, is_local_caller, is_public, request_rule, via_local_socket
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,14 @@ def client_address(scope: Scope) -> str:
 
 
 class AuthMiddleware:
-    """Deny by default: with keys configured, every path but the public ones needs a valid
-    key, and admin paths need an admin-scoped key. Without keys, admin paths are refused
-    to non-local callers when the daemon is exposed (non-loopback bind) unless
-    --allow-remote-admin. Stores the caller in ``scope["state"]["principal"]``."""
+    """Deny by default: with keys configured, every route but the public ones needs a
+    valid key, and admin routes need an admin-scoped key. Without keys, admin routes are
+    refused to callers that are not on this machine when the daemon is exposed
+    (non-loopback bind) unless --allow-remote-admin; a caller on this machine counts only
+    when it addresses the daemon by a loopback name, an IP address or an --allowed-hosts
+    name (a page that rebinds its own DNS name to 127.0.0.1 does not). The route's rule
+    comes from RouteRuleMiddleware (the route that will run, not the path's spelling).
+    Stores the caller in ``scope["state"]["principal"]``."""
 
     def __init__(
         self,
@@ -65,12 +70,14 @@ class AuthMiddleware:
         metrics_public: bool = False,
         exposed: bool = False,
         allow_remote_admin: bool = False,
+        allowed_hosts: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.keys = keys
         self.metrics_public = metrics_public
         self.exposed = exposed
         self.allow_remote_admin = allow_remote_admin
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -88,22 +95,29 @@ class AuthMiddleware:
             scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
+    def _local_admin(self, scope: Scope) -> bool:
+        """Without keys: may this caller manage models?"""
+        if not self.exposed or self.allow_remote_admin:
+            return True
+        return is_local_caller(scope) and not addressed_by_name(scope, self.allowed_hosts)
+
     def _authorize(self, scope: Scope) -> Principal | None:
-        path: str = scope["path"]
         if via_local_socket(scope):
             return LOCAL_SOCKET
-        if is_public(path, self.metrics_public):
+        rule = request_rule(scope)
+        if is_public(rule, self.metrics_public):
             return None
-        admin_path = is_admin(path)
+        admin_route = rule.access is Access.ADMIN
         if not self.keys:
-            if admin_path and self.exposed and not self.allow_remote_admin:
-                if not is_local_caller(scope):
-                    raise Forbidden(
-                        "model management is only allowed from this machine when no API "
-                        "keys are configured (set API keys or --allow-remote-admin)"
-                    )
+            may_admin = self._local_admin(scope)
+            if admin_route and not may_admin:
+                raise Forbidden(
+                    "model management is only allowed from this machine, addressed as "
+                    "localhost or by IP address, when no API keys are configured (set API "
+                    "keys, --allowed-hosts or --allow-remote-admin)"
+                )
             addr = client_address(scope)
-            return Principal(f"client {addr}", admin=True, rate_key=f"addr:{addr}")
+            return Principal(f"client {addr}", admin=may_admin, rate_key=f"addr:{addr}")
         token = presented_key(scope)
         if token is None:
             raise Unauthorized(
@@ -112,7 +126,7 @@ class AuthMiddleware:
         key = self.keys.lookup(token)
         if key is None:
             raise Unauthorized("invalid API key")
-        if admin_path and key.scope != "admin":
+        if admin_route and key.scope != "admin":
             raise Forbidden(f"API key {key.name!r} has scope inference; this route needs admin")
         return Principal(
             key.name,

@@ -1,56 +1,100 @@
-"""Which paths are public, which need an admin key: the one place that says so.
+"""Who may call a route: what each route declares, and who is calling.
 
-Everything not listed as public needs a key when keys are configured (deny by default),
-so routes added later are protected without touching this file. Paths are compared with
-the raw ASGI ``scope["path"]``, never with a URL rebuilt from the Host header.
+Routes declare what they need with the decorators of ``mullama.access`` (``@public``,
+``@metrics``, ``@admin``, ``@exempt``); a route that says nothing needs a key (deny by
+default), so routes added later are protected without touching this file. The
+middleware finds the route the router will run for a request with the router's own
+matching (``route.matches(scope)``: first full match, else first partial one), so no
+spelling of a path (a decoded newline, a trailing ``/``, ``.`` or ``;x``, doubled
+slashes, another case) reaches a handler under another route's rule: a path no route
+matches needs a key, then gets 404. An admin endpoint also checks the caller itself once
+routed (``@admin`` wraps it). Paths holding control characters are refused before
+anything else (400, security/routing.py).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
+from collections.abc import Iterable
 
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
-HEALTH_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/v1/health"})
-METRICS_PATH = "/metrics"
-DAEMON_STOP_PATH = "/api/daemon/stop"
-DAEMON_STATUS_PATH = "/api/daemon/status"
-
-# Model management and daemon control: an admin key (or, without keys, a local caller).
-ADMIN_PATHS = frozenset(
-    {"/api/pull", "/api/delete", "/api/copy", "/api/create", "/api/push", DAEMON_STOP_PATH}
+from ..access import (
+    DEFAULT_RULE,
+    LOCAL_SOCKET_SCOPE_KEY,
+    Access,
+    Rule,
+    rule_of,
+    via_local_socket,
 )
-_ADMIN_PATTERNS = (re.compile(r"^/api/models/.+/(load|unload|pin|unpin)$"),)
+from ..errors import Forbidden
 
-# Set by the control-socket server on every request it receives (the socket's file mode
-# 0600 is its access control); clients cannot set scope keys.
-LOCAL_SOCKET_SCOPE_KEY = "mullama.local_socket"
+__all__ = [
+    "LOCAL_SOCKET_SCOPE_KEY",
+    "RULE_SCOPE_KEY",
+    "Access",
+    "Rule",
+    "rule_of",
+    "via_local_socket",
+]
 
-
-# The web UI's pages and assets hold nothing; the API calls they make need a key.
-UI_PATH = "/ui"
-
-
-def is_ui(path: str) -> bool:
-    return path == UI_PATH or path.startswith(UI_PATH + "/")
-
-
-def is_public(path: str, metrics_public: bool) -> bool:
-    return path in HEALTH_PATHS or (metrics_public and path == METRICS_PATH) or is_ui(path)
+# The rule of the route a request will run, found once by RouteRuleMiddleware.
+RULE_SCOPE_KEY = "mullama.rule"
 
 
-def is_admin(path: str) -> bool:
-    return path in ADMIN_PATHS or any(p.match(path) for p in _ADMIN_PATTERNS)
+def _match(routes: Iterable[BaseRoute], scope: Scope) -> tuple[Match, BaseRoute | None]:
+    partial = None
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's included router
+        if included is not None:
+            if getattr(getattr(route, "include_context", None), "prefix", ""):
+                raise ValueError("routers are included without a prefix (their routes say it)")
+            match, leaf = _match(included.routes, scope)
+        else:
+            match, _ = route.matches(scope)
+            leaf = route
+        if match is Match.FULL:
+            return match, leaf
+        if match is Match.PARTIAL and partial is None:
+            partial = leaf
+    return (Match.PARTIAL, partial) if partial is not None else (Match.NONE, None)
 
 
-def is_lifecycle_exempt(path: str) -> bool:
-    """Answered even while draining and never counted as in-flight work."""
-    return path in HEALTH_PATHS or path in (METRICS_PATH, DAEMON_STOP_PATH, DAEMON_STATUS_PATH)
+def matched_route(routes: Iterable[BaseRoute], scope: Scope) -> BaseRoute | None:
+    """The route the router will run for ``scope``: the first full match, else the first
+    partial one (a method it does not take: 405), through included routers as FastAPI
+    walks them. None: 404 (or a redirect to the path with a slash added or removed, which
+    is a new request). ``check_route`` (after routing) refuses any request whose route
+    turns out to be another one."""
+    probe = {k: dict(v) if isinstance(v, dict) else v for k, v in scope.items()}
+    return _match(routes, probe)[1]
 
 
-def via_local_socket(scope: Scope) -> bool:
-    return bool(scope.get(LOCAL_SOCKET_SCOPE_KEY))
+def check_route(request: Request) -> None:
+    """An app-wide dependency, run once the router has chosen the route: the rule the
+    guards enforced must be the rule of the route that runs (fails closed if the
+    prediction above ever differs from the router's own choice)."""
+    scope = request.scope
+    if scope.get(RULE_SCOPE_KEY) is None:  # no guards in front (an app under test)
+        return
+    if rule_of(scope.get("route")) != request_rule(scope):
+        raise Forbidden("this request was authorised for another route; refused")
+
+
+def request_rule(scope: Scope) -> Rule:
+    """The rule RouteRuleMiddleware found for this request (the default if none ran)."""
+    rule = scope.get(RULE_SCOPE_KEY)
+    return rule if isinstance(rule, Rule) else DEFAULT_RULE
+
+
+def has_control_character(path: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in path)
+
+
+def is_public(rule: Rule, metrics_public: bool) -> bool:
+    return rule.access is Access.PUBLIC or (metrics_public and rule.access is Access.METRICS)
 
 
 def is_loopback_ip(host: str) -> bool:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 
 from ... import __version__
+from ...access import admin
 from .. import answers as a
 from ..body import parse_body
 from ..fallback import answer
@@ -124,6 +125,7 @@ async def all_models(request: Request) -> ORJSONResponse:
 
 @router.post("/api/models/{name:path}/load")
 @documented(ok=a.ModelAction, errors=MODEL_ERRORS)
+@admin
 async def load_model(name: str, request: Request) -> ORJSONResponse:
     seconds = await request.app.state.models.load(name)
     return ORJSONResponse({"model": name, "status": "loaded", "load_seconds": round(seconds, 3)})
@@ -131,6 +133,7 @@ async def load_model(name: str, request: Request) -> ORJSONResponse:
 
 @router.post("/api/models/{name:path}/unload")
 @documented(ok=a.ModelAction, errors=(400, 404))
+@admin
 async def unload_model(name: str, request: Request) -> ORJSONResponse:
     was = await request.app.state.models.unload(name)
     return ORJSONResponse({"model": name, "status": "unloaded", "was_loaded": was})
@@ -138,6 +141,7 @@ async def unload_model(name: str, request: Request) -> ORJSONResponse:
 
 @router.post("/api/models/{name:path}/pin")
 @documented(ok=a.ModelAction, errors=(400, 404))
+@admin
 async def pin_model(name: str, request: Request) -> ORJSONResponse:
     served = request.app.state.models.pin(name, True)
     return ORJSONResponse({"model": served.entry.name, "status": "pinned", "pinned": True})
@@ -145,6 +149,7 @@ async def pin_model(name: str, request: Request) -> ORJSONResponse:
 
 @router.post("/api/models/{name:path}/unpin")
 @documented(ok=a.ModelAction, errors=(400, 404))
+@admin
 async def unpin_model(name: str, request: Request) -> ORJSONResponse:
     served = request.app.state.models.pin(name, False)
     return ORJSONResponse({"model": served.entry.name, "status": "unpinned", "pinned": False})
@@ -166,6 +171,7 @@ def _admin(request: Request) -> ModelAdmin:
 
 @router.post("/api/pull")
 @documented(PullBody, a.Progress, stream=NDJSON, errors=(400, 404, 502, 507))
+@admin
 async def pull(request: Request) -> Response:
     body = await parse_body(request, PullBody)
     return _respond(await _admin(request).pull(body))
@@ -173,6 +179,7 @@ async def pull(request: Request) -> Response:
 
 @router.delete("/api/delete")
 @documented(ModelBody, errors=(400, 404))
+@admin
 async def delete(request: Request) -> Response:
     body = await parse_body(request, ModelBody)
     await _admin(request).delete(body)
@@ -181,6 +188,7 @@ async def delete(request: Request) -> Response:
 
 @router.post("/api/copy")
 @documented(CopyBody, errors=(400, 404, 409))
+@admin
 async def copy(request: Request) -> Response:
     body = await parse_body(request, CopyBody)
     await _admin(request).copy(body)
@@ -189,6 +197,7 @@ async def copy(request: Request) -> Response:
 
 @router.post("/api/create")
 @documented(CreateBody, a.Progress, stream=NDJSON, errors=(400, 404, 409))
+@admin
 async def create(request: Request) -> Response:
     body = await parse_body(request, CreateBody)
     return _respond(await _admin(request).create(body))
