@@ -152,3 +152,25 @@ def test_the_sharing_flag_lets_every_key_reuse_and_hit(shared):
     assert _chat(shared, "theta", text, **deterministic)[2] == "hit"
     # cache_salt still scopes a request when the keys share.
     assert _chat(shared, "zeta", text, cache_salt="own")[1] == 0
+
+
+def test_a_stored_response_belongs_to_its_tenant(scoped):
+    """Another key can neither read, continue nor delete a stored response (it is "not
+    found"), even knowing its id; a key of the same tenant can."""
+    body = {"model": MODEL, "input": "Say hi.", "max_output_tokens": 4, "store": True}
+    rid = _post(scoped, "iota", "/v1/responses", body).json()["id"]
+    other = {"Authorization": f"Bearer {KEY['kappa']}"}
+    r = httpx.get(f"{scoped.url}/v1/responses/{rid}", headers=other, timeout=30)
+    assert r.status_code == 404, r.text
+    follow = {**body, "previous_response_id": rid}
+    r = httpx.post(scoped.url + "/v1/responses", json=follow, headers=other, timeout=120)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "response_id", r.text
+    r = httpx.delete(f"{scoped.url}/v1/responses/{rid}", headers=other, timeout=30)
+    assert r.status_code == 404
+    own = {"Authorization": f"Bearer {KEY['iota']}"}
+    assert httpx.get(f"{scoped.url}/v1/responses/{rid}", headers=own, timeout=30).json()["id"] == rid
+    assert _post(scoped, "iota", "/v1/responses", follow).json()["status"] in ("completed", "incomplete")
+    # One tenant, two keys: the team shares its stored responses.
+    team = _post(scoped, "gamma", "/v1/responses", body).json()["id"]
+    mate = {"Authorization": f"Bearer {KEY['delta']}"}
+    assert httpx.get(f"{scoped.url}/v1/responses/{team}", headers=mate, timeout=30).status_code == 200

@@ -14,11 +14,12 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import orjson
 from pydantic import Field
 
+from ... import requestctx
 from ...engine import limits
 from ...errors import InvalidParameter, MullamaError, NotFound
 from ..body import validate
@@ -219,30 +220,47 @@ def _text(content: Any, where: str) -> str:
 
 class ResponseStore:
     """Stored responses, in memory: at most ``size``, each for at most ``ttl`` seconds.
-    Each keeps the response object and the conversation up to and including it."""
+    Each keeps the response object and the conversation up to and including it, and the
+    tenant that made it (security/tenancy.py): another tenant's id is "not found", for
+    reading, deleting and continuing alike."""
 
     def __init__(self, size: int = 1000, ttl: float = 3600.0) -> None:
         self.size, self.ttl = size, ttl
-        self._items: OrderedDict[str, tuple[float, dict[str, Any], list[dict[str, Any]]]] = (
-            OrderedDict()
-        )
+        self._items: OrderedDict[str, _Stored] = OrderedDict()
 
-    def put(self, response: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
-        self._items[response["id"]] = (time.monotonic(), response, conversation)
+    def put(
+        self, response: dict[str, Any], conversation: list[dict[str, Any]], owner: str = ""
+    ) -> None:
+        self._items[response["id"]] = _Stored(time.monotonic(), owner, response, conversation)
         self._items.move_to_end(response["id"])
         while len(self._items) > self.size:
             self._items.popitem(last=False)
 
-    def get(self, rid: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def get(self, rid: str, owner: str = "") -> tuple[dict[str, Any], list[dict[str, Any]]]:
         item = self._items.get(rid)
-        if item is None or time.monotonic() - item[0] > self.ttl:
+        if item is not None and time.monotonic() - item.at > self.ttl:
             self._items.pop(rid, None)
+            item = None
+        if item is None or item.owner != owner:
             raise NotFound(f"no stored response with id {rid!r}", param="response_id")
-        return item[1], item[2]
+        return item.response, item.conversation
 
-    def delete(self, rid: str) -> None:
-        self.get(rid)
+    def delete(self, rid: str, owner: str = "") -> None:
+        self.get(rid, owner)
         del self._items[rid]
+
+
+class _Stored(NamedTuple):
+    at: float
+    owner: str
+    response: dict[str, Any]
+    conversation: list[dict[str, Any]]
+
+
+def _owner() -> str:
+    """The caller's tenant ("" without several keys, or with shared caches)."""
+    ctx = requestctx.current.get()
+    return ctx.cache_tenant if ctx is not None else ""
 
 
 def _usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
@@ -278,14 +296,14 @@ class ResponsesService:
     async def create(self, body: ResponsesRequest, rid: str) -> dict | AsyncIterator[bytes]:
         history: list[dict[str, Any]] = []
         if body.previous_response_id is not None:
-            _, history = self.store.get(body.previous_response_id)
+            _, history = self.store.get(body.previous_response_id, _owner())
         # What a follow-up continues from: all but the instructions.
         conversation = history + input_messages(body.input)
         chat = body.to_chat(conversation)
         started = await self.chat.start_chat(chat, rid)
         base = self._base(body, chat)
         if body.stream:
-            return self._stream(started, base, body.store, conversation)
+            return self._stream(started, base, body.store, conversation, _owner())
         reply = await whole(started)
         output: list[dict[str, Any]] = []
         status = "incomplete" if reply.end.finish == "length" else "completed"
@@ -297,14 +315,14 @@ class ResponsesService:
         prompt = reply.end.prompt_tokens or started.prompt_tokens
         response = self._finish(base, output, prompt, reply.end)
         if body.store:
-            self.store.put(response, conversation + _as_messages(output))
+            self.store.put(response, conversation + _as_messages(output), _owner())
         return response
 
     def get(self, rid: str) -> dict[str, Any]:
-        return self.store.get(rid)[0]
+        return self.store.get(rid, _owner())[0]
 
     def delete(self, rid: str) -> dict[str, Any]:
-        self.store.delete(rid)
+        self.store.delete(rid, _owner())
         return {"id": rid, "object": "response", "deleted": True}
 
     @staticmethod
@@ -351,7 +369,12 @@ class ResponsesService:
         }
 
     async def _stream(
-        self, started: Started, base: dict[str, Any], store: bool, conversation: list[dict]
+        self,
+        started: Started,
+        base: dict[str, Any],
+        store: bool,
+        conversation: list[dict],
+        owner: str,
     ) -> AsyncIterator[bytes]:
         """The typed event stream: response.created, in_progress, then per output item
         its added / delta / done events, and response.completed (or .incomplete)."""
@@ -444,7 +467,7 @@ class ResponsesService:
                     prompt = e.prompt_tokens or started.prompt_tokens
                     response = self._finish(base, output, prompt, e)
                     if store:
-                        self.store.put(response, conversation + _as_messages(output))
+                        self.store.put(response, conversation + _as_messages(output), owner)
                     kind = (
                         "response.completed"
                         if response["status"] == "completed"
