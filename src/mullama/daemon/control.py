@@ -2,6 +2,13 @@
 
 A second daemon on the same socket refuses to start; a socket file left by a crashed
 daemon (nothing accepts connections on it) is replaced.
+
+The last default folder, ``<temp dir>/mullama-<uid>``, lives in a folder every user can
+write to: another user could have made it first (then owns it and could swap the socket
+under the CLI) or left it open to all. It is used only when it is a real folder owned by
+this user; one left group/world-accessible by this user is closed (0700) first. The pid
+file is written without following a link planted in its place (a daemon run as root would
+otherwise truncate the link's target), and read without following one or blocking.
 """
 
 from __future__ import annotations
@@ -10,11 +17,13 @@ import contextlib
 import logging
 import os
 import socket
+import stat
 import tempfile
 from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..security.files import create_private, private_dir
 from ..security.policy import LOCAL_SOCKET_SCOPE_KEY
 
 log = logging.getLogger(__name__)
@@ -26,6 +35,12 @@ class ControlSocketError(Exception):
     pass
 
 
+def fallback_folder() -> Path:
+    """The default socket folder when neither XDG_RUNTIME_DIR nor /run can be used: in the
+    temp dir, which every user can write to (see private_folder)."""
+    return Path(tempfile.gettempdir()) / f"mullama-{os.getuid()}"
+
+
 def default_socket_path() -> Path:
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
@@ -35,7 +50,20 @@ def default_socket_path() -> Path:
         not run.exists() and os.access("/run", os.W_OK)
     ):
         return run / "mullama.sock"
-    return Path(tempfile.gettempdir()) / f"mullama-{os.getuid()}" / "mullama.sock"
+    return fallback_folder() / "mullama.sock"
+
+
+def private_folder(folder: Path) -> None:
+    """Make ``folder`` (0700) or check the one there: a real folder (not a link) of this
+    user; this user's own folder left open to others is closed. ControlSocketError when
+    it cannot be trusted."""
+    try:
+        private_dir(folder)
+    except OSError as exc:
+        raise ControlSocketError(
+            f"cannot use control socket folder {folder}: {exc} (whoever controls it could "
+            "intercept the control socket): remove it, or choose another place with --socket"
+        ) from exc
 
 
 def socket_path(value: str | None) -> Path | None:
@@ -57,10 +85,30 @@ def pid_path(sock: Path) -> Path:
 
 
 def read_pid(sock: Path) -> int | None:
+    """The pid in the pid file; None when there is none (or it is a link, a FIFO, not a
+    number): it is opened without following a link or blocking."""
     try:
-        return int(pid_path(sock).read_text().strip())
+        fd = os.open(pid_path(sock), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return int(os.read(fd, 32).strip())
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
+
+
+def write_pid(path: Path) -> None:
+    """A fresh pid file (0644): whatever was there (a stale one, a link planted to make a
+    root daemon overwrite another file) is removed, never followed."""
+    fd = create_private(path, 0o644)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
 
 
 def socket_alive(path: Path, timeout: float = 2.0) -> bool:
@@ -84,7 +132,9 @@ class ControlSocket:
 
     def bind(self) -> socket.socket:
         path = self.path
-        if not path.parent.exists():
+        if path.parent == fallback_folder():
+            private_folder(path.parent)
+        elif not path.parent.exists():
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if path.exists() or path.is_symlink():
             if not path.is_socket():
@@ -109,7 +159,12 @@ class ControlSocket:
         os.chmod(path, 0o600)
         sock.listen(128)
         self._inode = path.stat().st_ino
-        self.pid_path.write_text(f"{os.getpid()}\n")
+        try:
+            write_pid(self.pid_path)
+        except OSError as exc:
+            sock.close()
+            path.unlink(missing_ok=True)
+            raise ControlSocketError(f"cannot write pid file {self.pid_path}: {exc}") from exc
         log.info("control socket: %s", path)
         return sock
 
