@@ -156,11 +156,12 @@ class Worker:
         self.sessions: SessionStore | None = None
         self._saved_key: tuple[Any, ...] | None = None
         if spec.sessions_dir and spec.session_disk > 0 and self.sched.host.enabled:
+            empty, n = self.ctx.state_save(0)  # every slot is empty yet: how states begin
             self.sessions = SessionStore(Path(spec.sessions_dir), spec.session_disk, {
                 "model": spec.model_id, "engine": lc_version(),
                 "n_seq_max": n_slots, "kv_unified": spec.kv_unified,
                 "n_ctx_seq": self.ctx.n_ctx_seq, "flash_attn": self.flash_attn,
-            })  # fmt: skip
+            }, empty_state=bytes(memoryview(empty).cast("B")[:n]) if n else None)  # fmt: skip
             self.sched.host.add_saved(self.sessions.index())
         self.template = ChatTemplate(
             self.info.chat_template, self.info.bos_text, self.info.eos_text
