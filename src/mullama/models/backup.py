@@ -1,6 +1,16 @@
 """``mullama backup`` / ``mullama restore``: the store's manifests (and, with --models, its
 blobs; with --sessions, the saved conversations of ``<cache dir>/sessions``) in one
-.tar.gz with an index of sha256 checksums."""
+.tar.gz with an index of sha256 checksums.
+
+A backup holds conversations: it is written 0600. A restore reads an archive that may
+come from anywhere, so it bounds what it reads before it writes a byte: at most
+MAX_MEMBERS entries; regular files only, at the names a backup writes (no links, devices,
+sparse files, absolute or ``..`` paths; tarfile's ``data`` filter must agree); an index
+and manifests of at most a few MiB; a blob only if a manifest before it names its digest,
+and of exactly the size that manifest gives; a saved session of at most MAX_SESSION; and
+all of it within the free space of the store's disk. An index or manifest of the wrong
+shape is a ClientError, like a checksum that does not match.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +21,24 @@ import shutil
 import tarfile
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 
-from ..errors import AlreadyExists, ClientError, InvalidName
+from ..errors import AlreadyExists, ClientError, InvalidName, MullamaError
+from ..security.files import create_private, private_dir
 from .aliases import check_name
 from .store import Manifest, ModelStore, atomic_write, check_digest, sha256_file, space_error
 
 INDEX = "mullama-backup.json"
 FORMAT = 1
+MAX_MEMBERS = 65536
+MAX_INDEX = 16 << 20
+MAX_MANIFEST = 1 << 20
+MAX_SESSION = 64 << 30  # a long context's KV state of a big model
 
 
 def _sha(data: bytes) -> str:
@@ -46,7 +62,10 @@ def backup(
                              "sessions": {}}  # fmt: skip
     tmp = target.with_name(f".{target.name}.partial")
     try:
-        with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
+        with (
+            os.fdopen(create_private(tmp), "wb") as out,
+            tarfile.open(fileobj=out, mode="w:gz", compresslevel=1) as tar,
+        ):
             for m in manifests:
                 data = m.to_json()
                 arc = f"manifests/{quote(m.name, safe='')}.json"
@@ -97,14 +116,19 @@ def _member_ok(member: tarfile.TarInfo) -> bool:
     )
 
 
-def restore(store: ModelStore, source: Path, *, force: bool = False) -> dict[str, Any]:
-    """Verify everything first (checksums, names, conflicts), then install. Returns
-    ``{"models": [...], "blobs": n, "missing": [...]}``."""
+def restore(
+    store: ModelStore, source: Path, *, force: bool = False, max_bytes: int | None = None
+) -> dict[str, Any]:
+    """Verify everything first (bounds, checksums, names, conflicts), then install.
+    ``max_bytes`` bounds what the archive may unpack to (default: the free space of the
+    store's disk). Returns ``{"models": [...], "blobs": n, "missing": [...]}``."""
     if not source.is_file():
         raise ClientError(f"backup file not found: {source}")
     staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=_ensure(store.root)))
+    if max_bytes is None:
+        max_bytes = shutil.disk_usage(staging).free
     try:
-        manifests, blobs, sessions = _unpack_and_verify(source, staging)
+        manifests, blobs, sessions = _unpack_and_verify(source, staging, max_bytes)
         conflicts = [
             m.name
             for m in manifests
@@ -131,7 +155,7 @@ def restore(store: ModelStore, source: Path, *, force: bool = False) -> dict[str
         for arc, path in sessions.items():  # saved conversations: a newer one is kept
             dest = store.root / arc
             if not dest.exists():
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(dest.parent, levels=2)  # sessions/ and sessions/<model>/
                 os.replace(path, dest)
         return {"models": [m.name for m in manifests], "blobs": len(blobs), "missing": missing,
                 "sessions": len(sessions)}  # fmt: skip
@@ -144,33 +168,104 @@ def _ensure(path: Path) -> Path:
     return path
 
 
+class _Unpacker:
+    """Reads the archive's entries one by one into ``staging``, each checked before it
+    is written: see the module's docstring."""
+
+    def __init__(self, source: Path, staging: Path, max_bytes: int) -> None:
+        self.source = source
+        self.staging = staging
+        self.left = max_bytes
+        self.files: dict[str, Path] = {}
+        self.sizes: dict[str, int] = {}  # blob digest -> size, from the manifests so far
+
+    def refuse(self, member: tarfile.TarInfo, why: str) -> ClientError:
+        return ClientError(f"{self.source}: unexpected entry {member.name!r} in the backup ({why})")
+
+    def limit(self, member: tarfile.TarInfo) -> int:
+        """The most bytes ``member`` may hold (ClientError when it may not be there)."""
+        name = member.name
+        if not _member_ok(member) or member.issparse():
+            raise self.refuse(member, "not a file a backup writes")
+        try:
+            tarfile.data_filter(member, str(self.staging))
+        except tarfile.FilterError as exc:
+            raise self.refuse(member, str(exc)) from exc
+        if name == INDEX:
+            return MAX_INDEX
+        if name.startswith("manifests/"):
+            return MAX_MANIFEST
+        if name.startswith("blobs/"):
+            digest = "sha256:" + name.removeprefix("blobs/sha256-")
+            if digest not in self.sizes:
+                raise self.refuse(member, "no manifest before it names this blob")
+            if member.size != self.sizes[digest]:
+                raise self.refuse(member, f"its manifest says {self.sizes[digest]} bytes")
+            return self.sizes[digest]
+        return MAX_SESSION
+
+    def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        if len(self.files) >= MAX_MEMBERS:
+            raise ClientError(f"{self.source}: more than {MAX_MEMBERS} entries in the backup")
+        if member.name in self.files:
+            raise self.refuse(member, "a second entry of that name")
+        if member.size > self.limit(member):
+            raise self.refuse(member, f"{member.size} bytes, at most {self.limit(member)}")
+        if member.size > self.left:
+            raise ClientError(
+                f"{self.source}: the backup unpacks to more than the {self.left} bytes free for it"
+            )
+        self.left -= member.size
+        dest = self.staging / member.name.replace("/", "__")
+        extracted = tar.extractfile(member)
+        assert extracted is not None
+        try:
+            with os.fdopen(create_private(dest), "wb") as out:
+                shutil.copyfileobj(extracted, out, 1 << 20)
+        except OSError as exc:
+            raise space_error(exc, self.staging) from exc
+        self.files[member.name] = dest
+        if member.name.startswith("manifests/"):  # the blobs it names may follow
+            try:
+                m = Manifest.from_json(dest.read_bytes())
+            except MullamaError:
+                return  # refused by the checks of the index's manifests
+            self.sizes.update((f.digest, f.size) for f in m.files)
+
+
+def _manifest(data: bytes, where: str) -> Manifest:
+    try:
+        return Manifest.from_json(data, where=where)
+    except MullamaError as exc:
+        raise ClientError(exc.message) from exc
+
+
 def _unpack_and_verify(
-    source: Path, staging: Path
+    source: Path, staging: Path, max_bytes: int
 ) -> tuple[list[Manifest], dict[str, Path], dict[str, Path]]:
     try:
         tar = tarfile.open(source, "r:*")
     except (tarfile.TarError, OSError) as exc:
         raise ClientError(f"{source} is not a readable backup: {exc}") from exc
-    files: dict[str, Path] = {}
+    unpacker = _Unpacker(source, staging, max_bytes)
     with tar:
         try:
             for member in tar:
-                if not _member_ok(member):
-                    raise ClientError(f"{source}: unexpected entry {member.name!r} in the backup")
-                dest = staging / member.name.replace("/", "__")
-                extracted = tar.extractfile(member)
-                assert extracted is not None
-                try:
-                    with dest.open("wb") as out:
-                        shutil.copyfileobj(extracted, out, 1 << 20)
-                except OSError as exc:
-                    raise space_error(exc, staging) from exc
-                files[member.name] = dest
-        except (tarfile.TarError, EOFError, OSError) as exc:
+                unpacker.add(tar, member)
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             raise ClientError(f"{source} is damaged or truncated: {exc}") from exc
+    files = unpacker.files
     if INDEX not in files:
         raise ClientError(f"{source} is not a Mullama backup (no {INDEX})")
-    index = orjson.loads(files[INDEX].read_bytes())
+    try:
+        return _verify(source, files, orjson.loads(files[INDEX].read_bytes()))
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
+        raise ClientError(f"{source}: the backup's index is malformed ({exc!r})") from exc
+
+
+def _verify(
+    source: Path, files: dict[str, Path], index: dict[str, Any]
+) -> tuple[list[Manifest], dict[str, Path], dict[str, Path]]:
     manifests = []
     for name, entry in index.get("manifests", {}).items():
         try:
@@ -183,7 +278,7 @@ def _unpack_and_verify(
         data = path.read_bytes()
         if _sha(data) != entry["sha256"]:
             raise ClientError(f"{source}: checksum mismatch in the manifest of {name!r}")
-        m = Manifest.from_json(data, where=f"{source}: manifest of {name!r}")
+        m = _manifest(data, f"{source}: manifest of {name!r}")
         if m.name != name:
             raise ClientError(f"{source}: manifest of {name!r} names {m.name!r}")
         manifests.append(m)
