@@ -29,6 +29,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .security.files import warn_if_readable_by_others
+
 ENV_PREFIX = "MULLAMA_"
 SECRET_FILE_SUFFIX = "__FILE"
 
@@ -450,6 +452,7 @@ class _SecretFileSource(PydanticBaseSettingsSource):
                     out[name] = Path(path).read_text().strip()
                 except OSError as exc:
                     raise ConfigError(f"{var}: cannot read {path}: {exc.strerror}") from exc
+                warn_if_readable_by_others(Path(path), f"{var} secret file")
         return out
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 
 from ..config import ConfigError, Settings
+from .files import warn_if_readable_by_others
 
 Scope = Literal["inference", "admin"]
 SCOPES: tuple[str, ...] = ("inference", "admin")
@@ -76,6 +77,7 @@ def load_key_file(path: Path) -> list[ApiKey]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read API key file {path}: {exc.strerror}") from exc
+    warn_if_readable_by_others(path, "API key file")  # as ssh does for a private key
     plain = [line.strip() for line in text.splitlines()]
     plain = [line for line in plain if line and not line.startswith("#")]
     if plain and all(" " not in k and ":" not in k and k[0] not in "-[{" for k in plain):

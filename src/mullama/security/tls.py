@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 
 from ..config import ConfigError, Settings
+from .files import warn_if_readable_by_others
 
 
 def check_tls(settings: Settings) -> bool:
@@ -18,6 +19,7 @@ def check_tls(settings: Settings) -> bool:
     for path, what in ((cert, "certificate"), (key, "key")):
         if not path.is_file():
             raise ConfigError(f"TLS {what} file {path} does not exist")
+    warn_if_readable_by_others(key, "TLS private key")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         ctx.load_cert_chain(str(cert), str(key))
