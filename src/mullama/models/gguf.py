@@ -17,6 +17,11 @@ GGUF_MAGIC = b"GGUF"
 _MAX_STRING = 64 * 1024 * 1024
 _MAX_ARRAY = 64 * 1024 * 1024
 _MAX_COUNT = 1 << 24
+# The one string array kept as a list: the vocabulary (its length is checked against the
+# embedding). Real vocabularies have up to ~262k tokens; others (merges, up to ~500k
+# strings; anything a file invents) are skipped by their lengths, never built.
+_KEPT_ARRAYS = frozenset({"tokenizer.ggml.tokens"})
+_MAX_VOCAB = 1 << 21
 _MAX_DIM = 1 << 40  # elements along one tensor dimension
 
 # GGUF metadata value types.
@@ -210,7 +215,15 @@ class _Reader:
             raise self.fail("string length out of range (file corrupt or truncated)")
         return self.read(n).decode("utf-8", "replace")
 
-    def value(self, vtype: int, depth: int = 0) -> Any:
+    def skip_strings(self, n: int) -> None:
+        """Past ``n`` strings, each by its length: no string or list is made."""
+        for _ in range(n):
+            (length,) = struct.unpack("<Q", self.read(8))
+            if length > _MAX_STRING or self.f.tell() + length > self.size:
+                raise self.fail("string length out of range (file corrupt or truncated)")
+            self.f.seek(length, 1)
+
+    def value(self, vtype: int, depth: int = 0, key: str = "") -> Any:
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
         if vtype == _STRING:
@@ -220,14 +233,25 @@ class _Reader:
             n = self.unpack("<Q")
             if n > _MAX_ARRAY:
                 raise self.fail("array length out of range")
-            if etype in _SCALARS and etype != _STRING:
+            if etype in _SCALARS:
                 fmt = _SCALARS[etype]
                 width = struct.calcsize(fmt)
                 if self.f.tell() + n * width > self.size:
                     raise self.fail("file is truncated")
                 self.f.seek(n * width, 1)  # large arrays (token scores) are not needed
                 return f"<array of {n}>"
-            return [self.value(etype, depth + 1) for _ in range(n)]
+            if etype == _STRING and key in _KEPT_ARRAYS and depth == 0:
+                if n > _MAX_VOCAB:
+                    raise self.fail(f"{key} has {n} entries (at most {_MAX_VOCAB})")
+                return [self.string() for _ in range(n)]
+            if etype == _STRING:
+                self.skip_strings(n)
+            elif etype == _ARRAY:
+                for _ in range(n):  # nested arrays: each skipped, none kept
+                    self.value(_ARRAY, depth + 1)
+            else:
+                raise self.fail(f"unknown metadata value type {etype}")
+            return f"<array of {n}>"
         raise self.fail(f"unknown metadata value type {vtype}")
 
 
@@ -253,7 +277,7 @@ def read_gguf(path: str | Path, check_tensors: bool = True) -> GGUFInfo:
         metadata: dict[str, Any] = {}
         for _ in range(n_kv):
             key = r.string()
-            metadata[key] = r.value(r.unpack("<I"))
+            metadata[key] = r.value(r.unpack("<I"), key=key)
         tensors = []
         for _ in range(n_tensors):
             name = r.string()
