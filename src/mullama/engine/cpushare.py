@@ -13,14 +13,21 @@ So the root fix is to never run more decode threads than cores: each busy worker
 (``llama_set_n_threads`` costs nothing), and a worker with no work runs none (its
 OpenMP threads sleep after the spin count: an idle model costs no CPU).
 
-How workers find each other, across models of one daemon and across daemons on one host:
-a folder per CPU set under ``/dev/shm`` (tmpfs; else the temp dir) holds one file per
-worker process; a busy worker holds an exclusive ``flock`` on its file. Counting the busy
+How workers find each other, across models of one daemon and across daemons of one user
+on one host: a folder per user and CPU set under ``/dev/shm`` (tmpfs; else the temp
+dir), mode 0700, holds one file per worker process; a busy worker holds an exclusive
+``flock`` on its file. Counting the busy
 ones is a non-blocking shared-lock probe per file (a few microseconds each). A worker
 that dies loses its lock with its process, so a crash never leaves a phantom claim; its
 file is removed by the next worker that starts. Fewer threads are taken at once; more
 only after the count has stayed lower for ``raise_after`` seconds, so engines that take
 turns between requests do not flap between oversubscribed and not.
+
+Other users' daemons are not counted: a folder they could write to would let any local
+user hold locks that throttle this daemon to one thread, or fill it with files that every
+decode step would scan. So the folder is this user's (a real folder, not a link; one of
+another user, or a link, turns sharing off with a warning), and a file in it that is not
+a regular file of this user is ignored.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from ..security.files import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +61,16 @@ def share_dir(cpus: str, mode: str, daemon_pid: int, base: str | None = None) ->
             if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
             else (tempfile.gettempdir())
         )
-    name = "mullama-cpu-" + cpus.replace(",", "_")
+    name = f"mullama-cpu-u{os.geteuid()}-" + cpus.replace(",", "_")
     if mode == "daemon":
         name += f"-d{daemon_pid}"
     return Path(base) / name
 
 
-def _open_folder(directory: Path) -> None:
-    """Create the share folder (sticky and world-writable, like /tmp: daemons of other
-    users meet there too) or check that the one there is a real folder, not a link."""
-    try:
-        directory.mkdir(mode=0o700)
-        os.chmod(directory, 0o1777)  # the folder we just made (mkdir's mode is umasked)
-    except FileExistsError:
-        pass
-    st = os.lstat(directory)
-    if not stat.S_ISDIR(st.st_mode):
-        raise OSError(f"{directory} is not a folder")
-    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-        raise OSError(f"{directory} is world-writable without the sticky bit")
+def _own_file(fd: int) -> bool:
+    """A peer's claim: a regular file of this user (not a FIFO, a device, another's)."""
+    st = os.fstat(fd)
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def pid_alive(pid: int) -> bool:
@@ -101,9 +101,9 @@ class CpuShare:
         self._name = f"{os.getpid()}.{os.urandom(4).hex()}"
         self._fd = -1
         try:
-            _open_folder(directory)
+            private_dir(directory)
             flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-            self._fd = os.open(directory / self._name, flags, 0o644)
+            self._fd = os.open(directory / self._name, flags, 0o600)
         except OSError as exc:
             log.warning("CPU sharing is off: cannot use %s (%s)", directory, exc)
             return
@@ -129,7 +129,9 @@ class CpuShare:
         except OSError:
             return n
         for gone in set(self._peers) - set(names):
-            os.close(self._peers.pop(gone))
+            fd = self._peers.pop(gone)
+            if fd >= 0:
+                os.close(fd)
         for name in names:
             fd = self._peers.get(name)
             if fd is None:
@@ -139,6 +141,11 @@ class CpuShare:
                     fd = self._peers[name] = os.open(self.dir / name, flags)
                 except OSError:
                     continue
+                if not _own_file(fd):  # not counted; looked at once
+                    os.close(fd)
+                    fd = self._peers[name] = -1
+            if fd < 0:
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -176,7 +183,8 @@ class CpuShare:
 
     def _close(self) -> None:
         for fd in self._peers.values():
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         self._peers.clear()
         if self._fd >= 0:
             with contextlib.suppress(OSError):
@@ -190,6 +198,8 @@ class CpuShare:
             for entry in os.scandir(self.dir):
                 pid = entry.name.partition(".")[0]
                 if not pid.isdigit() or entry.name == self._name:
+                    continue
+                if entry.stat(follow_symlinks=False).st_uid != os.geteuid():
                     continue
                 if not pid_alive(int(pid)):
                     with contextlib.suppress(OSError):
