@@ -8,6 +8,7 @@ bash scripts/install-test-services.sh
 bash scripts/install-redis.sh   # redis-server for the shared rate-limit test
 bash scripts/install-deploy-tools.sh   # nginx, haproxy, logrotate, systemd-analyze (tests/deploy)
 bash scripts/install-llama-server.sh >/dev/null   # llama-server: the remote engine of tests/e2e/test_remote.py
+bash scripts/install-agents.sh   # Codex CLI and Claude Code from npm into .agents/ (tests/e2e/test_agents.py)
 .venv/bin/ruff check src tests benchmarks
 set +e
 .venv/bin/python -m pytest "$@"
