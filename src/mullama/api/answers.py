@@ -19,11 +19,12 @@ Json = dict[str, Any]
 
 class Health(BaseModel):
     status: Literal["ok", "degraded", "starting", "draining", "stopped"]
-    open_circuits: list[str]
-    dependencies: dict[str, Json]
-    models_loaded: int
-    uptime_secs: float
-    version: str
+    # With API keys set, a caller without a key gets the status only (api/disclosure.py).
+    open_circuits: list[str] | None = None
+    dependencies: dict[str, Json] | None = None
+    models_loaded: int | None = None
+    uptime_secs: float | None = None
+    version: str | None = None
 
 
 class Live(BaseModel):

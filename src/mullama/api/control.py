@@ -14,6 +14,7 @@ from ..access import admin, exempt
 from ..errors import Unavailable
 from . import answers as a
 from .body import parse_json, validate
+from .disclosure import shown_path
 from .openapi import documented
 from .responses import ORJSONResponse
 
@@ -42,7 +43,7 @@ async def daemon_status(request: Request) -> ORJSONResponse:
             "models": state.models.names,
             "in_flight": len(state.inflight),
             "http": f"{scheme}://{settings.http_addr}:{settings.http_port}",
-            "socket": getattr(state, "control_socket", None),
+            "socket": shown_path(request, getattr(state, "control_socket", None)),
         }
     )
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from .. import __version__
 from ..access import exempt, public
 from . import answers as a
+from .disclosure import sees_health_details, shown_path
 from .openapi import documented
 from .responses import ORJSONResponse
 
@@ -30,7 +31,8 @@ async def health(request: Request) -> ORJSONResponse:
     llama-server) and once stopped. ``status`` is ok, degraded (a model failed to load,
     a circuit is open, or a dependency is down), starting, draining or stopped.
     ``dependencies`` are the background probes' last results (daemon/dependencies.py):
-    this never waits on a dependency."""
+    this never waits on a dependency. With API keys set, a caller without one (a probe)
+    gets the status only (api/disclosure.py)."""
     lifecycle = request.app.state.lifecycle
     obs = request.app.state.obs
     phase = lifecycle.phase.value
@@ -44,6 +46,8 @@ async def health(request: Request) -> ORJSONResponse:
     else:
         status = phase
     code = 503 if phase in ("starting", "stopped") else 200
+    if not sees_health_details(request):
+        return ORJSONResponse({"status": status}, status_code=code)
     return ORJSONResponse(
         {
             "status": status,
@@ -73,8 +77,9 @@ async def ready(request: Request) -> ORJSONResponse:
     lifecycle = request.app.state.lifecycle
     body = {"status": "ready" if lifecycle.ready else lifecycle.phase.value}
     if lifecycle.failed_models:
-        body["failed_models"] = lifecycle.failed_models
         body["status"] = "degraded"
+        if sees_health_details(request):
+            body["failed_models"] = lifecycle.failed_models
     return ORJSONResponse(body, status_code=200 if lifecycle.ready else 503)
 
 
@@ -147,7 +152,7 @@ async def system_status(request: Request) -> ORJSONResponse:
             "cpu": {
                 **manager.cpu.as_dict(),
                 "share": manager.settings.cpu_share,
-                "share_dir": manager.share_dir,
+                "share_dir": shown_path(request, manager.share_dir),
             },
         }
     )

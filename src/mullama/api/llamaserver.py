@@ -20,6 +20,7 @@ from ..engine.protocol import SamplingParams
 from ..errors import ClientError, MullamaError
 from . import answers as a
 from .body import parse_body, validate
+from .disclosure import shown_path
 from .errors import openai_body
 from .fallback import answer
 from .fields import Refusing, StrictBody
@@ -250,7 +251,8 @@ async def props(request: Request, model: str | None = None) -> Response:
             },  # fmt: skip
             "total_slots": info.parallel,
             "model_alias": name,
-            "model_path": str(models.find(name).path),
+            # The file's path for an admin; otherwise the model's name (api/disclosure.py).
+            "model_path": shown_path(request, models.find(name).path, name),
             "chat_template": profile_of(models, name).chat_template or info.chat_template,
             "bos_token": info.bos_token,
             "eos_token": info.eos_token,

@@ -137,18 +137,22 @@ class OllamaModels:
             "queued_sequences": st.queued if served.loaded else 0,
         }
 
-    async def catalog(self) -> list[dict[str, Any]]:
-        """Every model this daemon can serve, with its loaded state."""
+    async def catalog(self, paths: bool = False) -> list[dict[str, Any]]:
+        """Every model this daemon can serve, with its loaded state (and its file's path
+        when ``paths``: for an admin, api/disclosure.py)."""
         out = [self._remote_state(r) for r in self.models.remotes.values()]
         for served in self.models.served():
             info = await asyncio.to_thread(served.entry.gguf)
             state = self._state(served)
             if not served.loaded:
                 state["expires_at"] = None
-            out.append({**state, "path": str(served.entry.path), "details": _details(info)})
+            path = str(served.entry.path) if paths else None
+            out.append({**state, "path": path, "details": _details(info)})
         return out
 
-    async def show(self, name: str) -> dict[str, Any]:
+    async def show(self, name: str, paths: bool = False) -> dict[str, Any]:
+        """Ollama's /api/show; its modelfile names the file's path only when ``paths``
+        (for an admin), else the model."""
         remote = self.models.remote(name)
         if remote is not None:
             return {
@@ -174,7 +178,7 @@ class OllamaModels:
         params = dict(ref.parameters)
         out = {
             "license": info.get("general.license", ""),
-            "modelfile": f"FROM {entry.path}\n",
+            "modelfile": f"FROM {entry.path if paths else entry.name}\n",
             "parameters": "\n".join(_param_lines(params)),
             "template": template,
             "details": _details(info),

@@ -9,6 +9,7 @@ from ... import __version__
 from ...access import admin
 from .. import answers as a
 from ..body import parse_body
+from ..disclosure import sees_paths
 from ..fallback import answer
 from ..openapi import MODEL_ERRORS, NDJSON, documented
 from ..responses import ORJSONResponse
@@ -120,7 +121,7 @@ async def ps(request: Request) -> ORJSONResponse:
 @router.get("/api/models")
 @documented(ok=a.RunningModels)
 async def all_models(request: Request) -> ORJSONResponse:
-    return ORJSONResponse({"models": await _models(request).catalog()})
+    return ORJSONResponse({"models": await _models(request).catalog(sees_paths(request))})
 
 
 @router.post("/api/models/{name:path}/load")
@@ -159,7 +160,7 @@ async def unpin_model(name: str, request: Request) -> ORJSONResponse:
 @documented(ModelBody, a.ShowAnswer, errors=(400, 404), example=SHOW)
 async def show(request: Request) -> ORJSONResponse:
     body = await parse_body(request, ModelBody)
-    return ORJSONResponse(await _models(request).show(body.target()))
+    return ORJSONResponse(await _models(request).show(body.target(), sees_paths(request)))
 
 
 # ---- model management on the store -----------------------------------------------------
