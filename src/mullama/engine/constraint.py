@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 
 from ..errors import InvalidParameter
+from .jsonbounds import bounded
 from .protocol import ToolGrammar
 
 # Bounds on what one grammar may cost (llguidance's "fuel"): a lexer or parser that
@@ -79,10 +80,11 @@ def json_schema_grammar(schema: Any) -> str:
     whitespace where the model likes it inside the value but none after it (generation
     ends as the value closes), and an object that lists its
     properties gets no others unless it says so (``additionalProperties`` defaults to
-    false, as in llama.cpp's converter, which llama-server and Ollama use)."""
+    false, as in llama.cpp's converter, which llama-server and Ollama use). Numbers and
+    whitespace are bounded (jsonbounds.py)."""
     if schema in ({}, None, True):
         schema = {}
-    text = orjson.dumps(_closed(schema)).decode()
+    text = orjson.dumps(bounded(_closed(schema))).decode()
     return llg.LLMatcher.grammar_from_json_schema(text)
 
 
@@ -170,7 +172,7 @@ def tool_grammar(tg: ToolGrammar, split: Callable[[str], list[Piece]]) -> str:
     schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
     if tg.defs:  # each tool's own $defs, moved to the root its refs now point at
         schema = {**schema, "$defs": _closed(tg.defs)}
-    obj = "%json " + orjson.dumps(schema).decode()
+    obj = "%json " + orjson.dumps(bounded(schema)).decode()
     sep = _seq(split(syn.separator))
     extra = max(0, tg.max_calls - 1)
     more = f"({_seq(sep, 'call')}){{0,{extra}}}" if extra else ""
