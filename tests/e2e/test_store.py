@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from mullama.models.registry import embedded_model_path
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_for
 from tests.hubstub import HubServer, tiny_gguf
 
 REPO = "test/SmolLM2-GGUF"
@@ -313,3 +313,20 @@ def test_pulled_model_is_served_on_demand(hub, tmp_path):
             time.sleep(0.2)
     finally:
         d.stop()
+
+
+def test_a_fresh_machine_gets_its_store_folder_at_start(tmp_path):
+    """`mullama serve` where ~/.mullama does not exist yet (the quick start's first run):
+    the store folder is made at start, so /health's disk probe finds it (the store was
+    reported ``down`` and the daemon ``degraded`` until the first pull)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    args = ("--cache-dir", "~/.mullama/models", "--parallel", "1", "--context-size", "256")
+    with Daemon(*args, env={"HOME": str(home)}).wait_healthy() as d:
+        assert (home / ".mullama" / "models").is_dir()
+
+        def store() -> dict:
+            return httpx.get(d.url + "/health", timeout=10).json()["dependencies"]["model_store"]
+
+        probed = wait_for(lambda: (s := store())["status"] != "unknown" and s)
+        assert probed["status"] != "down" and "bytes free" in probed["detail"]

@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 from collections.abc import Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -80,8 +81,21 @@ def warn_if_exposed(settings: Settings, has_keys: bool) -> None:
     )
 
 
+def make_store_folder(settings: Settings) -> None:
+    """The model store's folder (``~/.mullama/models`` by default), made at start: on a
+    fresh machine there is none until the first pull, and /health's disk probe reported
+    the store ``down`` (the daemon ``degraded``) until then. One that cannot be made is
+    logged; the daemon serves its embedded model and files without it."""
+    path = Path(settings.cache_dir).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("the model store %s cannot be made: %s", path, exc)
+
+
 def serve(settings: Settings) -> int:
     setup_logging(settings.log_level, settings.log_format, settings.log_file)
+    make_store_folder(settings)
     try:
         tls = check_tls(settings)
         sock_path = socket_path(settings.socket)
