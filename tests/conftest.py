@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,22 @@ import httpx
 import pytest
 
 MODEL = "smollm2:135m"
+_RUN_STORE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test reads or changes the user's model store (``~/.mullama/models``, or their
+    ``MULLAMA_CACHE_DIR``): the run's own processes (the CLI, a `mullama serve` a test
+    starts, Settings built in the test process) get a temporary store, and each Daemon
+    one of its own (a model someone pulled made the shared daemon list it: /v1/models,
+    /api/tags, the llama-server command line and worker replacement failed)."""
+    config.stash[_RUN_STORE] = tempfile.mkdtemp(prefix="mullama-test-store-")
+    os.environ["MULLAMA_CACHE_DIR"] = config.stash[_RUN_STORE]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _RUN_STORE in config.stash:  # only the folder made above
+        shutil.rmtree(config.stash[_RUN_STORE], ignore_errors=True)
 
 
 def free_port() -> int:
@@ -42,6 +59,13 @@ class Daemon:
         # a test with its own --cache-dir keeps the default and can test them.
         if not any(a.startswith(("--cache-dir", "--session-disk")) for a in args):
             args = ("--session-disk", "0", *args)
+        # A model store of its own, made empty, unless the test gives one.
+        self.store: Path | None = None
+        if not any(a.startswith("--cache-dir") for a in args) and "MULLAMA_CACHE_DIR" not in (
+            env or {}
+        ):
+            self.store = Path(tempfile.mkdtemp(prefix="mullama-store-"))
+            env = {**(env or {}), "MULLAMA_CACHE_DIR": str(self.store)}
         # prefix: a command that runs the daemon (taskset -c 0, a cgroup wrapper, ...).
         cmd = [*prefix, sys.executable, "-m", "mullama", "serve", "--http-port", str(self.port)]
         cmd += args
@@ -82,6 +106,8 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        if self.store is not None:
+            shutil.rmtree(self.store, ignore_errors=True)
         return self.proc.returncode
 
 

@@ -330,3 +330,17 @@ def test_a_fresh_machine_gets_its_store_folder_at_start(tmp_path):
 
         probed = wait_for(lambda: (s := store())["status"] != "unknown" and s)
         assert probed["status"] != "down" and "bytes free" in probed["detail"]
+
+
+def test_the_suites_daemons_do_not_see_the_users_store(tmp_path):
+    """A model in the user's own store (~/.mullama/models) is not listed by a test's
+    daemon: each Daemon of tests/conftest.py has a temporary store of its own."""
+    home = tmp_path / "home"
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("MULLAMA_CACHE_DIR", None)  # the user's default store, in this stand-in home
+    cli(env, "cp", "smollm2:135m", "users-own:latest")
+    assert (home / ".mullama" / "models" / "manifests").is_dir()
+    with Daemon("--parallel", "1", "--context-size", "256", env={"HOME": str(home)}) as d:
+        d.wait_healthy()
+        names = [m["name"] for m in httpx.get(d.url + "/api/tags", timeout=10).json()["models"]]
+        assert "users-own:latest" not in names and names
