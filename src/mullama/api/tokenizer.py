@@ -21,7 +21,7 @@ from .openai.schemas import ChatMessage
 from .openapi import MODEL_ERRORS, documented
 from .profiles import profile_of
 from .responses import ORJSONResponse
-from .tools import ToolChoice, ToolSpec, plan_tools
+from .tools import ToolChoice, ToolSpec, plan_chat_tools
 
 router = APIRouter()
 
@@ -68,7 +68,7 @@ def _name(models: ModelManager, given: str | None) -> str:
     return name
 
 
-def chat_tokenize_request(
+async def chat_tokenize_request(
     models: ModelManager,
     name: str,
     messages: list[ChatMessage],
@@ -78,7 +78,7 @@ def chat_tokenize_request(
     """The tokenize frame of a chat, converted as a chat request converts it (its tools
     through the template that renders it): exactly the tokens the chat feeds the model."""
     profile = profile_of(models, name)
-    plan = plan_tools(tools, tool_choice, None, None, profile.chat_template)
+    plan = await plan_chat_tools(tools, tool_choice, None, None, profile.chat_template)
     native = plan.active and plan.native
     converted = [m.for_prompt(i, name, native) for i, m in enumerate(messages)]
     return TokenizeRequest(
@@ -95,7 +95,7 @@ async def _tokenize(request: Request) -> Response:
     models = _models(request)
     name = _name(models, body.model)
     if body.messages is not None:
-        req = chat_tokenize_request(models, name, body.messages, body.tools)
+        req = await chat_tokenize_request(models, name, body.messages, body.tools)
         req.add_generation_prompt = body.add_generation_prompt
         req.with_pieces = body.return_token_strs
     else:

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.protocol import CallSyntax, ToolGrammar
 from ..errors import InvalidParameter
-from .toolsyntax import GENERIC_TEMPLATE, TemplateTools, template_tools
+from .toolsyntax import GENERIC_TEMPLATE, TemplateTools, probe
 
 _CONFIG = ConfigDict(extra="ignore", strict=True)
 
@@ -461,16 +461,36 @@ class CallReader:
         self.pos, self.phase = self.mark, "plain"
 
 
+async def plan_chat_tools(
+    tools: list[ToolSpec] | None,
+    choice: ToolChoice | None,
+    parallel: bool | None,
+    output_format: str | None,
+    chat_template: str | TemplateTools | None,
+) -> ToolPlan:
+    """plan_tools for a chat rendered by ``chat_template``: its source (probed once, off
+    the event loop: toolsyntax.probe), or a remote engine's TemplateTools."""
+    template = GENERIC_TEMPLATE
+    if tools:
+        template = (
+            chat_template
+            if isinstance(chat_template, TemplateTools)
+            else await probe(chat_template)
+        )
+    return plan_tools(tools, choice, parallel, output_format, template)
+
+
 def plan_tools(
     tools: list[ToolSpec] | None,
     choice: ToolChoice | None,
     parallel: bool | None,
     output_format: str | None,
-    chat_template: str | TemplateTools | None = None,
+    chat_template: TemplateTools | None = None,
 ) -> ToolPlan:
     """Check the request's tools and choice; errors name what cannot be honoured.
     ``output_format``: the request field that already constrains the output, if any;
-    ``chat_template``: the source of the template that renders the chat (probed once)."""
+    ``chat_template``: what the template that renders the chat knows of tools
+    (plan_chat_tools probes it; None: nothing, the generic format)."""
     tools = tools or []
     if choice is None:
         choice = "auto" if tools else "none"
@@ -504,12 +524,7 @@ def plan_tools(
                 f"tools[{i}] ({tool.function.name}): parameters must be an object schema",
                 param=f"tools[{i}].function.parameters",
             )
-    if not tools:
-        template = GENERIC_TEMPLATE
-    elif isinstance(chat_template, TemplateTools):  # a remote engine's
-        template = chat_template
-    else:
-        template = template_tools(chat_template)
+    template = chat_template if tools and chat_template is not None else GENERIC_TEMPLATE
     plan = ToolPlan(tools, choice, parallel is not False, template)
     if plan.forces_call and output_format is not None:
         raise InvalidParameter(

@@ -12,21 +12,30 @@ probe conversations (no list of model names).
 
 A template that writes both tools and calls is used natively; any other gets the generic
 format (api/tools.py), whose syntax is the ``GENERIC`` below.
+
+A probe renders the template a few times, each render within its budget
+(engine/template_budget.py): up to seconds for a hostile template, so the API probes off
+the event loop (``probe``). A template that runs out of its budget on a probe fails the
+request that asked (a client error) and is remembered as such: later requests with tools
+fail at once instead of probing it again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
 import string
+import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 
-from ..engine.chat_template import ChatTemplate
+from ..engine.chat_template import ChatTemplate, TemplateLimit
 from ..engine.protocol import CallSyntax
 from ..engine.remote import REMOTE_SYNTAX
+from ..errors import InvalidParameter
 
 # The generic format: a reply that is one JSON object holding a list of calls.
 GENERIC = CallSyntax(open='{"tool_calls": [', separator=", ", close="]}", args_key="parameters")
@@ -88,16 +97,80 @@ class TemplateTools:
         return "llama3" if syn.args_key == "parameters" else "json"
 
 
-@lru_cache(maxsize=64)
+class _Probes:
+    """The probes' results per template source (the last 64), a template that ran out of
+    its budget included. One probe runs at a time: requests that arrive meanwhile for the
+    same template wait for its result instead of probing it again."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._results: OrderedDict[str | None, TemplateTools | TemplateLimit] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def cached(self, source: str | None) -> TemplateTools | None:
+        found = self._results.get(source)
+        if isinstance(found, TemplateLimit):
+            raise TemplateLimit(
+                f"{found}; it did so when it was first probed, so it is marked and requests "
+                "with tools fail at once"
+            )
+        return found
+
+    def get(self, source: str | None) -> TemplateTools:
+        found = self.cached(source)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self.cached(source)
+            if found is not None:
+                return found
+            try:
+                found = _probe(source)
+            except TemplateLimit as exc:
+                self._keep(source, exc)
+                raise
+            self._keep(source, found)
+            return found
+
+    def _keep(self, source: str | None, result: TemplateTools | TemplateLimit) -> None:
+        self._results[source] = result
+        while len(self._results) > self._size:
+            self._results.popitem(last=False)
+
+
+_PROBES = _Probes()
+
+
 def template_tools(source: str | None) -> TemplateTools:
-    """Probe a template (cached per source). A template that fails on a probe simply
-    does not support what the probe asks."""
+    """What a template knows of tools (probed once per source; this thread renders it:
+    from the event loop, use ``probe``). TemplateLimit: the template ran out of its
+    budget on a probe, now or before."""
+    return _PROBES.get(source)
+
+
+async def probe(source: str | None) -> TemplateTools:
+    """template_tools, with any render done off the event loop; a template that runs out
+    of its budget is the request's error (400)."""
+    try:
+        found = _PROBES.cached(source)
+        if found is None:
+            found = await asyncio.to_thread(_PROBES.get, source)
+    except TemplateLimit as exc:
+        raise InvalidParameter(f"{exc} (writing the request's tools)", param="tools") from None
+    return found
+
+
+def _probe(source: str | None) -> TemplateTools:
+    """Probe a template. A template that fails on a probe simply does not support what
+    the probe asks; one that runs out of its budget fails the probe (TemplateLimit)."""
     template = ChatTemplate(source)
     user = [{"role": "user", "content": _USER}]
 
     def render(messages: list[dict], gen: bool, tools: list[dict] | None) -> str | None:
         try:
             return template.render(messages, gen, tools)
+        except TemplateLimit:
+            raise
         except Exception:  # noqa: BLE001 - a probe the template refuses: not supported
             return None
 

@@ -1,34 +1,45 @@
 """Chat templates from GGUF metadata, rendered in a sandboxed Jinja environment.
 
 A template comes from a model file or from whoever created a custom model, so it is
-untrusted code: Jinja's sandbox keeps it away from Python's internals, and a budget
-bounds what one render may cost (a template that loops for ever, or builds a huge
-string, fails that request with a clear error instead of holding the worker's reader
-thread, and with it every request of the model):
+untrusted code. It renders in engine/template_sandbox.py's environment: Jinja's sandbox
+keeps it away from Python's internals, and a budget of steps, time and size bounds what
+one render may cost (every loop iteration, call and operator is a step, and no string
+or list over MAX_SIZE is built). A template that runs out of its budget fails that
+request with a clear error instead of holding the thread that renders it.
 
-- at most MAX_STEPS steps: each element a ``range`` yields, each call, attribute or
-  item read, operator and filter;
-- at most MAX_SECONDS of time (checked as steps are taken);
-- no value (string, list) and no output longer than MAX_SIZE, refused before it is
-  built where the size is known in advance (``'x' * n``, ``'x'.ljust(n)``, filters).
+A template that ran out of its budget is marked (on its ChatTemplate, so in the process
+that rendered it): a later render with as much input or more, and the same shape (with
+tools or without), fails at once with the same error instead of spending another whole
+budget. A smaller input is still tried, so one oversized conversation does not take a
+model's template away from everyone else.
 """
 
 from __future__ import annotations
 
-import functools
 import json
+import sys
 import threading
-import time
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-MAX_STEPS = 2_000_000
-MAX_SECONDS = 5.0
-MAX_SIZE = 8 * 1024 * 1024  # characters (or items) in one value, and in the output
+from .template_budget import (
+    CHARS_PER_STEP,
+    MAX_SECONDS,
+    MAX_SIZE,
+    MAX_STEPS,
+    TemplateLimit,
+    TemplateRenderError,
+    size_of,
+    too_big,
+)
+from .template_sandbox import BoundedEnvironment
+
+__all__ = [
+    "CHARS_PER_STEP", "CHATML", "MAX_SECONDS", "MAX_SIZE", "MAX_STEPS", "ChatTemplate",
+    "TemplateLimit", "TemplateRenderError",
+]  # fmt: skip
 
 # Used when a GGUF carries no template: ChatML, the most common format.
 CHATML = (
@@ -37,120 +48,6 @@ CHATML = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-class TemplateRenderError(ValueError):
-    """The template could not render these messages (a client-side problem)."""
-
-
-class TemplateLimit(TemplateRenderError):
-    """A render went past its budget of steps, time or size."""
-
-
-class _Budget:
-    __slots__ = ("deadline", "steps")
-
-    def __init__(self) -> None:
-        self.steps = 0
-        self.deadline = time.monotonic() + MAX_SECONDS
-
-
-class _Range:
-    """``range`` for templates: a sequence whose iteration counts against the budget."""
-
-    def __init__(self, env: _BoundedEnvironment, *args: int) -> None:
-        self._env = env
-        self._range = range(*args)
-
-    def __iter__(self) -> Iterator[int]:
-        tick = self._env.tick
-        for i in self._range:
-            tick()
-            yield i
-
-    def __len__(self) -> int:
-        return len(self._range)
-
-    def __getitem__(self, i: Any) -> Any:
-        return self._range[i]
-
-
-def _too_big(what: str, n: int) -> TemplateLimit:
-    return TemplateLimit(f"chat template builds {what} of {n} items (the limit is {MAX_SIZE})")
-
-
-class _BoundedEnvironment(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"+", "*", "**"})
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._local = threading.local()
-        self.globals["range"] = lambda *args: _Range(self, *args)
-        self.filters = {name: self._bounded(f) for name, f in self.filters.items()}
-
-    def begin(self) -> None:
-        self._local.budget = _Budget()
-
-    def end(self) -> None:
-        self._local.budget = None
-
-    def tick(self) -> None:
-        budget = getattr(self._local, "budget", None)
-        if budget is None:
-            return
-        budget.steps += 1
-        if budget.steps > MAX_STEPS:
-            raise TemplateLimit(
-                f"chat template took more than {MAX_STEPS} steps (a loop that does not end?)"
-            )
-        if not budget.steps & 1023 and time.monotonic() > budget.deadline:
-            raise TemplateLimit(f"chat template ran for more than {MAX_SECONDS:g} s")
-
-    @staticmethod
-    def checked(value: Any) -> Any:
-        if isinstance(value, str | list | tuple | dict) and len(value) > MAX_SIZE:
-            raise _too_big("a value", len(value))
-        return value
-
-    @classmethod
-    def _check_args(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        for v in (*args, *kwargs.values()):
-            if isinstance(v, int) and not isinstance(v, bool) and v > MAX_SIZE:
-                raise TemplateLimit(f"chat template passes the number {v}, too large")
-            cls.checked(v)
-
-    def _bounded(self, f: Any) -> Any:
-        @functools.wraps(f)  # keeps Jinja's pass_context / pass_environment marks
-        def bounded(*args: Any, **kwargs: Any) -> Any:
-            self.tick()
-            self._check_args(args, kwargs)
-            return self.checked(f(*args, **kwargs))
-
-        return bounded
-
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
-        __self.tick()
-        __self._check_args(args, kwargs)
-        return __self.checked(super().call(__context, __obj, *args, **kwargs))
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        self.tick()
-        return self.checked(super().getattr(obj, attribute))
-
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        self.tick()
-        return self.checked(super().getitem(obj, argument))
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        self.tick()
-        if operator == "**" and isinstance(right, int) and abs(right) > 4096:
-            raise TemplateLimit(f"chat template raises a number to the power {right}")
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(n, int):
-                    if len(seq) * n > MAX_SIZE:
-                        raise _too_big("a value", len(seq) * n)
-        return self.checked(super().call_binop(context, operator, left, right))
 
 
 def _raise_exception(message: str) -> None:
@@ -177,10 +74,10 @@ def _tojson(
 
 class ChatTemplate:
     def __init__(self, source: str | None, bos_token: str = "", eos_token: str = "") -> None:
-        env = _BoundedEnvironment(
+        env = BoundedEnvironment(
             trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
         )
-        env.filters["tojson"] = env._bounded(_tojson)
+        env.filters["tojson"] = env.bounded(_tojson, "tojson")
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
         self.source = source or CHATML
@@ -188,6 +85,9 @@ class ChatTemplate:
         self._template = env.from_string(self.source)
         self.bos_token = bos_token
         self.eos_token = eos_token
+        # Marks: with tools or not -> (the smallest input it ran out of budget on, why).
+        self._marks: dict[bool, tuple[int, str]] = {}
+        self._lock = threading.Lock()
 
     def render(
         self,
@@ -197,6 +97,33 @@ class ChatTemplate:
     ) -> str:
         """``tools``: the OpenAI-shaped tool list, for templates that describe tools
         themselves (None for the others: the generic format puts them in the messages)."""
+        shape = tools is not None
+        size = -1
+        mark = self._marks.get(shape)
+        if mark is not None:
+            size = _input_size(messages, tools)
+            if size >= mark[0]:
+                raise TemplateLimit(
+                    f"{mark[1]}; it did so on an earlier request with no more input than "
+                    "this one, so it is marked and not rendered again for such requests"
+                )
+        try:
+            return self._render(messages, add_generation_prompt, tools)
+        except TemplateLimit as exc:
+            if size < 0:
+                size = _input_size(messages, tools)
+            with self._lock:
+                mark = self._marks.get(shape)
+                if mark is None or size < mark[0]:
+                    self._marks[shape] = (size, str(exc))
+            raise
+
+    def _render(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None,
+    ) -> str:
         env = self._env
         env.begin()
         try:
@@ -211,7 +138,7 @@ class ChatTemplate:
             ):
                 size += len(piece)
                 if size > MAX_SIZE:
-                    raise _too_big("a prompt", size)
+                    raise too_big(size)
                 out.append(piece)
             return "".join(out)
         except TemplateRenderError:
@@ -219,6 +146,14 @@ class ChatTemplate:
         except TemplateError as exc:
             raise TemplateRenderError(f"chat template error: {exc}") from exc
         except (MemoryError, RecursionError, OverflowError) as exc:
-            raise TemplateLimit(f"chat template failed: {type(exc).__name__}") from exc
+            raise TemplateLimit(
+                f"chat template ran out of its budget: {type(exc).__name__}"
+            ) from exc
         finally:
             env.end()
+
+
+def _input_size(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+    """How much a render was given, to compare requests with (about its JSON length)."""
+    size, _ = size_of((messages, tools), sys.maxsize, sys.maxsize)
+    return size

@@ -49,6 +49,8 @@ async def count_tokens(request: Request) -> Response:
     body = await parse_body(request, CountTokensRequest)
     chat = body.to_chat()
     models = request.app.state.models
-    req = chat_tokenize_request(models, chat.model, chat.messages, chat.tools, chat.tool_choice)
+    req = await chat_tokenize_request(
+        models, chat.model, chat.messages, chat.tools, chat.tool_choice
+    )
     tokens, _ = await unless_disconnected(request, models.tokenize(chat.model, req))
     return ORJSONResponse({"input_tokens": len(tokens.tokens)})

@@ -25,7 +25,7 @@ from ..tools import (
     history_message,
     ollama_call,
     ollama_calls,
-    plan_tools,
+    plan_chat_tools,
 )
 from .schemas import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody
 
@@ -113,7 +113,7 @@ class OllamaService:
         if not body.messages:
             return _loaded(body.model, "message", load_ns, started, body.stream)
         profile = profile_of(self.models, body.model)
-        plan = plan_tools(
+        plan = await plan_chat_tools(
             body.tools, body.tool_choice, None, "format" if body.format else None,
             profile.chat_template,
         )  # fmt: skip

@@ -18,7 +18,7 @@ from ..logprobs import CompletionLogprobs, chat_content
 from ..profiles import Profile, profile_of
 from ..replies import Started
 from ..streaming import SSE_DONE, aiter_merge, sse
-from ..tools import CallArgs, CallReader, CallStart, Content, ToolPlan, plan_tools
+from ..tools import CallArgs, CallReader, CallStart, Content, ToolPlan, plan_chat_tools
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class OpenAIService:
         """Plan the request's tools for its template, and start its generations."""
         fmt = req.response_format
         profile = profile_of(self.models, req.model)
-        plan = plan_tools(
+        plan = await plan_chat_tools(
             req.tools, req.tool_choice, req.parallel_tool_calls,
             "response_format" if fmt is not None and fmt.type != "text" else None,
             profile.chat_template,
