@@ -80,6 +80,14 @@ class ServerSettings(BaseModel):
     max_body_size: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes."
     )
+    strict_fields: bool = Field(
+        False,
+        description="Refuse (400, naming the field) request fields Mullama does not know "
+        "and hints it does not act on (reasoning effort, context management), as well as "
+        "tools it does not have, instead of accepting them and listing them in the "
+        "Mullama-Ignored-Fields response header. Fields that would change the answer are "
+        "refused either way.",
+    )
     config: Path | None = Field(
         None, description="Configuration file (YAML or TOML) with server/security/models sections."
     )

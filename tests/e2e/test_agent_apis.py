@@ -150,12 +150,12 @@ def test_responses_are_stored_retrieved_and_deleted(oai):
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
-        ({"tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}, "tools[0].type"),
+        ({"tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search_preview"}},
+         "tool_choice"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
          "input[0].content[0].type"),
         ({"background": True}, "background"),
-        ({"tools": [{"type": "function"}]}, "tools[0].function.name"),
+        ({"tools": [{"type": "function"}]}, "tools[0].name"),
         ({"tool_choice": {"type": "function", "name": "nope"}, "tools": [WEATHER_FN]},
          "tool_choice"),
     ],
@@ -298,7 +298,8 @@ def test_messages_accept_thinking_and_a_system_prompt(claude):
         ({"messages": [{"role": "user", "content": [
             {"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                          "data": "AAAA"}}]}]}, "image"),
-        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "server tool"),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}],
+          "tool_choice": {"type": "tool", "name": "web_search"}}, "web_search_20250305"),
         ({"tool_choice": {"type": "tool", "name": "nope"}, "tools": [WEATHER_TOOL]}, "nope"),
         ({"max_tokens": None}, "max_tokens"),
         ({"tools": [{"name": "f"}]}, "input_schema"),

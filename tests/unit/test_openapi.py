@@ -97,14 +97,18 @@ def test_streaming_routes_name_their_media_types(doc):
     assert error == {"$ref": "#/components/schemas/OpenAIError"}
 
 
-def test_refused_and_ignored_fields_are_documented(doc):
+def test_refused_hinted_and_ignored_fields_are_documented(doc):
     chat = doc["components"]["schemas"]["ChatCompletionRequest"]
-    neutral = chat["additionalProperties"]["anyOf"]
-    assert {"type": "null"} in neutral and {"const": False} in neutral
+    assert "--strict-fields" in chat["additionalProperties"]["description"]
     assert chat["properties"]["logit_bias"]["description"].startswith("not supported:")
+    neutral = chat["properties"]["logit_bias"]["anyOf"]
+    assert {"type": "null"} in neutral and {"const": False} in neutral
     assert {"enum": ["none", "auto"]} in chat["properties"]["function_call"]["anyOf"]
     assert "accepted and ignored" in chat["properties"]["user"]["description"]
-    # A model that lets unknown fields by (an assistant message's extra fields) says so.
+    effort = chat["properties"]["reasoning_effort"]["description"]
+    assert "accepted and ignored" in effort and "--strict-fields" in effort
+    # A model whose unknown fields are never refused (an assistant message's extra
+    # fields) says nothing of them.
     assert "additionalProperties" not in doc["components"]["schemas"]["ChatMessage"]
 
 

@@ -152,16 +152,31 @@ class _Schema(GenerateJsonSchema):
         return out
 
 
+_REPORTED = "listed in the Mullama-Ignored-Fields response header"
+
+
 def _refusals(out: dict[str, Any], cls: type[Refusing]) -> None:
+    """The fields api/fields.py refuses, hints at and ignores, as the default (tolerant)
+    daemon takes them."""
     props = out["properties"]
     for name in sorted(cls.IGNORED):
-        props.setdefault(name, {"description": "accepted and ignored: it changes nothing here"})
+        props.setdefault(
+            name, {"description": f"accepted and ignored: it changes nothing here ({_REPORTED})"}
+        )
+    for name, why in cls.HINTS.items():
+        props.setdefault(
+            name,
+            {"description": f"accepted and ignored ({_REPORTED}; refused with --strict-fields): {why}"},  # fmt: skip
+        )
     for name, why in cls.REFUSED.items():
         values = list(cls.NEUTRAL.get(name, ()))
         neutral = [*_NEUTRAL["anyOf"], {"enum": values}] if values else _NEUTRAL["anyOf"]
         props.setdefault(name, {"anyOf": neutral, "description": f"not supported: {why}"})
     if cls.REFUSE_UNKNOWN:
-        out["additionalProperties"] = _NEUTRAL
+        out["additionalProperties"] = {
+            "description": f"other fields are accepted and ignored ({_REPORTED}); refused "
+            "with --strict-fields"
+        }
 
 
 def _answers(

@@ -118,7 +118,12 @@ def create_app(
     # fallback) innermost, then the guards (limits, drain, auth, rate limits), then the
     # access log, then the request id outermost.
     tenancy = CacheTenancy(KeyRing([]), shared=settings.share_cache_across_keys)
-    app.add_middleware(RequestContextMiddleware, tenancy=tenancy)
+    app.add_middleware(
+        RequestContextMiddleware,
+        tenancy=tenancy,
+        strict_fields=settings.strict_fields,
+        metrics=obs.metrics,
+    )
     install_guards(app, settings)
     tenancy.keys = app.state.keys  # the ring the auth middleware holds (SIGHUP reloads it)
     app.add_middleware(AccessLogMiddleware, obs=obs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 
@@ -11,8 +12,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import requestctx
 from ..api.errors import error_body
 from ..errors import PayloadTooLarge
+from ..observability.metrics import Metrics
 from ..observability.requests import current_request
 from ..security.tenancy import CacheTenancy
+
+log = logging.getLogger(__name__)
+
+# The API a path belongs to, for the ignored-fields counter (first match wins).
+_APIS = (("/v1/messages", "anthropic"), ("/v1/responses", "responses"), ("/api/", "ollama"),
+         ("/v1/tokenize", "tokenizer"), ("/v1/detokenize", "tokenizer"), ("/v1/", "openai"),
+         ("/completion", "llamaserver"), ("/tokenize", "tokenizer"),
+         ("/detokenize", "tokenizer"))  # fmt: skip
+
+
+def api_of(path: str) -> str:
+    return next((api for prefix, api in _APIS if path.startswith(prefix)), "other")
 
 
 def adding_headers(send: Send, extra: Callable[[], list[tuple[bytes, bytes]]]) -> Send:
@@ -51,20 +65,30 @@ class RequestIdMiddleware:
 
 
 class RequestContextMiddleware:
-    """The request's ``RequestContext`` (cache policy, fallback opt-out) from its
-    headers, and its caller's cache tenant (it runs inside the auth middleware, which
-    stored the caller); what the layers below recorded in it (X-Mullama-Cache,
-    X-Mullama-Fallback) goes out with the response's headers."""
+    """The request's ``RequestContext`` (cache policy, fallback opt-out, --strict-fields)
+    from its headers, and its caller's cache tenant (it runs inside the auth middleware,
+    which stored the caller); what the layers below recorded in it (X-Mullama-Cache,
+    X-Mullama-Fallback, Mullama-Ignored-Fields) goes out with the response's headers, and
+    the fields accepted without being acted on are logged (debug) and counted."""
 
-    def __init__(self, app: ASGIApp, tenancy: CacheTenancy | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        tenancy: CacheTenancy | None = None,
+        strict_fields: bool = False,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.app = app
         self.tenancy = tenancy
+        self.strict_fields = strict_fields
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         ctx = requestctx.RequestContext.from_headers(scope["headers"])
+        ctx.strict_fields = self.strict_fields
         if self.tenancy is not None:
             ctx.cache_tenant = self.tenancy.tenant(scope.get("state", {}).get("principal"))
         record = current_request.get()
@@ -75,6 +99,14 @@ class RequestContextMiddleware:
             await self.app(scope, receive, adding_headers(send, ctx.response_headers))
         finally:
             requestctx.current.reset(token)
+            if ctx.ignored:
+                self._report(scope["path"], ctx)
+
+    def _report(self, path: str, ctx: requestctx.RequestContext) -> None:
+        api = api_of(path)
+        log.debug("%s %s: accepted and ignored: %s", api, path, ", ".join(ctx.ignored))
+        if self.metrics is not None:
+            self.metrics.ignored(api, ctx.ignored)
 
 
 class BodyLimitMiddleware:

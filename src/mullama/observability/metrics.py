@@ -9,7 +9,7 @@ one of the configured models, status is an HTTP status code.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,9 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 KV_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Distinct names of fields the clients made up (not declared by an API) that get a series
+# of their own in mullama_ignored_fields_total; later ones are counted as "(other)".
+MAX_UNDECLARED_FIELDS = 100
 
 
 @dataclass
@@ -307,6 +310,14 @@ class Metrics:
         self.model_load_failures = Counter(
             "mullama_model_load_failures", "Model loads that failed.", ["model"], registry=r
         )
+        self.ignored_fields = Counter(
+            "mullama_ignored_fields",
+            "Requests with a field accepted and not acted on (a hint, a no-op here, an "
+            "unknown field: the Mullama-Ignored-Fields header), by API and field.",
+            ["api", "field"],
+            registry=r,
+        )
+        self._undeclared: set[str] = set()
         for name in models:
             self._precreate(name)
         r.register(_LiveCollector(snapshot))
@@ -346,6 +357,18 @@ class Metrics:
             self.model_load_failures,
         ):
             per_model.labels(model)
+
+    def ignored(self, api: str, fields: Mapping[str, bool]) -> None:
+        """Count a request's ignored fields (name -> declared by the API). Names the
+        clients made up are client-chosen label values: the first MAX_UNDECLARED_FIELDS
+        get a series each, the others share "(other)"."""
+        for name, declared in fields.items():
+            if not declared and name not in self._undeclared:
+                if len(self._undeclared) >= MAX_UNDECLARED_FIELDS:
+                    name = "(other)"
+                else:
+                    self._undeclared.add(name)
+            self.ignored_fields.labels(api, name).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,7 +1,16 @@
 """Anthropic Messages API request bodies (``POST /v1/messages`` and its
 ``count_tokens``), and their conversion to the chat request every API runs on: blocks to
 messages, ``tool_use`` / ``tool_result`` to calls and results, ``tool_choice`` to the
-OpenAI forms. A field Mullama does not implement is refused by name."""
+OpenAI forms, ``output_config.format`` to ``response_format``.
+
+What Claude Code sends (tests/data/agents/claude_first_request.json) is taken: a
+``system`` message in the middle of ``messages`` (the chat template renders it where it
+can, engine/turns.py), ``cache_control`` on any block (prefix reuse is always on),
+``thinking`` and ``output_config.effort`` (a model without a reasoning mode just
+answers), ``context_management``, ``metadata``; these are reported as ignored
+(api/fields.py). Server tools (``web_search_20250305``, ``bash_20250124``...) are left out
+of what the model sees unless ``tool_choice`` forces one (a 400). A field that would
+change the answer and that Mullama cannot honour is refused by name."""
 
 from __future__ import annotations
 
@@ -12,19 +21,33 @@ from pydantic import Field, ValidationError
 
 from ...engine import limits
 from ...errors import InvalidParameter
+from .. import fields
 from ..body import validate
 from ..fields import Refusing, StrictBody
 from ..openai.schemas import ChatCompletionRequest
 
 _Strict = StrictBody
+# Accepted on every block and tool: prompt caching is prefix reuse, always on; citations
+# on text a client sends back are a record of where it came from.
+_BLOCK_NO_OPS = frozenset({"cache_control", "citations"})
 
 
-class TextBlock(_Strict):
+class _Block(_Strict, Refusing):
+    REFUSE_UNKNOWN = False  # blocks sent back carry what the API wrote on them
+    IGNORED = _BLOCK_NO_OPS
+    WHERE = "messages[].content[]."
+
+
+class TextBlock(_Block):
     type: Literal["text"]
     text: str
 
 
-class ToolUseBlock(_Strict):
+class SystemBlock(TextBlock):
+    WHERE = "system[]."
+
+
+class ToolUseBlock(_Block):
     type: Literal["tool_use"]
     id: str
     name: str
@@ -42,7 +65,7 @@ class _ResultMedia(_Strict):
     type: Literal["image", "document", "search_result"]
 
 
-class ToolResultBlock(_Strict):
+class ToolResultBlock(_Block):
     type: Literal["tool_result"]
     tool_use_id: str
     content: str | list[Annotated[TextBlock | _ResultMedia, Field(discriminator="type")]] = ""
@@ -59,28 +82,43 @@ class ToolResultBlock(_Strict):
         return f"Error: {body}" if self.is_error else body
 
 
+class ThinkingBlock(_Strict):
+    """An earlier turn's thinking, sent back: dropped (Anthropic's API also leaves earlier
+    turns' thinking out of the prompt) and reported."""
+
+    type: Literal["thinking", "redacted_thinking"]
+
+
 class OtherBlock(_Strict):
     """Blocks Mullama cannot take yet: refused by name."""
 
     type: Literal[
-        "image", "document", "search_result", "thinking", "redacted_thinking",
-        "server_tool_use", "web_search_tool_result", "container_upload",
+        "image", "document", "search_result", "server_tool_use", "web_search_tool_result",
+        "container_upload",
     ]  # fmt: skip
 
 
 Block = Annotated[
-    TextBlock | ToolUseBlock | ToolResultBlock | OtherBlock, Field(discriminator="type")
+    TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | OtherBlock,
+    Field(discriminator="type"),
 ]
 
 
-class Message(_Strict):
-    role: Literal["user", "assistant"]
+class Message(_Strict, Refusing):
+    REFUSE_UNKNOWN = False  # Claude Code's system turns carry their own output_config
+    WHERE = "messages[]."
+    role: Literal["user", "assistant", "system"]
     content: str | list[Block]
 
 
 class Tool(_Strict, Refusing):
-    REFUSE_UNKNOWN = False  # cache_control and the like change nothing here
+    REFUSE_UNKNOWN = False  # tools carry settings that change nothing here
     WHERE = "tools[]."
+    # Every tool is shown (no deferred loading), held to its schema when called.
+    IGNORED = frozenset(
+        {"cache_control", "defer_loading", "eager_input_streaming", "strict",
+         "input_examples", "allowed_callers"}
+    )  # fmt: skip
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     description: str | None = None
     input_schema: dict[str, Any]
@@ -94,22 +132,42 @@ class ToolChoice(_Strict):
 
 
 class Thinking(_Strict):
-    type: Literal["enabled", "disabled", "adaptive"]
+    type: Literal["enabled", "disabled", "adaptive", "between_tools"]
     budget_tokens: int | None = None
+
+
+class OutputFormat(_Strict):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Strict, Refusing):
+    WHERE = "output_config."
+    HINTS = {"effort": "effort is not implemented (the model has no reasoning mode)"}
+    format: OutputFormat | None = None
 
 
 class MessagesRequest(_Strict, Refusing):
     REFUSED: ClassVar[dict[str, str]] = {
         "mcp_servers": "MCP connectors are not implemented",
         "container": "code execution containers are not implemented",
-        "context_management": "context management is not implemented",
     }
-    IGNORED = frozenset({"metadata", "service_tier", "anthropic_version"})
+    HINTS: ClassVar[dict[str, str]] = {
+        "context_management": "context management (clearing old tool results or "
+        "thinking) is not implemented",
+    }
+    # Changes nothing here: a model without a reasoning mode answers without thinking;
+    # prompt caching is prefix reuse, always on; no tiers, regions or speeds.
+    IGNORED = frozenset(
+        {"metadata", "service_tier", "anthropic_version", "thinking", "cache_control",
+         "speed", "inference_geo"}
+    )  # fmt: skip
+    NEUTRAL = {"thinking": ({"type": "disabled"},)}
 
     model: str
     max_tokens: int = Field(ge=1)
     messages: list[Message] = Field(min_length=1)
-    system: str | list[TextBlock] | None = None
+    system: str | list[SystemBlock] | None = None
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=limits.MAX_TOOLS)
     tool_choice: ToolChoice | None = None
     stop_sequences: limits.Stops | None = None
@@ -117,8 +175,10 @@ class MessagesRequest(_Strict, Refusing):
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0)
-    # Accepted: a model without a reasoning mode just answers.
     thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
+    # The structured-outputs beta's name of output_config.format.
+    output_format: OutputFormat | None = None
     fallback: bool = True  # extension: False keeps the request on its model (--fallback)
 
     def to_chat(self) -> ChatCompletionRequest:
@@ -134,12 +194,19 @@ class MessagesRequest(_Strict, Refusing):
                 body[name] = getattr(self, name)
         if self.stop_sequences:
             body["stop"] = self.stop_sequences
-        if self.tools:
-            body["tools"] = [_tool(i, t) for i, t in enumerate(self.tools)]
+        served, left_out = _tools(self.tools or [])
+        if served:
+            body["tools"] = served
+        fmt = self.output_config.format if self.output_config else None
+        fmt = fmt or self.output_format
+        if fmt is not None:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "output", "schema": fmt.schema_}}  # fmt: skip
         choice = self.tool_choice
         if choice is not None:
             if choice.type == "tool" and not choice.name:
                 raise InvalidParameter("tool_choice of type tool needs a name", param="tool_choice")
+            _check_forced(choice, served, left_out)
             body["tool_choice"] = {
                 "auto": "auto",
                 "any": "required",
@@ -164,14 +231,48 @@ class MessagesRequest(_Strict, Refusing):
         return out
 
 
-def _tool(index: int, raw: dict[str, Any]) -> dict[str, Any]:
-    kind = raw.get("type")
-    if kind not in (None, "custom"):
+def _tools(raw: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The custom tools as chat tools, and the tools left out (name -> type): server
+    tools and Anthropic-defined ones (web_search_20250305, bash_20250124...), which the
+    model would need Anthropic's own definitions of; they are reported as ignored, and
+    refused with --strict-fields."""
+    served: list[dict[str, Any]] = []
+    left_out: dict[str, str] = {}
+    for i, tool in enumerate(raw):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind in (None, "custom"):
+            served.append(_tool(i, tool))
+            continue
+        if fields.strict():
+            raise InvalidParameter(
+                f"tools[{i}] is a server tool ({kind}), which Mullama does not have; "
+                "only custom tools (name, description, input_schema) are served",
+                param=f"tools[{i}].type",
+            )
+        name = tool.get("name")
+        left_out[name if isinstance(name, str) else str(kind)] = str(kind)
+        fields.ignored(f"tools[{kind}]", declared=False)
+    return served, left_out
+
+
+def _check_forced(choice: ToolChoice, served: list[dict], left_out: dict[str, str]) -> None:
+    """A tool_choice that forces a tool left out is a 400 naming it: the client relies on
+    that call."""
+    if choice.type == "tool" and choice.name in left_out:
         raise InvalidParameter(
-            f"tools[{index}] is a server tool ({kind}), which Mullama does not have; "
-            "only custom tools (name, description, input_schema) are served",
-            param=f"tools[{index}].type",
+            f"tool_choice forces {choice.name!r}, a {left_out[choice.name]} tool, which "
+            "Mullama does not have (only custom tools are served)",
+            param="tool_choice",
         )
+    if choice.type == "any" and not served and left_out:
+        raise InvalidParameter(
+            "tool_choice 'any' needs a custom tool; the request's other tools "
+            f"({', '.join(left_out.values())}) are not served by Mullama",
+            param="tool_choice",
+        )
+
+
+def _tool(index: int, raw: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InvalidParameter(f"tools[{index}] must be an object", param=f"tools[{index}]")
     try:
@@ -195,7 +296,7 @@ def _tool(index: int, raw: dict[str, Any]) -> dict[str, Any]:
 def _message(index: int, m: Message) -> list[dict[str, Any]]:
     """One Anthropic message as chat messages: tool results become ``tool`` messages
     (ahead of the user's own text, as they answer the previous turn's calls), tool uses
-    become the assistant's ``tool_calls``."""
+    become the assistant's ``tool_calls``; a system message stays one, where it is."""
     if isinstance(m.content, str):
         return [{"role": m.role, "content": m.content}]
     text: list[str] = []
@@ -204,6 +305,14 @@ def _message(index: int, m: Message) -> list[dict[str, Any]]:
     for k, block in enumerate(m.content):
         if isinstance(block, OtherBlock):
             raise _refused_block(f"messages[{index}].content[{k}]", block.type)
+        if isinstance(block, ThinkingBlock):
+            fields.ignored(f"messages[].content[{block.type}]")
+            continue
+        if m.role == "system" and not isinstance(block, TextBlock):
+            raise InvalidParameter(
+                f"messages[{index}]: a system message holds text blocks only",
+                param=f"messages[{index}].content[{k}]",
+            )
         if isinstance(block, TextBlock):
             text.append(block.text)
         elif isinstance(block, ToolUseBlock):
@@ -230,7 +339,9 @@ def _message(index: int, m: Message) -> list[dict[str, Any]]:
                 }
             )
     out = list(results)
-    if m.role == "assistant":
+    if m.role == "system":
+        out.append({"role": "system", "content": "\n".join(text)})
+    elif m.role == "assistant":
         msg: dict[str, Any] = {"role": "assistant", "content": "\n".join(text)}
         if calls:
             msg["tool_calls"] = calls

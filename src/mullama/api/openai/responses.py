@@ -1,9 +1,9 @@
 """OpenAI's Responses API (``POST /v1/responses``; ``GET`` and ``DELETE`` of a stored
 response): the default model class of the OpenAI Agents SDK and the API of Codex CLI.
 
-A request becomes a chat request (input items to messages, flat function tools to chat
-tools, ``text.format`` to ``response_format``) and runs on the chat path; the reply is
-written as output items, whole or as the typed event stream. Responses are kept in
+A request becomes a chat request (input items to messages, function and namespace tools
+to chat tools (responsetools.py), ``text.format`` to ``response_format``) and runs on the
+chat path; the reply is written as output items, whole or as the typed event stream. Responses are kept in
 memory (bounded in number and age) so that ``previous_response_id`` continues a
 conversation: its messages come first, and the engine's prefix reuse keeps their KV.
 """
@@ -26,12 +26,8 @@ from ..body import validate
 from ..fields import Refusing, StrictBody
 from ..replies import Finished, Started, events, whole
 from ..tools import CallArgs, CallDone, CallStart, Content
+from .responsetools import ResponseTools, flat_name
 from .schemas import ChatCompletionRequest
-
-# Tool types of OpenAI's hosted tools: there is none of them in a local server.
-_HOSTED = ("web_search", "file_search", "code_interpreter", "computer", "image_generation",
-           "mcp", "local_shell", "shell", "apply_patch", "custom")  # fmt: skip
-
 
 _Strict = StrictBody
 
@@ -56,14 +52,19 @@ class ResponsesRequest(_Strict, Refusing):
         "background": "background responses are not implemented",
         "conversation": "conversation objects are not implemented; use previous_response_id",
         "prompt": "stored prompt templates are not implemented",
-        "max_tool_calls": "a cap on hosted tool calls has no meaning without hosted tools",
         "top_logprobs": "logprobs are not implemented on the Responses API",
     }
+    HINTS: ClassVar[dict[str, str]] = {
+        "truncation": "truncating the input is not implemented (too long an input is a 400)",
+        "context_management": "server-side compaction is not implemented",
+    }
     NEUTRAL = {"truncation": ("disabled",), "background": (False,)}
-    # Changes nothing for a local server, or for a model without a reasoning mode.
+    # Changes nothing for a local server, or for a model without a reasoning mode
+    # (client_metadata: Codex's telemetry; max_tool_calls caps hosted tools' calls).
     IGNORED = frozenset(
         {"metadata", "user", "service_tier", "safety_identifier", "prompt_cache_key",
-         "include", "reasoning", "stream_options", "prompt_cache_retention"}
+         "include", "reasoning", "stream_options", "prompt_cache_retention",
+         "prompt_cache_options", "client_metadata", "max_tool_calls"}
     )  # fmt: skip
 
     model: str
@@ -82,9 +83,14 @@ class ResponsesRequest(_Strict, Refusing):
     fallback: bool = True  # extension: False keeps the request on its model (--fallback)
     cache_salt: str | None = Field(default=None, min_length=1, max_length=1024)  # vLLM's
 
-    def to_chat(self, conversation: list[dict[str, Any]]) -> ChatCompletionRequest:
+    def to_chat(
+        self, conversation: list[dict[str, Any]], tools: ResponseTools | None = None
+    ) -> ChatCompletionRequest:
         """The chat request this is, for ``conversation`` (a previous response's messages
-        and this request's input, as chat messages)."""
+        and this request's input, as chat messages) and ``tools`` (this request's, made
+        here when not given)."""
+        if tools is None:
+            tools = ResponseTools.of(self.tools, self.input)
         messages = list(conversation)
         if self.instructions:  # not carried over from a previous response, as OpenAI's
             messages = [{"role": "system", "content": self.instructions}, *messages]
@@ -94,10 +100,10 @@ class ResponsesRequest(_Strict, Refusing):
                 body[name] = getattr(self, name)
         if self.max_output_tokens is not None:
             body["max_tokens"] = self.max_output_tokens
-        if self.tools:
-            body["tools"] = [_tool(i, t) for i, t in enumerate(self.tools)]
         if self.tool_choice is not None:
-            body["tool_choice"] = _tool_choice(self.tool_choice)
+            body["tool_choice"] = tools.choice(self.tool_choice)
+        if tools.chat:
+            body["tools"] = tools.chat
         fmt = self.text.format if self.text is not None else None
         if fmt is not None and fmt.type != "text":
             spec: dict[str, Any] = {"type": fmt.type}
@@ -116,45 +122,12 @@ class ResponsesRequest(_Strict, Refusing):
         return validate(ChatCompletionRequest, body)
 
 
-def _tool(index: int, raw: dict[str, Any]) -> dict[str, Any]:
-    kind = raw.get("type")
-    if kind != "function":
-        hosted = isinstance(kind, str) and kind.startswith(_HOSTED)
-        why = "a hosted tool, which a local server does not have" if hosted else "not a tool type"
-        raise InvalidParameter(
-            f"tools[{index}]: {kind!r} is {why}; only function tools are served",
-            param=f"tools[{index}].type",
-        )
-    fn = {k: raw[k] for k in ("name", "description", "parameters", "strict") if k in raw}
-    unknown = set(raw) - {"type", "name", "description", "parameters", "strict"}
-    if unknown:
-        name = sorted(unknown)[0]
-        raise InvalidParameter(
-            f"unknown field 'tools[{index}].{name}'", param=f"tools[{index}].{name}"
-        )
-    return {"type": "function", "function": fn}
-
-
-def _tool_choice(choice: str | dict[str, Any]) -> Any:
-    if isinstance(choice, str):
-        return choice
-    if choice.get("type") == "function":
-        name = choice.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidParameter(
-                "tool_choice of type function needs the function's name", param="tool_choice.name"
-            )
-        return {"type": "function", "function": {"name": name}}
-    raise InvalidParameter(
-        f"tool_choice {choice.get('type')!r}: only none, auto, required and a function are served",
-        param="tool_choice",
-    )
-
-
 def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Input items as chat messages: messages (text parts), function calls (joined into
-    the assistant turn that makes them) and their outputs (``tool`` messages). Reasoning
-    items a client sends back are dropped (the model has none); media is refused."""
+    the assistant turn that makes them; a namespaced one by the name its tool has in the
+    chat request) and their outputs (``tool`` messages). Reasoning items a client sends
+    back are dropped (the model has none), ``additional_tools`` items are tools
+    (ResponseTools.of); media is refused."""
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     out: list[dict[str, Any]] = []
@@ -167,9 +140,11 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
                 raise InvalidParameter(f"{where}.role must be user, system, developer or assistant", param=f"{where}.role")  # fmt: skip
             out.append({"role": role, "content": _text(item.get("content"), where)})
         elif kind == "function_call":
+            name = _need(item, "name", where)
+            if isinstance(item.get("namespace"), str) and item["namespace"]:
+                name = flat_name(item["namespace"], name)  # as the tools offered it
             call = {"id": _need(item, "call_id", where), "type": "function",
-                    "function": {"name": _need(item, "name", where),
-                                 "arguments": _need(item, "arguments", where)}}  # fmt: skip
+                    "function": {"name": name, "arguments": _need(item, "arguments", where)}}  # fmt: skip
             last = out[-1] if out else None
             if last is not None and last["role"] == "assistant":
                 last.setdefault("tool_calls", []).append(call)
@@ -181,7 +156,7 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(
                 {"role": "tool", "tool_call_id": _need(item, "call_id", where), "content": text}
             )
-        elif kind == "reasoning":
+        elif kind in ("reasoning", "additional_tools"):  # tools: ResponseTools.of
             continue
         else:
             raise InvalidParameter(
@@ -279,8 +254,11 @@ def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
             "content": [part]}  # fmt: skip
 
 
-def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict:
-    return {"type": "function_call", "id": item_id, "call_id": call_id, "name": name,
+def _call_item(
+    item_id: str, call_id: str, name: dict[str, str], arguments: str, status: str
+) -> dict[str, Any]:
+    """A function_call item; ``name``: its ``name`` (and ``namespace``) fields."""
+    return {"type": "function_call", "id": item_id, "call_id": call_id, **name,
             "arguments": arguments, "status": status}  # fmt: skip
 
 
@@ -299,11 +277,12 @@ class ResponsesService:
             _, history = self.store.get(body.previous_response_id, _owner())
         # What a follow-up continues from: all but the instructions.
         conversation = history + input_messages(body.input)
-        chat = body.to_chat(conversation)
+        tools = ResponseTools.of(body.tools, body.input)
+        chat = body.to_chat(conversation, tools)
         started = await self.chat.start_chat(chat, rid)
         base = self._base(body, chat)
         if body.stream:
-            return self._stream(started, base, body.store, conversation, _owner())
+            return self._stream(started, base, body.store, conversation, _owner(), tools)
         reply = await whole(started)
         output: list[dict[str, Any]] = []
         status = "incomplete" if reply.end.finish == "length" else "completed"
@@ -311,7 +290,8 @@ class ResponsesService:
             output.append(_message_item(_new_id("msg"), reply.text, status))
         for call in reply.calls:
             fn = call["function"]
-            output.append(_call_item(_new_id("fc"), call["id"], fn["name"], fn["arguments"], "completed"))  # fmt: skip
+            output.append(_call_item(_new_id("fc"), call["id"], tools.call(fn["name"]),
+                                     fn["arguments"], "completed"))  # fmt: skip
         prompt = reply.end.prompt_tokens or started.prompt_tokens
         response = self._finish(base, output, prompt, reply.end)
         if body.store:
@@ -375,6 +355,7 @@ class ResponsesService:
         store: bool,
         conversation: list[dict],
         owner: str,
+        tools: ResponseTools,
     ) -> AsyncIterator[bytes]:
         """The typed event stream: response.created, in_progress, then per output item
         its added / delta / done events, and response.completed (or .incomplete)."""
@@ -436,7 +417,7 @@ class ResponsesService:
                 elif isinstance(e, CallStart):
                     for chunk in close_text():
                         yield chunk
-                    item = _call_item(_new_id("fc"), e.id, e.name, "", "in_progress")
+                    item = _call_item(_new_id("fc"), e.id, tools.call(e.name), "", "in_progress")
                     output.append(item)
                     calls[e.index] = item
                     yield ev("response.output_item.added", output_index=len(output) - 1, item=item)
@@ -486,10 +467,16 @@ def _as_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )
     calls = [
         {"id": item["call_id"], "type": "function",
-         "function": {"name": item["name"], "arguments": item["arguments"]}}
+         "function": {"name": _chat_name(item), "arguments": item["arguments"]}}
         for item in output if item["type"] == "function_call" and item["status"] == "completed"
     ]  # fmt: skip
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
         message["tool_calls"] = calls
     return [message]
+
+
+def _chat_name(item: dict[str, Any]) -> str:
+    """A function_call item's function as the chat request named it."""
+    ns = item.get("namespace")
+    return flat_name(ns, item["name"]) if ns else item["name"]

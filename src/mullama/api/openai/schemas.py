@@ -1,5 +1,6 @@
 """OpenAI request bodies. Strict types (a string is not a number), no NaN/Infinity; a
-field Mullama does not implement is refused by name (api/fields.py)."""
+field that would change the answer and that Mullama does not implement is refused by
+name, other fields it does not act on are accepted and reported (api/fields.py)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 class ChatMessage(_Strict, Refusing):
     # Assistant messages that clients send back carry more (refusal, annotations, audio):
-    # only the fields that would change the prompt are refused.
+    # only the fields that would change the prompt are refused, even with --strict-fields.
     REFUSE_UNKNOWN = False
     WHERE = "messages[]."
     REFUSED = {"function_call": "the functions API is replaced by tools; send tool_calls"}
@@ -88,10 +89,12 @@ Stop = str | list[str] | None
 Prompt = str | list[str] | list[int] | list[list[int]]
 
 
-# Accepted by every OpenAI request and ignored: they change nothing for a local server.
+# Accepted by every OpenAI request and ignored: they change nothing for a local server
+# (prompt caching is prefix reuse, always on).
 _NO_OPS = frozenset(
-    {"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"}
-)
+    {"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
+     "prompt_cache_retention"}
+)  # fmt: skip
 
 
 class _Sampling(_Strict, Refusing):
@@ -177,9 +180,12 @@ class ChatCompletionRequest(_Sampling):
         "functions": "the functions API is replaced by tools",
         "function_call": "the functions API is replaced by tool_choice",
         "logit_bias": "token biases are not implemented",
-        "prediction": "predicted outputs are not implemented",
         "audio": "audio output is not implemented (text models only)",
         "modalities": "only text output is implemented",
+    }
+    # The answer is one the client asked for, only not tuned as hinted.
+    HINTS: ClassVar[dict[str, str]] = {
+        "prediction": "predicted outputs (a speed-up) are not implemented",
         "web_search_options": "there is no web search in a local server",
         "reasoning_effort": "reasoning effort is not implemented",
         "verbosity": "verbosity is not implemented",
