@@ -109,3 +109,24 @@ def test_a_forced_tool_calls_integer_argument_is_bounded(grammars):
     call = '{"tool_calls": [{"name": "City", "parameters": {"name": "Paris", "population": %s}}]}'
     assert _reads(grammars, grammar, call % D16)
     assert not _reads(grammars, grammar, call % D17)
+
+
+def test_schemas_that_intersect_compile_and_are_bounded(grammars):
+    """Where llguidance intersects schemas (allOf, a $ref beside keywords) the any-value
+    is bounded one level deep: its recursive definition, intersected with itself, never
+    ends there ("Schema intersection stack level exceeded" for schemas that compiled)."""
+    tuple_ = {"type": "array", "prefixItems": [{}], "items": False}
+    fragment = {"allOf": [{"type": "object", "properties": {"a": tuple_}}, {"required": ["a"]}]}
+    assert _schema_reads(grammars, fragment, '{"a": [5]}')
+    assert not _schema_reads(grammars, fragment, '{"a": [' + D17 + "]}")
+    free = {"allOf": [{"type": "object"}, {"type": "object", "required": ["b"]}]}
+    assert _schema_reads(grammars, free, '{"b": [1, 2.5]}')
+    assert not _schema_reads(grammars, free, '{"b": ' + D17 + "}")
+
+
+@pytest.mark.parametrize(
+    "schema", [{"$defs": [1]}, {"x-guidance": "x"}, {"type": 5}, {"properties": {"a": "x"}},
+               {"items": [True, 1], "anyOf": "x"}, False, [1]],
+)  # fmt: skip
+def test_a_malformed_schema_is_left_for_llguidance_to_refuse(schema):
+    bounded(schema)  # no exception here: llguidance's error names the fault (a 400)

@@ -18,7 +18,10 @@ bounds nothing by default, so the schema is rewritten before it is compiled:
   is still written, in plain decimal form (``0.000015``, not ``1.5e-5``).
 - a value of any type (``{}``, ``true``, a schema without ``type``, an array without
   ``items``, an object whose further properties are free) is a bounded value at every
-  depth: a ``$defs`` entry that refers to itself for array items and object values.
+  depth: a ``$defs`` entry that refers to itself for array items and object values. In a
+  schema where llguidance intersects schemas (``allOf``, a ``$ref`` beside keywords) it is
+  bounded one level deep instead: the recursive entry, intersected with itself, never
+  ends there.
 - whitespace between JSON tokens: 1 to 20 of space, tab, CR, LF at each place
   (llguidance's ``x-guidance.whitespace_pattern``, matched once at each place), unless the
   schema's own ``x-guidance`` sets a pattern or asks for none.
@@ -31,6 +34,7 @@ schema's to say with ``maxLength``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 WHITESPACE = r"[\x20\x0A\x0D\x09]{1,20}"
@@ -75,6 +79,8 @@ _NOTES = frozenset(
     {"title", "description", "default", "examples", "$comment", "readOnly", "writeOnly",
      "deprecated"}
 )  # fmt: skip
+_BESIDE = frozenset({"$ref", "anyOf", "oneOf"})  # intersected with their sibling keywords
+_INERT = _NOTES | {"$defs", "definitions", "$schema", "$id", "$anchor", "x-guidance"}
 
 
 def bounded(schema: Any) -> Any:
@@ -84,7 +90,11 @@ def bounded(schema: Any) -> Any:
         schema = {}
     if not isinstance(schema, dict):
         return schema  # False: nothing to bound
-    walk = _Walk()
+    if not isinstance(schema.get("$defs", {}), dict) or not isinstance(
+        schema.get("x-guidance", {}), dict
+    ):
+        return schema  # malformed: llguidance's error names it (a 400)
+    walk = _Walk(deep=not _intersects(schema))
     root = walk.value(schema)
     if walk.used:
         defs = {**root.get("$defs", {}), **{k: _DEFS[k] for k in sorted(walk.used)}}
@@ -93,8 +103,7 @@ def bounded(schema: Any) -> Any:
 
 
 def _with_whitespace(root: dict[str, Any]) -> dict[str, Any]:
-    options = root.get("x-guidance")
-    options = dict(options) if isinstance(options, dict) else {}
+    options = root.get("x-guidance", {})
     if "whitespace_pattern" in options or options.get("whitespace_flexible") is False:
         return root
     return {**root, "x-guidance": {**options, "whitespace_pattern": WHITESPACE}}
@@ -102,24 +111,32 @@ def _with_whitespace(root: dict[str, Any]) -> dict[str, Any]:
 
 class _Walk:
     """One rewrite: the schema positions of a schema, each bounded, and the shared
-    definitions they refer to (``used``)."""
+    definitions they refer to (``used``). ``deep``: a value of any type is the recursive
+    any-value definition; without it (a schema that intersects schemas, see _intersects)
+    only the value's own numbers are bounded, not those of the arrays and objects in it."""
 
-    def __init__(self) -> None:
+    def __init__(self, deep: bool) -> None:
+        self.deep = deep
         self.used: set[str] = set()
 
     def ref(self, name: str) -> dict[str, Any]:
         self.used.add(name)
         return {"$ref": f"#/$defs/{name}"}
 
+    def any(self) -> dict[str, Any]:
+        if self.deep:
+            return self.ref(_ANY)
+        return {k: v for k, v in _DEFS[_ANY].items() if k not in ("items", "additionalProperties")}
+
     def value(self, schema: Any) -> Any:
         """A schema in a schema position, bounded."""
         if schema is True or (isinstance(schema, dict) and schema.keys() <= _NOTES):
-            return self.ref(_ANY)
+            return self.any()
         if not isinstance(schema, dict):
             return schema
         if schema.keys() <= _NOTES | {"type"} and schema["type"] in ("integer", "number"):
             return self.ref(_INTEGER if schema["type"] == "integer" else _NUMBER)
-        out = self.children(schema)
+        out = _map_children(schema, self.value)
         if any(k in schema for k in _LITERAL):
             return out
         if "type" not in schema and any(k in schema for k in _COMBINING):
@@ -133,37 +150,58 @@ class _Walk:
             # items leaves the rest to additionalItems.
             rest = "additionalItems" if isinstance(out.get("items"), list) else "items"
             if out.get(rest, True) is True:
-                out[rest] = self.ref(_ANY)
+                out[rest] = self.any()
         if "object" in types and out.get("additionalProperties", True) is True:
-            out["additionalProperties"] = self.ref(_ANY)
+            out["additionalProperties"] = self.any()
         return out
 
-    def children(self, schema: dict[str, Any]) -> dict[str, Any]:
-        """``schema`` with each schema it holds bounded (data such as ``const``, ``enum``,
-        ``default``, ``examples`` and ``x-guidance`` stays as it is)."""
-        out = dict(schema)
-        for key in _SCHEMA_MAPS:
-            if isinstance(schema.get(key), dict):
-                out[key] = {k: self.value(v) for k, v in schema[key].items()}
-        for key in _SCHEMA_LISTS:
-            if isinstance(schema.get(key), list):
-                out[key] = [self.value(v) for v in schema[key]]
-        for key in (*_SCHEMA_ONE, "additionalProperties", "additionalItems"):
-            if isinstance(schema.get(key), dict):
-                out[key] = self.value(schema[key])
-        items = schema.get("items")
-        if isinstance(items, dict):
-            out["items"] = self.value(items)
-        elif isinstance(items, list):  # an older draft's tuple
-            out["items"] = [self.value(v) for v in items]
-        return out
+
+def _map_children(schema: dict[str, Any], fn: Callable[[Any], Any]) -> dict[str, Any]:
+    """``schema`` with ``fn`` applied to each schema it holds (data such as ``const``,
+    ``enum``, ``default``, ``examples`` and ``x-guidance`` stays as it is)."""
+    out = dict(schema)
+    for key in _SCHEMA_MAPS:
+        if isinstance(schema.get(key), dict):
+            out[key] = {k: fn(v) for k, v in schema[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(schema.get(key), list):
+            out[key] = [fn(v) for v in schema[key]]
+    for key in (*_SCHEMA_ONE, "additionalProperties", "additionalItems"):
+        if isinstance(schema.get(key), dict):
+            out[key] = fn(schema[key])
+    items = schema.get("items")
+    if isinstance(items, dict):
+        out["items"] = fn(items)
+    elif isinstance(items, list):  # an older draft's tuple
+        out["items"] = [fn(v) for v in items]
+    return out
+
+
+def _intersects(schema: Any) -> bool:
+    """Whether llguidance intersects schemas somewhere in ``schema``: ``allOf``, or a
+    ``$ref``/``anyOf``/``oneOf`` beside another of them or a validation keyword. The
+    recursive any-value definition must then stay out: llguidance's intersection of it
+    with itself never ends ("Schema intersection stack level exceeded", a 400 for a
+    schema that compiled without the bounds)."""
+    if not isinstance(schema, dict):
+        return False
+    combined = schema.keys() & _BESIDE
+    if "allOf" in schema or (combined and (len(combined) > 1 or schema.keys() - _INERT - combined)):
+        return True
+    found: list[bool] = []
+    _map_children(schema, lambda child: found.append(_intersects(child)))
+    return any(found)
 
 
 def _types(schema: dict[str, Any]) -> frozenset[str]:
     kind = schema.get("type")
     if kind is None:
         return _ALL_TYPES
-    return frozenset([kind] if isinstance(kind, str) else [t for t in kind if isinstance(t, str)])
+    if isinstance(kind, str):
+        return frozenset([kind])
+    return (
+        frozenset(t for t in kind if isinstance(t, str)) if isinstance(kind, list) else _ALL_TYPES
+    )
 
 
 def _number_bounds(schema: dict[str, Any], integer: bool) -> dict[str, Any]:
