@@ -70,6 +70,7 @@ from .protocol import (
 )
 from .scheduler import MIN_SAVE, BurstTracker, Scheduler, Sequence
 from .sessions import Saved, SessionStore
+from .turns import render_turns
 
 log = logging.getLogger("mullama.worker")
 
@@ -334,8 +335,9 @@ class Worker:
         gen: bool,
         tools: list[dict[str, Any]] | None,
     ) -> str:
+        chat = self._template(template)
         try:
-            return self._template(template).render(messages, gen, tools)
+            return render_turns(lambda shape: chat.render(shape, gen, tools), messages)
         except TemplateRenderError as exc:
             raise InvalidParameter(str(exc), param="messages") from exc
 
