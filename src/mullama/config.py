@@ -101,8 +101,23 @@ class ServerSettings(BaseModel):
     request_timeout: float = Field(
         300.0,
         gt=0,
-        description="Seconds a request may run; then its generation is cancelled and the "
-        "client gets an error (model management routes are exempt).",
+        description="Seconds a request may run (a streamed one: until its response starts); "
+        "then its generation is cancelled and the client gets an error (model management "
+        "routes are exempt). A stream is bound by --stream-idle-timeout instead.",
+    )
+    stream_idle_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a streamed response may go without progress: nothing sent and "
+        "no decode step of its model's engine (which computes its prompt, its tokens, or "
+        "the answers it waits behind in the queue); then its generation is cancelled and "
+        "the stream ends with an error event. A stream that still produces tokens is never "
+        "cut by it.",
+    )
+    stream_timeout: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds a streamed response may run in all, progress or not; 0 = no cap.",
     )
     shutdown_timeout: float = Field(
         30.0,

@@ -108,8 +108,9 @@ def test_kill_9_of_a_worker_fails_only_its_streams_and_a_new_worker_serves():
 
 
 def test_a_stopped_worker_times_requests_out_and_health_says_degraded():
+    """A stopped engine makes no progress: its streams end after --stream-idle-timeout."""
     with Daemon("--parallel", "2", "--context-size", "2048",
-                "--request-timeout", "4").wait_healthy() as d:  # fmt: skip
+                "--stream-idle-timeout", "4").wait_healthy() as d:  # fmt: skip
         out, threads = _streams(d, 2)
         wait_for(lambda: d.model_status()["active_sequences"] == 2, timeout=60)
         pid = d.model_status()["pid"]
@@ -118,7 +119,9 @@ def test_a_stopped_worker_times_requests_out_and_health_says_degraded():
             for t in threads:
                 t.join(60)
             for status, events in out:
-                assert status == 200 and _last_error(events)["code"] == "request_timeout"
+                error = _last_error(events)
+                assert status == 200 and error["code"] == "request_timeout"
+                assert "no progress for 4 s" in error["message"]
 
             def degraded():
                 h = httpx.get(d.url + "/health", timeout=5)

@@ -130,7 +130,10 @@ def test_second_signal_stops_at_once():
 
 
 def test_request_timeout_cancels_the_generation():
-    d = Daemon("--request-timeout", "1", "--parallel", "2", "--context-size", "2048")
+    """--request-timeout bounds a non-streamed request; a stream is bound by
+    --stream-timeout when set (and by the idle timeout: test_long_answers.py)."""
+    d = Daemon("--request-timeout", "1", "--stream-timeout", "1", "--parallel", "2",
+               "--context-size", "2048")  # fmt: skip
     d.wait_healthy()
     try:
         s = Stream(d.url + "/v1/chat/completions", _chat(1900))
@@ -138,6 +141,7 @@ def test_request_timeout_cancels_the_generation():
         events = _sse_events(s.lines)
         assert events[-1] == "[DONE]"
         assert events[-2]["error"]["code"] == "request_timeout"
+        assert "--stream-timeout" in events[-2]["error"]["message"]
         r = httpx.post(d.url + "/v1/chat/completions", json=_chat(1900, stream=False), timeout=120)
         assert r.status_code == 504
         assert r.json()["error"]["type"] == "timeout_error"

@@ -19,7 +19,7 @@ from ..security.keys import KeyRing
 from ..security.origin import OriginGuardMiddleware
 from ..security.ratelimit import RateLimiter, RateLimitMiddleware
 from ..security.routing import RouteRuleMiddleware
-from .inflight import InflightMiddleware, InflightTracker
+from .inflight import InflightMiddleware, InflightTracker, Timeouts
 from .middleware import BodyLimitMiddleware
 
 
@@ -50,7 +50,9 @@ def install_guards(app: FastAPI, settings: Settings) -> None:
         InflightMiddleware,
         lifecycle=app.state.lifecycle,
         tracker=tracker,
-        request_timeout=settings.request_timeout,
+        timeouts=Timeouts(
+            settings.request_timeout, settings.stream_idle_timeout, settings.stream_timeout
+        ),
     )
     if loopback:
         app.add_middleware(HostGuardMiddleware, allowed_hosts=allowed_hosts)

@@ -1,11 +1,24 @@
-"""In-flight request tracking: 503 while draining, --request-timeout, and aborting what is
-left when the shutdown timeout runs out.
+"""In-flight request tracking: 503 while draining, the request timeouts, and aborting what
+is left when the shutdown timeout runs out.
 
 Each tracked request runs the app in its own task. When its deadline passes or it is
 aborted, the task is cancelled (closing the engine generation cancels the sequence) and
 the client gets an error: an error response if nothing was sent yet, otherwise an error
 event at the end of the stream (SSE: ``data: {"error": ...}`` then ``data: [DONE]``;
 NDJSON: ``{"error": "..."}``).
+
+The deadlines: a request has --request-timeout until its response starts, and a
+non-streamed one until it ends. A streamed response (SSE or NDJSON) is not bound by it:
+an agent on a slow CPU streams answers for many minutes, and a stream that still makes
+progress is never cut. It ends when it makes no progress for --stream-idle-timeout, and
+(when set) after --stream-timeout in all. Progress (requestctx.Progress) is a body chunk
+sent, or a step of the engine that holds the request's generation: its prompt being
+computed (a long prompt sends nothing for a while, but every chunk of it is a step), its
+tokens (held back or not: a stop string being matched, a tool call being parsed), or the
+answers ahead of it in the queue. So a request that waits for a slot is not idle while
+the engine works through the queue; each answer ahead ends (at its max_tokens or its
+context), and --stream-timeout caps the wait where that is wanted. Idle means an engine
+that does nothing: stopped, hung, or one decode step longer than the idle timeout.
 """
 
 from __future__ import annotations
@@ -13,10 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import requestctx
 from ..api.errors import error_response, ndjson_error, stream_error_tail
 from ..errors import MullamaError, RequestTimeout, Unavailable
 from ..security.policy import request_rule
@@ -25,11 +41,55 @@ from .lifecycle import Lifecycle
 log = logging.getLogger(__name__)
 
 
+_STREAMS = (b"text/event-stream", b"application/x-ndjson")
+
+
 @dataclass
 class _Response:
     started: bool = False
     finished: bool = False
     content_type: bytes = b""
+    # Done when the response starts: a stream's deadline changes then.
+    began: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def streaming(self) -> bool:
+        return self.started and self.content_type.startswith(_STREAMS)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """--request-timeout, --stream-idle-timeout, --stream-timeout (0: none)."""
+
+    request: float = 300.0
+    stream_idle: float = 300.0
+    stream: float = 0.0
+
+    def left(self, state: _Response, progress: requestctx.Progress, started: float) -> float:
+        """Seconds until the request's deadline (0 or less: passed)."""
+        now = time.monotonic()
+        if not state.streaming:
+            return started + self.request - now
+        left = progress.at + self.stream_idle - now
+        if self.stream:
+            left = min(left, started + self.stream - now)
+        return left
+
+    def error(self, state: _Response, progress: requestctx.Progress) -> RequestTimeout:
+        if not state.streaming:
+            return RequestTimeout(
+                f"the request took longer than {self.request:g} s and was stopped"
+            )
+        if time.monotonic() - progress.at >= self.stream_idle:
+            return RequestTimeout(
+                f"the stream made no progress for {self.stream_idle:g} s (nothing generated, "
+                "computed or sent; --stream-idle-timeout) and was stopped"
+            )
+        return RequestTimeout(
+            f"the stream ran longer than {self.stream:g} s (--stream-timeout) and was stopped"
+        )
 
 
 @dataclass(eq=False)
@@ -81,12 +141,12 @@ class InflightMiddleware:
         app: ASGIApp,
         lifecycle: Lifecycle,
         tracker: InflightTracker,
-        request_timeout: float,
+        timeouts: Timeouts,
     ) -> None:
         self.app = app
         self.lifecycle = lifecycle
         self.tracker = tracker
-        self.request_timeout = request_timeout
+        self.timeouts = timeouts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rule = request_rule(scope)
@@ -101,37 +161,40 @@ class InflightMiddleware:
             resp.headers["Connection"] = "close"
             await resp(scope, receive, send)
             return
-        # Model management (pulls of big files) is not bound by the request timeout.
-        timeout = self.request_timeout if rule.timed else None
-        await self._run(scope, receive, send, timeout)
+        # Model management (pulls of big files) is not bound by the request timeouts.
+        await self._run(scope, receive, send, self.timeouts if rule.timed else None)
 
-    async def _run(self, scope: Scope, receive: Receive, send: Send, timeout: float | None) -> None:
+    async def _run(
+        self, scope: Scope, receive: Receive, send: Send, timeouts: Timeouts | None
+    ) -> None:
         state = _Response()
+        progress = requestctx.Progress()
 
         async def tracked_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state.started = True
+                if not state.began.done():
+                    state.began.set_result(None)
                 for k, v in message.get("headers", []):
                     if k.lower() == b"content-type":
                         state.content_type = bytes(v)
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 state.finished = True
+            progress.mark()
             await send(message)
 
         entry = _Entry()
         self.tracker.add(entry)
-        task = asyncio.ensure_future(self.app(scope, receive, tracked_send))
+        token = requestctx.progress.set(progress)  # the task below runs in a copy
         try:
-            done, _ = await asyncio.wait(
-                {task, entry.abort}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if task in done:
+            task = asyncio.ensure_future(self.app(scope, receive, tracked_send))
+        finally:
+            requestctx.progress.reset(token)
+        try:
+            err = await _watch(task, entry, state, progress, timeouts)
+            if err is None:
                 task.result()
                 return
-            if entry.abort.done():
-                err = entry.abort.result()
-            else:
-                err = RequestTimeout(f"the request took longer than {timeout:g} s and was stopped")
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -144,6 +207,31 @@ class InflightMiddleware:
             if not entry.abort.done():
                 entry.abort.cancel()
             self.tracker.discard(entry)
+
+
+async def _watch(
+    task: asyncio.Future[None],
+    entry: _Entry,
+    state: _Response,
+    progress: requestctx.Progress,
+    timeouts: Timeouts | None,
+) -> MullamaError | None:
+    """None once the request's task is done; else why it must stop (aborted, or past its
+    deadline). The deadline is computed again when a wait runs out (progress meanwhile
+    moved it on) and when the response starts (a stream is bound by the idle timeout)."""
+    started = time.monotonic()
+    while True:
+        waits: set[asyncio.Future[Any]] = {task, entry.abort}
+        if not state.began.done():
+            waits.add(state.began)
+        left = None if timeouts is None else max(0.0, timeouts.left(state, progress, started))
+        done, _ = await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return None
+        if entry.abort.done():
+            return entry.abort.result()
+        if timeouts is not None and timeouts.left(state, progress, started) <= 0:
+            return timeouts.error(state, progress)
 
 
 async def _send_error(

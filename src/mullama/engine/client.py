@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -69,6 +70,7 @@ class _Stream:
     cached: int = 0  # prompt tokens the worker found in the KV cache
     prompt: int = 0  # prompt tokens, once accepted
     generated: int = 0  # tokens generated so far
+    progress: Callable[[], None] | None = None  # called at each step of the engine
 
 
 class WorkerClient:
@@ -240,6 +242,11 @@ class WorkerClient:
             return
         if isinstance(event, Step):
             streams = self._streams
+            # Every step is progress for every generation: its prompt computed, its tokens,
+            # or the answers it waits behind (the stream idle timeout, daemon/inflight.py).
+            for stream in streams.values():
+                if stream.progress is not None:
+                    stream.progress()
             for sid, wait, reused in event.admitted:
                 stream = streams.get(sid)
                 if stream is not None:
@@ -310,12 +317,17 @@ class WorkerClient:
         self._seq += 1
         return f"{hint}#{self._seq}"
 
-    async def generate(self, request: GenerateRequest) -> ChunkStream:
+    async def generate(
+        self, request: GenerateRequest, progress: Callable[[], None] | None = None
+    ) -> ChunkStream:
         """Yields a first empty chunk carrying prompt_tokens once the worker accepted the
-        request, then text deltas, the last one with finish_reason set."""
+        request, then text deltas, the last one with finish_reason set. ``progress`` is
+        called at each step of the engine while the generation is open."""
         await self.ensure_started()
         sid = self._new_id(request.request_id)
-        stream = _Stream(obs=self.observer.generation(self.name, request.request_id))
+        stream = _Stream(
+            obs=self.observer.generation(self.name, request.request_id), progress=progress
+        )
         self._streams[sid] = stream
         wire = request.to_wire(sid)
         error: BaseException | None = None

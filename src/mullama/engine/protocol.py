@@ -434,7 +434,9 @@ class CacheReport:
 
 @dataclass
 class Step:
-    """A decode step's outputs and the worker's numbers after it (one frame per step)."""
+    """A decode step's outputs and the worker's numbers after it: one frame per step that
+    decoded anything, a token out or not (a long prompt computed in chunks), as each step
+    is progress for every request the engine holds (the stream idle timeout)."""
 
     rows: list[StepRow]
     # (id, seconds waited in the queue, prompt tokens found in the KV cache) given a slot

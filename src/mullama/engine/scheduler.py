@@ -182,6 +182,7 @@ class Scheduler:
         self.generated_total = 0
         # Sequences that got their first slot in the last step (for queue-wait metrics).
         self.admitted: list[Sequence] = []
+        self.decoded = False  # whether the last step decoded a batch (progress, token or not)
         self.prompt_rate = 1000.0  # prompt tokens per second, measured as steps run
 
     # ---- bookkeeping -------------------------------------------------------------
@@ -217,6 +218,7 @@ class Scheduler:
         """Admit, build one batch, decode it, sample. Returns what to send to clients."""
         out: list[Output] = []
         self.admitted = []
+        self.decoded = False
         self._drop_cancelled()
         sources = self._admit()
         if not self.running:
@@ -231,6 +233,7 @@ class Scheduler:
             rc = self.ctx.decode(self.batch)
             if rc == 0:
                 self._time_prompt(plan, time.perf_counter() - started)
+                self.decoded = True
                 break
             # No room in the KV cache: drop idle prefix caches first, then preempt the
             # newest sequence and requeue it at the front. Never crash.

@@ -558,7 +558,7 @@ class Worker:
                 self._fail_all(str(exc))
                 continue
             stats = (sched.n_active, sched.n_queued)
-            if outputs or sched.admitted or stats != self._last_stats:
+            if outputs or sched.admitted or sched.decoded or stats != self._last_stats:
                 self._last_stats = stats
                 rows = []
                 for o in outputs:

@@ -625,7 +625,7 @@ class ModelManager:
                 else:
                     ctx.cache_misses += 1
                     self.cache.stats.misses[model] += 1
-            gen = engine.generate(request)
+            gen = engine.generate(request, requestctx.progress_marker())
             try:
                 async for chunk in gen:
                     if recorded is not None:

@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -433,9 +433,12 @@ class RemoteModel:
         assert error is not None
         raise error
 
-    async def generate(self, request: GenerateRequest) -> ChunkStream:
+    async def generate(
+        self, request: GenerateRequest, progress: Callable[[], None] | None = None
+    ) -> ChunkStream:
         """Yields an empty chunk once the upstream took the request, then text deltas, the
-        last one with finish_reason and the upstream's usage (the WorkerClient contract)."""
+        last one with finish_reason and the upstream's usage (the WorkerClient contract);
+        ``progress`` is called at each event from the upstream."""
         chat = request.messages is not None
         build = chat_body if chat else completion_body
         body = build(request, self.name, self.upstream_model)
@@ -453,6 +456,8 @@ class RemoteModel:
             obs.admitted(0.0, 0)
             yield Chunk()
             async for event in _ahead(self._events(replica, response)):
+                if progress is not None:
+                    progress()
                 chunk = reader.read(event)
                 if chunk is not None:
                     if first is None:
