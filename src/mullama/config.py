@@ -85,8 +85,9 @@ class ServerSettings(BaseModel):
         description="Refuse (400, naming the field) request fields Mullama does not know "
         "and hints it does not act on (reasoning effort, context management), as well as "
         "tools it does not have, instead of accepting them and listing them in the "
-        "Mullama-Ignored-Fields response header. Fields that would change the answer are "
-        "refused either way.",
+        "Mullama-Ignored-Fields response header; and a max_tokens beyond the room the "
+        "context leaves (400 context_length_exceeded, as OpenAI answers it) instead of "
+        "clamping it. Fields that would change the answer are refused either way.",
     )
     config: Path | None = Field(
         None, description="Configuration file (YAML or TOML) with server/security/models sections."
@@ -157,8 +158,9 @@ class ModelSettings(BaseModel):
     model_opt: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Per-model setting NAME:key=value (keys: context_size, parallel, threads, "
-        "batch_size, gpu_layers, keep_alive, pinned). Repeatable; comma-separated in the "
-        "environment.",
+        "batch_size, gpu_layers, keep_alive, pinned, max_tokens; and request defaults, under "
+        "a request's own values: temperature, top_k, top_p, min_p, repeat_penalty, "
+        "repeat_last_n, seed). Repeatable; comma-separated in the environment.",
     )
     remote: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -239,6 +241,15 @@ class ModelSettings(BaseModel):
     )
     gpu_layers: int = Field(
         0, ge=-1, description="Layers to offload to the GPU (-1 = all); needs a GPU build."
+    )
+    max_tokens: int = Field(
+        0,
+        ge=0,
+        description="Most tokens one answer may generate, on every API (as llama-server's "
+        "-n): a request's max_tokens above it is lowered to it (the "
+        "Mullama-Max-Tokens-Clamped response header says so), and an answer whose request "
+        "sets none stops there. 0 = no cap: an answer ends at its end-of-generation token "
+        "or when its context is full.",
     )
     load_timeout: float = Field(
         300.0,

@@ -81,10 +81,34 @@ def test_completion_stop_words_and_refused_fields(server):
 
 
 def test_llama_server_flags_without_a_counterpart_say_what_to_do():
-    out = subprocess.run([sys.executable, "-m", "mullama", "serve", "--n-predict", "64"],
+    out = subprocess.run([sys.executable, "-m", "mullama", "serve", "--chat-template-file", "t"],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 2
-    assert "--n-predict" in out.stderr and "max_tokens" in out.stderr
+    assert "--chat-template-file" in out.stderr and "mullama create" in out.stderr
+
+
+def test_n_predict_and_the_sampling_flags_are_applied():
+    """llama-server's -n and its sampling defaults: every answer of the -m model has at
+    most 8 tokens and is greedy (the same each time, as with temperature 0 asked), and
+    /props and /api/show say so (a request's own values win: test_model_defaults.py)."""
+    with Daemon("-m", PATH, "-n", "8", "--temp", "0", "--top-k", "1", "--seed", "3",
+                "-c", "2048", "-np", "2").wait_healthy() as d:  # fmt: skip
+        name = embedded_model_path().stem
+        chat = {"model": name, "messages": [{"role": "user", "content": "Tell me a story."}]}
+        replies = [httpx.post(d.url + "/v1/chat/completions", json=body, timeout=60).json()
+                   for body in (chat, chat, {**chat, "temperature": 0})]  # fmt: skip
+        texts = {r["choices"][0]["message"]["content"] for r in replies}
+        assert len(texts) == 1, texts
+        assert all(r["usage"]["completion_tokens"] <= 8 for r in replies)
+        reply = httpx.post(d.url + "/completion", json={"prompt": "Once", "ignore_eos": True},
+                           timeout=60).json()  # fmt: skip
+        assert reply["tokens_predicted"] == 8
+        params = httpx.get(d.url + "/props").json()["default_generation_settings"]["params"]
+        assert (params["temperature"], params["top_k"], params["seed"]) == (0, 1, 3)
+        assert params["n_predict"] == 8
+        shown = httpx.post(d.url + "/api/show", json={"model": name}).json()["request_defaults"]
+        assert shown["ollama"]["temperature"] == {"value": 0, "source": "--model-opt"}
+        assert shown["openai"]["seed"] == {"value": 3, "source": "--model-opt"}
 
 
 def test_a_llama_server_key_file_one_key_per_line(tmp_path):

@@ -124,3 +124,36 @@ def test_model_opt_obeys_the_rules_of_the_global_flag(key, value, ok):
         load_settings({key: value})
     with pytest.raises(ClientError, match=f"--model-opt 'm:{key}={value}': {key}: Input should"):
         parse_model_opts([f"m:{key}={value}"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "ok"),
+    [
+        ("max_tokens", "8", True), ("max_tokens", "-1", False),
+        ("temperature", "0", True), ("temperature", "2.5", False), ("temperature", "nan", False),
+        ("top_k", "1", True), ("top_k", "-1", False), ("top_p", "0", False),
+        ("min_p", "1.5", False), ("repeat_penalty", "0", False), ("repeat_last_n", "-1", True),
+        ("repeat_last_n", "-2", False), ("seed", "3", True), ("seed", str(2**64), False),
+    ],
+)  # fmt: skip
+def test_model_opt_request_defaults_obey_the_request_fields_bounds(key, value, ok):
+    """The request defaults have no global flag: a value is checked by the bounds a
+    request's own field of that name has (a request's temperature is at most 2)."""
+    from mullama.errors import ClientError
+    from mullama.models.options import parse_model_opts
+
+    if ok:
+        assert getattr(parse_model_opts([f"m:{key}={value}"])["m"], key) == float(value)
+        return
+    with pytest.raises(ClientError, match=f"--model-opt 'm:{key}={value}': {key}: "):
+        parse_model_opts([f"m:{key}={value}"])
+
+
+def test_a_models_own_max_tokens_wins_over_the_global_cap():
+    from mullama.models.options import ModelOptions, parse_model_opts
+
+    settings = load_settings({"max_tokens": 8})
+    opts = parse_model_opts(["a:max_tokens=5", "a:temperature=0.2", "a:seed=7"])
+    assert opts["a"].with_defaults(settings).max_tokens == 5
+    assert ModelOptions().with_defaults(settings).max_tokens == 8
+    assert opts["a"].request_defaults() == {"temperature": 0.2, "seed": 7}

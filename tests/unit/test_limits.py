@@ -14,7 +14,7 @@ from mullama.api.ollama.schemas import ChatBody, EmbedBody, GenerateBody
 from mullama.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from mullama.engine import limits
 from mullama.engine.protocol import SamplingParams
-from mullama.errors import InvalidParameter
+from mullama.errors import ContextLengthExceeded, InvalidParameter
 from mullama.models.custom import parse_definition
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -138,3 +138,41 @@ def test_api_doc_lists_the_limits():
     assert limits.limits_markdown() in doc, (
         "docs/API.md is stale: regenerate its Limits table (engine/limits.py)"
     )
+
+
+@pytest.mark.parametrize(
+    ("asked", "cap", "tokens", "clamped"),
+    [
+        (32000, 0, 412, "context"),  # an agent's max_tokens on a 512-token context
+        (None, 0, 412, None),  # unset: what room the context has
+        (100, 0, 100, None),
+        (412, 0, 412, None),  # exactly the room
+        (None, 8, 8, None),  # unset: the cap is the length
+        (100, 8, 8, "cap"),
+        (5, 8, 5, None),
+        (32000, 1000, 412, "context"),  # the cap is over the room: the room
+        (32000, 412, 412, "cap"),
+        (0, 8, 0, None),  # scoring only
+    ],
+)  # fmt: skip
+def test_fit_length_clamps_to_the_cap_and_the_room_and_says_which(asked, cap, tokens, clamped):
+    assert limits.fit_length(100, asked, 512, cap, False, "messages") == limits.Length(
+        tokens, clamped
+    )
+
+
+def test_fit_length_strict_refuses_what_the_context_cannot_hold():
+    with pytest.raises(ContextLengthExceeded) as info:
+        limits.fit_length(100, 32000, 512, 0, True, "messages")
+    assert info.value.param == "max_tokens"
+    assert "32100 were requested (100 in the prompt, 32000 for the completion)" in str(info.value)
+    # What fits, or what the server's own cap brings within the room, is not refused.
+    assert limits.fit_length(100, 32000, 512, 8, True, "messages") == limits.Length(8, "cap")
+    assert limits.fit_length(100, None, 512, 1000, True, "messages") == limits.Length(412)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_fit_length_refuses_a_prompt_that_fills_the_context(strict):
+    with pytest.raises(ContextLengthExceeded) as info:
+        limits.fit_length(512, None, 512, 0, strict, "messages")
+    assert info.value.param == "messages" and "the prompt has 512 tokens" in str(info.value)

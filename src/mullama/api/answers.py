@@ -387,6 +387,9 @@ class ShowAnswer(BaseModel):
     capabilities: list[str]
     modified_at: str
     system: str | None = None
+    # Mullama's: the defaults a request gets for what it does not set, on the OpenAI-shaped
+    # APIs and on Ollama's, each {"value", "source"} (docs/API.md, Long answers).
+    request_defaults: Json | None = None
 
 
 class ModelAction(BaseModel):

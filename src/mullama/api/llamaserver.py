@@ -228,7 +228,9 @@ async def props(request: Request, model: str | None = None) -> Response:
     models = request.app.state.models
     name = _model(request, model)
     info = models.loaded_info(name)  # a GET never loads (or evicts) a model
-    defaults = SamplingParams(**profile_of(models, name).defaults)
+    profile = profile_of(models, name)
+    defaults = SamplingParams(**profile.defaults)
+    cap = profile.max_tokens_cap[0]
     return ORJSONResponse(
         {
             "default_generation_settings": {
@@ -247,13 +249,19 @@ async def props(request: Request, model: str | None = None) -> Response:
                         "presence_penalty",
                         "frequency_penalty",
                     )
+                }
+                | {
+                    # llama-server's -n (here --max-tokens), -1: none; its seed 4294967295
+                    # (LLAMA_DEFAULT_SEED) is a random one per request.
+                    "n_predict": min((n for n in (cap, defaults.max_tokens) if n), default=-1),
+                    "seed": defaults.seed if defaults.seed is not None else 4294967295,
                 },
             },  # fmt: skip
             "total_slots": info.parallel,
             "model_alias": name,
             # The file's path for an admin; otherwise the model's name (api/disclosure.py).
             "model_path": shown_path(request, models.find(name).path, name),
-            "chat_template": profile_of(models, name).chat_template or info.chat_template,
+            "chat_template": profile.chat_template or info.chat_template,
             "bos_token": info.bos_token,
             "eos_token": info.eos_token,
             "modalities": {"vision": False, "audio": False},

@@ -1,6 +1,8 @@
-"""A custom model's settings applied to requests: its system prompt (when the request has
-none), its chat template, and its parameters as defaults that the request's own values
-override."""
+"""A model's settings applied to requests: a custom model's system prompt (when the
+request has none) and chat template, and the model's request defaults, which the request's
+own values override. The defaults come, lowest first, from the API (llama-server's
+sampling defaults on the OpenAI side, Ollama's on Ollama's), the GGUF's own
+``general.sampling.*`` keys, a custom model's parameters, and ``--model-opt``."""
 
 from __future__ import annotations
 
@@ -38,8 +40,20 @@ def from_ollama(options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# The request defaults /api/show lists, with where each value comes from.
+SHOWN = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed",
+         "max_tokens")  # fmt: skip
+PARAMETERS = "the custom model's parameters"
+MODEL_OPT = "--model-opt"
+
+
 class Profile:
-    """What the API layer needs from a ModelRef; an empty profile changes nothing."""
+    """What the API layer needs from a model; an empty profile changes nothing.
+
+    ``gguf``: the GGUF's request defaults (field -> (value, its key)); ``parameters``: a
+    custom model's (Ollama's names); ``opts``: --model-opt's (field -> value), highest.
+    ``max_tokens_cap``: --max-tokens or the model's max_tokens (0: none), applied by the
+    engine (engine/limits.py fit_length), and where it comes from."""
 
     def __init__(
         self,
@@ -47,12 +61,44 @@ class Profile:
         template: str | None = None,
         parameters: Mapping[str, Any] | None = None,
         gguf_template: str | None = None,
+        gguf: Mapping[str, tuple[Any, str]] | None = None,
+        opts: Mapping[str, Any] | None = None,
+        max_tokens_cap: tuple[int, str] = (0, ""),
     ) -> None:
         self.system = system
         self.template = template
         self.chat_template = template or gguf_template  # the one that renders the chat
-        # The model's parameters as SamplingParams fields: defaults under a request's own.
-        self.defaults: dict[str, Any] = from_ollama(parameters or {})
+        # The model's request defaults as SamplingParams fields, under a request's own,
+        # and where each comes from.
+        self.sources: dict[str, str] = {}
+        self.defaults: dict[str, Any] = {}
+        layers = [
+            {k: (v, f"GGUF {key}") for k, (v, key) in (gguf or {}).items()},
+            {k: (v, PARAMETERS) for k, v in from_ollama(parameters or {}).items()},
+            {k: (v, MODEL_OPT) for k, v in (opts or {}).items()},
+        ]
+        for layer in layers:
+            for name, (value, source) in layer.items():
+                self.defaults[name], self.sources[name] = value, source
+        self.max_tokens_cap = max_tokens_cap
+
+    def request_defaults(self, base: Mapping[str, Any], base_source: str) -> dict[str, Any]:
+        """What a request that sets none of them gets, on an API whose own defaults are
+        ``base``: each SHOWN field's value and where it comes from (/api/show)."""
+        out: dict[str, Any] = {}
+        for name in SHOWN:
+            if name in self.defaults:
+                out[name] = {"value": self.defaults[name], "source": self.sources[name]}
+            elif name == "seed":
+                out[name] = {"value": None, "source": "random for each request"}
+            elif name == "max_tokens":
+                out[name] = {"value": None, "source": "until the end of generation or a full "
+                             "context"}  # fmt: skip
+            else:
+                out[name] = {"value": base[name], "source": base_source}
+        cap, where = self.max_tokens_cap
+        out["max_tokens_cap"] = {"value": cap or None, "source": where if cap else "none"}
+        return out
 
     def messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.system and not any(m.get("role") == "system" for m in messages):
@@ -80,6 +126,11 @@ def profile_of(models: ModelManager, name: str | None) -> Profile:
         return EMPTY
     try:
         gguf_template = entry.gguf().chat_template
+        gguf = entry.sampling
     except Exception:  # noqa: BLE001 - an unreadable file fails later, with the usual error
-        gguf_template = None
-    return Profile(ref.system, ref.template, ref.parameters, gguf_template)
+        gguf_template, gguf = None, {}
+    opts = models.options(name)
+    own = models.per_model.get(entry.name)
+    where = MODEL_OPT if own is not None and own.max_tokens is not None else "--max-tokens"
+    return Profile(ref.system, ref.template, ref.parameters, gguf_template, gguf,
+                   opts.request_defaults(), (opts.max_tokens or 0, where))  # fmt: skip

@@ -7,16 +7,22 @@ The differences in meaning are handled here: ``-c`` is the *total* context, divi
 among the slots as llama-server does (Mullama's ``--context-size`` is per sequence);
 ``-a`` names the ``-m`` model; ``-fa`` alone means on; ``--api-key`` is a key given on
 the command line (Mullama takes it from the environment otherwise); ``LLAMA_API_KEY`` is read as
-``MULLAMA_API_KEY``. Flags for what Mullama always does are accepted and change nothing.
-A llama-server flag with no counterpart is an error that says what to do instead.
+``MULLAMA_API_KEY``; ``-n`` (the most tokens an answer may generate) is ``--max-tokens``;
+the sampling defaults (``--temp``, ``--top-k``, ``--top-p``, ``--min-p``,
+``--repeat-penalty``, ``--repeat-last-n``, ``--seed``) are the ``-m`` models' request
+defaults (``--model-opt NAME:temperature=...``), under a request's own values as in
+llama-server. Flags for what Mullama always does are accepted and change nothing. A
+llama-server flag with no counterpart is an error that says what to do instead.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from ..errors import ClientError
+from ..models.aliases import is_local_path
 
 # llama-server flag -> Mullama flag, same value.
 RENAMED = {
@@ -41,11 +47,6 @@ ALWAYS = {
 FLASH_ATTN = {"-fa", "--flash-attn"}
 # llama-server flags with no counterpart here, and what to do instead.
 INSTEAD = {
-    "-n": "the number of tokens to predict is per request (max_tokens, num_predict)",
-    "--n-predict": "the number of tokens to predict is per request (max_tokens, num_predict)",
-    "--temp": "sampling settings are per request (temperature), or a custom model's parameters",
-    "--top-k": "sampling settings are per request (top_k), or a custom model's parameters",
-    "--top-p": "sampling settings are per request (top_p), or a custom model's parameters",
     "-hf": "pull the model first (`mullama pull REPO`), then serve it by name",
     "--hf-repo": "pull the model first (`mullama pull REPO`), then serve it by name",
     "--chat-template": "create a custom model with its own template (`mullama create`)",
@@ -63,7 +64,21 @@ INSTEAD = {
 }
 # llama-server switch -> Mullama switch.
 SWITCHES = {"-kvu": "--kv-unified"}
-_VALUE_FLAGS = {"-m", "--model", "-a", "--alias", "-c", "--ctx-size", "--api-key", *RENAMED}
+# The most tokens an answer may generate (-1: no limit, -2: until the context is full).
+N_PREDICT = {"-n", "--n-predict", "--predict"}
+# llama-server's sampling defaults -> the request default each -m model gets.
+SAMPLING = {
+    "--temp": "temperature",
+    "--top-k": "top_k",
+    "--top-p": "top_p",
+    "--min-p": "min_p",
+    "--repeat-penalty": "repeat_penalty",
+    "--repeat-last-n": "repeat_last_n",
+    "-s": "seed",
+    "--seed": "seed",
+}
+_VALUE_FLAGS = {"-m", "--model", "-a", "--alias", "-c", "--ctx-size", "--api-key", *RENAMED,
+                *N_PREDICT, *SAMPLING}  # fmt: skip
 
 
 def translate(
@@ -78,6 +93,7 @@ def translate(
     alias: str | None = None
     ctx_total: int | None = None
     parallel: int | None = None
+    sampling: list[tuple[str, str, str]] = []  # (flag, key, value)
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -118,6 +134,17 @@ def translate(
             alias = value
         elif flag in ("-c", "--ctx-size"):
             ctx_total = _int(flag, value)
+        elif flag in N_PREDICT:
+            n = _int(flag, value)
+            if n < -2 or n == 0:
+                raise ClientError(
+                    f"{flag} takes a positive number of tokens, -1 (no limit) or -2 (until "
+                    f"the context is full), not {value!r}"
+                )
+            out += ["--max-tokens", str(max(n, 0))]
+        elif flag in SAMPLING:
+            if not (SAMPLING[flag] == "seed" and value.strip() == "-1"):  # -1: random
+                sampling.append((flag, SAMPLING[flag], value))
         elif flag == "--api-key":
             if "," in value:
                 raise ClientError(
@@ -136,6 +163,14 @@ def translate(
         models = [f"{alias}={models[0]}"]
     for model in models:
         out += ["--model", model]
+    if sampling and not models:
+        raise ClientError(
+            f"{sampling[0][0]} sets the -m model's sampling default: give -m with it, or use "
+            f"--model-opt NAME:{sampling[0][1]}={sampling[0][2]}"
+        )
+    for model in models:
+        for _, key, value in sampling:
+            out += ["--model-opt", f"{served_name(model)}:{key}={value}"]
     if ctx_total is not None and ctx_total > 0:
         if parallel is None:
             parallel = _parallel_given(out) or int(env.get("MULLAMA_PARALLEL", "4"))
@@ -149,6 +184,18 @@ def translate(
     if "api_key" not in values and "MULLAMA_API_KEY" not in env and env.get("LLAMA_API_KEY"):
         values["api_key"] = env["LLAMA_API_KEY"]
     return out, values
+
+
+def served_name(spec: str) -> str:
+    """The name a ``--model`` spec is served under (models/registry.py resolve): NAME of
+    NAME=SPEC, a file's stem, or the name as given."""
+    name, eq, _ = spec.partition("=")
+    if eq:
+        return name.strip()
+    path = Path(spec).expanduser()
+    if is_local_path(spec) or path.is_file():
+        return path.stem
+    return spec
 
 
 def _int(flag: str, value: str) -> int:

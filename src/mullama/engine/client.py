@@ -350,7 +350,8 @@ class WorkerClient:
                     if item.finish is not None:
                         return
                 elif isinstance(item, Accepted):
-                    yield Chunk(prompt_tokens=item.prompt_tokens)
+                    yield Chunk(prompt_tokens=item.prompt_tokens, max_tokens=item.max_tokens,
+                                clamped=item.clamped)  # fmt: skip
                 else:
                     stream.done = True
                     raise item if isinstance(item, MullamaError) else _unexpected(item)

@@ -25,7 +25,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from ..errors import InvalidParameter
+from ..errors import ContextLengthExceeded, InvalidParameter
 from .protocol import SamplingParams
 
 MAX_STOPS = 16  # stop strings per request
@@ -99,6 +99,47 @@ def bound(params: SamplingParams, context: int, n_vocab: int) -> SamplingParams:
 
 
 @dataclass(frozen=True)
+class Length:
+    """The most tokens an answer may generate, and why that is fewer than the request
+    asked when it is: ``cap`` (--max-tokens, a model's max_tokens) or ``context`` (the
+    room the prompt leaves in it)."""
+
+    tokens: int
+    clamped: str | None = None
+
+
+def fit_length(
+    n_prompt: int, asked: int | None, context: int, cap: int, strict: bool, param: str
+) -> Length:
+    """The answer's length for a prompt of ``n_prompt`` tokens in a sequence of at most
+    ``context``: what the request ``asked`` (None: as long as it goes), within the
+    server's ``cap`` (0: none) and the room left. Agents ask for ``max_tokens: 32000``
+    whatever the context; llama-server and Ollama generate until it is full, and so does
+    Mullama, saying so (``clamped``). ``strict`` (--strict-fields) refuses such a request
+    instead, as OpenAI does. A prompt that fills the context is refused either way."""
+    if n_prompt >= context:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context} tokens, but the prompt "
+            f"has {n_prompt} tokens.",
+            param=param,
+        )
+    room = context - n_prompt
+    wanted = asked if not cap else cap if asked is None else min(asked, cap)
+    if wanted is None or wanted > room:
+        if strict and asked is not None and wanted is not None:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {context} tokens, but "
+                f"{n_prompt + asked} were requested ({n_prompt} in the prompt, "
+                f"{asked} for the completion).",
+                param="max_tokens",
+            )
+        tokens, why = room, "context"
+    else:
+        tokens, why = wanted, "cap"
+    return Length(tokens, why if asked is not None and tokens < asked else None)
+
+
+@dataclass(frozen=True)
 class Limit:
     """One row of the table in docs/API.md."""
 
@@ -142,8 +183,12 @@ LIMITS: tuple[Limit, ...] = (
     Limit("completion length", "`max_tokens`, `max_completion_tokens` (OpenAI), "
           "`max_output_tokens` (Responses), `max_tokens` (Anthropic), `options.num_predict` "
           "(Ollama), `n_predict` (llama-server)", "prompt + completion within the context "
-          "size (unset, or -1 / -2: what room the context has)", "400 "
-          "`context_length_exceeded`", "the KV cache holds the context size per sequence"),
+          "size (unset, or -1 / -2: what room the context has), and within `--max-tokens` "
+          "or a model's `max_tokens` when set", "clamped (finish `length`, the "
+          "`Mullama-Max-Tokens-Clamped` header says `ASKED->GIVEN; by=context` or `by=cap`); "
+          "over the context with `--strict-fields`: 400 `context_length_exceeded`",
+          "the KV cache holds the context size per sequence; agents ask for 32000 whatever "
+          "the context, and llama-server and Ollama generate until it is full"),
     Limit("context per request", "`options.num_ctx` (Ollama), `parameters.num_ctx`",
           "the model's context size", "clamped", "the slots are sized when the model loads"),
     Limit("JSON schemas and tool schemas", "`response_format`, `text.format`, `format`, "

@@ -103,6 +103,8 @@ class WorkerSpec:
     session_disk: int = 0  # bytes they may take there; 0: not saved
     session_interval: float = 0.0  # also save every this many idle seconds (0: at exit only)
     model_id: str = ""  # the model file's identity (digest), saved sessions must match it
+    max_tokens: int = 0  # the most tokens one answer may generate (--max-tokens); 0: no cap
+    strict_fields: bool = False  # a max_tokens beyond the context is refused, not clamped
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -356,6 +358,8 @@ class Accepted(_Message):
     TAG = ("ev", "accepted")
     id: str
     prompt_tokens: int
+    max_tokens: int = 0  # the most tokens the answer may generate
+    clamped: str | None = None  # "cap" or "context" when that is fewer than max_tokens asked
 
 
 @dataclass
@@ -503,6 +507,10 @@ class Chunk:
     logprobs: list[Any] | None = None  # the StepRow entries of this chunk's tokens
     stop: str | None = None  # the stop string that ended the generation, when one did
     cached_tokens: int = 0  # prompt tokens found in the KV cache (not computed again)
+    # The first chunk: the most tokens the answer may generate, and why that is fewer than
+    # the request's max_tokens when it is ("cap": --max-tokens; "context": the room left).
+    max_tokens: int = 0
+    clamped: str | None = None
 
 
 # What a generation is on the daemon side: closing it early (aclose) cancels it.

@@ -29,7 +29,7 @@ from .constraint import Grammars, tool_grammar
 from .cpushare import CpuShare
 from .detokenize import StopMatcher
 from .kvcache import HostCache
-from .limits import bound
+from .limits import Length, bound, fit_length
 from .llama import (
     Batch,
     Context,
@@ -233,11 +233,11 @@ class Worker:
 
     def _on_generate(self, req: GenerateRequest) -> None:
         try:
-            seq = self._prepare(req)
+            seq, length = self._prepare(req)
         except Exception as exc:  # noqa: BLE001 - see _failed
             self._failed(req.request_id, exc, "could not prepare the request")
             return
-        self.chan.send(Accepted(req.request_id, seq.n_prompt))
+        self.chan.send(Accepted(req.request_id, seq.n_prompt, length.tokens, length.clamped))
         self._post("submit", seq)
 
     def _on_tokenizer(self, req: TokenizeRequest | DetokenizeRequest) -> None:
@@ -289,17 +289,19 @@ class Worker:
             self._templates[source] = template
         return template
 
-    def _prepare(self, req: GenerateRequest) -> Sequence:
+    def _prepare(self, req: GenerateRequest) -> tuple[Sequence, Length]:
         limit = min(self.ctx_per_seq, req.params.context_limit or self.ctx_per_seq)
         params = bound(req.params, limit, self.info.n_vocab)
         tokens, param = self._prompt_tokens(req)
         n_prompt = len(tokens)
-        _check_length(n_prompt, params.max_tokens, limit, param)
+        spec = self.spec
+        length = fit_length(n_prompt, params.max_tokens, limit, spec.max_tokens,
+                            spec.strict_fields, param)  # fmt: skip
         return Sequence(
             id=req.request_id,
             tokens=tokens,
             n_prompt=n_prompt,
-            max_tokens=params.max_tokens if params.max_tokens is not None else limit,
+            max_tokens=length.tokens,
             sampler=self._sampler(params),
             shown=self._shown(params),
             stops=StopMatcher(list(params.stop)),
@@ -308,7 +310,7 @@ class Worker:
             top_logprobs=params.logprobs,
             score_prompt=params.prompt_logprobs and params.logprobs is not None,
             scope=req.cache_scope,
-        )
+        ), length
 
     def _prompt_tokens(self, req: GenerateRequest) -> tuple[list[int], str]:
         """The prompt's tokens (chat messages through the template, or raw text) and the
@@ -622,22 +624,6 @@ class Worker:
         for seq in list(self.sched.running) + list(self.sched.waiting):
             self.chan.send(Failed(seq.id, err))
             seq.cancelled = True
-
-
-def _check_length(n_prompt: int, max_tokens: int | None, limit: int, param: str) -> None:
-    if n_prompt >= limit:
-        raise ContextLengthExceeded(
-            f"This model's maximum context length is {limit} tokens, but the prompt "
-            f"has {n_prompt} tokens.",
-            param=param,
-        )
-    if max_tokens is not None and n_prompt + max_tokens > limit:
-        raise ContextLengthExceeded(
-            f"This model's maximum context length is {limit} tokens, but "
-            f"{n_prompt + max_tokens} were requested ({n_prompt} in the prompt, "
-            f"{max_tokens} for the completion).",
-            param="max_tokens",
-        )
 
 
 def main(argv: list[str] | None = None) -> None:

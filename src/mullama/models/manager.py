@@ -48,6 +48,7 @@ from .aliases import close_matches
 from .breaker import CircuitBreaker, counts_as_failure
 from .budget import estimate_bytes, fmt_bytes, parse_budget, parse_keep_alive
 from .cache import ResponseCache, cache_key, deterministic
+from .defaults import gguf_sampling
 from .gguf import GGUFInfo, InvalidGGUF, read_gguf
 from .options import ModelOptions, parse_aliases, parse_fallbacks, parse_model_opts
 from .registry import EMBEDDED_NAME, ModelRef, resolve
@@ -75,6 +76,11 @@ class ModelEntry:
 
     def gguf(self) -> GGUFInfo:
         return self._gguf
+
+    @cached_property
+    def sampling(self) -> dict[str, tuple[Any, str]]:
+        """The GGUF's own request defaults: field -> (value, its general.sampling key)."""
+        return gguf_sampling(self.gguf().metadata)
 
     def current_digest(self) -> str:
         """The digest of the file as it is now: a bare GGUF path replaced since it was
@@ -217,6 +223,8 @@ class ModelManager:
                 session_disk=self.session_disk,
                 session_interval=s.session_save_interval,
                 model_id=model_identity(ref),
+                max_tokens=opts.max_tokens or 0,
+                strict_fields=s.strict_fields,
             )
         )
         if self._observer is not None:
@@ -272,6 +280,15 @@ class ModelManager:
         name = self.aliases.get(name or "", name)
         served = self._served.get(name or "")
         return served.entry if served is not None else ModelEntry(self._resolve(name))
+
+    def options(self, name: str | None) -> ModelOptions:
+        """The settings of the model ``name`` means (--model-opt over the global flags),
+        served or not; a lookup only."""
+        name = self.aliases.get(name or "", name) or ""
+        served = self._served.get(name)
+        if served is not None:
+            return served.opts
+        return self.per_model.get(name, ModelOptions()).with_defaults(self.settings)
 
     def register(self, name: str | None) -> ServedModel:
         """Serve ``name`` from now on (loaded on demand, unloaded when idle): the explicit
@@ -610,6 +627,7 @@ class ModelManager:
                     for chunk in found:
                         if seen is not None and chunk.finish_reason is not None:
                             seen.output(0, chunk.finish_reason)
+                        _note_clamp(ctx, request, chunk)
                         yield chunk
                 finally:
                     if seen is not None:
@@ -628,6 +646,7 @@ class ModelManager:
             gen = engine.generate(request, requestctx.progress_marker())
             try:
                 async for chunk in gen:
+                    _note_clamp(ctx, request, chunk)
                     if recorded is not None:
                         recorded.append(chunk)
                         if chunk.finish_reason in ("stop", "length"):  # stored before it goes out
@@ -791,6 +810,14 @@ async def _judged(breaker: CircuitBreaker) -> AsyncIterator[None]:
     finally:
         if not verdict:
             breaker.no_verdict(probe)
+
+
+def _note_clamp(ctx: requestctx.RequestContext, request: GenerateRequest, chunk: Chunk) -> None:
+    """An answer given fewer tokens than its max_tokens asked: said in the response's
+    Mullama-Max-Tokens-Clamped header (the first chunk comes before the response starts)."""
+    if chunk.clamped is not None:
+        asked = request.params.max_tokens
+        ctx.max_tokens_clamped.append(f"{asked}->{chunk.max_tokens}; by={chunk.clamped}")
 
 
 def _unserved(exc: MullamaError) -> MullamaError:

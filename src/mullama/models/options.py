@@ -2,7 +2,9 @@
 
 A value is checked by the very field definition of the global flag it overrides (its type
 and bounds in config.py), so ``--model-opt m:context_size=8`` is refused exactly as
-``--context-size 8`` is."""
+``--context-size 8`` is. The request defaults (``temperature``, ``top_k``, ...; as
+llama-server's ``--temp``, ``--top-k``) have no global flag: they are checked by the bounds
+the request fields of the same name have (``SAMPLING``)."""
 
 from __future__ import annotations
 
@@ -10,14 +12,30 @@ import functools
 from dataclasses import dataclass, fields, replace
 from typing import Annotated, Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from ..config import Settings
+from ..engine.limits import SEED_MAX, Seed
 from ..errors import ClientError
 
 # Filled from the global settings when a model does not set them (keep_alive and pinned
 # have their own defaults: the daemon's keep-alive, pinned when given with --model).
-_FROM_SETTINGS = ("context_size", "parallel", "threads", "batch_size", "gpu_layers")
+_FROM_SETTINGS = ("context_size", "parallel", "threads", "batch_size", "gpu_layers", "max_tokens")
+
+# The request defaults a model may set (SamplingParams fields), with the bounds a request's
+# own value has (api/openai/schemas.py); a GGUF's general.sampling.* values are checked by
+# the same (models/defaults.py).
+# Whole numbers cross the worker socket as 64-bit integers (the engine clamps them to the
+# model: engine/limits.py bound).
+SAMPLING: dict[str, Any] = {
+    "temperature": Annotated[float, Field(ge=0.0, le=2.0)],
+    "top_k": Annotated[int, Field(ge=0, le=SEED_MAX)],
+    "top_p": Annotated[float, Field(gt=0.0, le=1.0)],
+    "min_p": Annotated[float, Field(ge=0.0, le=1.0)],
+    "repeat_penalty": Annotated[float, Field(gt=0.0, le=10.0)],
+    "repeat_last_n": Annotated[int, Field(ge=-1, le=SEED_MAX)],
+    "seed": Seed,
+}
 
 
 @dataclass(frozen=True)
@@ -29,11 +47,24 @@ class ModelOptions:
     gpu_layers: int | None = None
     keep_alive: str | None = None
     pinned: bool | None = None
+    max_tokens: int | None = None  # the most tokens one answer may generate (0: no cap)
+    # Request defaults (under a request's own values, over the GGUF's general.sampling.*)
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    repeat_last_n: int | None = None
+    seed: int | None = None
 
     def with_defaults(self, settings: Any) -> ModelOptions:
         """Fill what this model does not set from the global settings."""
         values = {k: getattr(settings, k) for k in _FROM_SETTINGS if getattr(self, k) is None}
         return replace(self, **values)
+
+    def request_defaults(self) -> dict[str, Any]:
+        """The request defaults this model sets (SamplingParams fields)."""
+        return {k: getattr(self, k) for k in SAMPLING if getattr(self, k) is not None}
 
 
 KEYS = tuple(f.name for f in fields(ModelOptions))
@@ -43,6 +74,8 @@ KEYS = tuple(f.name for f in fields(ModelOptions))
 def _validator(key: str) -> TypeAdapter[Any]:
     if key == "pinned":  # per model only: whether it stays loaded
         return TypeAdapter(bool)
+    if key in SAMPLING:
+        return TypeAdapter(SAMPLING[key])
     info = Settings.model_fields[key]
     if not info.metadata:
         return TypeAdapter(info.annotation)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ...engine.protocol import SamplingParams
 from ...errors import MullamaError
 from ...models.gguf import GGUFInfo, human_params
 from ...models.store import ModelStore
+from ..profiles import Profile, profile_of
+from .schemas import OLLAMA_DEFAULTS
 from .service import iso_time
 
 if TYPE_CHECKING:
@@ -188,7 +192,19 @@ class OllamaModels:
         }
         if ref.system:
             out["system"] = ref.system
+        out["request_defaults"] = request_defaults(profile_of(self.models, name))
         return out
+
+
+def request_defaults(profile: Profile) -> dict[str, Any]:
+    """Mullama's extension of /api/show: the defaults a request gets for what it does not
+    set, on each side (the OpenAI-shaped APIs take llama-server's sampling defaults,
+    Ollama's its own), each with where it comes from."""
+    base = asdict(SamplingParams())
+    return {
+        "openai": profile.request_defaults(base, "llama-server's default"),
+        "ollama": profile.request_defaults({**base, **OLLAMA_DEFAULTS}, "Ollama's default"),
+    }
 
 
 def _param_lines(params: dict[str, Any]) -> list[str]:
