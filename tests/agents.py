@@ -22,7 +22,7 @@ KEY = "sk-mullama-test-dummy"
 # and the update check are off; OpenTelemetry export is off by default.
 CODEX_CONFIG = """\
 model_provider = "mullama"
-{model_line}check_for_update_on_startup = false
+{model_lines}check_for_update_on_startup = false
 
 [analytics]
 enabled = false
@@ -60,14 +60,17 @@ def _base_env(home: Path) -> dict[str, str]:
 
 
 def codex_command(
-    url: str, home: Path, prompt: str, model: str | None = None
+    url: str, home: Path, prompt: str, model: str | None = None, context: int | None = None
 ) -> tuple[list[str], dict[str, str]]:
     """``codex exec PROMPT`` against ``url`` (no /v1) with CODEX_HOME in ``home``; without
-    ``model`` Codex sends its own default model name (alias it on the daemon)."""
+    ``model`` Codex sends its own default model name (alias it on the daemon); ``context``
+    is the daemon's context size (model_context_window)."""
     codex_home = home / ".codex"
     codex_home.mkdir(parents=True, exist_ok=True)
-    model_line = f'model = "{model}"\n' if model else ""
-    (codex_home / "config.toml").write_text(CODEX_CONFIG.format(url=url, model_line=model_line))
+    model_lines = f'model = "{model}"\n' if model else ""
+    if context:
+        model_lines += f"model_context_window = {context}\n"
+    (codex_home / "config.toml").write_text(CODEX_CONFIG.format(url=url, model_lines=model_lines))
     env = {**_base_env(home), "CODEX_HOME": str(codex_home), "MULLAMA_KEY": KEY}
     cmd = [str(CODEX), "exec", "--strict-config", "--skip-git-repo-check", "--color", "never",
            prompt]  # fmt: skip
