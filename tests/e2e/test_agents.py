@@ -14,8 +14,10 @@ telemetry, analytics and update checks."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,16 +49,25 @@ def _gemma() -> str:
 
 
 @pytest.fixture
-def daemon():
+def daemon(tmp_path_factory):
+    """Gemma 3 270M as a custom model made with ``mullama create`` (as a user would for a
+    base model): it is not instruction-tuned and its GGUF has no chat template (ChatML is
+    used, whose end marker is plain text to it), so on these prompts it does not end an
+    answer by itself (one ran 13,955 tokens). A stop at the first line break ends each
+    answer, so a turn ends with finish `stop` as an agent expects; --max-tokens (the
+    server-wide cap docs/CLIENTS.md sets for agents: Codex sends no limit, Claude Code
+    128000) is a guard, and an answer cut by it would fail the turn (finish `length`)."""
+    store = tmp_path_factory.mktemp("store")
+    spec = store.parent / "agent-model.yaml"
+    spec.write_text(f"from: {_gemma()}\nparameters:\n  stop: [\"\\n\"]\n  temperature: 0\n")
+    env = {**os.environ, "MULLAMA_CACHE_DIR": str(store)}
+    subprocess.run([sys.executable, "-m", "mullama", "create", SERVED, "-f", str(spec)],
+                   env=env, check=True, capture_output=True)  # fmt: skip
     aliases = []
     for recording in ("codex_default_model_first_request.json", "claude_first_request.json"):
         aliases += ["--model-alias", f"{_recorded_model(recording)}={SERVED}"]
-    # --max-tokens: the server-wide output cap docs/CLIENTS.md sets for agents (Codex sends
-    # no limit, Claude Code 128000). Short here: Gemma 3 270M is a base model whose GGUF has
-    # no chat template (Mullama uses ChatML, whose end marker is plain text to Gemma), and
-    # on these prompts it does not end an answer by itself (one ran 13,955 tokens).
-    args = ("--model", f"{SERVED}={_gemma()}", "--parallel", "1", "--context-size", str(CONTEXT),
-            "--max-tokens", str(MAX_TOKENS), *aliases)  # fmt: skip
+    args = ("--cache-dir", str(store), "--model", SERVED, "--parallel", "1",
+            "--context-size", str(CONTEXT), "--max-tokens", str(MAX_TOKENS), *aliases)  # fmt: skip
     with Daemon(*args).wait_healthy(300) as d:
         yield d
 
