@@ -1,9 +1,9 @@
 """``/openapi.json``: what the routes say of themselves (api/openapi.py), and what the
 middleware in front of them can answer on each path, as configured: the Origin and Host
-guards (403), the body limit (413) and media type (415), API keys (401, and the security
-schemes), rate limits (429), draining (503) and --request-timeout (504). Which path is
-public, admin or exempt is what each route declares (security/policy.py), as the
-middleware reads it."""
+guards (403), a control character in a path parameter (400), the body limit (413) and
+media type (415), API keys (401, and the security schemes), rate limits (429), draining
+(503) and --request-timeout (504). Which path is public, admin or exempt is what each
+route declares (security/policy.py), as the middleware reads it."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def openapi_document(app: FastAPI, routes: list[APIRoute]) -> dict[str, Any]:
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             rule = rules[(path, method.upper())]
-            add_errors(op, path, guards.statuses(rule, method.upper()))
+            add_errors(op, path, guards.statuses(rule, method.upper(), "{" in path))
             if guards.keys and not is_public(rule, guards.metrics_public):
                 op["security"] = [{"bearer": []}, {"apiKey": []}]
             op.setdefault("parameters", []).append(REQUEST_ID)
@@ -109,8 +109,10 @@ class _Guards:
         )
         return cls(keys=bool(keyed), limits=limits, metrics_public=settings.metrics_public)
 
-    def statuses(self, rule: Rule, method: str) -> set[int]:
+    def statuses(self, rule: Rule, method: str, parameters: bool = False) -> set[int]:
         codes = {403, 413}  # the Origin (and Host) guard; a body over --max-body-size
+        if parameters:
+            codes.add(400)  # a path parameter holding a control character
         if method in BODY_METHODS:
             codes.add(415)  # a body that is not declared JSON
         if not is_public(rule, self.metrics_public):
