@@ -157,8 +157,8 @@ class Traffic:
         else:
             r = self.client.post(
                 "/v1/chat/completions",
-                json={"model": MODEL, "messages": self._msgs(), "best_of": 3},
-            )  # refused by name
+                json={"model": MODEL, "messages": self._msgs(), "logit_bias": {"1": 5}},
+            )  # changes the answer, not implemented: refused by name
             self._check("bad_field", r, 400)
 
 

@@ -5,7 +5,8 @@ Hugging Face tokenizer. ``model`` may be left out: the first model given with --
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -30,6 +31,11 @@ _CONFIG = ConfigDict(extra="ignore", strict=True)
 
 class TokenizeBody(Refusing):
     model_config = _CONFIG
+    # vLLM's fields that would count another rendering than the model's own.
+    REFUSED: ClassVar[Mapping[str, str]] = {
+        "chat_template": "the model's own (or its custom model's) template renders messages",
+        "chat_template_kwargs": "the model's template is rendered with its own variables",
+    }
 
     model: str | None = None
     prompt: str | None = None
