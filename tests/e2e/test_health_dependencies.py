@@ -5,18 +5,10 @@ dependency that is down makes it ``degraded`` while requests are still served, a
 
 from __future__ import annotations
 
-import shutil
-
 import httpx
-import pytest
 
 from tests.conftest import Daemon, free_port, wait_for
 from tests.e2e.test_security_redis import redis_url  # noqa: F401 - the real redis-server
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None,
-    reason="redis-server not installed (scripts/install-redis.sh installs it)",
-)
 
 
 def _health(d: Daemon) -> dict:

@@ -65,7 +65,7 @@ def test_two_models_interleave(two_pinned):
     assert set(_ps(d)) == {"alpha", "beta"}
     assert all(m["pinned"] for m in _ps(d).values())
 
-    async def stream(client, model):
+    async def stream(client, model, streaming: asyncio.Event | None = None):
         first = None
         s = await client.completions.create(
             model=model,
@@ -77,13 +77,16 @@ def test_two_models_interleave(two_pinned):
         async for c in s:
             if first is None and c.choices and c.choices[0].text:
                 first = time.monotonic()
+                if streaming is not None:
+                    streaming.set()
         return first, time.monotonic()
 
     async def run():
         client = openai.AsyncOpenAI(base_url=d.url + "/v1", api_key="x", max_retries=0)
+        alpha_streaming = asyncio.Event()
         try:
-            a = asyncio.create_task(stream(client, "alpha"))
-            await asyncio.sleep(0.2)
+            a = asyncio.create_task(stream(client, "alpha", alpha_streaming))
+            await asyncio.wait_for(alpha_streaming.wait(), 120)  # beta starts once alpha streams
             b = asyncio.create_task(stream(client, "beta"))
             return await a, await b
         finally:

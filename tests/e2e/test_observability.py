@@ -4,7 +4,6 @@ health under load, JSON access logs, X-Request-ID, status, completion metrics, t
 from __future__ import annotations
 
 import concurrent.futures as cf
-import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -57,15 +56,19 @@ def obs(otlp, tmp_path_factory):
         otlp.url,
         env={"OTEL_BSP_SCHEDULE_DELAY": "100"},
     )
-    # Poll readiness from the very start: the server answers before the model is loaded.
+    # Readiness from the very start, every 20 ms: the server answers while the worker is
+    # still starting and loading the model (a second or more), so 503s are seen first.
     seen: list[int] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not seen or seen[-1] != 200):
+
+    def ready() -> bool:
         assert d.proc.poll() is None, d.log()
         try:
             seen.append(httpx.get(d.url + "/health/ready", timeout=2).status_code)
         except httpx.TransportError:
-            time.sleep(0.01)
+            return False
+        return seen[-1] == 200
+
+    wait_for(ready, timeout=120, interval=0.02)
     d.ready_statuses = seen
     d.log_file = log_file
     d.wait_healthy()

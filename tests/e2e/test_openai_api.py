@@ -211,7 +211,9 @@ def test_models_list(openai_client):
     assert openai_client.models.retrieve(MODEL).id == MODEL
 
 
-async def _first_token_and_finish(client, prompt: str, max_tokens: int) -> tuple[float, float]:
+async def _first_token_and_finish(
+    client, prompt: str, max_tokens: int, streaming: asyncio.Event | None = None
+) -> tuple[float, float]:
     first = None
     stream = await client.completions.create(
         model=MODEL,
@@ -225,6 +227,8 @@ async def _first_token_and_finish(client, prompt: str, max_tokens: int) -> tuple
     async for chunk in stream:
         if first is None and chunk.choices and chunk.choices[0].text:
             first = time.monotonic()
+            if streaming is not None:
+                streaming.set()
     return first, time.monotonic()
 
 
@@ -233,14 +237,20 @@ def test_eight_concurrent_streams_interleave(daemon):
         async_openai_client = openai.AsyncOpenAI(
             base_url=daemon.url + "/v1", api_key="unused", max_retries=0, timeout=120
         )
-        tasks = []
-        for i in range(8):
+        first_streaming = asyncio.Event()
+        tasks = [
+            asyncio.create_task(
+                _first_token_and_finish(async_openai_client, "Story number 0:", 96, first_streaming)
+            )
+        ]
+        # The other seven start while the first generates (the timeout: a hang guard).
+        await asyncio.wait_for(first_streaming.wait(), 120)
+        for i in range(1, 8):
             tasks.append(
                 asyncio.create_task(
                     _first_token_and_finish(async_openai_client, f"Story number {i}:", 96)
                 )
             )
-            await asyncio.sleep(0.05)
         try:
             return await asyncio.gather(*tasks)
         finally:

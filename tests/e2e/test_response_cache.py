@@ -170,7 +170,6 @@ def test_the_cache_is_counted_in_metrics(cache_daemon):
     assert value("mullama_response_cache_entries") >= 1
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_two_daemons_share_a_redis_cache_and_serve_on_when_it_stops(redis_url):  # noqa: F811
     args = ("--cache-url", redis_url, "--parallel", "1", "--context-size", "512")
     with Daemon(*args).wait_healthy() as a, Daemon(*args).wait_healthy() as b:

@@ -11,11 +11,6 @@ import pytest
 
 from tests.conftest import Daemon, free_port, wait_for
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None,
-    reason="redis-server not installed (scripts/install-redis.sh installs it)",
-)
-
 
 @pytest.fixture
 def redis_url():
