@@ -1,4 +1,4 @@
-"""Every error class in every wire form, from the one builder in api/errors.py."""
+"""Every error class in every wire form, from the one builder in wire/errors.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import orjson
 import pytest
 
 from mullama import errors
-from mullama.api.errors import (
+from mullama.daemon.http_protocol import _response
+from mullama.wire.errors import (
     error_body,
     error_response,
     ndjson_error,
@@ -14,7 +15,6 @@ from mullama.api.errors import (
     sse_error,
     stream_error_tail,
 )
-from mullama.daemon.http_protocol import _response
 
 
 def _all(cls: type) -> list[type]:

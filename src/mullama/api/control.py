@@ -12,11 +12,11 @@ from pydantic import BaseModel, Field
 from .. import __version__
 from ..access import admin, exempt
 from ..errors import Unavailable
+from ..wire.framing import ORJSONResponse
 from . import answers as a
 from .body import parse_json, validate
 from .disclosure import shown_path
 from .openapi import documented
-from .responses import ORJSONResponse
 
 router = APIRouter()
 

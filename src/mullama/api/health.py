@@ -13,10 +13,10 @@ from fastapi import APIRouter, Request
 
 from .. import __version__
 from ..access import exempt, public
+from ..wire.framing import ORJSONResponse
 from . import answers as a
 from .disclosure import sees_health_details, shown_path
 from .openapi import documented
-from .responses import ORJSONResponse
 
 router = APIRouter()
 

@@ -18,17 +18,17 @@ from .. import __version__
 from ..engine import limits
 from ..engine.protocol import SamplingParams
 from ..errors import ClientError, MullamaError
+from ..wire.errors import openai_body
+from ..wire.framing import ORJSONResponse
 from . import answers as a
 from .body import parse_body, validate
 from .disclosure import shown_path
-from .errors import openai_body
 from .fallback import answer
 from .fields import Refusing, StrictBody
 from .openai.schemas import CompletionRequest
 from .openai.service import start_generations
 from .openapi import MODEL_ERRORS, SSE, documented
 from .profiles import profile_of
-from .responses import ORJSONResponse
 from .streaming import DisconnectAwareStream, sse
 
 router = APIRouter()

@@ -7,9 +7,9 @@ from fastapi.responses import Response
 
 from .. import access
 from ..observability.metrics import CONTENT_TYPE
+from ..wire.framing import ORJSONResponse
 from . import answers as a
 from .openapi import documented
-from .responses import ORJSONResponse
 
 router = APIRouter()
 

@@ -28,7 +28,7 @@ from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 from pydantic_core import core_schema
 
 from .. import __version__
-from .errors import ERROR_SCHEMAS, error_api
+from ..wire.errors import ERROR_SCHEMAS, error_api
 from .fields import Refusing
 
 F = TypeVar("F", bound=Callable[..., Any])

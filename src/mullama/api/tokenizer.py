@@ -15,13 +15,13 @@ from pydantic import ConfigDict, Field, model_validator
 from ..engine.protocol import TokenizeRequest
 from ..errors import ClientError
 from ..models.manager import ModelManager
+from ..wire.framing import ORJSONResponse
 from . import answers as a
 from .body import parse_body
 from .fields import Refusing
 from .openai.schemas import ChatMessage
 from .openapi import MODEL_ERRORS, documented
 from .profiles import profile_of
-from .responses import ORJSONResponse
 from .tools import ToolChoice, ToolSpec, plan_chat_tools
 
 router = APIRouter()

@@ -18,7 +18,7 @@ from fastapi.responses import RedirectResponse, Response
 from .. import __version__
 from ..access import public
 from ..errors import NotFound
-from .responses import ORJSONResponse
+from ..wire.framing import ORJSONResponse
 
 router = APIRouter(include_in_schema=False)
 

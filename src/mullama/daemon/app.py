@@ -16,7 +16,6 @@ from .. import __version__
 from ..api import control, health, llamaserver, monitoring, tokenizer, ui
 from ..api.anthropic import routes as anthropic_routes
 from ..api.anthropic.service import AnthropicService
-from ..api.errors import install_error_handlers
 from ..api.ollama import routes as ollama_routes
 from ..api.ollama.manage import ModelAdmin
 from ..api.ollama.models import OllamaModels
@@ -35,6 +34,7 @@ from ..security.policy import check_route
 from ..security.tenancy import CacheTenancy
 from .dependencies import Dependencies
 from .guards import install_guards
+from .handlers import install_error_handlers
 from .lifecycle import Lifecycle, Phase
 from .middleware import RequestContextMiddleware, RequestIdMiddleware
 from .openapi import install_openapi

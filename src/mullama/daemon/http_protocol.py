@@ -15,9 +15,9 @@ import orjson
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ..api.errors import error_response, openai_body
 from ..errors import ClientError, Unavailable
 from ..observability.hub import HEALTH_PATHS
+from ..wire.errors import error_response, openai_body
 
 
 async def over_capacity(scope: Any, receive: Any, send: Any) -> None:

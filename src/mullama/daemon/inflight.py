@@ -33,9 +33,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import requestctx
-from ..api.errors import error_response, ndjson_error, stream_error_tail
 from ..errors import MullamaError, RequestTimeout, Unavailable
 from ..security.policy import request_rule
+from ..wire.errors import error_response, ndjson_error, stream_error_tail
 from .lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import requestctx
-from ..api.errors import error_body
 from ..errors import PayloadTooLarge
 from ..observability.metrics import Metrics
 from ..observability.requests import current_request
 from ..security.tenancy import CacheTenancy
+from ..wire.errors import error_body
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..api.errors import error_response
 from ..errors import Forbidden, MullamaError, Unauthorized
+from ..wire.errors import error_response
 from .hosts import addressed_by_name
 from .keys import KeyRing
 from .policy import Access, is_local_caller, is_public, request_rule, via_local_socket

@@ -14,8 +14,8 @@ import ipaddress
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..api.errors import error_response
 from ..errors import Forbidden
+from ..wire.errors import error_response
 from .policy import is_loopback_ip, via_local_socket
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})

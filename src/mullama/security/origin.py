@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..api.errors import error_response
 from ..errors import Forbidden, MullamaError
+from ..wire.errors import error_response
 from .hosts import host_of
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

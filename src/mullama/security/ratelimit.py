@@ -15,10 +15,10 @@ from limits.errors import ConfigurationError
 from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..api.errors import error_response
 from ..config import ConfigError
 from ..errors import RateLimited, Unavailable
 from ..observability.requests import current_request
+from ..wire.errors import error_response
 from .auth import Principal
 
 log = logging.getLogger(__name__)

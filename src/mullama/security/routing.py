@@ -11,8 +11,8 @@ from __future__ import annotations
 from starlette.routing import Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..api.errors import error_response
 from ..errors import ClientError
+from ..wire.errors import error_response
 from .policy import RULE_SCOPE_KEY, has_control_character, matched_route, rule_of
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from ...wire.framing import ORJSONResponse
 from .. import answers as a
 from ..body import parse_body
 from ..fallback import answer
 from ..openai.routes import request_id, respond
 from ..openapi import MODEL_ERRORS, SSE, documented
-from ..responses import ORJSONResponse
 from ..streaming import unless_disconnected
 from ..tokenizer import chat_tokenize_request
 from .schemas import CountTokensRequest, MessagesRequest

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from ...errors import MullamaError
-from ..errors import anthropic_body
+from ...wire.errors import anthropic_body
 from ..openai.service import OpenAIService
 from ..replies import Finished, Started, events, whole
 from ..tools import CallArgs, CallDone, CallStart, Content

@@ -16,7 +16,7 @@ from ...models.aliases import check_name
 from ...models.custom import create_model, parse_definition
 from ...models.pull import Puller
 from ...models.store import ModelStore
-from ..errors import ndjson_error
+from ...wire.errors import ndjson_error
 from ..streaming import ndjson_line
 from .schemas import CopyBody, CreateBody, ModelBody, PullBody
 

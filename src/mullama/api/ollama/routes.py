@@ -7,12 +7,12 @@ from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 
 from ... import __version__
 from ...access import admin
+from ...wire.framing import ORJSONResponse
 from .. import answers as a
 from ..body import parse_body
 from ..disclosure import sees_paths
 from ..fallback import answer
 from ..openapi import MODEL_ERRORS, NDJSON, documented
-from ..responses import ORJSONResponse
 from ..streaming import DisconnectAwareStream, unless_disconnected
 from ..ui import wants_html
 from .manage import ModelAdmin

@@ -12,7 +12,7 @@ import orjson
 from ...engine.protocol import Chunk, ChunkStream, GenerateRequest
 from ...errors import ClientError, MullamaError
 from ...models.custom import go_to_jinja
-from ..errors import ndjson_error
+from ...wire.errors import ndjson_error
 from ..logprobs import chat_content
 from ..profiles import profile_of
 from ..streaming import ndjson_line

@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from ...wire.framing import ORJSONResponse
 from .. import answers as a
 from ..body import parse_body
 from ..fallback import answer
 from ..openapi import MODEL_ERRORS, SSE, documented
-from ..responses import ORJSONResponse
 from ..streaming import DisconnectAwareStream, unless_disconnected
 from .responses import ResponsesRequest
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest

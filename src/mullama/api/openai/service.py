@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...engine.protocol import Chunk, ChunkStream, GenerateRequest, normalize
 from ...errors import MullamaError
-from ..errors import sse_error
+from ...wire.errors import sse_error
 from ..logprobs import CompletionLogprobs, chat_content
 from ..profiles import Profile, profile_of
 from ..replies import Started

@@ -1,21 +1,14 @@
-"""The one place where errors get their wire forms: a JSON response in the OpenAI or the
-Ollama shape, the error event ending an SSE stream, the error line ending an NDJSON one."""
+"""The one place where errors get their wire forms: a JSON response in the OpenAI, the
+Anthropic or the Ollama shape, the error event ending an SSE stream, the error line ending
+an NDJSON one. On the ground floor: the guards, the in-flight tails and the API layer all
+answer with these."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from ..errors import ClientError, InvalidParameter, MullamaError, NotFound, ServerError
-from .responses import ORJSONResponse
-from .streaming import SSE_DONE, ndjson_line, sse
-
-log = logging.getLogger(__name__)
+from ..errors import MullamaError
+from .framing import SSE_DONE, ORJSONResponse, ndjson_line, sse
 
 
 def openai_body(exc: MullamaError) -> dict[str, Any]:
@@ -113,12 +106,10 @@ def stream_error_tail(path: str, exc: MullamaError) -> bytes:
     """What ends an SSE stream cut by an error (a drain, a timeout), in the stream's API:
     Anthropic's ``error`` event, the Responses API's, or OpenAI's error and ``[DONE]``."""
     if path == "/v1/messages":
-        body = orjson.dumps(anthropic_body(exc))
-        return b"event: error\ndata: " + body + b"\n\n"
+        return sse(anthropic_body(exc), "error")
     if path == "/v1/responses":
-        body = orjson.dumps({"type": "error", "code": exc.code or exc.type,
-                             "message": exc.message, "param": exc.param})  # fmt: skip
-        return b"event: error\ndata: " + body + b"\n\n"
+        return sse({"type": "error", "code": exc.code or exc.type,
+                    "message": exc.message, "param": exc.param}, "error")  # fmt: skip
     return sse_error(exc) + SSE_DONE
 
 
@@ -131,50 +122,3 @@ def error_response(path: str, exc: MullamaError) -> ORJSONResponse:
     """The error in the shape of the API that ``path`` belongs to."""
     body = error_body(path, exc)
     return ORJSONResponse(body, status_code=exc.status, headers=exc.headers or None)
-
-
-def allowed_methods(request: Request) -> str:
-    """Every method of the path (Starlette names only those of the first route that
-    matched it: ``GET`` for a path that also takes ``DELETE``)."""
-    path = request.scope["path"]
-    routes = getattr(request.app.state, "api_routes", ())
-    methods = {m for r in routes if r.path_regex.match(path) for m in r.methods or ()}
-    return ", ".join(sorted(methods))
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    async def on_mullama(request: Request, exc: Exception) -> ORJSONResponse:
-        assert isinstance(exc, MullamaError)
-        if exc.status >= 500:
-            log.error("request failed: %s", exc.message)
-        return error_response(request.scope["path"], exc)
-
-    async def on_validation(request: Request, exc: Exception) -> ORJSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        param = ".".join(str(p) for p in err["loc"][1:]) or None
-        return error_response(request.scope["path"], InvalidParameter(str(err["msg"]), param=param))
-
-    async def on_http(request: Request, exc: Exception) -> ORJSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 404:
-            err: MullamaError = NotFound(f"no route {request.method} {request.scope['path']}")
-        else:
-            err = ClientError(str(exc.detail), status=exc.status_code, code="http_error")
-        resp = error_response(request.scope["path"], err)
-        if exc.headers:
-            resp.headers.update(exc.headers)
-        if exc.status_code == 405:
-            resp.headers["Allow"] = allowed_methods(request) or resp.headers.get("Allow", "")
-        return resp
-
-    async def on_unexpected(request: Request, exc: Exception) -> ORJSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.scope["path"])
-        return error_response(
-            request.scope["path"], ServerError("internal error; see the daemon log")
-        )
-
-    app.add_exception_handler(MullamaError, on_mullama)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(Exception, on_unexpected)
