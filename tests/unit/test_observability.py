@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from mullama.config import Settings, add_settings_arguments
 from mullama.engine.protocol import ModelStats
 from mullama.errors import ClientError, ServerError
+from mullama.logsetup import JsonFormatter, TextFormatter, resolve_format
 from mullama.observability.hub import Observability
-from mullama.observability.logging import JsonFormatter, TextFormatter, resolve_format
 from mullama.observability.metrics import Metrics, ModelSnapshot, Snapshot
 from mullama.observability.requests import (
     ModelSummary,

@@ -17,8 +17,8 @@ from fastapi import FastAPI
 
 from ..config import ConfigError, Settings
 from ..errors import MullamaError
+from ..logsetup import reopen_log_files, setup_logging
 from ..models.manager import ModelManager
-from ..observability.logging import reopen_log_files, setup_logging
 from ..security.hosts import is_loopback_bind
 from ..security.keys import KeyRing
 from ..security.tls import check_tls

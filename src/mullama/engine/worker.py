@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from ..errors import ContextLengthExceeded, InvalidParameter, MullamaError, ServerError
-from ..observability.logging import setup_logging
+from ..logsetup import setup_logging
 from .chat_template import ChatTemplate, TemplateRenderError
 from .constraint import Grammars, tool_grammar
 from .cpushare import CpuShare

@@ -1,5 +1,6 @@
 """Log setup shared by the daemon and its engine workers: text or JSON lines on stderr
-(journald and docker collect them), optionally also appended to a file.
+(journald and docker collect them), optionally also appended to a file. It is on the
+ground floor, beside errors.py, so that the engine imports nothing of observability/.
 
 JSON lines carry ``ts``, ``level``, ``logger``, ``msg``, ``pid`` and every field passed in
 ``extra={"fields": {...}}`` at the top level (the access log uses this). Only the standard
