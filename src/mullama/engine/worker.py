@@ -24,6 +24,7 @@ import orjson
 
 from ..errors import ContextLengthExceeded, InvalidParameter, MullamaError, ServerError
 from ..logsetup import setup_logging
+from .admission import BurstTracker
 from .chat_template import ChatTemplate, TemplateRenderError
 from .constraint import Grammars, tool_grammar
 from .cpushare import CpuShare
@@ -68,8 +69,10 @@ from .protocol import (
     encode_frame,
     read_command,
 )
-from .scheduler import MIN_SAVE, BurstTracker, Scheduler, Sequence
+from .scheduler import Scheduler
+from .sequence import Sequence
 from .sessions import Saved, SessionStore
+from .slots import MIN_SAVE
 from .turns import render_turns
 
 log = logging.getLogger("mullama.worker")
