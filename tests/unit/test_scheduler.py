@@ -1,132 +1,10 @@
-"""The batching loop's logic with a fake engine (the real one is exercised end to end)."""
+"""The batching loop's logic with a fake engine (the real one is exercised end to end):
+the Scheduler with its admission policy, slot placement and step working together."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from mullama.engine.detokenize import StopMatcher
-from mullama.engine.kvcache import HostCache, as_tokens
-from mullama.engine.scheduler import BurstTracker, Scheduler, Sequence
-
-EOG = 0
-
-
-@dataclass
-class FakeBatch:
-    capacity: int
-    rows: list[tuple[int, int, int, bool]] = field(default_factory=list)
-
-    @property
-    def n(self) -> int:
-        return len(self.rows)
-
-    def clear(self):
-        self.rows = []
-
-    def add(self, token, pos, seq, logits):
-        assert self.n < self.capacity
-        self.rows.append((token, pos, seq, logits))
-        return self.n - 1
-
-    def add_many(self, tokens, start, seq, last_logits, all_logits=False):
-        for k, t in enumerate(tokens):
-            self.add(t, start + k, seq, all_logits or (last_logits and k == len(tokens) - 1))
-        return self.n - 1
-
-
-class FakeCtx:
-    def __init__(self, kv_cells: int = 10_000):
-        self.kv_cells = kv_cells
-        self.kv: dict[int, set[int]] = {}
-        self.batches: list[list[tuple[int, int, int, bool]]] = []
-        self.copies: list[tuple[int, int]] = []
-        self.restores: list[int] = []
-
-    def used(self):
-        return sum(len(v) for v in self.kv.values())
-
-    def decode(self, batch):
-        if self.used() + batch.n > self.kv_cells:
-            return 1
-        self.batches.append(list(batch.rows))
-        for _, pos, seq, _ in batch.rows:
-            self.kv.setdefault(seq, set()).add(pos)
-        return 0
-
-    def seq_rm(self, seq, p0=-1, p1=-1):
-        cells = self.kv.get(seq, set())
-        self.kv[seq] = {p for p in cells if not (p >= max(p0, 0) and (p1 < 0 or p < p1))}
-        return True
-
-    def seq_cp_whole(self, src, dst):
-        self.copies.append((src, dst))
-        self.kv[dst] = set(self.kv.get(src, set()))
-
-    def seq_pos_min(self, seq):
-        return min(self.kv.get(seq) or {-1})
-
-    def seq_pos_max(self, seq):
-        return max(self.kv.get(seq) or {-1})
-
-    def state_save(self, seq):
-        cells = self.kv.get(seq, set())
-        return (frozenset(cells), 100 * len(cells)) if cells else (None, 0)
-
-    def state_restore(self, seq, data, size):
-        self.restores.append(seq)
-        self.kv[seq] = set(data)
-        return True
-
-
-class FakeModel:
-    def is_eog(self, tok):
-        return tok == EOG
-
-    def piece(self, tok, special=False):
-        return f"<{tok}>".encode()
-
-
-class FakeSampler:
-    done = False  # no constraint
-
-    def __init__(self, tokens):
-        self.tokens = list(tokens)
-
-    def sample(self, ctx, row):
-        return self.tokens.pop(0) if self.tokens else 7
-
-    def close(self):
-        pass
-
-
-def make(n_slots=2, n_batch=8, kv=10_000, host_bytes=0, n_swa=0, streams=True, n_quick=None,
-         preempt_after=0.0):  # fmt: skip
-    ctx = FakeCtx(kv)
-    sched = Scheduler(
-        model=FakeModel(),
-        ctx=ctx,
-        batch=FakeBatch(n_batch),
-        n_slots=n_slots,
-        n_batch=n_batch,
-        n_quick=n_quick,
-        host_cache=HostCache(host_bytes),
-        n_swa=n_swa,
-        streams=streams,
-        preempt_after=preempt_after,
-    )
-    return sched, ctx
-
-
-def seq(sid, prompt, out=(), max_tokens=100, stops=(), scope=""):
-    return Sequence(
-        id=sid,
-        tokens=list(prompt),
-        n_prompt=len(prompt),
-        max_tokens=max_tokens,
-        sampler=FakeSampler(out),
-        stops=StopMatcher(list(stops)),
-        scope=scope,
-    )
+from mullama.engine.kvcache import as_tokens
+from tests.unit.fake_engine import EOG, make, seq
 
 
 def run(sched, steps=100):
@@ -330,24 +208,6 @@ def test_a_long_prompt_takes_big_steps_unless_a_short_one_ends_in_the_step():
     assert len(ctx.batches[-1]) == 64  # the turn generates; the document takes the rest
 
 
-def test_burst_tracker_learns_how_many_requests_start_together():
-    bursts = BurstTracker()
-    assert bursts.expected == 1  # nothing seen: never wait
-    bursts.observe(True, 1)  # a lone client starts the idle engine...
-    bursts.observe(False, 0)  # ...and nobody joins during the first step
-    assert bursts.expected == 1
-    bursts.observe(True, 1)  # one request starts it, seven more arrive during that step
-    bursts.observe(False, 7)
-    bursts.observe(False, 0)  # later turns do not count
-    assert bursts.expected == 8
-    bursts.observe(True, 8)  # the next burst arrived whole
-    bursts.observe(False, 0)
-    assert bursts.expected == 8
-    bursts.observe(True, 1)  # back to a single client
-    bursts.observe(False, 0)
-    assert bursts.expected == 1
-
-
 def _served(sched, s):
     sched.submit(s)
     run(sched, steps=200)
@@ -480,7 +340,8 @@ def test_admission_weighs_time_waited_against_the_work_left():
     sched, ctx = make(n_slots=1, n_batch=64, host_bytes=10**9)
     a = _served(sched, seq("a", range(1, 101), out=[EOG]))
     for waited in (5.0, 30.0):
-        sched.prompt_rate = 100.0  # tokens/s: the long prompt's service is ~2 s, the turn's ~0.1
+        # 100 tokens/s: the long prompt's service is ~2 s, the turn's ~0.1
+        sched.admission.prompt_rate = 100.0
         cold = seq("cold", range(500, 700), out=[EOG])
         warm = seq("warm", [*a.tokens, 7, 8], out=[EOG])
         sched.submit(cold)
@@ -575,7 +436,6 @@ def test_an_answer_is_paused_at_most_once_and_one_at_a_time():
     assert long.n_generated == 40 and shorts[1].n_generated == 20
 
 
-
 # ---- cache scopes: one tenant's prompts are never reused for another's -----------------
 
 
@@ -637,7 +497,7 @@ def test_admission_counts_only_a_history_of_the_request_s_scope_as_warm():
     for scope, first in (("A", "probe"), ("B", "short")):
         sched, ctx = make(n_slots=1, n_batch=64)
         a = _served(sched, seq("a", range(1, 101), out=[EOG], scope="A"))
-        sched.prompt_rate = 100.0  # tokens/s: 101 tokens take ~1 s, 30 tokens ~0.3 s
+        sched.admission.prompt_rate = 100.0  # tokens/s: 101 tokens take ~1 s, 30 tokens ~0.3 s
         probe = seq("probe", [*a.tokens, 7], out=[EOG], scope=scope)
         short = seq("short", range(500, 530), out=[EOG], scope="B")
         sched.submit(probe)

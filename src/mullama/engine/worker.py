@@ -24,22 +24,19 @@ import orjson
 
 from ..errors import ContextLengthExceeded, InvalidParameter, MullamaError, ServerError
 from ..logsetup import setup_logging
-from .chat_template import ChatTemplate, TemplateRenderError
-from .constraint import Grammars, tool_grammar
+from .admission import BurstTracker
 from .cpushare import CpuShare
-from .detokenize import StopMatcher
 from .kvcache import HostCache
-from .limits import Length, bound, fit_length
 from .llama import (
     Batch,
     Context,
     ContextConfig,
     EngineError,
     Model,
-    Sampler,
     init_backend,
     lc_version,
 )
+from .prepare import Preparer
 from .protocol import (
     HEADER_SIZE,
     Accepted,
@@ -55,7 +52,6 @@ from .protocol import (
     Pong,
     ProtocolError,
     Ready,
-    SamplingParams,
     Shutdown,
     Step,
     StepRow,
@@ -68,9 +64,10 @@ from .protocol import (
     encode_frame,
     read_command,
 )
-from .scheduler import MIN_SAVE, BurstTracker, Scheduler, Sequence
+from .scheduler import Scheduler
+from .sequence import Output
 from .sessions import Saved, SessionStore
-from .turns import render_turns
+from .slots import MIN_SAVE
 
 log = logging.getLogger("mullama.worker")
 
@@ -112,9 +109,6 @@ class Worker:
         self.chan = chan
         self.model = Model(spec.path, gpu_layers=spec.gpu_layers)
         self.info = self.model.info()
-        n_slots = spec.parallel
-        self.ctx_per_seq = spec.context_size
-        n_batch = spec.batch_size
         # The daemon resolves the thread count from the CPU budget (engine/cpu.py); it is
         # this worker's share when it decodes alone.
         self.threads = max(1, spec.threads)
@@ -125,50 +119,22 @@ class Worker:
         self.ctx = Context(
             self.model,
             ContextConfig(
-                n_ctx=self.ctx_per_seq * n_slots,
-                n_batch=n_batch,
-                n_seq_max=n_slots,
+                n_ctx=spec.context_size * spec.parallel,
+                n_batch=spec.batch_size,
+                n_seq_max=spec.parallel,
                 n_threads=self.threads,
                 kv_unified=spec.kv_unified,
                 flash_attn=self.flash_attn,
             ),
         )
-        n_batch = self.ctx.n_batch
         # A sequence must fit its KV stream (llama.cpp rounds streams up; never rely on it).
-        self.ctx_per_seq = min(self.ctx_per_seq, self.ctx.n_ctx_seq)
-        self.batch = Batch(n_batch)
-        n_swa, recurrent = self.model.memory_kind()
-        self.sched = Scheduler(
-            model=self.model,
-            ctx=self.ctx,
-            batch=self.batch,
-            n_slots=n_slots,
-            n_batch=n_batch,
-            n_quick=self.ctx.n_ubatch,
-            host_cache=HostCache(spec.cache_ram),
-            n_swa=n_swa,
-            recurrent=recurrent,
-            streams=not spec.kv_unified,
-            preempt_after=spec.preempt_after,
-        )
-        if recurrent and spec.cache_ram:
-            log.info("model %s has recurrent memory: no KV states kept in RAM", spec.name)
+        self.ctx_per_seq = min(spec.context_size, self.ctx.n_ctx_seq)
+        self.batch = Batch(self.ctx.n_batch)
+        self.sched = self._scheduler()
         self._last_report: tuple[Any, ...] | None = None
-        self.sessions: SessionStore | None = None
+        self.sessions = self._session_store()
         self._saved_key: tuple[Any, ...] | None = None
-        if spec.sessions_dir and spec.session_disk > 0 and self.sched.host.enabled:
-            empty, n = self.ctx.state_save(0)  # every slot is empty yet: how states begin
-            self.sessions = SessionStore(Path(spec.sessions_dir), spec.session_disk, {
-                "model": spec.model_id, "engine": lc_version(),
-                "n_seq_max": n_slots, "kv_unified": spec.kv_unified,
-                "n_ctx_seq": self.ctx.n_ctx_seq, "flash_attn": self.flash_attn,
-            }, empty_state=bytes(memoryview(empty).cast("B")[:n]) if n else None)  # fmt: skip
-            self.sched.host.add_saved(self.sessions.index())
-        self.template = ChatTemplate(
-            self.info.chat_template, self.info.bos_text, self.info.eos_text
-        )
-        self._templates: dict[str, ChatTemplate] = {}
-        self.grammars = Grammars(self.model.guidance_tokenizer)
+        self.prepare = Preparer(self.model, self.info, spec, self.ctx_per_seq)
         self._inbox: list[tuple[str, Any]] = []
         self._cond = threading.Condition()
         self._embed_q: queue.Queue[EmbedRequest] = queue.Queue()
@@ -176,6 +142,40 @@ class Worker:
         self._last_stats: tuple[int, int] = (-1, -1)
         self._burst_wait_s = max(0.0, spec.burst_wait_ms) / 1000.0
         self._bursts = BurstTracker()
+
+    def _scheduler(self) -> Scheduler:
+        spec = self.spec
+        n_swa, recurrent = self.model.memory_kind()
+        if recurrent and spec.cache_ram:
+            log.info("model %s has recurrent memory: no KV states kept in RAM", spec.name)
+        return Scheduler(
+            model=self.model,
+            ctx=self.ctx,
+            batch=self.batch,
+            n_slots=spec.parallel,
+            n_batch=self.ctx.n_batch,
+            n_quick=self.ctx.n_ubatch,
+            host_cache=HostCache(spec.cache_ram),
+            n_swa=n_swa,
+            recurrent=recurrent,
+            streams=not spec.kv_unified,
+            preempt_after=spec.preempt_after,
+        )
+
+    def _session_store(self) -> SessionStore | None:
+        """Where conversations are saved across restarts (their states go to the RAM
+        cache, read when first needed); None when sessions are off."""
+        spec = self.spec
+        if not (spec.sessions_dir and spec.session_disk > 0 and self.sched.host.enabled):
+            return None
+        empty, n = self.ctx.state_save(0)  # every slot is empty yet: how states begin
+        sessions = SessionStore(Path(spec.sessions_dir), spec.session_disk, {
+            "model": spec.model_id, "engine": lc_version(),
+            "n_seq_max": spec.parallel, "kv_unified": spec.kv_unified,
+            "n_ctx_seq": self.ctx.n_ctx_seq, "flash_attn": self.flash_attn,
+        }, empty_state=bytes(memoryview(empty).cast("B")[:n]) if n else None)  # fmt: skip
+        self.sched.host.add_saved(sessions.index())
+        return sessions
 
     # ---- reader thread ----------------------------------------------------------
 
@@ -233,7 +233,7 @@ class Worker:
 
     def _on_generate(self, req: GenerateRequest) -> None:
         try:
-            seq, length = self._prepare(req)
+            seq, length = self.prepare.sequence(req)
         except Exception as exc:  # noqa: BLE001 - see _failed
             self._failed(req.request_id, exc, "could not prepare the request")
             return
@@ -245,144 +245,14 @@ class Worker:
         thread-safe, and these never wait for the decode loop)."""
         try:
             if isinstance(req, DetokenizeRequest):
-                self.chan.send(
-                    Text(req.id, self.model.detokenize(self._check_ids(req.tokens, "tokens")))
-                )
+                tokens = self.prepare.check_ids(req.tokens, "tokens")
+                self.chan.send(Text(req.id, self.model.detokenize(tokens)))
                 return
-            if req.messages is not None:
-                text = self._render(
-                    req.messages, req.template, req.add_generation_prompt, req.tools
-                )
-                tokens = self._chat_tokens(text)
-            else:
-                tokens = self.model.tokenize(
-                    req.text or "", add_special=req.add_special, parse_special=True
-                )
+            tokens = self.prepare.tokenize(req)
             pieces = [self.model.token_text(t) for t in tokens] if req.with_pieces else None
             self.chan.send(Tokens(req.id, tokens, pieces))
         except Exception as exc:  # noqa: BLE001 - see _failed
             self._failed(req.id, exc, "tokenizer request failed")
-
-    def _check_ids(self, tokens: list[int], param: str) -> list[int]:
-        n_vocab = self.info.n_vocab
-        for i, tok in enumerate(tokens):
-            if not isinstance(tok, int) or isinstance(tok, bool) or not 0 <= tok < n_vocab:
-                raise InvalidParameter(
-                    f"{param}[{i}] = {tok!r} is not a token of this model (ids are 0 to "
-                    f"{n_vocab - 1})",
-                    param=param,
-                )
-        return tokens
-
-    def _template(self, source: str | None) -> ChatTemplate:
-        """The model's chat template, or a custom model's override (compiled once)."""
-        if not source:
-            return self.template
-        template = self._templates.get(source)
-        if template is None:
-            try:
-                template = ChatTemplate(source, self.info.bos_text, self.info.eos_text)
-            except Exception as exc:  # noqa: BLE001 - jinja2 syntax errors
-                raise TemplateRenderError(f"chat template does not compile: {exc}") from exc
-            if len(self._templates) >= 16:
-                self._templates.clear()
-            self._templates[source] = template
-        return template
-
-    def _prepare(self, req: GenerateRequest) -> tuple[Sequence, Length]:
-        limit = min(self.ctx_per_seq, req.params.context_limit or self.ctx_per_seq)
-        params = bound(req.params, limit, self.info.n_vocab)
-        tokens, param = self._prompt_tokens(req)
-        n_prompt = len(tokens)
-        spec = self.spec
-        length = fit_length(n_prompt, params.max_tokens, limit, spec.max_tokens,
-                            spec.strict_fields, param)  # fmt: skip
-        return Sequence(
-            id=req.request_id,
-            tokens=tokens,
-            n_prompt=n_prompt,
-            max_tokens=length.tokens,
-            sampler=self._sampler(params),
-            shown=self._shown(params),
-            stops=StopMatcher(list(params.stop)),
-            ignore_eos=params.ignore_eos,
-            ctx_limit=limit,
-            top_logprobs=params.logprobs,
-            score_prompt=params.prompt_logprobs and params.logprobs is not None,
-            scope=req.cache_scope,
-        ), length
-
-    def _prompt_tokens(self, req: GenerateRequest) -> tuple[list[int], str]:
-        """The prompt's tokens (chat messages through the template, or raw text) and the
-        request field to name in errors."""
-        if req.messages is not None:
-            tokens = self._chat_tokens(self._render(req.messages, req.template, True, req.tools))
-            param = "messages"
-        elif req.prompt_tokens is not None:
-            tokens = list(self._check_ids(req.prompt_tokens, "prompt"))
-            param = "prompt"
-        else:
-            tokens = self.model.tokenize(
-                req.prompt or "", add_special=req.add_special, parse_special=True
-            )
-            param = "prompt"
-        if not tokens:
-            raise InvalidParameter("the prompt is empty", param=param)
-        return tokens, param
-
-    def _render(
-        self,
-        messages: list[dict[str, Any]],
-        template: str | None,
-        gen: bool,
-        tools: list[dict[str, Any]] | None,
-    ) -> str:
-        chat = self._template(template)
-        try:
-            return render_turns(lambda shape: chat.render(shape, gen, tools), messages)
-        except TemplateRenderError as exc:
-            raise InvalidParameter(str(exc), param="messages") from exc
-
-    def _chat_tokens(self, text: str) -> list[int]:
-        """A rendered chat's tokens: BOS added unless the template wrote it already."""
-        add_special = self.info.add_bos and not (
-            self.info.bos_text and text.startswith(self.info.bos_text)
-        )
-        return self.model.tokenize(text, add_special=add_special, parse_special=True)
-
-    def _sampler(self, params: SamplingParams) -> Sampler:
-        """The request's sampler, with its constraint compiled here on the reader thread
-        (errors are the client's: a 400 naming the schema path)."""
-        grammar, param = None, "response_format"
-        if params.tool_calls is not None:
-            grammar, param = tool_grammar(params.tool_calls, self._split), "tools"
-        constraint = self.grammars.constraint(grammar, params.json_schema, param)
-        return Sampler(self.model, params, constraint)
-
-    def _split(self, text: str) -> list[int | str]:
-        """A tool-call marker as literal text and special tokens (see tool_grammar)."""
-        tokens = self.model.tokenize(text, add_special=False, parse_special=True)
-        special = self.grammars.tokenizer.is_special_token
-        if not any(special(t) for t in tokens):
-            return [text] if text else []
-        out: list[int | str] = []
-        for t in tokens:
-            if special(t):
-                out.append(t)
-            elif out and isinstance(out[-1], str):
-                out[-1] += self.model.piece(t).decode("utf-8", "replace")
-            else:
-                out.append(self.model.piece(t).decode("utf-8", "replace"))
-        return out
-
-    def _shown(self, params: SamplingParams) -> frozenset[int]:
-        """The special tokens of a request's tool-call markers: written out as text (a
-        control token's text is hidden otherwise), so the calls can be read."""
-        if params.tool_calls is None:
-            return frozenset()
-        syn = params.tool_calls.syntax
-        markers = (syn.open, syn.begin, syn.end, syn.separator, syn.close)
-        return frozenset(p for m in markers for p in self._split(m) if isinstance(p, int))
 
     # ---- embedding thread ----------------------------------------------------------
 
@@ -530,17 +400,7 @@ class Worker:
     def run(self) -> None:
         sched = self.sched
         while True:
-            with self._cond:
-                if not self._inbox and not sched.has_work():
-                    self._set_busy(False)
-                while not self._inbox and not sched.has_work():
-                    if not self._cond.wait(self._save_wait()):
-                        self._save_sessions()  # idle for a save interval
-                starting = not sched.has_work()
-                expected = min(self._bursts.expected, len(sched.slots))
-                if starting and self._burst_wait_s and expected > 1:
-                    self._gather_burst(expected)
-                inbox, self._inbox = self._inbox, []
+            starting, inbox = self._take_inbox()
             self._bursts.observe(starting, sum(1 for kind, _ in inbox if kind == "submit"))
             if any(kind == "shutdown" for kind, _ in inbox):
                 self._save_sessions()
@@ -559,40 +419,55 @@ class Worker:
                 log.error("decode failed: %s", exc)
                 self._fail_all(str(exc))
                 continue
-            stats = (sched.n_active, sched.n_queued)
-            if outputs or sched.admitted or sched.decoded or stats != self._last_stats:
-                self._last_stats = stats
-                rows = []
-                for o in outputs:
-                    if o.finish == "error":  # the scheduler gave up on it (no KV room)
-                        err = ServerError("the KV cache cannot hold this sequence")
-                        self.chan.send(Failed(o.id, err))
-                    else:
-                        rows.append(
-                            StepRow(
-                                o.id,
-                                o.text,
-                                o.n_generated,
-                                o.n_prompt,
-                                o.finish,
-                                o.logprobs,
-                                o.stop,
-                            )
-                        )
-                step = Step(
-                    rows=rows,
-                    admitted=[
-                        (s.id, (s.admitted_at or 0.0) - s.submitted_at, s.reused)
-                        for s in sched.admitted
-                    ],
-                    cache=self._cache_report(),
-                    active=stats[0],
-                    queued=stats[1],
-                    kv_used=sched.kv_used(),
-                    generated_total=sched.generated_total,
-                    threads=self.ctx.threads,
+            self._send_step(outputs)
+
+    def _take_inbox(self) -> tuple[bool, list[tuple[str, Any]]]:
+        """What the reader thread posted, waiting (idle) until there is work; and whether
+        the engine starts from idle with it (it then waits for a burst, see
+        _gather_burst)."""
+        sched = self.sched
+        with self._cond:
+            if not self._inbox and not sched.has_work():
+                self._set_busy(False)
+            while not self._inbox and not sched.has_work():
+                if not self._cond.wait(self._save_wait()):
+                    self._save_sessions()  # idle for a save interval
+            starting = not sched.has_work()
+            expected = min(self._bursts.expected, len(sched.slots))
+            if starting and self._burst_wait_s and expected > 1:
+                self._gather_burst(expected)
+            inbox, self._inbox = self._inbox, []
+        return starting, inbox
+
+    def _send_step(self, outputs: list[Output]) -> None:
+        """A step's outputs and the engine's numbers, when the step did anything (or the
+        numbers changed); a sequence the scheduler gave up on (no KV room) fails."""
+        sched = self.sched
+        stats = (sched.n_active, sched.n_queued)
+        if not (outputs or sched.admitted or sched.decoded or stats != self._last_stats):
+            return
+        self._last_stats = stats
+        rows = []
+        for o in outputs:
+            if o.finish == "error":
+                self.chan.send(Failed(o.id, ServerError("the KV cache cannot hold this sequence")))
+            else:
+                rows.append(
+                    StepRow(o.id, o.text, o.n_generated, o.n_prompt, o.finish, o.logprobs, o.stop)
                 )
-                self.chan.send(step)
+        step = Step(
+            rows=rows,
+            admitted=[
+                (s.id, (s.admitted_at or 0.0) - s.submitted_at, s.reused) for s in sched.admitted
+            ],
+            cache=self._cache_report(),
+            active=stats[0],
+            queued=stats[1],
+            kv_used=sched.kv_used(),
+            generated_total=sched.generated_total,
+            threads=self.ctx.threads,
+        )
+        self.chan.send(step)
 
     def _set_busy(self, busy: bool) -> None:
         if self.share is not None:
