@@ -1,14 +1,22 @@
-"""What one HTTP request asks of the layers below the API, and what they report back.
+"""The one state of an HTTP request: what it asks of the layers below the API, and what
+they report back.
 
-``RequestContextMiddleware`` (daemon/middleware.py) reads the request's headers into a
-:class:`RequestContext`, puts it in the ``current`` context variable for the request's
-task (and the tasks started from it), and adds the headers it collected to the response
-when the response starts. The model manager reads the cache policy and records cache
+``RequestStateMiddleware`` (daemon/middleware.py, the outermost) makes one
+:class:`RequestContext` per request from its scope and headers and puts it in the
+``current`` context variable for the request's task (and the tasks started from it);
+everything below reads and fills that one object. The access log opens and closes it
+(observability/access.py: metrics, per-model summary, access line, span); the engine
+observer (observability/hub.py) adds each generation's model, tokens and timings, which
+the token rate limiter (security/ratelimit.py) charges; the in-flight middleware gives it
+its ``Progress`` (the stream idle timeout). ``CallerContextMiddleware`` (inside the auth
+middleware, which stored the caller) sets the caller's cache tenant (security/tenancy.py),
+which scopes every generation's prefix reuse and response-cache entry (``cache_scope``),
+and whether the daemon runs with --strict-fields, and adds the headers collected here to
+the response when it starts. The model manager reads the cache policy and records cache
 hits; the fallback router (api/fallback.py) records which model answered; the request
 models (api/fields.py) record the fields they accepted without acting on them
-(``Mullama-Ignored-Fields``). The middleware also sets the caller's cache tenant
-(security/tenancy.py), which scopes every generation's prefix reuse and response-cache
-entry (``cache_scope``), and whether the daemon runs with --strict-fields.
+(``Mullama-Ignored-Fields``); a remote engine reads the conversation key and the trace
+context (models/remote.py).
 """
 
 from __future__ import annotations
@@ -25,8 +33,24 @@ from urllib.parse import quote
 FALLBACK_HEADER = "x-mullama-fallback"
 CACHE_HEADER = "x-mullama-cache"
 IGNORED_HEADER = "mullama-ignored-fields"
+CLAMPED_HEADER = "mullama-max-tokens-clamped"
 # Request headers that ask for API features by name: accepted, and reported as ignored.
 BETA_HEADERS = (b"anthropic-beta", b"openai-beta")
+
+# Health probes (also answered past the connection limit: daemon/http_protocol.py).
+# These path sets sort requests for logs and stats only; who may call a route is what the
+# route declares (security/policy.py).
+HEALTH_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/v1/health"})
+# Probes and scrapes: counted in mullama_requests_total under their own endpoint, but not
+# as API requests (active/total/failed stats) and logged at DEBUG, not INFO.
+MONITORING_PATHS = HEALTH_PATHS | frozenset(
+    {
+        "/metrics",
+        "/completion-metrics",
+        "/v1/completion-metrics",
+        "/api/system/status",
+    }
+)
 
 MAX_IGNORED = 64  # names kept per request (a body can hold any number of unknown keys)
 _SHOWN = re.compile(r"[A-Za-z0-9_.\-\[\]=]{1,80}")
@@ -41,7 +65,52 @@ def shown_name(name: str) -> str:
 
 
 @dataclass(eq=False)
+class Progress:
+    """When a request last made progress (time.monotonic()). The in-flight middleware
+    (daemon/inflight.py) makes one per request and ends a stream that made none for
+    --stream-idle-timeout; it marks each body chunk sent, and the engines mark each of
+    their steps while the request's generation is open."""
+
+    at: float = field(default_factory=time.monotonic)
+
+    def mark(self) -> None:
+        self.at = time.monotonic()
+
+
+def _is_monitoring(path: str) -> bool:
+    """Probes, scrapes and the UI's files."""
+    return path in MONITORING_PATHS or path == "/ui" or path.startswith("/ui/")
+
+
+def _client(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    if not client:
+        return ""
+    host, port = client[0], client[1]
+    return f"{host}:{port}" if port else str(host)
+
+
+@dataclass(eq=False)
 class RequestContext:
+    # The request itself (RequestStateMiddleware).
+    request_id: str = ""
+    method: str = ""
+    path: str = ""
+    client: str = ""
+    monitoring: bool = False  # health probes, /metrics: not counted as API requests
+    started: float = field(default_factory=time.perf_counter)
+    started_ns: int = field(default_factory=time.time_ns)  # wall clock, for spans
+    span: Any = field(default=None, repr=False)  # its tracing span, when tracing is on
+    progress: Progress | None = None  # the in-flight middleware's (stream idle timeout)
+    # What its generations did (the engine observer, observability/hub.py).
+    model: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, found in the KV cache (not computed)
+    completion_tokens: int = 0
+    first_token: float | None = None  # perf_counter of the first generated token
+    finish_reasons: list[str] = field(default_factory=list)
+    error: bool = False  # a generation failed after the response had started
+    # What it asks of the caches and the fallbacks, and what they did.
     cache_read: bool = True  # Cache-Control: no-cache / no-store turn these off
     cache_store: bool = True  # no-store
     fallback: bool = True  # X-Mullama-Fallback: off (or "fallback": false in the body)
@@ -56,13 +125,16 @@ class RequestContext:
     session_id: bytes | None = None
     api_key: bytes | None = field(default=None, repr=False)
     client_traceparent: bytes | None = None
-    span: Any = field(default=None, repr=False)  # the request's tracing span (middleware)
     cache_tenant: str = ""  # whose caches it uses ("" = shared; security/tenancy.py)
     strict_fields: bool = False  # --strict-fields: unknown fields and hints are refused
     # Fields accepted and not acted on, in the order met: name -> whether the API declares
     # it (a bounded metric label) rather than the client making it up.
     ignored: dict[str, bool] = field(default_factory=dict)
     ignored_more: int = 0  # names past MAX_IGNORED, counted only
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.started
 
     def ignore(self, name: str, declared: bool = True) -> None:
         name = shown_name(name)
@@ -103,6 +175,14 @@ class RequestContext:
             sc = self.span.get_span_context()
             return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
         return self.client_traceparent.decode("latin-1")[:128] if self.client_traceparent else None
+
+    @classmethod
+    def from_scope(cls, scope: dict[str, Any], request_id: str) -> RequestContext:
+        """The context of an HTTP request: what it is, and what its headers ask."""
+        ctx = cls.from_headers(scope["headers"])
+        ctx.request_id, ctx.method, ctx.path = request_id, scope["method"], scope["path"]
+        ctx.client, ctx.monitoring = _client(scope), _is_monitoring(scope["path"])
+        return ctx
 
     @classmethod
     def from_headers(cls, headers: list[tuple[bytes, bytes]]) -> RequestContext:
@@ -170,30 +250,7 @@ def get() -> RequestContext:
     return ctx if ctx is not None else RequestContext()
 
 
-# ---- progress: the stream idle timeout --------------------------------------------------
-
-CLAMPED_HEADER = "mullama-max-tokens-clamped"
-
-
-@dataclass(eq=False)
-class Progress:
-    """When a request last made progress (time.monotonic()). The in-flight middleware
-    (daemon/inflight.py) makes one per request and ends a stream that made none for
-    --stream-idle-timeout; it marks each body chunk sent, and the engines mark each of
-    their steps while the request's generation is open."""
-
-    at: float = field(default_factory=time.monotonic)
-
-    def mark(self) -> None:
-        self.at = time.monotonic()
-
-
-progress: contextvars.ContextVar[Progress | None] = contextvars.ContextVar(
-    "mullama_request_progress", default=None
-)
-
-
 def progress_marker() -> Callable[[], None] | None:
     """What a generation calls to mark the current request's progress (None outside one)."""
-    current_progress = progress.get()
-    return current_progress.mark if current_progress is not None else None
+    ctx = current.get()
+    return ctx.progress.mark if ctx is not None and ctx.progress is not None else None

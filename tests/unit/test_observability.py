@@ -9,20 +9,16 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mullama import requestctx
 from mullama.config import Settings, add_settings_arguments
 from mullama.engine.protocol import ModelStats
 from mullama.errors import ClientError, ServerError
 from mullama.logsetup import JsonFormatter, TextFormatter, resolve_format
 from mullama.observability.hub import Observability
 from mullama.observability.metrics import Metrics, ModelSnapshot, Snapshot
-from mullama.observability.requests import (
-    ModelSummary,
-    RateMeter,
-    RequestRecord,
-    current_request,
-    percentile,
-)
+from mullama.observability.requests import ModelSummary, RateMeter, percentile
 from mullama.observability.tracing import Tracing, traces_url
+from mullama.requestctx import RequestContext
 
 
 def test_rate_meter_window():
@@ -46,10 +42,10 @@ def test_percentile_nearest_rank():
 
 def test_model_summary():
     s = ModelSummary()
-    rec = RequestRecord("r", "POST", "/v1/completions", "c")
+    rec = RequestContext("r", "POST", "/v1/completions", "c")
     rec.started, rec.first_token, rec.prompt_tokens, rec.completion_tokens = 0.0, 0.5, 7, 11
     s.add(rec, True, ended=1.5)
-    s.add(RequestRecord("r2", "POST", "/v1/completions", "c"), False, ended=2.0)
+    s.add(RequestContext("r2", "POST", "/v1/completions", "c"), False, ended=2.0)
     out = s.to_json()
     assert out["total_requests"] == 2 and out["successful_requests"] == 1
     assert out["success_rate"] == 0.5
@@ -167,8 +163,9 @@ def _hub_with_memory_exporter():
 
 def test_hub_records_a_generation_with_spans():
     hub, exporter, tracing = _hub_with_memory_exporter()
-    rec = hub.start_request("POST", "/v1/chat/completions", "rid-1", "127.0.0.1:1")
-    token = current_request.set(rec)
+    rec = RequestContext("rid-1", "POST", "/v1/chat/completions", "127.0.0.1:1")
+    hub.start_request(rec)
+    token = requestctx.current.set(rec)
     try:
         gen = hub.generation("m", "rid-1/0")
         gen.accepted(12)
@@ -178,7 +175,7 @@ def test_hub_records_a_generation_with_spans():
         gen.output(5, "length")
         gen.closed(None)
     finally:
-        current_request.reset(token)
+        requestctx.current.reset(token)
     hub.finish_request(rec, 200, "/v1/chat/completions")
     tracing.shutdown()
     fam = _families(hub.metrics)
@@ -200,15 +197,16 @@ def test_hub_records_a_generation_with_spans():
 
 def test_hub_counts_a_failed_stream_as_failed():
     hub, _, tracing = _hub_with_memory_exporter()
-    rec = hub.start_request("POST", "/v1/completions", "rid-2", "c")
-    token = current_request.set(rec)
+    rec = RequestContext("rid-2", "POST", "/v1/completions", "c")
+    hub.start_request(rec)
+    token = requestctx.current.set(rec)
     try:
         gen = hub.generation("m", "rid-2")
         gen.accepted(3)
         gen.output(1, None)
         gen.closed(ServerError("engine died"))
     finally:
-        current_request.reset(token)
+        requestctx.current.reset(token)
     hub.finish_request(rec, 200, "/v1/completions")
     tracing.shutdown()
     assert hub.stats()["failed_requests"] == 1

@@ -36,7 +36,7 @@ from .dependencies import Dependencies
 from .guards import install_guards
 from .handlers import install_error_handlers
 from .lifecycle import Lifecycle, Phase
-from .middleware import RequestContextMiddleware, RequestIdMiddleware
+from .middleware import CallerContextMiddleware, RequestStateMiddleware
 from .openapi import install_openapi
 
 log = logging.getLogger(__name__)
@@ -114,12 +114,12 @@ def create_app(
         app.include_router(router)
     app.state.api_routes = [r for rt in routers for r in rt.routes if isinstance(r, APIRoute)]
     install_openapi(app, app.state.api_routes)
-    # add_middleware wraps what was added before: the request context (cache policy,
-    # fallback) innermost, then the guards (limits, drain, auth, rate limits), then the
-    # access log, then the request id outermost.
+    # add_middleware wraps what was added before: the caller's part of the request's
+    # context (tenant, --strict-fields) innermost, then the guards (limits, drain, auth,
+    # rate limits), then the access log, then the request's id and context outermost.
     tenancy = CacheTenancy(KeyRing([]), shared=settings.share_cache_across_keys)
     app.add_middleware(
-        RequestContextMiddleware,
+        CallerContextMiddleware,
         tenancy=tenancy,
         strict_fields=settings.strict_fields,
         metrics=obs.metrics,
@@ -127,5 +127,5 @@ def create_app(
     install_guards(app, settings)
     tenancy.keys = app.state.keys  # the ring the auth middleware holds (SIGHUP reloads it)
     app.add_middleware(AccessLogMiddleware, obs=obs)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestStateMiddleware)
     return app

@@ -16,7 +16,7 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..errors import ClientError, Unavailable
-from ..observability.hub import HEALTH_PATHS
+from ..requestctx import HEALTH_PATHS
 from ..wire.errors import error_response, openai_body
 
 

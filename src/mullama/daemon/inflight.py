@@ -185,11 +185,8 @@ class InflightMiddleware:
 
         entry = _Entry()
         self.tracker.add(entry)
-        token = requestctx.progress.set(progress)  # the task below runs in a copy
-        try:
-            task = asyncio.ensure_future(self.app(scope, receive, tracked_send))
-        finally:
-            requestctx.progress.reset(token)
+        requestctx.get().progress = progress  # the engines mark it (progress_marker)
+        task = asyncio.ensure_future(self.app(scope, receive, tracked_send))
         try:
             err = await _watch(task, entry, state, progress, timeouts)
             if err is None:

@@ -12,7 +12,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import requestctx
 from ..errors import PayloadTooLarge
 from ..observability.metrics import Metrics
-from ..observability.requests import current_request
 from ..security.tenancy import CacheTenancy
 from ..wire.errors import error_body
 
@@ -42,8 +41,10 @@ def adding_headers(send: Send, extra: Callable[[], list[tuple[bytes, bytes]]]) -
     return wrapped
 
 
-class RequestIdMiddleware:
-    """Honour X-Request-ID or make one; return it on the response."""
+class RequestStateMiddleware:
+    """The outermost layer: the request's id (X-Request-ID honoured, else made; returned
+    on the response) and its one ``RequestContext`` (requestctx.py), made from its scope
+    and headers and put in ``requestctx.current`` for every layer below."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -61,13 +62,17 @@ class RequestIdMiddleware:
             rid = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         header = [(b"x-request-id", rid.encode("latin-1"))]
-        await self.app(scope, receive, adding_headers(send, lambda: header))
+        token = requestctx.current.set(requestctx.RequestContext.from_scope(scope, rid))
+        try:
+            await self.app(scope, receive, adding_headers(send, lambda: header))
+        finally:
+            requestctx.current.reset(token)
 
 
-class RequestContextMiddleware:
-    """The request's ``RequestContext`` (cache policy, fallback opt-out, --strict-fields)
-    from its headers, and its caller's cache tenant (it runs inside the auth middleware,
-    which stored the caller); what the layers below recorded in it (X-Mullama-Cache,
+class CallerContextMiddleware:
+    """Completes the request's context with what the guards established: its caller's
+    cache tenant (it runs inside the auth middleware, which stored the caller) and
+    --strict-fields; what the layers below recorded in it (X-Mullama-Cache,
     X-Mullama-Fallback, Mullama-Ignored-Fields) goes out with the response's headers, and
     the fields accepted without being acted on are logged (debug) and counted."""
 
@@ -87,18 +92,13 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ctx = requestctx.RequestContext.from_headers(scope["headers"])
+        ctx = requestctx.get()
         ctx.strict_fields = self.strict_fields
         if self.tenancy is not None:
             ctx.cache_tenant = self.tenancy.tenant(scope.get("state", {}).get("principal"))
-        record = current_request.get()
-        if record is not None:
-            ctx.span = record.span  # a remote engine's parent span
-        token = requestctx.current.set(ctx)
         try:
             await self.app(scope, receive, adding_headers(send, ctx.response_headers))
         finally:
-            requestctx.current.reset(token)
             if ctx.ignored:
                 self._report(scope["path"], ctx)
 

@@ -57,7 +57,7 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _headers(status: str, answer: dict[str, Any]) -> dict[str, Any]:
-    """Every answer carries its request's id (RequestIdMiddleware); an error says when
+    """Every answer carries its request's id (RequestStateMiddleware); an error says when
     to retry (503, 429) or how to authenticate (401)."""
     out = {"X-Request-ID": _ref("X-Request-ID")}
     schema = answer.get("content", {}).get("application/json", {}).get("schema", {})

@@ -1,9 +1,9 @@
 """Access log, request metrics and the request span, as plain ASGI middleware (not
 BaseHTTPMiddleware: that breaks streaming disconnects and context variables).
 
-It runs inside RequestIdMiddleware (the request id is in ``scope["state"]``), creates the
-request's record, puts it in the ``current_request`` context variable for the engine
-observer, and closes it when the app returns (after the last byte of a stream)."""
+It runs inside RequestStateMiddleware, which made the request's ``RequestContext``
+(requestctx.py); it opens it with the hub (active count, span) and closes it when the app
+returns (after the last byte of a stream), with the status sent."""
 
 from __future__ import annotations
 
@@ -12,18 +12,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import requestctx
 from .hub import Observability
-from .requests import current_request
 
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the response"
-
-
-def _client(scope: Scope) -> str:
-    client = scope.get("client")
-    if not client:
-        return ""
-    host, port = client[0], client[1]
-    return f"{host}:{port}" if port else str(host)
 
 
 def _route(scope: Scope) -> str | None:
@@ -41,10 +33,8 @@ class AccessLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
-        rec = self.obs.start_request(
-            scope["method"], scope["path"], str(state.get("request_id", "")), _client(scope)
-        )
+        rec = requestctx.get()
+        self.obs.start_request(rec)
         status = 0
 
         async def send_status(message: Message) -> None:
@@ -53,7 +43,6 @@ class AccessLogMiddleware:
                 status = int(message["status"])
             await send(message)
 
-        token = current_request.set(rec)
         try:
             await self.app(scope, receive, send_status)
         except asyncio.CancelledError:
@@ -63,5 +52,4 @@ class AccessLogMiddleware:
             status = status or 500
             raise
         finally:
-            current_request.reset(token)
             self.obs.finish_request(rec, status or CLIENT_CLOSED, _route(scope))

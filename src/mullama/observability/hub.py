@@ -11,31 +11,17 @@ import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
+from .. import __version__, requestctx
 from ..errors import MullamaError
+from ..requestctx import RequestContext
 from .metrics import Metrics, ModelSnapshot, Snapshot
-from .requests import ModelSummary, RateMeter, RequestRecord, current_request, percentile
+from .requests import ModelSummary, RateMeter, percentile
 from .tracing import Tracing
 
 access_log = logging.getLogger("mullama.access")
 
 HISTORY_STEP = 2.0  # seconds between the dashboard's history samples
 HISTORY_POINTS = 150  # five minutes of them
-
-# Health probes (also answered past the connection limit: daemon/http_protocol.py).
-# These path sets sort requests for logs and stats only; who may call a route is what the
-# route declares (security/policy.py).
-HEALTH_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/v1/health"})
-# Probes and scrapes: counted in mullama_requests_total under their own endpoint, but not
-# as API requests (active/total/failed stats) and logged at DEBUG, not INFO.
-MONITORING_PATHS = HEALTH_PATHS | frozenset(
-    {
-        "/metrics",
-        "/completion-metrics",
-        "/v1/completion-metrics",
-        "/api/system/status",
-    }
-)
 
 if TYPE_CHECKING:
     from ..models.manager import ModelManager
@@ -51,16 +37,16 @@ def rss_bytes(pid: int | None) -> int:
         return 0
 
 
-def _ns(record: RequestRecord, t: float) -> int:
+def _ns(record: RequestContext, t: float) -> int:
     """A perf_counter time as wall-clock nanoseconds (for spans)."""
     return record.started_ns + int((t - record.started) * 1e9)
 
 
 class GenerationTracker:
-    """One sequence: feeds token counters, TTFT/ITL/queue histograms, the request record
+    """One sequence: feeds token counters, TTFT/ITL/queue histograms, the request's context
     and (with tracing) queue/prefill/decode spans."""
 
-    def __init__(self, hub: Observability, model: str, record: RequestRecord | None) -> None:
+    def __init__(self, hub: Observability, model: str, record: RequestContext | None) -> None:
         m = hub.metrics
         self.hub = hub
         self.model = model
@@ -136,7 +122,7 @@ class GenerationTracker:
         if tracing is not None and rec.span is not None:
             self._spans(tracing, rec, time.perf_counter())
 
-    def _spans(self, tracing: Tracing, rec: RequestRecord, end: float) -> None:
+    def _spans(self, tracing: Tracing, rec: RequestContext, end: float) -> None:
         attrs = {"gen_ai.request.model": self.model}
         if self.admitted_at is not None:
             queued = self.admitted_at - self.queue_wait
@@ -187,7 +173,7 @@ class Observability:
     # ---- EngineObserver --------------------------------------------------------------
 
     def generation(self, model: str, request_id: str) -> GenerationTracker:
-        return GenerationTracker(self, model, current_request.get())
+        return GenerationTracker(self, model, requestctx.current.get())
 
     def replica_request(
         self, model: str, replica: str, outcome: str, ttft: float | None, tokens: int
@@ -201,7 +187,7 @@ class Observability:
 
     def embedded(self, model: str, prompt_tokens: int) -> None:
         self.metrics.prompt_tokens.labels(model).inc(prompt_tokens)
-        rec = current_request.get()
+        rec = requestctx.current.get()
         if rec is not None:
             rec.model = model
             rec.prompt_tokens += prompt_tokens
@@ -221,17 +207,18 @@ class Observability:
 
     # ---- requests ----------------------------------------------------------------------
 
-    def start_request(self, method: str, path: str, request_id: str, client: str) -> RequestRecord:
-        # probes, scrapes, UI assets
-        monitoring = path in MONITORING_PATHS or path == "/ui" or path.startswith("/ui/")
-        rec = RequestRecord(request_id, method, path, client, monitoring=monitoring)
-        if not rec.monitoring:
-            self.active_requests += 1
-        if self.tracing is not None and not rec.monitoring:
-            rec.span = self.tracing.start_request(method, path, request_id, rec.started_ns)
-        return rec
+    def start_request(self, rec: RequestContext) -> None:
+        """Count a request as active and open its span (not for probes, scrapes and the
+        UI's files)."""
+        if rec.monitoring:
+            return
+        self.active_requests += 1
+        if self.tracing is not None:
+            rec.span = self.tracing.start_request(
+                rec.method, rec.path, rec.request_id, rec.started_ns
+            )
 
-    def finish_request(self, rec: RequestRecord, status: int, route: str | None) -> None:
+    def finish_request(self, rec: RequestContext, status: int, route: str | None) -> None:
         ended = time.perf_counter()
         duration = ended - rec.started
         endpoint = route or "unmatched"
@@ -256,7 +243,7 @@ class Observability:
             )
         self._log_access(rec, status, duration)
 
-    def _log_access(self, rec: RequestRecord, status: int, duration: float) -> None:
+    def _log_access(self, rec: RequestContext, status: int, duration: float) -> None:
         level = logging.DEBUG if rec.monitoring else logging.INFO
         if not access_log.isEnabledFor(level):
             return

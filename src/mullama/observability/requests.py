@@ -1,45 +1,15 @@
-"""Per-request bookkeeping shared by the access log, metrics, summaries and tracing.
-
-The access middleware creates a :class:`RequestRecord` for each HTTP request and puts it
-in a context variable; the engine observer (called by the engine client, in the same task
-or a task started from it) finds it there and adds the model, token counts and timings.
-"""
+"""What the hub keeps of the requests it closes (each one's ``RequestContext``,
+requestctx.py): token rates, per-model summaries, percentiles."""
 
 from __future__ import annotations
 
-import contextvars
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-current_request: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar(
-    "mullama_request", default=None
-)
-
-
-@dataclass(eq=False)
-class RequestRecord:
-    request_id: str
-    method: str
-    path: str
-    client: str
-    monitoring: bool = False  # health probes, /metrics: not counted as API requests
-    started: float = field(default_factory=time.perf_counter)
-    started_ns: int = field(default_factory=time.time_ns)  # wall clock, for spans
-    model: str | None = None
-    prompt_tokens: int = 0
-    cached_tokens: int = 0  # of prompt_tokens, found in the KV cache (not computed)
-    completion_tokens: int = 0
-    first_token: float | None = None  # perf_counter of the first generated token
-    finish_reasons: list[str] = field(default_factory=list)
-    error: bool = False  # a generation failed after the response had started
-    span: Any = None  # the request's tracing span, when tracing is on
-
-    @property
-    def ttft(self) -> float | None:
-        return None if self.first_token is None else self.first_token - self.started
+from ..requestctx import RequestContext
 
 
 class RateMeter:
@@ -98,7 +68,7 @@ class ModelSummary:
     ttfts: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     speeds: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
-    def add(self, record: RequestRecord, ok: bool, ended: float) -> None:
+    def add(self, record: RequestContext, ok: bool, ended: float) -> None:
         self.requests += 1
         self.succeeded += ok
         self.prompt_tokens += record.prompt_tokens

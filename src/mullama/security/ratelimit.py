@@ -15,9 +15,9 @@ from limits.errors import ConfigurationError
 from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import requestctx
 from ..config import ConfigError
 from ..errors import RateLimited, Unavailable
-from ..observability.requests import current_request
 from ..wire.errors import error_response
 from .auth import Principal
 
@@ -153,9 +153,9 @@ class RateLimitMiddleware:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        # The access middleware (outside this one) made the record; the engine observer
-        # adds every generation's tokens to it, streamed or not, finished or cut short.
-        record = current_request.get()
+        # The request's context (made outside this one); the engine observer adds every
+        # generation's tokens to it, streamed or not, finished or cut short.
+        record = requestctx.current.get()
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
