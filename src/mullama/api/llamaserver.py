@@ -12,10 +12,10 @@ from typing import Any, ClassVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import Field
+from pydantic import Field, create_model
 
 from .. import __version__
-from ..engine import limits
+from ..engine import knobs, limits
 from ..engine.protocol import SamplingParams
 from ..errors import ClientError, MullamaError
 from ..wire.errors import openai_body
@@ -34,20 +34,20 @@ from .streaming import DisconnectAwareStream, sse
 router = APIRouter()
 
 
-class CompletionBody(StrictBody, Refusing):
+# The sampling knobs as llama-server names them, with its bounds (engine/knobs.py).
+_Knobs = create_model("_Knobs", __base__=StrictBody, **knobs.fields("llamaserver"))  # type: ignore[call-overload]
+
+
+class CompletionBody(_Knobs, Refusing):  # type: ignore[valid-type,misc]
     REFUSED: ClassVar[dict[str, str]] = {
         "grammar": "GBNF grammars are not implemented; use json_schema",
         "samplers": "a custom sampler order is not implemented",
-        "mirostat": "mirostat sampling is not implemented",
         "n_probs": "probabilities are served by /v1/completions (logprobs)",
         "lora": "LoRA adapters are not implemented",
         "logit_bias": "token biases are not implemented",
-        "dry_multiplier": "DRY sampling is not implemented",
-        "xtc_probability": "XTC sampling is not implemented",
-        "typical_p": "typical sampling is not implemented",
+        **knobs.refused("llamaserver"),
     }
-    NEUTRAL = {"mirostat": (0,), "typical_p": (1.0, 1), "dry_multiplier": (0.0, 0),
-               "xtc_probability": (0.0, 0)}  # fmt: skip
+    NEUTRAL = knobs.neutral("llamaserver")
     # Prompt caching is always on; slots are chosen by the scheduler.
     IGNORED = frozenset({"cache_prompt", "id_slot", "n_keep", "return_tokens", "timings_per_token",
                          "n_indent", "t_max_prompt_ms", "n_cmpl"})  # fmt: skip
@@ -57,15 +57,6 @@ class CompletionBody(StrictBody, Refusing):
     n_predict: int = Field(default=-1, ge=-1)
     stream: bool = False
     stop: limits.Stops | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_k: int | None = Field(default=None, ge=0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    seed: limits.Seed | None = None
-    repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    repeat_last_n: int | None = Field(default=None, ge=-1)  # -1: the context size
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     ignore_eos: bool = False
     json_schema: dict[str, Any] | None = None
     keep_alive: str | int | float | None = None
@@ -73,21 +64,26 @@ class CompletionBody(StrictBody, Refusing):
     cache_salt: str | None = Field(default=None, min_length=1, max_length=1024)  # vLLM's
 
     def to_completion(self, model: str) -> CompletionRequest:
+        """The OpenAI completion this is, without its sampling knobs: those are set on
+        the engine request by ``set_knobs`` (llama-server's bounds are not OpenAI's)."""
         body: dict[str, Any] = {"model": model, "prompt": self.prompt, "stream": self.stream,
                                 "ignore_eos": self.ignore_eos}  # fmt: skip
         if self.n_predict > 0:
             body["max_tokens"] = self.n_predict
         elif self.n_predict == 0:  # the OpenAI API allows 0 only for scoring: set after
             body["max_tokens"] = 1
-        for name in ("temperature", "top_k", "top_p", "min_p", "seed", "repeat_penalty",
-                     "presence_penalty", "frequency_penalty", "stop", "keep_alive",
-                     "cache_salt"):  # fmt: skip
+        for name in ("stop", "keep_alive", "cache_salt"):
             if getattr(self, name) is not None:
                 body[name] = getattr(self, name)
         if self.json_schema is not None:
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "schema", "schema": self.json_schema}}  # fmt: skip
         return validate(CompletionRequest, body)  # its own rules (a prompt list not empty)
+
+    def set_knobs(self, params: SamplingParams) -> None:
+        """The sampling knobs this request sets, over the model's defaults."""
+        for name, value in knobs.values(self, "llamaserver").items():
+            setattr(params, name, value)
 
 
 def _model(request: Request, given: str | None) -> str:
@@ -122,8 +118,7 @@ async def _complete(request: Request, body: CompletionBody) -> Response:
         requests[0].params.max_tokens = None
     elif body.n_predict == 0:  # nothing generated: the prompt is evaluated into the cache
         requests[0].params.max_tokens = 0
-    if body.repeat_last_n is not None:  # no OpenAI field: set here (the worker bounds it)
-        requests[0].params.repeat_last_n = body.repeat_last_n
+    body.set_knobs(requests[0].params)
     started = time.perf_counter()
     prompt_tokens, gens = await start_generations(
         request.app.state.models, name, requests, req.keep_alive

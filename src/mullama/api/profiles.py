@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..engine import knobs
 from ..engine.protocol import SamplingParams, field_names
 from .toolsyntax import REMOTE_TOOLS
 
@@ -16,9 +17,13 @@ if TYPE_CHECKING:
     from ..models.manager import ModelManager
 
 _FIELDS = field_names(SamplingParams)
-# The Ollama option names that differ from SamplingParams' field names; every other
-# option of the same name as a field (temperature, top_k, stop, ...) maps to it as it is.
-_OLLAMA_RENAMES = {"num_ctx": "context_limit", "num_predict": "max_tokens"}
+# The Ollama option names that differ from SamplingParams' field names (a knob's, in
+# engine/knobs.py); every other option of the same name as a field maps to it as it is.
+_OLLAMA_RENAMES = {
+    "num_ctx": "context_limit",
+    "num_predict": "max_tokens",
+    **knobs.renames("ollama"),
+}
 # Fields that no option sets under the field's own name (format sets json_schema).
 _NOT_OPTIONS = frozenset(_OLLAMA_RENAMES.values()) | {"json_schema"}
 

@@ -26,6 +26,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field
 
 from ..errors import ContextLengthExceeded, InvalidParameter
+from .knobs import SEED_MAX, SEED_MIN
 from .protocol import SamplingParams
 
 MAX_STOPS = 16  # stop strings per request
@@ -35,7 +36,6 @@ MAX_CHOICES = 8  # OpenAI's n: answers to one chat or completion request
 MAX_COMPLETIONS = 2048  # /v1/completions: prompts × n in one request
 MAX_INPUTS = 2048  # texts embedded by one request (OpenAI's own bound)
 MAX_TOOLS = 128  # tools offered in one request (OpenAI's own bound)
-SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a 64-bit integer
 
 
 def check_stops(stops: list[str]) -> list[str]:

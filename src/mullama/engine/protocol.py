@@ -15,6 +15,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 import orjson
 
 from ..errors import MullamaError
+from . import knobs
 
 _HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
@@ -155,17 +156,13 @@ class ToolGrammar:
 
 
 @dataclass
+@knobs.declare(after="max_tokens")
 class SamplingParams:
+    """The engine's request options. The sampling knobs (temperature, top_p, top_k, ...)
+    are fields too, one per knob of engine/knobs.py, with its type and default, after
+    ``max_tokens``."""
+
     max_tokens: int | None = None
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     context_limit: int | None = None  # per-request cap on prompt + completion tokens

@@ -18,17 +18,13 @@ from typing import Any
 import orjson
 
 from ..errors import ClientError
+from . import knobs
 from .protocol import CallSyntax, Chunk, GenerateRequest, SamplingParams
 
 # Calls as the reply's text: \x02[{"name": "f", "arguments": {...}},{...}]\x03
 REMOTE_SYNTAX = CallSyntax(open="\x02[", separator=",", close="]\x03", args_key="arguments")
 _MARKS = str.maketrans("", "", "\x02\x03")
 _DEFAULTS = SamplingParams()
-# Upstream names of sampling fields outside OpenAI's own set, sent only when a request
-# sets them: vLLM, SGLang and llama-server take top_k and min_p; the repeat penalty is
-# vLLM/SGLang's repetition_penalty and llama-server's repeat_penalty.
-_EXTRA = {"top_k": ("top_k",), "min_p": ("min_p",),
-          "repeat_penalty": ("repetition_penalty", "repeat_penalty")}  # fmt: skip
 
 
 def sampling_fields(p: SamplingParams, model: str) -> dict[str, Any]:
@@ -46,20 +42,11 @@ def sampling_fields(p: SamplingParams, model: str) -> dict[str, Any]:
             "scoring) is not available on it",
             param="echo",
         )
-    out: dict[str, Any] = {"temperature": p.temperature, "top_p": p.top_p}
+    out = _knobs(p, model)
     if p.max_tokens is not None:
         out["max_tokens"] = p.max_tokens
-    if p.seed is not None:
-        out["seed"] = p.seed
     if p.stop:
         out["stop"] = p.stop
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(p, name):
-            out[name] = getattr(p, name)
-    for name, upstream in _EXTRA.items():
-        value = getattr(p, name)
-        if value != getattr(_DEFAULTS, name):
-            out.update(dict.fromkeys(upstream, value))
     if p.ignore_eos:
         out["ignore_eos"] = True
     if p.json_schema is not None:
@@ -67,6 +54,24 @@ def sampling_fields(p: SamplingParams, model: str) -> dict[str, Any]:
             "type": "json_schema",
             "json_schema": {"name": "response", "schema": p.json_schema or {"type": "object"}},
         }
+    return out
+
+
+def _knobs(p: SamplingParams, model: str) -> dict[str, Any]:
+    """The sampling knobs under their upstream names (engine/knobs.py), each sent when
+    it is not the default (temperature and top_p always: the upstream's defaults are
+    others); a knob set that no upstream name carries is refused by name."""
+    out: dict[str, Any] = {}
+    for knob in knobs.KNOBS:
+        value = getattr(p, knob.name)
+        if value == getattr(_DEFAULTS, knob.name) and not knob.always:
+            continue
+        if not knob.remote:
+            raise ClientError(
+                f"model {model!r} is served by a remote engine, which does not take {knob.name}",
+                param=knob.name,
+            )
+        out.update(dict.fromkeys(knob.remote, value))
     return out
 
 

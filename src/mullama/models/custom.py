@@ -23,33 +23,28 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from ..engine import limits
+from ..engine import knobs, limits
 from ..engine.chat_template import ChatTemplate, TemplateRenderError
 from ..errors import ClientError, InvalidParameter, ModelNotFound
 from .aliases import EMBEDDED_NAME, check_name, hub_source, is_local_path, unknown_model
 from .gguf import read_gguf
 from .store import Manifest, ModelStore
 
+# The sampling knobs by Ollama's names, with the bounds it has (engine/knobs.py).
+_Knobs = create_model("_Knobs", **knobs.fields("ollama"))  # type: ignore[call-overload]
 
-class ModelParameters(BaseModel):
-    """Default request options (Ollama's names); a request's own values win."""
+
+class ModelParameters(_Knobs):  # type: ignore[valid-type,misc]
+    """Default request options (Ollama's names): the sampling knobs, the answer's length,
+    the context and stop strings; a request's own values win."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
-    top_k: int | None = Field(default=None, ge=0)
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    seed: limits.Seed | None = None
     num_predict: int | None = Field(default=None, ge=-2)
     num_ctx: int | None = Field(default=None, ge=1)
     stop: limits.Stops | None = None
-    repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    repeat_last_n: int | None = Field(default=None, ge=-1)
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
 
 
 class ModelDefinition(BaseModel):

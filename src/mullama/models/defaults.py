@@ -21,20 +21,15 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from ..engine import knobs
 from .options import SAMPLING
 
 log = logging.getLogger(__name__)
 
 PREFIX = "general.sampling."
-# GGUF key (after the prefix) -> SamplingParams field.
-KEYS = {
-    "temp": "temperature",
-    "top_k": "top_k",
-    "top_p": "top_p",
-    "min_p": "min_p",
-    "penalty_repeat": "repeat_penalty",
-    "penalty_last_n": "repeat_last_n",
-}
+# GGUF key (after the prefix) -> SamplingParams field (engine/knobs.py).
+KEYS = {k.gguf: k.name for k in knobs.KNOBS if k.gguf}
+_WHOLE = {k.name for k in knobs.KNOBS if k.kind is int}
 _CHECK = {key: TypeAdapter(SAMPLING[name]) for key, name in KEYS.items()}
 
 
@@ -46,10 +41,10 @@ def gguf_sampling(metadata: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
         raw = metadata.get(full)
         if raw is None:
             continue
-        value = _number(raw, whole=name in ("top_k", "repeat_last_n"))
+        value = _number(raw, whole=name in _WHOLE)
         if value is None:
             log.warning("ignoring %s = %.40r: not a %s", full, raw,
-                        "whole number" if name in ("top_k", "repeat_last_n") else "number")  # fmt: skip
+                        "whole number" if name in _WHOLE else "number")  # fmt: skip
             continue
         try:
             out[name] = (_CHECK[key].validate_python(value), full)

@@ -9,37 +9,31 @@ the request fields of the same name have (``SAMPLING``)."""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Annotated, Any
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from ..config import Settings
-from ..engine.limits import SEED_MAX, Seed
+from ..engine import knobs
 from ..errors import ClientError
 
 # Filled from the global settings when a model does not set them (keep_alive and pinned
 # have their own defaults: the daemon's keep-alive, pinned when given with --model).
 _FROM_SETTINGS = ("context_size", "parallel", "threads", "batch_size", "gpu_layers", "max_tokens")
 
-# The request defaults a model may set (SamplingParams fields), with the bounds a request's
-# own value has (api/openai/schemas.py); a GGUF's general.sampling.* values are checked by
-# the same (models/defaults.py).
-# Whole numbers cross the worker socket as 64-bit integers (the engine clamps them to the
-# model: engine/limits.py bound).
-SAMPLING: dict[str, Any] = {
-    "temperature": Annotated[float, Field(ge=0.0, le=2.0)],
-    "top_k": Annotated[int, Field(ge=0, le=SEED_MAX)],
-    "top_p": Annotated[float, Field(gt=0.0, le=1.0)],
-    "min_p": Annotated[float, Field(ge=0.0, le=1.0)],
-    "repeat_penalty": Annotated[float, Field(gt=0.0, le=10.0)],
-    "repeat_last_n": Annotated[int, Field(ge=-1, le=SEED_MAX)],
-    "seed": Seed,
-}
+# The request defaults a model may set (the knobs of engine/knobs.py's "defaults"
+# dialect), with the bounds a request's own value has; a GGUF's general.sampling.* values
+# are checked by the same (models/defaults.py).
+SAMPLING: dict[str, Any] = {k.name: k.checked("defaults") for k in knobs.of("defaults")}
 
 
 @dataclass(frozen=True)
 class ModelOptions:
+    """One model's settings; ``sampling``: its request defaults (under a request's own
+    values, over the GGUF's general.sampling.*), read as attributes too (``.temperature``)."""
+
     context_size: int | None = None
     parallel: int | None = None
     threads: int | None = None
@@ -48,14 +42,12 @@ class ModelOptions:
     keep_alive: str | None = None
     pinned: bool | None = None
     max_tokens: int | None = None  # the most tokens one answer may generate (0: no cap)
-    # Request defaults (under a request's own values, over the GGUF's general.sampling.*)
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    repeat_last_n: int | None = None
-    seed: int | None = None
+    sampling: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in SAMPLING:
+            return self.sampling.get(name)
+        raise AttributeError(name)
 
     def with_defaults(self, settings: Any) -> ModelOptions:
         """Fill what this model does not set from the global settings."""
@@ -64,10 +56,10 @@ class ModelOptions:
 
     def request_defaults(self) -> dict[str, Any]:
         """The request defaults this model sets (SamplingParams fields)."""
-        return {k: getattr(self, k) for k in SAMPLING if getattr(self, k) is not None}
+        return dict(self.sampling)
 
 
-KEYS = tuple(f.name for f in fields(ModelOptions))
+KEYS = (*(f.name for f in fields(ModelOptions) if f.name != "sampling"), *SAMPLING)
 
 
 @functools.cache
@@ -101,7 +93,13 @@ def parse_model_opts(items: list[str]) -> dict[str, ModelOptions]:
             msg = exc.errors()[0]["msg"]
             raise ClientError(f"--model-opt {item!r}: {key}: {msg}") from None
         out.setdefault(name.strip(), {})[key] = value
-    return {name: ModelOptions(**vals) for name, vals in out.items()}
+    return {name: _options(vals) for name, vals in out.items()}
+
+
+def _options(values: dict[str, Any]) -> ModelOptions:
+    sampling = {k: v for k, v in values.items() if k in SAMPLING}
+    own = {k: v for k, v in values.items() if k not in SAMPLING}
+    return ModelOptions(**own, sampling=sampling)
 
 
 def parse_aliases(items: list[str]) -> dict[str, str]:

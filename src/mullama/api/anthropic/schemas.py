@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, create_model
 
-from ...engine import limits
+from ...engine import knobs, limits
 from ...errors import InvalidParameter
 from .. import fields
 from ..body import validate
@@ -147,7 +147,11 @@ class OutputConfig(_Strict, Refusing):
     format: OutputFormat | None = None
 
 
-class MessagesRequest(_Strict, Refusing):
+# The sampling knobs as Anthropic names them, with its bounds (engine/knobs.py).
+_Knobs = create_model("_Knobs", __base__=_Strict, **knobs.fields("anthropic"))  # type: ignore[call-overload]
+
+
+class MessagesRequest(_Knobs, Refusing):  # type: ignore[valid-type,misc]
     REFUSED: ClassVar[dict[str, str]] = {
         "mcp_servers": "MCP connectors are not implemented",
         "container": "code execution containers are not implemented",
@@ -172,9 +176,6 @@ class MessagesRequest(_Strict, Refusing):
     tool_choice: ToolChoice | None = None
     stop_sequences: limits.Stops | None = None
     stream: bool = False
-    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0)
     thinking: Thinking | None = None
     output_config: OutputConfig | None = None
     # The structured-outputs beta's name of output_config.format.
@@ -189,9 +190,8 @@ class MessagesRequest(_Strict, Refusing):
             "max_tokens": self.max_tokens,
             "stream": self.stream,
         }
-        for name in ("temperature", "top_p", "top_k"):
-            if getattr(self, name) is not None:
-                body[name] = getattr(self, name)
+        for name, value in knobs.values(self, "anthropic").items():
+            body[knobs.BY_NAME[name].names["openai"]] = value
         if self.stop_sequences:
             body["stop"] = self.stop_sequences
         served, left_out = _tools(self.tools or [])

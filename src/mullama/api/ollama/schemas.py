@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ...engine import limits
+from ...engine import knobs, limits
 from ...engine.protocol import SamplingParams
 from ...errors import InvalidParameter
 from ...models.custom import ModelParameters
@@ -35,12 +35,8 @@ class Options(Refusing, ModelParameters):
          "low_vram", "f16_kv", "vocab_only", "logits_all", "num_keep", "penalize_newline",
          "mirostat_tau", "mirostat_eta"}
     )  # fmt: skip
-    REFUSED = {
-        "mirostat": "mirostat sampling is not implemented",
-        "typical_p": "typical sampling is not implemented",
-        "tfs_z": "tail-free sampling is not implemented",
-    }
-    NEUTRAL = {"mirostat": (0,), "typical_p": (1.0, 1), "tfs_z": (1.0, 1)}
+    REFUSED = knobs.refused("ollama")
+    NEUTRAL = knobs.neutral("ollama")
 
     stop: list[str] | str | None = None
     ignore_eos: bool | None = None  # extension (as llama-server): generate to num_predict
@@ -61,14 +57,8 @@ class Options(Refusing, ModelParameters):
         return p
 
 
-# Ollama's own defaults where they differ from SamplingParams' (the OpenAI side's).
-OLLAMA_DEFAULTS: dict[str, Any] = {
-    "temperature": 0.8,
-    "top_k": 40,
-    "top_p": 0.9,
-    "min_p": 0.0,
-    "repeat_penalty": 1.1,
-}
+# Ollama's own defaults of its knobs (some differ from SamplingParams', the OpenAI side's).
+OLLAMA_DEFAULTS: dict[str, Any] = knobs.ollama_defaults()
 
 Format = Literal["json", ""] | dict[str, Any] | None
 KeepAlive = str | int | float | None

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
-from ...engine import limits
-from ...engine.protocol import SamplingParams, field_names
+from ...engine import knobs, limits
+from ...engine.protocol import SamplingParams
 from ...errors import ClientError, InvalidParameter
 from ..fields import Refusing, StrictBody
 from ..profiles import Profile
@@ -97,21 +97,16 @@ _NO_OPS = frozenset(
 )  # fmt: skip
 
 
-class _Sampling(_Strict, Refusing):
+# The sampling knobs as OpenAI requests name them (engine/knobs.py): OpenAI's own, its
+# extensions (top_k, min_p, repeat_penalty and vLLM's repetition_penalty for it, ...).
+_Knobs = create_model("_Knobs", __base__=_Strict, **knobs.fields("openai"))  # type: ignore[call-overload]
+
+
+class _Sampling(_Knobs, Refusing):  # type: ignore[valid-type,misc]
     IGNORED = _NO_OPS
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0)
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    seed: limits.Seed | None = None
     stop: Stop = None
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    # vLLM's and SGLang's name of the same knob (Mullama in front of Mullama sends both)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     n: limits.Choices = 1
     ignore_eos: bool = False  # extension (as llama-server): generate until max_tokens
     stream: bool = False
@@ -133,15 +128,11 @@ class _Sampling(_Strict, Refusing):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
     def to_sampling_params(self, profile: Profile, max_tokens: int | None) -> SamplingParams:
-        """The request's values over the model's defaults (a custom model's parameters).
-        A request field named like a SamplingParams field sets it when given."""
-        p = SamplingParams(**profile.defaults)
-        for name in _SAMPLING_NAMES:
-            value = getattr(self, name)
-            if value is not None:
-                setattr(p, name, value)
-        if self.repeat_penalty is None and self.repetition_penalty is not None:
-            p.repeat_penalty = self.repetition_penalty
+        """The request's values over the model's defaults (a custom model's parameters):
+        each knob the request sets, ``max_tokens`` (chat's max_completion_tokens),
+        ``stop`` (a string or a list) and ``ignore_eos``."""
+        p = SamplingParams(**{**profile.defaults, **knobs.values(self, "openai")})
+        p.ignore_eos = self.ignore_eos
         if max_tokens is not None:
             p.max_tokens = max_tokens
         if self.stop_list():
@@ -166,13 +157,6 @@ class _Sampling(_Strict, Refusing):
                 param="response_format",
             )
         return fmt.json_schema.schema_
-
-
-# Fields of both _Sampling and SamplingParams that copy across as they are; the others
-# need a conversion (max_tokens: chat's max_completion_tokens, stop: str or list).
-_SAMPLING_NAMES = tuple(
-    sorted((set(_Sampling.model_fields) & field_names(SamplingParams)) - {"max_tokens", "stop"})
-)
 
 
 class ChatCompletionRequest(_Sampling):
