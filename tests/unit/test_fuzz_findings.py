@@ -23,7 +23,7 @@ from mullama.models.registry import resolve
     "model, body, field",
     [
         (ResponsesRequest, {"model": "m", "input": "hi", "background": 0}, "background"),
-        (Options, {"typical_p": True}, "options.typical_p"),
+        (Options, {"tfs_z": True}, "options.tfs_z"),
         (Options, {"mirostat": 0.0}, "options.mirostat"),
         (CompletionBody, {"prompt": "hi", "typical_p": True}, "typical_p"),
         (CompletionRequest, {"model": "m", "prompt": "hi", "best_of": True}, "best_of"),

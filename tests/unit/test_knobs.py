@@ -112,3 +112,33 @@ def test_remote_body_sends_set_knobs_by_their_upstream_names():
 def test_docs_list_the_knobs():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "API.md").read_text()
     assert knobs.knobs_markdown() in doc, "docs/API.md is stale: regenerate its knob table"
+
+
+# ---- typical_p: a knob added by its row in the table and the engine's sampler ----------
+
+
+@pytest.mark.parametrize(
+    ("dialect", "where"), [("openai", "typical_p"), ("ollama", "typical_p"),
+                           ("llamaserver", "typical_p")],
+)  # fmt: skip
+def test_typical_p_is_taken_within_0_and_1_and_refused_out_of_them(dialect, where):
+    model, base = BODIES[dialect]
+    for value in (0.0, 0.5, 1.0):
+        assert knobs.values(validate(model, {**base, "typical_p": value}), dialect) == {
+            "typical_p": value
+        }
+    for value in (-0.1, 1.5):
+        with pytest.raises(InvalidParameter) as err:
+            validate(model, {**base, "typical_p": value})
+        assert err.value.param == where and "typical_p" in err.value.message
+
+
+def test_typical_p_reaches_the_engine_request_from_each_api():
+    chat = validate(ChatCompletionRequest, {**BODIES["openai"][1], "typical_p": 0.3})
+    assert chat.to_sampling_params(_empty(), None).typical_p == 0.3
+    assert Options(typical_p=0.4).to_sampling_params(None, _empty()).typical_p == 0.4
+    body = validate(CompletionBody, {"prompt": "hi", "typical_p": 0.6})
+    p = SamplingParams()
+    body.set_knobs(p)
+    assert p.typical_p == 0.6 and SamplingParams().typical_p == 1.0
+    assert sampling_fields(p, "m")["typical_p"] == 0.6

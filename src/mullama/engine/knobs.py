@@ -149,6 +149,9 @@ KNOBS: tuple[Knob, ...] = (
          what="0: off; at or over the vocabulary: off"),
     Knob("min_p", float, 0.05, _OFF, _named("min_p", _ALL), ollama_default=0.0,
          remote=("min_p",), gguf="min_p", what="0: off"),
+    # Locally typical sampling (llama.cpp's llama_sampler_init_typical).
+    Knob("typical_p", float, 1.0, _OFF, _named("typical_p", _NO_DEFAULTS),
+         remote=("typical_p",), what="1: off"),
     Knob("seed", int, None, Range(ge=SEED_MIN, le=SEED_MAX), _named("seed", _ALL),
          remote=("seed",), what="unset: a random one per request; llama.cpp uses its low 32 bits"),
     Knob("presence_penalty", float, 0.0, _PENALTY, _named("presence_penalty", _NO_DEFAULTS),
@@ -167,8 +170,6 @@ KNOBS: tuple[Knob, ...] = (
 
 MISSING: tuple[Missing, ...] = (
     Missing(("ollama", "llamaserver"), "mirostat", "mirostat sampling is not implemented", (0,)),
-    Missing(("ollama", "llamaserver"), "typical_p", "typical sampling is not implemented",
-            (1.0, 1)),
     Missing(("ollama",), "tfs_z", "tail-free sampling is not implemented", (1.0, 1)),
     Missing(("llamaserver",), "dry_multiplier", "DRY sampling is not implemented", (0.0, 0)),
     Missing(("llamaserver",), "xtc_probability", "XTC sampling is not implemented", (0.0, 0)),

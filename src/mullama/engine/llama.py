@@ -461,6 +461,8 @@ class Sampler:
             return
         if cfg.top_k > 0:
             add(lc.llama_sampler_init_top_k(cfg.top_k))
+        if cfg.typical_p < 1.0:  # llama.cpp's order (common/sampling): top-k, typical, top-p
+            add(lc.llama_sampler_init_typical(cfg.typical_p, 1))
         if cfg.top_p < 1.0:
             add(lc.llama_sampler_init_top_p(cfg.top_p, 1))
         if cfg.min_p > 0.0:
