@@ -12,30 +12,32 @@ from mullama.api.ollama.schemas import OLLAMA_DEFAULTS, Options
 from mullama.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from mullama.api.profiles import EMPTY, Profile, from_ollama
 from mullama.engine.chat_template import ChatTemplate
-from mullama.engine.protocol import (
+from mullama.engine.messages import (
     Accepted,
     Cancel,
     DetokenizeRequest,
     EmbedRequest,
     EmbedResult,
     Failed,
-    GenerateRequest,
     LoadFailed,
     Ping,
     Pong,
-    ProtocolError,
     Ready,
-    SamplingParams,
     Shutdown,
     Step,
     StepRow,
     Text,
+    read_command,
+    read_event,
+)
+from mullama.engine.protocol import (
+    GenerateRequest,
+    ProtocolError,
+    SamplingParams,
     TokenizeRequest,
     Tokens,
     WorkerInfo,
     WorkerSpec,
-    read_command,
-    read_event,
 )
 from mullama.errors import ClientError, ContextLengthExceeded, InvalidParameter, ServerError
 from mullama.models.custom import go_to_jinja

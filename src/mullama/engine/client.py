@@ -17,40 +17,42 @@ from typing import Any, TypeVar
 import orjson
 
 from ..errors import EngineCrashed, ModelUnloaded, MullamaError, ServerError
-from .protocol import (
+from .messages import (
     HEADER_SIZE,
     Accepted,
     Cancel,
-    Chunk,
-    ChunkStream,
     DetokenizeRequest,
-    Embeddings,
     EmbedRequest,
     EmbedResult,
-    EngineObserver,
     Failed,
-    GenerateRequest,
-    GenerationObserver,
     LoadFailed,
-    ModelStats,
-    NullGenerationObserver,
-    NullObserver,
     Ping,
     Pong,
-    ProtocolError,
     Ready,
     Reply,
     Shutdown,
     Step,
     StepRow,
     Text,
+    decode_header,
+    encode_frame,
+    read_event,
+)
+from .protocol import (
+    Chunk,
+    ChunkStream,
+    Embeddings,
+    EngineObserver,
+    GenerateRequest,
+    GenerationObserver,
+    ModelStats,
+    NullGenerationObserver,
+    NullObserver,
+    ProtocolError,
     TokenizeRequest,
     Tokens,
     WorkerInfo,
     WorkerSpec,
-    decode_header,
-    encode_frame,
-    read_event,
 )
 
 log = logging.getLogger(__name__)

@@ -1,39 +1,20 @@
-"""What the API layer knows about the engine, and every message between daemon and
-worker: each declared once here with ``to_wire``/``from_wire``, used by both ends. Frames
-are length-prefixed JSON (never pickle); daemon→worker frames carry ``op``, worker→daemon
-frames ``ev``, and every message about one sequence names it by ``id``."""
+"""What the API layer knows about the engine: the request (SamplingParams, GenerateRequest),
+the chunks of an answer, embeddings, the model's numbers and the observation hooks; and
+the daemon↔worker frames the API layer or the model manager build or read themselves
+(TokenizeRequest, Tokens, WorkerSpec, WorkerInfo, CacheReport), with the base every frame
+shares. The other frames, and the framing, are in engine/messages.py. Each message is
+declared once with ``to_wire``/``from_wire``, used by both ends."""
 
 from __future__ import annotations
 
 import functools
 import math
-import struct
 from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, NamedTuple, Protocol
-
-import orjson
+from typing import Any, ClassVar, Protocol
 
 from ..errors import MullamaError
 from . import knobs
-
-_HEADER = struct.Struct(">I")
-MAX_FRAME = 256 * 1024 * 1024
-
-
-def encode_frame(obj: Any) -> bytes:
-    body = orjson.dumps(obj)
-    return _HEADER.pack(len(body)) + body
-
-
-def decode_header(header: bytes) -> int:
-    (n,) = _HEADER.unpack(header)
-    if n > MAX_FRAME:
-        raise ValueError(f"frame of {n} bytes is over the limit")
-    return n
-
-
-HEADER_SIZE = _HEADER.size
 
 
 @functools.cache
@@ -222,23 +203,7 @@ def _need(msg: dict[str, Any], key: str, kind: type) -> Any:
     return value
 
 
-# ---- daemon → worker --------------------------------------------------------------
-
-
-@dataclass
-class Cancel(_Message):
-    """Stop a sequence (its client went away); its slot is freed at the next step."""
-
-    TAG = ("op", "cancel")
-    id: str
-
-
-@dataclass
-class EmbedRequest(_Message):
-    TAG = ("op", "embed")
-    id: str
-    inputs: list[str]
-    truncate: bool = False
+# ---- frames the API layer also builds or reads (the others: engine/messages.py) ----
 
 
 @dataclass
@@ -255,54 +220,6 @@ class TokenizeRequest(_Message):
     template: str | None = None
     with_pieces: bool = False
     tools: list[dict[str, Any]] | None = None  # for templates that describe tools themselves
-
-
-@dataclass
-class DetokenizeRequest(_Message):
-    TAG = ("op", "detokenize")
-    id: str
-    tokens: list[int]
-
-
-@dataclass
-class Shutdown(_Message):
-    TAG = ("op", "shutdown")
-
-
-@dataclass
-class Ping(_Message):
-    """Answered by the worker's reader thread with a Pong: the daemon's liveness probe (a
-    stopped or hung worker does not answer)."""
-
-    TAG = ("op", "ping")
-    id: str
-
-
-Command = (
-    GenerateRequest | Cancel | EmbedRequest | TokenizeRequest | DetokenizeRequest | Shutdown | Ping
-)
-
-
-def read_command(msg: Any) -> Command:
-    """A daemon→worker frame as its message type; ProtocolError if it is none."""
-    try:
-        op = msg["op"]
-        if op == "generate":
-            return GenerateRequest.from_wire(msg)
-        kind = _COMMANDS[op]
-        return kind.from_wire(msg)  # type: ignore[no-any-return]
-    except ProtocolError:
-        raise
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"malformed frame from the daemon ({exc!r}): {msg!r:.200}") from exc
-
-
-_COMMANDS: dict[str, type[_Message]] = {
-    c.TAG[1]: c for c in (Cancel, EmbedRequest, TokenizeRequest, DetokenizeRequest, Shutdown, Ping)
-}
-
-
-# ---- worker → daemon --------------------------------------------------------------
 
 
 @dataclass
@@ -328,87 +245,11 @@ class WorkerInfo:
 
 
 @dataclass
-class Ready(_Message):
-    TAG = ("ev", "ready")
-    info: WorkerInfo
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"ev": "ready", "info": asdict(self.info)}
-
-    @classmethod
-    def from_wire(cls, msg: dict[str, Any]) -> Ready:
-        _strict(cls, {k: v for k, v in msg.items() if k != "ev"})
-        return cls(WorkerInfo(**_strict(WorkerInfo, _need(msg, "info", dict))))
-
-
-@dataclass
-class LoadFailed(_Message):
-    TAG = ("ev", "load_failed")
-    ERRORS = frozenset({"error"})
-    error: MullamaError
-
-
-@dataclass
-class Accepted(_Message):
-    """The worker tokenized the request and queued it."""
-
-    TAG = ("ev", "accepted")
-    id: str
-    prompt_tokens: int
-    max_tokens: int = 0  # the most tokens the answer may generate
-    clamped: str | None = None  # "cap" or "context" when that is fewer than max_tokens asked
-
-
-@dataclass
-class Failed(_Message):
-    """One request failed in the worker: the error as the client will see it."""
-
-    TAG = ("ev", "error")
-    ERRORS = frozenset({"error"})
-    id: str
-    error: MullamaError
-
-
-@dataclass
-class EmbedResult(_Message):
-    TAG = ("ev", "embed")
-    id: str
-    vectors: list[list[float]]
-    tokens: int
-
-
-@dataclass
 class Tokens(_Message):
     TAG = ("ev", "tokens")
     id: str
     tokens: list[int]
     pieces: list[str] | None = None
-
-
-@dataclass
-class Text(_Message):
-    TAG = ("ev", "text")
-    id: str
-    text: str
-
-
-@dataclass
-class Pong(_Message):
-    TAG = ("ev", "pong")
-    id: str
-
-
-class StepRow(NamedTuple):
-    """One sequence's output of one decode step."""
-
-    id: str
-    text: str
-    n_generated: int
-    n_prompt: int
-    finish: str | None  # "stop" | "length" | None while generating
-    # With logprobs: one entry per token of this step, [bytes, logprob, [[bytes, lp]...]]
-    logprobs: list[Any] | None = None
-    stop: str | None = None  # the stop string that ended it, when one did
 
 
 @dataclass
@@ -431,66 +272,6 @@ class CacheReport:
     preemptions: int = 0  # answers paused (KV to RAM) so that a short request could start
     save_seconds: list[float] = field(default_factory=list)
     restore_seconds: list[float] = field(default_factory=list)
-
-
-@dataclass
-class Step:
-    """A decode step's outputs and the worker's numbers after it: one frame per step that
-    decoded anything, a token out or not (a long prompt computed in chunks), as each step
-    is progress for every request the engine holds (the stream idle timeout)."""
-
-    rows: list[StepRow]
-    # (id, seconds waited in the queue, prompt tokens found in the KV cache) given a slot
-    admitted: list[tuple[str, float, int]]
-    active: int
-    queued: int
-    kv_used: int
-    generated_total: int
-    threads: int
-    cache: CacheReport | None = None  # when the slots or the RAM cache changed
-
-    def to_wire(self) -> dict[str, Any]:
-        # By hand, not asdict (a deep copy, on every step); rows as plain tuples (orjson
-        # does not take NamedTuple subclasses).
-        return {
-            "ev": "step",
-            "rows": [tuple(row) for row in self.rows],
-            "admitted": self.admitted,
-            "active": self.active,
-            "queued": self.queued,
-            "kv_used": self.kv_used,
-            "generated_total": self.generated_total,
-            "threads": self.threads,
-            "cache": None if self.cache is None else asdict(self.cache),
-        }
-
-    @classmethod
-    def from_wire(cls, msg: dict[str, Any]) -> Step:
-        data = _strict(cls, {k: v for k, v in msg.items() if k != "ev"})
-        data["rows"] = [StepRow(*row) for row in data["rows"]]
-        if data.get("cache") is not None:
-            data["cache"] = CacheReport(**_strict(CacheReport, _need(data, "cache", dict)))
-        return cls(**data)
-
-
-Event = Step | Ready | LoadFailed | Accepted | Failed | EmbedResult | Tokens | Text
-# The answers to one request, delivered to the request's queue by its id.
-Reply = Accepted | Failed | EmbedResult | Tokens | Text | Pong
-
-_EVENTS: dict[str, type[_Message]] = {
-    e.TAG[1]: e for e in (Ready, LoadFailed, Accepted, Failed, EmbedResult, Tokens, Text, Pong)
-}
-
-
-def read_event(msg: Any) -> Event:
-    """A worker→daemon frame as its message type; ProtocolError if it is none."""
-    try:
-        ev = msg["ev"]
-        if ev == "step":
-            return Step.from_wire(msg)
-        return _EVENTS[ev].from_wire(msg)  # type: ignore[no-any-return]
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"malformed frame from the worker ({exc!r}): {msg!r:.200}") from exc
 
 
 @dataclass

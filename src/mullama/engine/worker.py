@@ -36,33 +36,35 @@ from .llama import (
     init_backend,
     lc_version,
 )
-from .prepare import Preparer
-from .protocol import (
+from .messages import (
     HEADER_SIZE,
     Accepted,
-    CacheReport,
     Cancel,
     DetokenizeRequest,
     EmbedRequest,
     EmbedResult,
     Failed,
-    GenerateRequest,
     LoadFailed,
     Ping,
     Pong,
-    ProtocolError,
     Ready,
     Shutdown,
     Step,
     StepRow,
     Text,
+    decode_header,
+    encode_frame,
+    read_command,
+)
+from .prepare import Preparer
+from .protocol import (
+    CacheReport,
+    GenerateRequest,
+    ProtocolError,
     TokenizeRequest,
     Tokens,
     WorkerInfo,
     WorkerSpec,
-    decode_header,
-    encode_frame,
-    read_command,
 )
 from .scheduler import Scheduler
 from .sequence import Output
