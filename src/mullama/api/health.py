@@ -92,36 +92,10 @@ async def system_status(request: Request) -> ORJSONResponse:
     snaps = {s.name: s for s in snapshot.models}
     manager = request.app.state.models
     circuits = manager.circuits()
-    loaded = []
-    for c in manager.clients():
-        st, snap = c.stats(), snaps[c.name]
-        loaded.append(
-            {
-                "name": c.name,
-                "loaded": snap.loaded,
-                "pid": c.pid if snap.loaded else None,
-                "active_sequences": snap.active,
-                "queued_sequences": snap.queued,
-                "kv_cache_used": snap.kv_used,
-                "kv_cache_size": snap.kv_size,
-                "kv_unified": c.spec.kv_unified,
-                # on / off, or auto: left to llama.cpp; null until loaded
-                "flash_attn": c.info.flash_attn if snap.loaded and c.info else None,
-                "threads": c.spec.threads,
-                # Threads of its last decode step: its share while other models decode.
-                "threads_now": st.threads if snap.loaded else None,
-                "tokens_generated": st.generated_total,
-                "tokens_per_second": round(snap.tokens_per_second, 3),
-                "parallel": c.spec.parallel,
-                "context_size": c.spec.context_size,
-                "memory_bytes": snap.memory_bytes,
-                "restarts": c.restarts,
-                "load_error": lifecycle.failed_models.get(c.name),
-                "circuit": circuits[c.name].as_dict() if c.name in circuits else None,
-                "kv_reuse": _kv_reuse(snap.kv_cache, c.spec.cache_ram),
-                "slots": c.slots(),
-            }
-        )
+    loaded = [
+        _worker_state(c, snaps[c.name], circuits.get(c.name), lifecycle.failed_models)
+        for c in manager.clients()
+    ]
     return ORJSONResponse(
         {
             "version": __version__,
@@ -156,6 +130,37 @@ async def system_status(request: Request) -> ORJSONResponse:
             },
         }
     )
+
+
+def _worker_state(c: Any, snap: Any, circuit: Any, failed: dict[str, str]) -> dict[str, Any]:
+    """A local model's engine worker for status pages: its process, slots, KV cache,
+    threads, rates and circuit (``snap``: its ``ModelSnapshot``)."""
+    st = c.stats()
+    return {
+        "name": c.name,
+        "loaded": snap.loaded,
+        "pid": c.pid if snap.loaded else None,
+        "active_sequences": snap.active,
+        "queued_sequences": snap.queued,
+        "kv_cache_used": snap.kv_used,
+        "kv_cache_size": snap.kv_size,
+        "kv_unified": c.spec.kv_unified,
+        # on / off, or auto: left to llama.cpp; null until loaded
+        "flash_attn": c.info.flash_attn if snap.loaded and c.info else None,
+        "threads": c.spec.threads,
+        # Threads of its last decode step: its share while other models decode.
+        "threads_now": st.threads if snap.loaded else None,
+        "tokens_generated": st.generated_total,
+        "tokens_per_second": round(snap.tokens_per_second, 3),
+        "parallel": c.spec.parallel,
+        "context_size": c.spec.context_size,
+        "memory_bytes": snap.memory_bytes,
+        "restarts": c.restarts,
+        "load_error": failed.get(c.name),
+        "circuit": circuit.as_dict() if circuit is not None else None,
+        "kv_reuse": _kv_reuse(snap.kv_cache, c.spec.cache_ram),
+        "slots": c.slots(),
+    }
 
 
 def _model_state(served: Any, failed: dict[str, str]) -> dict[str, Any]:

@@ -76,7 +76,8 @@ class _Stream:
 
 
 class WorkerClient:
-    """One model, one worker process. Restarts the worker on the next request after a crash."""
+    """One model, one worker process: a local model's ``EngineClient`` (engine/interface.py).
+    Restarts the worker on the next request after a crash."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.name = spec.name

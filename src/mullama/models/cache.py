@@ -23,12 +23,16 @@ import hashlib
 import logging
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import orjson
 
-from ..engine.protocol import Chunk, GenerateRequest
+from .. import requestctx
+from ..engine.interface import EngineClient
+from ..engine.protocol import Chunk, ChunkStream, GenerateRequest
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +176,7 @@ class ResponseCache:
         self.stats = stats
         self.kind = kind  # "memory" or "redis"
         self._warned = 0.0
+        self._digests: dict[str, str] = {}  # model -> the digest its entries have
 
     @classmethod
     def from_settings(cls, settings: Any) -> ResponseCache | None:
@@ -217,3 +222,78 @@ class ResponseCache:
             return
         if n:
             log.info("response cache: dropped %d entries of model digest %s", n, digest[:12])
+
+    async def track(self, model: str, digest: str) -> None:
+        """``model``'s entries are keyed by ``digest`` from now on: the entries of its
+        file before it was replaced are dropped."""
+        before = self._digests.get(model)
+        if before is not None and before != digest:
+            await self.invalidate(before)
+        self._digests[model] = digest
+
+    async def forget(self, model: str) -> None:
+        """Drop ``model``'s entries (an operator's unload starts it afresh)."""
+        digest = self._digests.pop(model, None)
+        if digest is not None:
+            await self.invalidate(digest)
+
+
+class CachedEngine:
+    """An engine behind the response cache, for one generation: the stored stream when
+    the cache holds ``key``, otherwise the engine's (stored when it ends with stop or
+    length). ``acquire`` gives the engine for the time of the generation (a lease on a
+    local model), so a hit never loads a model; ``key`` is None for a request the cache
+    does not take (it is then counted as bypassing it)."""
+
+    def __init__(
+        self,
+        cache: ResponseCache,
+        model: str,
+        key: str | None,
+        acquire: Callable[[], AbstractAsyncContextManager[EngineClient]],
+        observer: Any,
+    ) -> None:
+        self.cache = cache
+        self.model = model
+        self.key = key
+        self.acquire = acquire
+        self.observer = observer
+
+    async def generate(
+        self, request: GenerateRequest, progress: Callable[[], None] | None = None
+    ) -> ChunkStream:
+        ctx = requestctx.get()
+        key = self.key
+        if key is not None and ctx.cache_read:
+            found = await self.cache.lookup(key)
+            if isinstance(found, list):
+                ctx.cache_hits += 1
+                self.cache.stats.hits[self.model] += 1
+                seen = self.observer.generation(self.model, request.request_id)
+                try:  # seen by the observer as a generation of no tokens
+                    for chunk in found:
+                        if chunk.finish_reason is not None:
+                            seen.output(0, chunk.finish_reason)
+                        yield chunk
+                finally:
+                    seen.closed(None)
+                return
+            if found is not None:  # the cache is down: served as if it were off
+                key = None
+        recorded: list[Chunk] | None = [] if key is not None and ctx.cache_store else None
+        async with self.acquire() as engine:
+            if key is None:  # counted once the model took the request
+                ctx.cache_bypassed += 1
+            else:
+                ctx.cache_misses += 1
+                self.cache.stats.misses[self.model] += 1
+            gen = engine.generate(request, progress)
+            try:
+                async for chunk in gen:
+                    if recorded is not None:
+                        recorded.append(chunk)
+                        if chunk.finish_reason in ("stop", "length"):  # stored before it goes out
+                            await self.cache.store(key, recorded)  # type: ignore[arg-type]
+                    yield chunk
+            finally:
+                await gen.aclose()

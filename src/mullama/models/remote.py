@@ -36,10 +36,20 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import requestctx
-from ..engine.protocol import Chunk, ChunkStream, Embeddings, GenerateRequest, NullObserver
+from ..engine.protocol import (
+    Chunk,
+    ChunkStream,
+    Embeddings,
+    GenerateRequest,
+    NullObserver,
+    TokenizeRequest,
+    Tokens,
+    WorkerInfo,
+)
 from ..engine.remote import StreamReader, chat_body, completion_body
 from ..errors import ClientError, MullamaError, Unavailable, UpstreamFailed
 from .breaker import CircuitBreaker
+from .upstream import ahead, error_message
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +164,11 @@ def _rank(key: str, replica: Replica) -> bytes:
 
 
 class RemoteModel:
-    """One model served by remote replicas; the local ``WorkerClient``'s counterpart."""
+    """One model served by remote replicas; the local ``WorkerClient``'s counterpart (an
+    ``EngineClient``, engine/interface.py). The engine's facts are its own: ``info`` is
+    None, and Mullama reaches no tokenizer of it."""
+
+    info: WorkerInfo | None = None
 
     def __init__(
         self, name: str, urls: list[str], opts: RemoteOptions, *, max_queue: int,
@@ -352,7 +366,7 @@ class RemoteModel:
             raw = b""
         finally:
             response.close()
-        message = _message(raw)
+        message = error_message(raw)
         status = response.status
         if status == 429:
             return Unavailable(f"model {self.name!r}: its remote engine is over its limits",
@@ -455,7 +469,7 @@ class RemoteModel:
             )
             obs.admitted(0.0, 0)
             yield Chunk()
-            async for event in _ahead(self._events(replica, response)):
+            async for event in ahead(self._events(replica, response)):
                 if progress is not None:
                     progress()
                 chunk = reader.read(event)
@@ -505,7 +519,7 @@ class RemoteModel:
                 if isinstance(event, dict) and "error" in event:
                     raise UpstreamFailed(
                         f"model {self.name!r}: its remote engine failed mid-answer: "
-                        f"{self._scrub(_message(data))}"
+                        f"{self._scrub(error_message(data))}"
                     )
                 yield event
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # JSON, a line too long
@@ -537,6 +551,18 @@ class RemoteModel:
         self.observer.embedded(self.name, tokens)
         return Embeddings(vectors, tokens)
 
+    async def tokenize(self, request: TokenizeRequest) -> Tokens:
+        raise self._refused("tokenizing")
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        raise self._refused("detokenizing")
+
+    def _refused(self, what: str) -> ClientError:
+        return ClientError(
+            f"model {self.name!r} is served by a remote engine: {what} is not available for it",
+            param="model",
+        )
+
     # ---- reports ----------------------------------------------------------------------
 
     @property
@@ -553,37 +579,6 @@ class RemoteModel:
         }
 
 
-_END = object()
-
-
-async def _ahead(source: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """``source``'s items, read by a task of their own as soon as they arrive: an engine
-    that waits for its reader (llama-server does) never waits for the client's side of the
-    daemon. Closing this stops the task (and ``source``)."""
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async for item in source:
-                queue.put_nowait(item)
-            queue.put_nowait(_END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the reader
-            queue.put_nowait(exc)
-        finally:
-            await source.aclose()  # type: ignore[attr-defined]
-
-    task = asyncio.create_task(pump())
-    try:
-        while (item := await queue.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def _unserved_on_error(opening: Any) -> Any:
     """An error raised before a replica took the request (none reachable, all busy, each
     failed before a byte) is ``unserved``: a --fallback model may answer instead."""
@@ -593,15 +588,3 @@ async def _unserved_on_error(opening: Any) -> Any:
         if not isinstance(exc, ClientError):
             exc.unserved = True
         raise
-
-
-def _message(raw: bytes) -> str:
-    """The message of an OpenAI-, vLLM- or llama-server-shaped error body."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw.decode("utf-8", "replace")[:300]
-    err = data.get("error", data) if isinstance(data, dict) else data
-    if isinstance(err, dict):
-        err = err.get("message") or err.get("detail") or ""
-    return str(err)[:1000]

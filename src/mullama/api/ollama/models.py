@@ -13,13 +13,15 @@ import orjson
 from ...engine.protocol import SamplingParams
 from ...errors import MullamaError
 from ...models.gguf import GGUFInfo, human_params
+from ...models.residency import ModelState, ServedModel
 from ...models.store import ModelStore
 from ..profiles import Profile, profile_of
 from .schemas import OLLAMA_DEFAULTS
 from .service import iso_time
 
 if TYPE_CHECKING:
-    from ...models.manager import ModelEntry, ModelManager, ServedModel
+    from ...models.entry import ModelEntry
+    from ...models.manager import ModelManager
 
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,7 @@ class OllamaModels:
         """Loaded models, in Ollama's shape plus Mullama's own fields."""
         out = [self._remote_state(r) for r in self.models.remotes.values()]
         for served in self.models.served():
-            if not served.loaded:
+            if served.state is not ModelState.LOADED:
                 continue
             entry, info, digest = await self._entry(served.entry.name)
             out.append({**self._state(served), "digest": digest, "details": _details(info)})
