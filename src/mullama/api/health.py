@@ -164,17 +164,13 @@ def _worker_state(c: Any, snap: Any, circuit: Any, failed: dict[str, str]) -> di
 
 
 def _model_state(served: Any, failed: dict[str, str]) -> dict[str, Any]:
-    """A served model's state for status pages: loaded, loading, failed or unloaded;
-    pinned; the keep-alive left (None: forever, or not loaded); the memory estimate."""
+    """A served model's state for status pages (its ``ModelState``: unloaded, loading,
+    loaded, failed or unloading; failed too when it failed at start-up and has not loaded
+    since); pinned; the keep-alive left (None: forever, or not loaded); the estimate."""
     name = served.entry.name
-    if served.loading:
-        state = "loading"
-    elif served.loaded:
-        state = "loaded"
-    elif name in failed or served.last_error is not None:
+    state = served.state.value
+    if state == "unloaded" and name in failed:
         state = "failed"
-    else:
-        state = "unloaded"
     left = None
     if served.loaded and served.expires_at is not None:
         left = round(max(served.expires_at - time.time(), 0.0), 1)
