@@ -356,7 +356,7 @@ def test_a_key_file_others_can_read_is_warned_about(tmp_path, caplog):
 
 def test_a_key_file_readable_by_the_daemons_own_group_is_not_warned_about(tmp_path):
     """A Kubernetes secret with fsGroup: 0440, its group the process's own."""
-    from mullama.security.files import warn_if_readable_by_others
+    from mullama.files import warn_if_readable_by_others
 
     keys = tmp_path / "keys.txt"
     keys.write_text("k\n")

@@ -18,6 +18,7 @@ llama-server flag with no counterpart is an error that says what to do instead.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,54 +87,68 @@ def translate(
 ) -> tuple[list[str], dict[str, Any]]:
     """``serve``'s arguments with llama-server's flags in Mullama's spelling, and the
     settings that have no flag (the API key). Mullama's own flags pass unchanged."""
-    env = dict(os.environ if env is None else env)
-    out: list[str] = []
-    values: dict[str, Any] = {}
-    models: list[str] = []
+    translation = _Translation()
+    i = 0
+    while i < len(argv):
+        i = translation.read(argv, i)
+    return translation.finish(dict(os.environ if env is None else env))
+
+
+@dataclass
+class _Translation:
+    """One command line being translated: Mullama's arguments so far, and what
+    llama-server's flags said that becomes arguments only once all are read."""
+
+    out: list[str] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)  # settings with no flag
+    models: list[str] = field(default_factory=list)
     alias: str | None = None
     ctx_total: int | None = None
     parallel: int | None = None
-    sampling: list[tuple[str, str, str]] = []  # (flag, key, value)
-    i = 0
-    while i < len(argv):
+    sampling: list[tuple[str, str, str]] = field(default_factory=list)  # (flag, key, value)
+
+    def read(self, argv: list[str], i: int) -> int:
+        """Translate the argument at ``i``; the index of the next one."""
         arg = argv[i]
         flag, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         if flag in ALWAYS:
-            i += 1
-            continue
+            return i + 1
         if flag in FLASH_ATTN:
-            nxt = argv[i + 1] if not eq and i + 1 < len(argv) else "-"
-            has_value = not nxt.startswith("-")
-            value = inline if eq else nxt if has_value else "on"
-            if value not in ("on", "off", "auto"):
-                raise ClientError(f"{flag} takes on, off or auto (alone: on), not {value!r}")
-            out += ["--flash-attn", value]
-            i += 2 if has_value else 1
-            continue
+            return self._flash_attn(argv, i, flag, inline if eq else None)
         if flag in INSTEAD:
             raise ClientError(f"{flag} (a llama-server flag) has no counterpart: {INSTEAD[flag]}")
         if flag in SWITCHES:
-            out.append(SWITCHES[flag])
-            i += 1
-            continue
+            self.out.append(SWITCHES[flag])
+            return i + 1
         if flag not in _VALUE_FLAGS:
-            out.append(arg)
-            i += 1
-            continue
+            self.out.append(arg)
+            return i + 1
         if eq:
-            value = inline
-            i += 1
-        else:
-            if i + 1 >= len(argv):
-                raise ClientError(f"{flag} needs a value")
-            value = argv[i + 1]
-            i += 2
+            self._take(flag, inline)
+            return i + 1
+        if i + 1 >= len(argv):
+            raise ClientError(f"{flag} needs a value")
+        self._take(flag, argv[i + 1])
+        return i + 2
+
+    def _flash_attn(self, argv: list[str], i: int, flag: str, inline: str | None) -> int:
+        """-fa with on, off or auto, given or not (alone: on)."""
+        nxt = argv[i + 1] if inline is None and i + 1 < len(argv) else "-"
+        has_value = not nxt.startswith("-")
+        value = inline if inline is not None else nxt if has_value else "on"
+        if value not in ("on", "off", "auto"):
+            raise ClientError(f"{flag} takes on, off or auto (alone: on), not {value!r}")
+        self.out += ["--flash-attn", value]
+        return i + 2 if has_value else i + 1
+
+    def _take(self, flag: str, value: str) -> None:
+        """A flag that takes a value, with its value."""
         if flag in ("-m", "--model"):
-            models.append(value)
+            self.models.append(value)
         elif flag in ("-a", "--alias"):
-            alias = value
+            self.alias = value
         elif flag in ("-c", "--ctx-size"):
-            ctx_total = _int(flag, value)
+            self.ctx_total = _int(flag, value)
         elif flag in N_PREDICT:
             n = _int(flag, value)
             if n < -2 or n == 0:
@@ -141,49 +156,66 @@ def translate(
                     f"{flag} takes a positive number of tokens, -1 (no limit) or -2 (until "
                     f"the context is full), not {value!r}"
                 )
-            out += ["--max-tokens", str(max(n, 0))]
+            self.out += ["--max-tokens", str(max(n, 0))]
         elif flag in SAMPLING:
             if not (SAMPLING[flag] == "seed" and value.strip() == "-1"):  # -1: random
-                sampling.append((flag, SAMPLING[flag], value))
+                self.sampling.append((flag, SAMPLING[flag], value))
         elif flag == "--api-key":
             if "," in value:
                 raise ClientError(
                     "--api-key with several keys: list them in a file (--api-key-file, one "
                     "key per line as llama-server's, or Mullama's YAML with scopes)"
                 )
-            values["api_key"] = value
+            self.values["api_key"] = value
         else:
             target = RENAMED[flag]
             if target == "--parallel":
-                parallel = _int(flag, value)
-            out += [target, value]
-    if alias is not None:
-        if len(models) != 1:
-            raise ClientError("-a/--alias names the one -m model; give exactly one -m with it")
-        models = [f"{alias}={models[0]}"]
-    for model in models:
-        out += ["--model", model]
-    if sampling and not models:
-        raise ClientError(
-            f"{sampling[0][0]} sets the -m model's sampling default: give -m with it, or use "
-            f"--model-opt NAME:{sampling[0][1]}={sampling[0][2]}"
-        )
-    for model in models:
-        for _, key, value in sampling:
-            out += ["--model-opt", f"{served_name(model)}:{key}={value}"]
-    if ctx_total is not None and ctx_total > 0:
+                self.parallel = _int(flag, value)
+            self.out += [target, value]
+
+    def finish(self, env: dict[str, str]) -> tuple[list[str], dict[str, Any]]:
+        """The arguments and settings, with the models, their sampling defaults, the
+        context per slot and the API key from the environment added."""
+        self._add_models()
+        self._add_context(env)
+        if "api_key" not in self.values and "MULLAMA_API_KEY" not in env:
+            if env.get("LLAMA_API_KEY"):
+                self.values["api_key"] = env["LLAMA_API_KEY"]
+        return self.out, self.values
+
+    def _add_models(self) -> None:
+        """-m (named by -a) and the sampling defaults each one gets."""
+        models = self.models
+        if self.alias is not None:
+            if len(models) != 1:
+                raise ClientError("-a/--alias names the one -m model; give exactly one -m with it")
+            models = [f"{self.alias}={models[0]}"]
+        for model in models:
+            self.out += ["--model", model]
+        if self.sampling and not models:
+            flag, key, value = self.sampling[0]
+            raise ClientError(
+                f"{flag} sets the -m model's sampling default: give -m with it, or use "
+                f"--model-opt NAME:{key}={value}"
+            )
+        for model in models:
+            for _, key, value in self.sampling:
+                self.out += ["--model-opt", f"{served_name(model)}:{key}={value}"]
+
+    def _add_context(self, env: dict[str, str]) -> None:
+        """-c is the total context: each of the slots gets its share."""
+        if self.ctx_total is None or self.ctx_total <= 0:
+            return
+        parallel = self.parallel
         if parallel is None:
-            parallel = _parallel_given(out) or int(env.get("MULLAMA_PARALLEL", "4"))
-        per_seq = ctx_total // max(1, parallel)
+            parallel = _parallel_given(self.out) or int(env.get("MULLAMA_PARALLEL", "4"))
+        per_seq = self.ctx_total // max(1, parallel)
         if per_seq < 64:
             raise ClientError(
-                f"-c {ctx_total} shared by {parallel} slots leaves {per_seq} tokens each; "
-                "give a larger -c or fewer --parallel slots"
+                f"-c {self.ctx_total} shared by {parallel} slots leaves {per_seq} tokens "
+                "each; give a larger -c or fewer --parallel slots"
             )
-        out += ["--context-size", str(per_seq)]
-    if "api_key" not in values and "MULLAMA_API_KEY" not in env and env.get("LLAMA_API_KEY"):
-        values["api_key"] = env["LLAMA_API_KEY"]
-    return out, values
+        self.out += ["--context-size", str(per_seq)]
 
 
 def served_name(spec: str) -> str:

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
@@ -61,6 +61,27 @@ def create_app(
         tracing = Tracing.from_endpoint(settings.otlp_endpoint, __version__)
     obs = Observability(manager, tracing)
     manager.set_observer(obs)  # also for models loaded on demand later
+    app = FastAPI(
+        title="Mullama",
+        lifespan=_lifespan(manager, obs, tracing),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        # Once routed, the route that runs must be the one the guards authorised.
+        dependencies=[Depends(check_route)],
+    )
+    _add_services(app, settings, manager, obs)
+    install_error_handlers(app)
+    _mount_routes(app, settings)
+    _add_middleware(app, settings, obs)
+    return app
+
+
+def _lifespan(
+    manager: ModelManager, obs: Observability, tracing: Tracing | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's life: the models load, the dependencies are probed and the dashboard's
+    history is sampled in the background while it serves; all of it stops at the end."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,30 +103,32 @@ def create_app(
             if tracing is not None:
                 tracing.shutdown()
 
-    app = FastAPI(
-        title="Mullama",
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url="/openapi.json",
-        # Once routed, the route that runs must be the one the guards authorised.
-        dependencies=[Depends(check_route)],
-    )
+    return lifespan
+
+
+def _add_services(
+    app: FastAPI, settings: Settings, manager: ModelManager, obs: Observability
+) -> None:
+    """What the routes find in ``app.state``: the settings, the manager, the hub and
+    each API's service."""
     app.state.settings = settings
     app.state.models = manager
     app.state.started_at = time.time()
     app.state.lifecycle = Lifecycle()
     app.state.obs = obs
     app.state.openai = OpenAIService(manager)
-    app.state.anthropic = AnthropicService(app.state.openai)
+    app.state.anthropic = AnthropicService(manager)
     app.state.dependencies = Dependencies(settings, manager)
-    app.state.responses = ResponsesService(app.state.openai, ResponseStore())
+    app.state.responses = ResponsesService(manager, ResponseStore())
     app.state.ollama = OllamaService(manager)
     store = ModelStore(settings.cache_dir)
     app.state.store = store
     app.state.ollama_models = OllamaModels(manager, store)
     app.state.model_admin = ModelAdmin(store)
-    install_error_handlers(app)
+
+
+def _mount_routes(app: FastAPI, settings: Settings) -> None:
+    """Every API's router (the UI's when --ui), and /openapi.json made from them."""
     routers = [health.router, monitoring.router, openai_routes.router, anthropic_routes.router,
                ollama_routes.router, control.router, tokenizer.router, llamaserver.router]  # fmt: skip
     if settings.ui:
@@ -114,9 +137,12 @@ def create_app(
         app.include_router(router)
     app.state.api_routes = [r for rt in routers for r in rt.routes if isinstance(r, APIRoute)]
     install_openapi(app, app.state.api_routes)
-    # add_middleware wraps what was added before: the caller's part of the request's
-    # context (tenant, --strict-fields) innermost, then the guards (limits, drain, auth,
-    # rate limits), then the access log, then the request's id and context outermost.
+
+
+def _add_middleware(app: FastAPI, settings: Settings, obs: Observability) -> None:
+    """add_middleware wraps what was added before: the caller's part of the request's
+    context (tenant, --strict-fields) innermost, then the guards (limits, drain, auth,
+    rate limits), then the access log, then the request's id and context outermost."""
     tenancy = CacheTenancy(KeyRing([]), shared=settings.share_cache_across_keys)
     app.add_middleware(
         CallerContextMiddleware,
@@ -128,4 +154,3 @@ def create_app(
     tenancy.keys = app.state.keys  # the ring the auth middleware holds (SIGHUP reloads it)
     app.add_middleware(AccessLogMiddleware, obs=obs)
     app.add_middleware(RequestStateMiddleware)
-    return app

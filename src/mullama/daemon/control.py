@@ -23,7 +23,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..security.files import create_private, private_dir
+from ..files import create_private, private_dir
 from ..security.policy import LOCAL_SOCKET_SCOPE_KEY
 
 log = logging.getLogger(__name__)

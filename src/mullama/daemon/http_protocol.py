@@ -49,85 +49,99 @@ def _response(status: bytes, message: bytes) -> bytes:
     )
 
 
-def limited_protocol(max_header_size: int, max_header_count: int, read_timeout: float) -> type:
-    class LimitedHttpToolsProtocol(HttpToolsProtocol):
-        _timer: asyncio.TimerHandle | None = None
-        _header_bytes = 0
-        _header_count = 0
-        _too_large = False
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """The httptools protocol with the header limits and the read timeout below (set by
+    ``limited_protocol``)."""
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
+    max_header_size = 0
+    max_header_count = 0
+    read_timeout = 0.0
+    _timer: asyncio.TimerHandle | None = None
+    _header_bytes = 0
+    _header_count = 0
+    _too_large = False
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._header_bytes = self._header_count = 0
-            self._arm()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
-        def on_url(self, url: bytes) -> None:
-            self._count(len(url), 0)
-            super().on_url(url)
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = self._header_count = 0
+        self._arm()
 
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value) + 4, 1)
-            super().on_header(name, value)
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url), 0)
+        super().on_url(url)
 
-        def on_headers_complete(self) -> None:
-            self._arm()  # now the body must arrive within read_timeout
-            path = self.url.split(b"?", 1)[0].decode("latin-1")
-            if path in HEALTH_PATHS and self.limit_concurrency is not None:
-                # Health probes are answered even past the connection limit: an
-                # orchestrator must see a busy daemon as alive, not kill it.
-                limit, self.limit_concurrency = self.limit_concurrency, None
-                try:
-                    super().on_headers_complete()
-                finally:
-                    self.limit_concurrency = limit
-                return
-            super().on_headers_complete()
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4, 1)
+        super().on_header(name, value)
 
-        def on_message_complete(self) -> None:
-            self._disarm()
-            super().on_message_complete()
+    def on_headers_complete(self) -> None:
+        self._arm()  # now the body must arrive within read_timeout
+        path = self.url.split(b"?", 1)[0].decode("latin-1")
+        if path in HEALTH_PATHS and self.limit_concurrency is not None:
+            # Health probes are answered even past the connection limit: an
+            # orchestrator must see a busy daemon as alive, not kill it.
+            limit, self.limit_concurrency = self.limit_concurrency, None
+            try:
+                super().on_headers_complete()
+            finally:
+                self.limit_concurrency = limit
+            return
+        super().on_headers_complete()
 
-        def send_400_response(self, msg: str) -> None:
-            if not self._too_large:
-                super().send_400_response(msg)
-                return
-            self.transport.write(
-                _response(b"431 Request Header Fields Too Large", b"request headers too large")
-            )
-            self.transport.close()
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
 
-        def _count(self, size: int, count: int) -> None:
-            self._header_bytes += size
-            self._header_count += count
-            if self._header_bytes > max_header_size or self._header_count > max_header_count:
-                self._too_large = True
-                raise HeaderLimitExceeded()
+    def send_400_response(self, msg: str) -> None:
+        if not self._too_large:
+            super().send_400_response(msg)
+            return
+        self.transport.write(
+            _response(b"431 Request Header Fields Too Large", b"request headers too large")
+        )
+        self.transport.close()
 
-        def _arm(self) -> None:
-            self._disarm()
-            self._timer = self.loop.call_later(read_timeout, self._read_timed_out)
+    def _count(self, size: int, count: int) -> None:
+        self._header_bytes += size
+        self._header_count += count
+        too_many = self._header_count > self.max_header_count
+        if self._header_bytes > self.max_header_size or too_many:
+            self._too_large = True
+            raise HeaderLimitExceeded()
 
-        def _disarm(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+    def _arm(self) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(self.read_timeout, self._read_timed_out)
 
-        def _read_timed_out(self) -> None:
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
             self._timer = None
-            if self.transport.is_closing():
-                return
-            cycle = self.cycle
-            if cycle is None or cycle.response_complete or not cycle.response_started:
-                self.transport.write(_response(b"408 Request Timeout", b"request read timeout"))
-            self.logger.warning("client %s too slow sending its request; closing", self.client)
-            self.transport.close()
 
-    return LimitedHttpToolsProtocol
+    def _read_timed_out(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            self.transport.write(_response(b"408 Request Timeout", b"request read timeout"))
+        self.logger.warning("client %s too slow sending its request; closing", self.client)
+        self.transport.close()
+
+
+def limited_protocol(max_header_size: int, max_header_count: int, read_timeout: float) -> type:
+    """uvicorn's protocol class with these limits (uvicorn makes one per connection)."""
+    limits = {
+        "max_header_size": max_header_size,
+        "max_header_count": max_header_count,
+        "read_timeout": read_timeout,
+    }
+    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), limits)

@@ -42,7 +42,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..security.files import private_dir
+from ..files import private_dir
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..security.files import UnsafePath, create_private, open_own, private_dir
+from ..files import UnsafePath, create_private, open_own, private_dir
 from .kvcache import Entry, state_buffer
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from urllib.parse import quote
 import orjson
 
 from ..errors import AlreadyExists, ClientError, InvalidName, MullamaError
-from ..security.files import create_private, private_dir
+from ..files import create_private, private_dir
 from .aliases import check_name
 from .store import Manifest, ModelStore, atomic_write, check_digest, sha256_file, space_error
 

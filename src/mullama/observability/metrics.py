@@ -226,6 +226,19 @@ class Metrics:
 
     def __init__(self, snapshot: Callable[[], Snapshot], models: Iterable[str] = ()) -> None:
         self.registry = r = CollectorRegistry()
+        self._add_latencies(r)
+        self._add_token_counters(r)
+        self._add_engine_timings(r)
+        self._add_routing_counters(r)
+        self._undeclared: set[str] = set()
+        for name in models:
+            self._precreate(name)
+        r.register(_LiveCollector(snapshot))
+        self._add_remote_metrics(r)
+
+    def _add_latencies(self, r: CollectorRegistry) -> None:
+        """Requests by route, model and status, and their durations; time to the first
+        token and between tokens."""
         self.requests = Counter(
             "mullama_requests",
             "HTTP requests served, by route template, model and status code.",
@@ -253,6 +266,9 @@ class Metrics:
             buckets=ITL_BUCKETS,
             registry=r,
         )
+
+    def _add_token_counters(self, r: CollectorRegistry) -> None:
+        """Prompt tokens (reused from the KV cache or computed) and generated tokens."""
         self.prompt_tokens = Counter(
             "mullama_prompt_tokens", "Prompt tokens of accepted sequences.", ["model"], registry=r
         )
@@ -272,6 +288,9 @@ class Metrics:
             ["model"],
             registry=r,
         )
+
+    def _add_engine_timings(self, r: CollectorRegistry) -> None:
+        """KV state saves and restores, queue waits, model loads."""
         self.kv_save = Histogram(
             "mullama_kv_state_save_seconds",
             "Time to save a slot's KV state to host RAM (on the decode thread, between steps).",
@@ -300,6 +319,9 @@ class Metrics:
             buckets=LOAD_BUCKETS,
             registry=r,
         )
+
+    def _add_routing_counters(self, r: CollectorRegistry) -> None:
+        """Fallbacks, failed loads and the fields requests carried that were ignored."""
         self.fallbacks = Counter(
             "mullama_fallbacks",
             "Requests answered by a fallback model because their model could not take "
@@ -317,11 +339,9 @@ class Metrics:
             ["api", "field"],
             registry=r,
         )
-        self._undeclared: set[str] = set()
-        for name in models:
-            self._precreate(name)
-        r.register(_LiveCollector(snapshot))
 
+    def _add_remote_metrics(self, r: CollectorRegistry) -> None:
+        """Requests, first tokens and tokens of remote models' replicas."""
         self.remote_requests = Counter(
             "mullama_remote_requests",
             "Requests sent to a remote model's replica, by outcome (ok, error, cancelled, reconnect, "

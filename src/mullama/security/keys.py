@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 
 from ..config import ConfigError, Settings
-from .files import warn_if_readable_by_others
+from ..files import warn_if_readable_by_others
 
 Scope = Literal["inference", "admin"]
 SCOPES: tuple[str, ...] = ("inference", "admin")

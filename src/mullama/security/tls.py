@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 
 from ..config import ConfigError, Settings
-from .files import warn_if_readable_by_others
+from ..files import warn_if_readable_by_others
 
 
 def check_tls(settings: Settings) -> bool:
