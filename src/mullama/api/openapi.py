@@ -6,7 +6,7 @@ Routes read their bodies themselves (api/body.py: our errors, never FastAPI's 42
 FastAPI cannot see what they take. Each route says it once, with ``@documented``: the
 pydantic model it parses its body with, the model of its JSON answer, the media type of
 its streamed answer and the model of one item of it, the errors of its own. Every error
-is in the shape of the path's API (api/errors.py).
+is in the shape of the path's API (wire/errors.py).
 
 A request model that refuses unknown fields (api/fields.py) is documented that way: an
 unknown field may only carry a neutral value (null, false, [] or {}), a refused field

@@ -14,7 +14,7 @@ settings, another llama.cpp) is ignored with one log line; a corrupt or truncate
 skipped and removed.
 
 The state bytes go to llama.cpp as they are, so what is read is checked first: a regular
-file of this user (no link, FIFO or device: security/files.py), a header of the expected
+file of this user (no link, FIFO or device: files.py), a header of the expected
 types whose token count fits the context and whose state size fits the disk budget (a
 forged count or size never makes the worker allocate or read gigabytes), and a state
 that starts as this engine's own do (its magic and KV stream count, taken from the

@@ -1,7 +1,7 @@
 """Anthropic's Messages API: ``POST /v1/messages`` and ``POST /v1/messages/count_tokens``
 (Claude Code and the ``anthropic`` SDK, pointed here with ``ANTHROPIC_BASE_URL``). Keys
 come as ``x-api-key`` or a bearer token; ``anthropic-version`` is ignored. Errors are in
-Anthropic's shape on these routes (api/errors.py)."""
+Anthropic's shape on these routes (wire/errors.py)."""
 
 from __future__ import annotations
 

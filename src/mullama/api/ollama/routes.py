@@ -46,7 +46,7 @@ def _service(request: Request) -> OllamaService:
 
 
 def _rid(request: Request) -> str:
-    return request.scope["state"]["request_id"]  # set by RequestIdMiddleware
+    return request.scope["state"]["request_id"]  # set by RequestStateMiddleware
 
 
 def _respond(result: object) -> Response:

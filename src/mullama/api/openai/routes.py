@@ -35,7 +35,7 @@ def _service(request: Request) -> OpenAIService:
 
 
 def request_id(request: Request) -> str:
-    return request.scope["state"]["request_id"]  # set by RequestIdMiddleware
+    return request.scope["state"]["request_id"]  # set by RequestStateMiddleware
 
 
 async def respond(request: Request, result: object) -> Response:
