@@ -3,6 +3,7 @@ and the hub's spans through the SDK's in-memory exporter."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import orjson
@@ -11,9 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mullama import requestctx
 from mullama.config import Settings, add_settings_arguments
+from mullama.daemon.middleware import CallerContextMiddleware, RequestStateMiddleware
 from mullama.engine.protocol import ModelStats
 from mullama.errors import ClientError, ServerError
 from mullama.logsetup import JsonFormatter, TextFormatter, resolve_format
+from mullama.observability.access import AccessLogMiddleware
 from mullama.observability.hub import Observability
 from mullama.observability.metrics import Metrics, ModelSnapshot, Snapshot
 from mullama.observability.requests import ModelSummary, RateMeter, percentile
@@ -212,3 +215,47 @@ def test_hub_counts_a_failed_stream_as_failed():
     assert hub.stats()["failed_requests"] == 1
     assert rec.finish_reasons == ["error"]
     assert hub.summaries["m"].succeeded == 0
+
+
+def test_one_request_context_from_the_outermost_middleware_to_the_route():
+    """RequestStateMiddleware makes the request's context once; the access log, the
+    caller's middleware, the route and the engine observer all read and fill that one
+    object, and the hub closes it (metrics, span)."""
+    hub, exporter, tracing = _hub_with_memory_exporter()
+    seen: list[RequestContext | None] = []
+
+    async def route(scope, receive, send):
+        seen.append(requestctx.current.get())
+        gen = hub.generation("m", "rid-9/0")
+        gen.accepted(3)
+        gen.output(2, "stop")
+        gen.closed(None)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    inner = CallerContextMiddleware(route, strict_fields=True)
+    app = RequestStateMiddleware(AccessLogMiddleware(inner, hub))
+    headers = [(b"x-request-id", b"rid-9"), (b"cache-control", b"no-store")]
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+             "headers": headers, "client": ("127.0.0.1", 5)}  # fmt: skip
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    tracing.shutdown()
+    (ctx,) = seen
+    assert ctx is not None and requestctx.current.get() is None
+    assert (ctx.request_id, ctx.client, ctx.strict_fields) == ("rid-9", "127.0.0.1:5", True)
+    assert not ctx.cache_read and not ctx.cache_store
+    assert (ctx.model, ctx.prompt_tokens, ctx.completion_tokens) == ("m", 3, 2)
+    assert ctx.finish_reasons == ["stop"]
+    assert (b"x-request-id", b"rid-9") in sent[0]["headers"]
+    assert hub.stats()["total_requests"] == 1 and hub.active_requests == 0
+    (root,) = [s for s in exporter.get_finished_spans() if s.parent is None]
+    assert root.attributes["mullama.request_id"] == "rid-9"
+    assert root.attributes["gen_ai.usage.output_tokens"] == 2
