@@ -9,16 +9,8 @@ import sys
 import orjson
 import pytest
 
-from mullama.api.tools import (
-    CallArgs,
-    CallDone,
-    CallReader,
-    CallStart,
-    Content,
-    NamedToolChoice,
-    ToolSpec,
-    plan_tools,
-)
+from mullama.api.callreader import CallArgs, CallDone, CallReader, CallStart, Content
+from mullama.api.tools import NamedToolChoice, ToolSpec, plan_tools
 from mullama.api.toolsyntax import REMOTE_TOOLS
 from mullama.engine.protocol import GenerateRequest, SamplingParams
 from mullama.engine.remote import StreamReader, chat_body, completion_body

@@ -10,7 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from mullama.api.tools import CallArgs, CallReader, CallStart, Content, ToolPlan, ToolSpec
+from mullama.api.callreader import CallArgs, CallReader, CallStart, Content
+from mullama.api.tools import ToolPlan, ToolSpec
 from mullama.api.toolsyntax import GENERIC_TEMPLATE, template_tools
 
 TOOLS = [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import asdict
 from typing import Any, ClassVar
 
@@ -19,17 +20,18 @@ from ..engine import knobs, limits
 from ..engine.protocol import SamplingParams
 from ..errors import ClientError, MullamaError
 from ..wire.errors import openai_body
-from ..wire.framing import ORJSONResponse
+from ..wire.framing import ORJSONResponse, sse
 from . import answers as a
 from .body import parse_body, validate
+from .chat import completion_requests, start
 from .disclosure import shown_path
 from .fallback import answer
 from .fields import Refusing, StrictBody
 from .openai.schemas import CompletionRequest
-from .openai.service import start_generations
 from .openapi import MODEL_ERRORS, SSE, documented
 from .profiles import profile_of
-from .streaming import DisconnectAwareStream, sse
+from .replies import Finished, Started, Text, whole
+from .streaming import DisconnectAwareStream
 
 router = APIRouter()
 
@@ -111,41 +113,40 @@ async def completion(request: Request) -> Response:
 async def _complete(request: Request, body: CompletionBody) -> Response:
     name = str(body.model)
     req = body.to_completion(name)
-    service = request.app.state.openai
-    rid = request.scope["state"]["request_id"]
-    requests = service._completion_requests(req, rid)
+    models = request.app.state.models
+    requests = completion_requests(models, req, request.scope["state"]["request_id"])
     if body.n_predict == -1:  # llama-server's "until the end": the context's room
         requests[0].params.max_tokens = None
     elif body.n_predict == 0:  # nothing generated: the prompt is evaluated into the cache
         requests[0].params.max_tokens = 0
     body.set_knobs(requests[0].params)
-    started = time.perf_counter()
-    prompt_tokens, gens = await start_generations(
-        request.app.state.models, name, requests, req.keep_alive
-    )
-    run = _Run(name, prompt_tokens[0], started, requests[0].params)
+    at = time.perf_counter_ns()
+    [started] = await start(models, name, requests, req.keep_alive)
+    run = _Run(name, started.prompt_tokens, at, requests[0].params)
     if body.stream:
-        return DisconnectAwareStream(run.stream(gens[0]), media_type="text/event-stream",
+        return DisconnectAwareStream(run.stream(started), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})  # fmt: skip
-    return ORJSONResponse(await run.whole(gens[0]))
+    reply = await whole(started)
+    return ORJSONResponse(run.final(reply.text, reply.end))
 
 
 class _Run:
-    """One /completion: its chunks in llama-server's shapes, with its timings."""
+    """One /completion: its pieces and its end in llama-server's shapes, with its timings
+    (``started``: when it was sent to the engine, ``perf_counter_ns``)."""
 
-    def __init__(self, model: str, n_prompt: int, started: float, params: SamplingParams) -> None:
+    def __init__(self, model: str, n_prompt: int, started: int, params: SamplingParams) -> None:
         self.model, self.n_prompt, self.started = model, n_prompt, started
         self.params = params
-        self.first: float | None = None
-        self.n = 0
-        self.cached = 0  # prompt tokens found in the KV cache
 
-    def _final(self, content: str, finish: str | None, stop: str | None) -> dict[str, Any]:
-        now = time.perf_counter()
-        first = self.first if self.first is not None else now
-        prompt_ms = (first - self.started) * 1000
-        predicted_ms = (now - first) * 1000
-        stop_type = "limit" if finish == "length" else ("word" if stop else "eos")
+    def final(self, content: str, end: Finished) -> dict[str, Any]:
+        """The last answer: ``content`` (none in a stream), how it ended, its timings."""
+        now = time.perf_counter_ns()
+        first = end.first_token_ns if end.first_token_ns is not None else now
+        prompt_ms = (first - self.started) / 1e6
+        predicted_ms = (now - first) / 1e6
+        stop = end.stop
+        stop_type = "limit" if end.reason == "length" else ("word" if stop else "eos")
+        n, n_prompt, cached = end.usage.completion, end.usage.prompt, end.usage.cached
         return {
             "index": 0,
             "content": content,
@@ -153,8 +154,8 @@ class _Run:
             "id_slot": -1,
             "stop": True,
             "model": self.model,
-            "tokens_predicted": self.n,
-            "tokens_evaluated": self.n_prompt,
+            "tokens_predicted": n,
+            "tokens_evaluated": n_prompt,
             "generation_settings": {
                 "n_predict": -1 if self.params.max_tokens is None else self.params.max_tokens,
                 **{
@@ -168,53 +169,34 @@ class _Run:
             "truncated": False,
             "stop_type": stop_type,
             "stopping_word": stop or "",
-            "tokens_cached": self.cached,
+            "tokens_cached": cached,
             "timings": {
-                "cache_n": self.cached,
-                "prompt_n": self.n_prompt - self.cached,
+                "cache_n": cached,
+                "prompt_n": n_prompt - cached,
                 "prompt_ms": prompt_ms,
-                "prompt_per_token_ms": prompt_ms / max(1, self.n_prompt - self.cached),
-                "prompt_per_second": (self.n_prompt - self.cached) / max(prompt_ms / 1000, 1e-9),
-                "predicted_n": self.n,
+                "prompt_per_token_ms": prompt_ms / max(1, n_prompt - cached),
+                "prompt_per_second": (n_prompt - cached) / max(prompt_ms / 1000, 1e-9),
+                "predicted_n": n,
                 "predicted_ms": predicted_ms,
-                "predicted_per_token_ms": predicted_ms / max(1, self.n),
-                "predicted_per_second": self.n / max(predicted_ms / 1000, 1e-9),
+                "predicted_per_token_ms": predicted_ms / max(1, n),
+                "predicted_per_second": n / max(predicted_ms / 1000, 1e-9),
             },
         }
 
-    async def whole(self, gen: Any) -> dict[str, Any]:
-        parts: list[str] = []
-        finish = stop = None
-        try:
-            async for c in gen:
-                if self.first is None and c.completion_tokens:
-                    self.first = time.perf_counter()
-                parts.append(c.text)
-                self.n, self.cached = c.completion_tokens, c.cached_tokens
-                if c.finish_reason is not None:
-                    finish, stop = c.finish_reason, c.stop
-        finally:
-            await gen.aclose()
-        return self._final("".join(parts), finish, stop)
-
-    async def stream(self, gen: Any) -> AsyncIterator[bytes]:
+    async def stream(self, started: Started) -> AsyncIterator[bytes]:
         """``data:`` lines of ``content`` pieces, then the final one with ``stop: true``
         (llama-server's stream has no ``[DONE]``)."""
         try:
-            async for c in gen:
-                if self.first is None and c.completion_tokens:
-                    self.first = time.perf_counter()
-                self.n, self.cached = c.completion_tokens, c.cached_tokens
-                if c.text:
-                    yield sse({"index": 0, "content": c.text, "tokens": [], "stop": False,
-                               "id_slot": -1, "tokens_predicted": self.n,
-                               "tokens_evaluated": self.n_prompt})  # fmt: skip
-                if c.finish_reason is not None:
-                    yield sse(self._final("", c.finish_reason, c.stop))
+            async with aclosing(started.events()) as events:
+                async for e in events:
+                    if isinstance(e, Text) and e.text:
+                        yield sse({"index": 0, "content": e.text, "tokens": [], "stop": False,
+                                   "id_slot": -1, "tokens_predicted": e.completion,
+                                   "tokens_evaluated": self.n_prompt})  # fmt: skip
+                    elif isinstance(e, Finished):
+                        yield sse(self.final("", e))
         except MullamaError as exc:
             yield sse(openai_body(exc))
-        finally:
-            await gen.aclose()
 
 
 @router.get("/props")

@@ -1,4 +1,6 @@
-"""Streaming responses that notice a client leaving and stop the generation at once."""
+"""Streaming responses that notice a client leaving and stop the generation at once, and
+the merging of several streams (the choices of one request). The bytes of each event are
+framed in wire/framing.py."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -14,18 +15,6 @@ from starlette.types import Receive, Scope, Send
 from ..errors import ClientDisconnected
 
 T = TypeVar("T")
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-def sse(obj: Any) -> bytes:
-    """One server-sent event (OpenAI streams)."""
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
-def ndjson_line(obj: Any) -> bytes:
-    """One line of newline-delimited JSON (Ollama streams)."""
-    return orjson.dumps(obj) + b"\n"
 
 
 class DisconnectAwareStream(StreamingResponse):
@@ -79,10 +68,17 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 async def aiter_merge(iterators: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:
-    """Interleave several async iterators, tagging items with the iterator's index."""
+    """Interleave several async iterators, tagging items with the iterator's index.
+    Closing this closes them all."""
     if len(iterators) == 1:
-        async for item in iterators[0]:
-            yield 0, item
+        it = iterators[0]
+        try:
+            async for item in it:
+                yield 0, item
+        finally:
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                await aclose()
         return
     queue: asyncio.Queue[tuple[int, Any, BaseException | None, bool]] = asyncio.Queue()
 

@@ -18,11 +18,12 @@ from ..models.manager import ModelManager
 from ..wire.framing import ORJSONResponse
 from . import answers as a
 from .body import parse_body
+from .chat import Chat, openai_turns, tokenize_request
 from .fields import Refusing
 from .openai.schemas import ChatMessage
 from .openapi import MODEL_ERRORS, documented
 from .profiles import profile_of
-from .tools import ToolChoice, ToolSpec, plan_chat_tools
+from .tools import ToolSpec
 
 router = APIRouter()
 
@@ -74,34 +75,14 @@ def _name(models: ModelManager, given: str | None) -> str:
     return name
 
 
-async def chat_tokenize_request(
-    models: ModelManager,
-    name: str,
-    messages: list[ChatMessage],
-    tools: list[ToolSpec] | None,
-    tool_choice: ToolChoice | None = None,
-) -> TokenizeRequest:
-    """The tokenize frame of a chat, converted as a chat request converts it (its tools
-    through the template that renders it): exactly the tokens the chat feeds the model."""
-    profile = profile_of(models, name)
-    plan = await plan_chat_tools(tools, tool_choice, None, None, profile.chat_template)
-    native = plan.active and plan.native
-    converted = [m.for_prompt(i, name, native) for i, m in enumerate(messages)]
-    return TokenizeRequest(
-        id="",
-        messages=plan.with_instruction(profile.messages(converted)),
-        tools=plan.tools_for_template(),
-        template=profile.template,
-    )
-
-
 @documented(TokenizeBody, a.Tokens, errors=MODEL_ERRORS, example={"prompt": "Hello world"})
 async def _tokenize(request: Request) -> Response:
     body = await parse_body(request, TokenizeBody)
     models = _models(request)
     name = _name(models, body.model)
     if body.messages is not None:
-        req = await chat_tokenize_request(models, name, body.messages, body.tools)
+        chat = Chat(name, openai_turns(name, body.messages), tools=body.tools)
+        req = await tokenize_request(models, chat)
         req.add_generation_prompt = body.add_generation_prompt
         req.with_pieces = body.return_token_strs
     else:

@@ -11,11 +11,11 @@ from fastapi.responses import Response
 from ...wire.framing import ORJSONResponse
 from .. import answers as a
 from ..body import parse_body
+from ..chat import Chat, openai_turns, tokenize_request
 from ..fallback import answer
 from ..openai.routes import request_id, respond
 from ..openapi import MODEL_ERRORS, SSE, documented
 from ..streaming import unless_disconnected
-from ..tokenizer import chat_tokenize_request
 from .schemas import CountTokensRequest, MessagesRequest
 from .service import AnthropicService
 
@@ -49,8 +49,8 @@ async def count_tokens(request: Request) -> Response:
     body = await parse_body(request, CountTokensRequest)
     chat = body.to_chat()
     models = request.app.state.models
-    req = await chat_tokenize_request(
-        models, chat.model, chat.messages, chat.tools, chat.tool_choice
-    )
+    counted = Chat(chat.model, openai_turns(chat.model, chat.messages), tools=chat.tools,
+                   tool_choice=chat.tool_choice)  # fmt: skip
+    req = await tokenize_request(models, counted)
     tokens, _ = await unless_disconnected(request, models.tokenize(chat.model, req))
     return ORJSONResponse({"input_tokens": len(tokens.tokens)})

@@ -6,21 +6,26 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ...errors import MullamaError
 from ...wire.errors import anthropic_body
-from ..openai.service import OpenAIService
-from ..replies import Finished, Started, events, whole
-from ..tools import CallArgs, CallDone, CallStart, Content
+from ...wire.framing import sse
+from ..callreader import CallArgs, CallDone, CallStart
+from ..chat import openai_chat, start_chat
+from ..replies import Event, Finished, Started, Text, Usage, whole
 from .schemas import MessagesRequest
+
+if TYPE_CHECKING:
+    from ...models.manager import ModelManager
 
 
 def event(name: str, data: dict[str, Any]) -> bytes:
     """One server-sent event of Anthropic's stream (named, its type in the data too)."""
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **data}) + b"\n\n"
+    return sse({"type": name, **data}, event=name)
 
 
 def _stop_reason(end: Finished) -> str:
@@ -36,26 +41,26 @@ def _stop_sequence(end: Finished) -> str | None:
     return end.stop if _stop_reason(end) == "stop_sequence" else None
 
 
-def _usage(prompt: int, completion: int, cached: int = 0) -> dict[str, int]:
+def _usage(usage: Usage) -> dict[str, int]:
     """Anthropic's usage: ``input_tokens`` are those computed, the ones found in the KV
     cache are ``cache_read_input_tokens`` (together, the prompt)."""
     return {
-        "input_tokens": prompt - cached,
-        "output_tokens": completion,
+        "input_tokens": usage.prompt - usage.cached,
+        "output_tokens": usage.completion,
         "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": cached,
+        "cache_read_input_tokens": usage.cached,
     }
 
 
 class AnthropicService:
-    def __init__(self, chat: OpenAIService) -> None:
-        self.chat = chat
+    def __init__(self, models: ModelManager) -> None:
+        self.models = models
 
     async def messages(self, body: MessagesRequest, rid: str) -> dict | AsyncIterator[bytes]:
-        started = await self.chat.start_chat(body.to_chat(), rid)
+        [started] = await start_chat(self.models, openai_chat(body.to_chat()), rid)
         mid = f"msg_{uuid.uuid4().hex[:24]}"
         if body.stream:
-            return self._stream(started, mid, body.model)
+            return _stream(started, mid, body.model)
         reply = await whole(started)
         content: list[dict[str, Any]] = []
         if reply.text:
@@ -72,60 +77,72 @@ class AnthropicService:
             "content": content,
             "stop_reason": _stop_reason(reply.end),
             "stop_sequence": _stop_sequence(reply.end),
-            "usage": _usage(
-                reply.end.prompt_tokens or started.prompt_tokens,
-                reply.end.completion_tokens,
-                reply.end.cached_tokens,
-            ),
+            "usage": _usage(reply.end.usage),
         }
 
-    async def _stream(self, started: Started, mid: str, model: str) -> AsyncIterator[bytes]:
-        """message_start, ping, then each block (start, deltas, stop), message_delta and
-        message_stop. A tool call's input goes out as the model writes it (raw JSON
-        pieces that add up to the input)."""
-        message = {"id": mid, "type": "message", "role": "assistant", "model": model,
-                   "content": [], "stop_reason": None, "stop_sequence": None,
-                   "usage": _usage(started.prompt_tokens, 0)}  # fmt: skip
-        yield event("message_start", {"message": message})
-        yield event("ping", {})
-        index = -1
-        open_text = False
-        open_call = False
-        try:
-            async for e in events(started):
-                if isinstance(e, Content):
-                    if not e.text:
-                        continue
-                    if not open_text:
-                        index += 1
-                        open_text = True
-                        block = {"type": "text", "text": ""}
-                        yield event("content_block_start", {"index": index, "content_block": block})
-                    delta = {"type": "text_delta", "text": e.text}
-                    yield event("content_block_delta", {"index": index, "delta": delta})
-                elif isinstance(e, CallStart):
-                    if open_text:
-                        yield event("content_block_stop", {"index": index})
-                        open_text = False
-                    index += 1
-                    open_call = True
-                    block = {"type": "tool_use", "id": e.id, "name": e.name, "input": {}}
-                    yield event("content_block_start", {"index": index, "content_block": block})
-                elif isinstance(e, CallArgs):
-                    delta = {"type": "input_json_delta", "partial_json": e.piece}
-                    yield event("content_block_delta", {"index": index, "delta": delta})
-                elif isinstance(e, CallDone):
-                    open_call = False
-                    yield event("content_block_stop", {"index": index})
-                elif isinstance(e, Finished):
-                    if open_text or open_call:  # a call max_tokens cut: its block ends too
-                        yield event("content_block_stop", {"index": index})
-                    delta = {"stop_reason": _stop_reason(e), "stop_sequence": _stop_sequence(e)}
-                    usage = {"output_tokens": e.completion_tokens,
-                             "input_tokens": (e.prompt_tokens or started.prompt_tokens)
-                             - e.cached_tokens,
-                             "cache_read_input_tokens": e.cached_tokens}  # fmt: skip
-                    yield event("message_delta", {"delta": delta, "usage": usage})
-                    yield event("message_stop", {})
-        except MullamaError as exc:
-            yield event("error", {"error": anthropic_body(exc)["error"]})
+
+async def _stream(started: Started, mid: str, model: str) -> AsyncIterator[bytes]:
+    """message_start, ping, then each block (start, deltas, stop), message_delta and
+    message_stop. A tool call's input goes out as the model writes it (raw JSON pieces
+    that add up to the input)."""
+    message = {"id": mid, "type": "message", "role": "assistant", "model": model,
+               "content": [], "stop_reason": None, "stop_sequence": None,
+               "usage": _usage(Usage(started.prompt_tokens, 0, 0))}  # fmt: skip
+    yield event("message_start", {"message": message})
+    yield event("ping", {})
+    blocks = _Blocks()
+    try:
+        async with aclosing(started.events()) as events:
+            async for e in events:
+                for out in blocks.encode(e):
+                    yield out
+    except MullamaError as exc:
+        yield event("error", {"error": anthropic_body(exc)["error"]})
+
+
+class _Blocks:
+    """A reply's events as Anthropic's content blocks: a text block for each run of text,
+    a tool_use block for each call."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.open_text = False
+        self.open_call = False
+
+    def encode(self, e: Event) -> list[bytes]:
+        out = []
+        if isinstance(e, Text):
+            if e.text and not self.open_text:
+                self.index += 1
+                self.open_text = True
+                block = {"type": "text", "text": ""}
+                out.append(
+                    event("content_block_start", {"index": self.index, "content_block": block})
+                )
+            if e.text:
+                delta = {"type": "text_delta", "text": e.text}
+                out.append(event("content_block_delta", {"index": self.index, "delta": delta}))
+        elif isinstance(e, CallStart):
+            if self.open_text:
+                out.append(event("content_block_stop", {"index": self.index}))
+                self.open_text = False
+            self.index += 1
+            self.open_call = True
+            block = {"type": "tool_use", "id": e.id, "name": e.name, "input": {}}
+            out.append(event("content_block_start", {"index": self.index, "content_block": block}))
+        elif isinstance(e, CallArgs):
+            delta = {"type": "input_json_delta", "partial_json": e.piece}
+            out.append(event("content_block_delta", {"index": self.index, "delta": delta}))
+        elif isinstance(e, CallDone):
+            self.open_call = False
+            out.append(event("content_block_stop", {"index": self.index}))
+        else:
+            if self.open_text or self.open_call:  # a call max_tokens cut: its block ends too
+                out.append(event("content_block_stop", {"index": self.index}))
+            delta = {"stop_reason": _stop_reason(e), "stop_sequence": _stop_sequence(e)}
+            u = e.usage
+            usage = {"output_tokens": u.completion, "input_tokens": u.prompt - u.cached,
+                     "cache_read_input_tokens": u.cached}  # fmt: skip
+            out.append(event("message_delta", {"delta": delta, "usage": usage}))
+            out.append(event("message_stop", {}))
+        return out

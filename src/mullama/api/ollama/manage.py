@@ -17,7 +17,7 @@ from ...models.custom import create_model, parse_definition
 from ...models.pull import Puller
 from ...models.store import ModelStore
 from ...wire.errors import ndjson_error
-from ..streaming import ndjson_line
+from ...wire.framing import ndjson_line
 from .schemas import CopyBody, CreateBody, ModelBody, PullBody
 
 _DONE = object()

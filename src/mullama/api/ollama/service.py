@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...engine.protocol import Chunk, ChunkStream, GenerateRequest
 from ...errors import ClientError, MullamaError
 from ...models.custom import go_to_jinja
 from ...wire.errors import ndjson_error
+from ...wire.framing import ndjson_line
+from ..callreader import CallDone
+from ..chat import Chat, start_chat
 from ..logprobs import chat_content
-from ..profiles import profile_of
-from ..streaming import ndjson_line
-from ..tools import (
-    CallDone,
-    CallReader,
-    Content,
-    ToolCallIn,
-    ToolPlan,
-    history_message,
-    ollama_call,
-    ollama_calls,
-    plan_chat_tools,
-)
+from ..replies import Calls, Finished, Started, Text, whole
+from ..tools import ToolCallIn, history_message, ollama_call, ollama_calls
 from .schemas import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody
 
 if TYPE_CHECKING:
@@ -46,23 +38,18 @@ class Timings:
         self.started = started
         self.load_ns = load_ns
         self.accepted = time.perf_counter_ns()
-        self.first: int | None = None
 
-    def mark_token(self) -> None:
-        if self.first is None:
-            self.first = time.perf_counter_ns()
-
-    def final(self, prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-        """``prompt_tokens``: those computed (Ollama counts only those)."""
-        end = time.perf_counter_ns()
-        first = self.first if self.first is not None else end
+    def final(self, end: Finished) -> dict[str, int]:
+        """Ollama counts only the prompt tokens computed (not those found in the cache)."""
+        now = time.perf_counter_ns()
+        first = end.first_token_ns if end.first_token_ns is not None else now
         return {
-            "total_duration": end - self.started,
+            "total_duration": now - self.started,
             "load_duration": self.load_ns,
-            "prompt_eval_count": prompt_tokens,
+            "prompt_eval_count": end.usage.prompt - end.usage.cached,
             "prompt_eval_duration": max(first - self.accepted, 1),
-            "eval_count": completion_tokens,
-            "eval_duration": max(end - first, 1),
+            "eval_count": end.usage.completion,
+            "eval_duration": max(now - first, 1),
         }
 
 
@@ -76,21 +63,6 @@ class OllamaService:
 
     # ---- generate / chat -------------------------------------------------------------
 
-    def _generate_request(self, body: GenerateBody, rid: str) -> GenerateRequest:
-        profile = profile_of(self.models, body.model)
-        params = body.sampling_params(profile)
-        if body.raw:
-            return GenerateRequest(rid, params, prompt=body.prompt, add_special=False)
-        system = body.system if body.system is not None else profile.system
-        messages = []
-        if system:
-            messages.append({"role": "system", "content": system})
-        messages.append({"role": "user", "content": body.prompt})
-        # A request's Go template goes the way a custom model's does: converted to Jinja
-        # (one implementation, one set of errors) and rendered by the worker.
-        template = go_to_jinja(body.template) if body.template else profile.template
-        return GenerateRequest(rid, params, messages=messages, template=template)
-
     async def generate(self, body: GenerateBody, rid: str) -> dict | AsyncIterator[bytes]:
         started = time.perf_counter_ns()
         if body.images:
@@ -98,9 +70,7 @@ class OllamaService:
         load_ns = await self._load(body.model, body.keep_alive)
         if not body.prompt and not body.system:
             return _loaded(body.model, "response", load_ns, started, body.stream)
-        req = self._generate_request(body, rid)
-        gen = self.models.generate(body.model, req, body.keep_alive)
-        return await self._run(gen, body.model, "response", body.stream, started, load_ns)
+        return await self._run(_generate_chat(body), rid, "response", body.stream, started, load_ns)
 
     async def chat(self, body: ChatBody, rid: str) -> dict | AsyncIterator[bytes]:
         started = time.perf_counter_ns()
@@ -112,107 +82,31 @@ class OllamaService:
         load_ns = await self._load(body.model, body.keep_alive)
         if not body.messages:
             return _loaded(body.model, "message", load_ns, started, body.stream)
-        profile = profile_of(self.models, body.model)
-        plan = await plan_chat_tools(
-            body.tools, body.tool_choice, None, "format" if body.format else None,
-            profile.chat_template,
-        )  # fmt: skip
-        native = plan.active and plan.native
-        messages = [_history(m, i, native) for i, m in enumerate(body.messages)]
-        messages = plan.with_instruction(profile.messages(messages))
-        params = body.sampling_params(profile)
-        if params.json_schema is None:  # a format leaves auto's calls free
-            params.tool_calls = plan.constraint()
-        req = GenerateRequest(
-            rid, params, messages=messages, template=profile.template,
-            tools=plan.tools_for_template(),
-        )  # fmt: skip
-        gen = self.models.generate(body.model, req, body.keep_alive)
-        return await self._run(gen, body.model, "message", body.stream, started, load_ns, plan)
+        chat = Chat(
+            body.model,
+            lambda native: [_history(m, i, native) for i, m in enumerate(body.messages)],
+            body.sampling_params,
+            body.tools,
+            body.tool_choice,
+            output_format="format" if body.format else None,
+            keep_alive=body.keep_alive,
+        )
+        return await self._run(chat, rid, "message", body.stream, started, load_ns)
 
     async def _run(
-        self,
-        gen: ChunkStream,
-        model: str,
-        kind: str,
-        stream: bool,
-        started: int,
-        load_ns: int,
-        plan: ToolPlan | None = None,
+        self, chat: Chat, rid: str, kind: str, stream: bool, started: int, load_ns: int
     ) -> dict | AsyncIterator[bytes]:
-        try:
-            first = await gen.__anext__()  # errors before the response starts: HTTP errors
-        except BaseException:
-            await gen.aclose()
-            raise
+        [generation] = await start_chat(self.models, chat, rid)  # errors before any byte
         timings = Timings(started, load_ns)
         if stream:
-            return self._stream(gen, first, model, kind, timings, plan)
-        parts: list[str] = []
-        entries: list[Any] = []
-        last = first
-        async for c in gen:
-            if c.text:
-                timings.mark_token()
-                parts.append(c.text)
-            if c.logprobs:
-                entries.extend(c.logprobs)
-            last = c
-        text = "".join(parts)
-        reply = plan.read(text, last.finish_reason) if plan is not None else None
-        content = reply.content if reply is not None else text
-        out = _final(model, kind, content, last, last.prompt_tokens or first.prompt_tokens, timings)
-        if reply is not None and reply.calls:
+            return _stream(generation, chat.model, kind, timings)
+        reply = await whole(generation)
+        out = _final(chat.model, kind, reply.text, reply.end, timings)
+        if reply.calls:
             out["message"]["tool_calls"] = ollama_calls(reply.calls)
-        if entries:
-            out["logprobs"] = chat_content(entries)
+        if reply.end.logprobs:
+            out["logprobs"] = chat_content(reply.end.logprobs)
         return out
-
-    async def _stream(
-        self,
-        gen: ChunkStream,
-        first: Chunk,
-        model: str,
-        kind: str,
-        timings: Timings,
-        plan: ToolPlan | None = None,
-    ) -> AsyncIterator[bytes]:
-        """With tools, the reply is read as it is written (api/tools.CallReader): text
-        outside the calls goes out as it comes, and a call arrives whole, in one line, as
-        Ollama sends it."""
-        last = first
-        reader = CallReader(plan) if plan is not None and plan.active else None
-        sent = 0  # calls sent whole
-        try:
-            async for c in gen:
-                last = c
-                if c.text:
-                    timings.mark_token()
-                if reader is None:
-                    if c.text or c.logprobs:
-                        piece = _piece(model, kind, c.text)
-                        if c.logprobs:
-                            piece["logprobs"] = chat_content(c.logprobs)
-                        yield ndjson_line(piece)
-                    continue
-                for e in reader.push(c.text, c.finish_reason is not None):
-                    if isinstance(e, Content):
-                        yield ndjson_line(_piece(model, kind, e.text))
-                    elif isinstance(e, CallDone):
-                        sent += 1
-                        piece = _piece(model, kind, "")
-                        done = ollama_call(reader.calls[e.index], e.index)
-                        piece["message"]["tool_calls"] = [done]
-                        yield ndjson_line(piece)
-            if reader is not None and reader.calls and not sent:
-                # The call was cut off (num_predict, a stop): its text, as a whole reply gives it.
-                yield ndjson_line(_piece(model, kind, reader.text[reader.mark :]))
-            prompt = last.prompt_tokens or first.prompt_tokens  # a remote engine's come last
-            yield ndjson_line(_final(model, kind, "", last, prompt, timings))
-        except MullamaError as exc:
-            yield ndjson_error(exc)
-        finally:
-            await gen.aclose()
 
     # ---- embeddings --------------------------------------------------------------------
 
@@ -255,6 +149,63 @@ def _history(m: Any, index: int, native: bool) -> dict[str, Any]:
     )
 
 
+async def _stream(
+    started: Started, model: str, kind: str, timings: Timings
+) -> AsyncIterator[bytes]:
+    """With tools, the reply is read as it is written (api/callreader.py): text outside
+    the calls goes out as it comes, and a call arrives whole, in one line, as Ollama
+    sends it."""
+    tools = started.plan.active
+    calls, sent = Calls(), 0  # sent: the calls sent whole
+    try:
+        async with aclosing(started.events()) as events:
+            async for e in events:
+                if isinstance(e, Text) and not tools:
+                    if e.text or e.logprobs:
+                        piece = _piece(model, kind, e.text)
+                        if e.logprobs:
+                            piece["logprobs"] = chat_content(e.logprobs)
+                        yield ndjson_line(piece)
+                elif isinstance(e, Text):
+                    yield ndjson_line(_piece(model, kind, e.text))
+                elif isinstance(e, CallDone):
+                    sent += 1
+                    piece = _piece(model, kind, "")
+                    piece["message"]["tool_calls"] = [ollama_call(calls.calls[e.index], e.index)]
+                    yield ndjson_line(piece)
+                elif isinstance(e, Finished):
+                    if calls.calls and not sent:
+                        # The call was cut off (num_predict, a stop): its text, as a whole
+                        # reply gives it.
+                        yield ndjson_line(_piece(model, kind, e.call_text))
+                    yield ndjson_line(_final(model, kind, "", e, timings))
+                else:
+                    calls.add(e)
+    except MullamaError as exc:
+        yield ndjson_error(exc)
+
+
+def _generate_chat(body: GenerateBody) -> Chat:
+    """A generate request as a chat: the prompt as the user's turn after the system
+    prompt (the request's, else the model's), or sent as it is when ``raw``. A request's
+    Go template goes the way a custom model's does: converted to Jinja (one
+    implementation, one set of errors) and rendered by the worker."""
+
+    def turns(native: bool) -> list[dict[str, Any]]:
+        system = [{"role": "system", "content": body.system}] if body.system else []
+        return [*system, {"role": "user", "content": body.prompt}]
+
+    return Chat(
+        body.model,
+        turns,
+        body.sampling_params,
+        keep_alive=body.keep_alive,
+        default_system=body.system is None,
+        template=go_to_jinja(body.template) if body.template else None,
+        raw=body.prompt if body.raw else None,
+    )
+
+
 def _piece(model: str, kind: str, text: str) -> dict[str, Any]:
     out: dict[str, Any] = {"model": model, "created_at": iso_time()}
     if kind == "message":
@@ -265,13 +216,11 @@ def _piece(model: str, kind: str, text: str) -> dict[str, Any]:
     return out
 
 
-def _final(
-    model: str, kind: str, text: str, last: Chunk, prompt_tokens: int, timings: Timings
-) -> dict[str, Any]:
+def _final(model: str, kind: str, text: str, end: Finished, timings: Timings) -> dict[str, Any]:
     out = _piece(model, kind, text)
     out["done"] = True
-    out["done_reason"] = last.finish_reason or "stop"
-    out.update(timings.final(prompt_tokens - last.cached_tokens, last.completion_tokens))
+    out["done_reason"] = end.reason or "stop"
+    out.update(timings.final(end))
     return out
 
 

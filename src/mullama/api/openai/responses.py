@@ -14,20 +14,25 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar, Literal, NamedTuple
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
-import orjson
 from pydantic import Field
 
 from ... import requestctx
 from ...engine import limits
 from ...errors import InvalidParameter, MullamaError, NotFound
+from ...wire.framing import sse
 from ..body import validate
+from ..callreader import CallArgs, CallDone, CallStart
+from ..chat import openai_chat, start_chat
 from ..fields import Refusing, StrictBody
-from ..replies import Finished, Started, events, whole
-from ..tools import CallArgs, CallDone, CallStart, Content
+from ..replies import Event, Finished, Started, Text, Usage, whole
 from .responsetools import ResponseTools, flat_name
 from .schemas import ChatCompletionRequest
+
+if TYPE_CHECKING:
+    from ...models.manager import ModelManager
 
 _Strict = StrictBody
 
@@ -238,13 +243,13 @@ def _owner() -> str:
     return ctx.cache_tenant if ctx is not None else ""
 
 
-def _usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+def _usage(usage: Usage) -> dict[str, Any]:
     return {
-        "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached},
-        "output_tokens": completion,
+        "input_tokens": usage.prompt,
+        "input_tokens_details": {"cached_tokens": usage.cached},
+        "output_tokens": usage.completion,
         "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": prompt + completion,
+        "total_tokens": usage.prompt + usage.completion,
     }
 
 
@@ -267,8 +272,8 @@ def _new_id(prefix: str) -> str:
 
 
 class ResponsesService:
-    def __init__(self, chat: Any, store: ResponseStore) -> None:
-        self.chat = chat  # the OpenAIService
+    def __init__(self, models: ModelManager, store: ResponseStore) -> None:
+        self.models = models
         self.store = store
 
     async def create(self, body: ResponsesRequest, rid: str) -> dict | AsyncIterator[bytes]:
@@ -278,11 +283,12 @@ class ResponsesService:
         # What a follow-up continues from: all but the instructions.
         conversation = history + input_messages(body.input)
         tools = ResponseTools.of(body.tools, body.input)
-        chat = body.to_chat(conversation, tools)
-        started = await self.chat.start_chat(chat, rid)
-        base = self._base(body, chat)
+        [started] = await start_chat(
+            self.models, openai_chat(body.to_chat(conversation, tools)), rid
+        )
+        out = _ResponseOut(self.store if body.store else None, body, conversation, tools)
         if body.stream:
-            return self._stream(started, base, body.store, conversation, _owner(), tools)
+            return out.stream(started)
         reply = await whole(started)
         output: list[dict[str, Any]] = []
         status = "incomplete" if reply.end.finish == "length" else "completed"
@@ -292,11 +298,7 @@ class ResponsesService:
             fn = call["function"]
             output.append(_call_item(_new_id("fc"), call["id"], tools.call(fn["name"]),
                                      fn["arguments"], "completed"))  # fmt: skip
-        prompt = reply.end.prompt_tokens or started.prompt_tokens
-        response = self._finish(base, output, prompt, reply.end)
-        if body.store:
-            self.store.put(response, conversation + _as_messages(output), _owner())
-        return response
+        return out.finish(output, reply.end)
 
     def get(self, rid: str) -> dict[str, Any]:
         return self.store.get(rid, _owner())[0]
@@ -305,159 +307,162 @@ class ResponsesService:
         self.store.delete(rid, _owner())
         return {"id": rid, "object": "response", "deleted": True}
 
-    @staticmethod
-    def _base(body: ResponsesRequest, chat: ChatCompletionRequest) -> dict[str, Any]:
-        fmt = body.text.format if body.text is not None and body.text.format else None
-        return {
-            "id": _new_id("resp"),
-            "object": "response",
-            "created_at": int(time.time()),
-            "status": "in_progress",
-            "error": None,
-            "incomplete_details": None,
-            "instructions": body.instructions,
-            "max_output_tokens": body.max_output_tokens,
-            "model": body.model,
-            "output": [],
-            "parallel_tool_calls": body.parallel_tool_calls is not False,
-            "previous_response_id": body.previous_response_id,
-            "reasoning": None,
-            "store": body.store,
-            "temperature": body.temperature,
-            "text": {
-                "format": fmt.model_dump(by_alias=True, exclude_none=True)
-                if fmt
-                else {"type": "text"}
-            },
-            "tool_choice": body.tool_choice if body.tool_choice is not None else "auto",
-            "tools": body.tools or [],
-            "top_p": body.top_p,
-            "truncation": "disabled",
-            "usage": None,
-            "metadata": {},
-        }
 
-    @staticmethod
-    def _finish(base: dict, output: list, prompt: int, end: Finished) -> dict[str, Any]:
+def _base(body: ResponsesRequest) -> dict[str, Any]:
+    """The response object before its output (``status`` in_progress)."""
+    fmt = body.text.format if body.text is not None and body.text.format else None
+    return {
+        "id": _new_id("resp"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.instructions,
+        "max_output_tokens": body.max_output_tokens,
+        "model": body.model,
+        "output": [],
+        "parallel_tool_calls": body.parallel_tool_calls is not False,
+        "previous_response_id": body.previous_response_id,
+        "reasoning": None,
+        "store": body.store,
+        "temperature": body.temperature,
+        "text": {
+            "format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}
+        },
+        "tool_choice": body.tool_choice if body.tool_choice is not None else "auto",
+        "tools": body.tools or [],
+        "top_p": body.top_p,
+        "truncation": "disabled",
+        "usage": None,
+        "metadata": {},
+    }
+
+
+class _ResponseOut:
+    """One response: its object whole, or its typed event stream (response.created,
+    in_progress, then per output item its added / delta / done events, and
+    response.completed or .incomplete); put in ``store`` at the end when one is given."""
+
+    def __init__(
+        self,
+        store: ResponseStore | None,
+        body: ResponsesRequest,
+        conversation: list[dict[str, Any]],
+        tools: ResponseTools,
+    ) -> None:
+        self.store, self.tools = store, tools
+        self.conversation, self.owner = conversation, _owner()
+        self.base = _base(body)
+        self.seq = 0
+        self.output: list[dict[str, Any]] = []
+        self.text_item: dict[str, Any] | None = None
+        self.text_so_far = ""
+        self.calls: dict[int, dict[str, Any]] = {}
+
+    def finish(self, output: list[dict[str, Any]], end: Finished) -> dict[str, Any]:
         done = end.finish != "length"
-        return {
-            **base,
+        response = {
+            **self.base,
             "status": "completed" if done else "incomplete",
             "incomplete_details": None if done else {"reason": "max_output_tokens"},
             "output": output,
-            "usage": _usage(prompt, end.completion_tokens, end.cached_tokens),
+            "usage": _usage(end.usage),
         }
+        if self.store is not None:
+            self.store.put(response, self.conversation + _as_messages(output), self.owner)
+        return response
 
-    async def _stream(
-        self,
-        started: Started,
-        base: dict[str, Any],
-        store: bool,
-        conversation: list[dict],
-        owner: str,
-        tools: ResponseTools,
-    ) -> AsyncIterator[bytes]:
-        """The typed event stream: response.created, in_progress, then per output item
-        its added / delta / done events, and response.completed (or .incomplete)."""
-        seq = 0
+    def ev(self, kind: str, **data: Any) -> bytes:
+        self.seq += 1
+        return sse({"type": kind, "sequence_number": self.seq - 1, **data}, event=kind)
 
-        def ev(kind: str, **data: Any) -> bytes:
-            nonlocal seq
-            seq += 1
-            payload = {"type": kind, "sequence_number": seq - 1, **data}
-            return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
-
-        yield ev("response.created", response=base)
-        yield ev("response.in_progress", response=base)
-        output: list[dict[str, Any]] = []
-        text_item: dict[str, Any] | None = None
-        text = ""
-        calls: dict[int, dict[str, Any]] = {}
-
-        def close_text(status: str = "completed") -> list[bytes]:
-            nonlocal text_item, text
-            if text_item is None:
-                return []
-            idx = output.index(text_item)
-            item_id = text_item["id"]
-            done = _message_item(item_id, text, status)
-            output[idx] = done
-            text_item = None
-            finished, text = text, ""
-            part = done["content"][0]
-            return [
-                ev("response.output_text.done", item_id=item_id, output_index=idx,
-                   content_index=0, text=finished, logprobs=[]),
-                ev("response.content_part.done", item_id=item_id, output_index=idx,
-                   content_index=0, part=part),
-                ev("response.output_item.done", output_index=idx, item=done),
-            ]  # fmt: skip
-
+    async def stream(self, started: Started) -> AsyncIterator[bytes]:
+        yield self.ev("response.created", response=self.base)
+        yield self.ev("response.in_progress", response=self.base)
         try:
-            async for e in events(started):
-                if isinstance(e, Content) and e.text:
-                    if text_item is None:
-                        text_item = _message_item(_new_id("msg"), "", "in_progress")
-                        text_item["content"] = []
-                        output.append(text_item)
-                        idx = len(output) - 1
-                        yield ev("response.output_item.added", output_index=idx, item=text_item)
-                        part = {
-                            "type": "output_text",
-                            "text": "",
-                            "annotations": [],
-                            "logprobs": [],
-                        }
-                        yield ev("response.content_part.added", item_id=text_item["id"],
-                                 output_index=idx, content_index=0, part=part)  # fmt: skip
-                    text += e.text
-                    yield ev("response.output_text.delta", item_id=text_item["id"],
-                             output_index=output.index(text_item), content_index=0,
-                             delta=e.text, logprobs=[])  # fmt: skip
-                elif isinstance(e, CallStart):
-                    for chunk in close_text():
-                        yield chunk
-                    item = _call_item(_new_id("fc"), e.id, tools.call(e.name), "", "in_progress")
-                    output.append(item)
-                    calls[e.index] = item
-                    yield ev("response.output_item.added", output_index=len(output) - 1, item=item)
-                elif isinstance(e, CallArgs):
-                    item = calls[e.index]
-                    item["arguments"] += e.piece
-                    yield ev("response.function_call_arguments.delta", item_id=item["id"],
-                             output_index=output.index(item), delta=e.piece)  # fmt: skip
-                elif isinstance(e, CallDone):
-                    item = calls[e.index]
-                    item["status"] = "completed"
-                    idx = output.index(item)
-                    yield ev("response.function_call_arguments.done", item_id=item["id"],
-                             output_index=idx, name=item["name"], arguments=item["arguments"])  # fmt: skip
-                    yield ev("response.output_item.done", output_index=idx, item=item)
-                elif isinstance(e, Finished):
-                    for chunk in close_text("incomplete" if e.finish == "length" else "completed"):
-                        yield chunk
-                    if not output:  # an empty reply is still one message
-                        item = _message_item(_new_id("msg"), "", "completed")
-                        output.append(item)
-                        yield ev("response.output_item.added", output_index=0, item=item)
-                        yield ev("response.output_item.done", output_index=0, item=item)
-                    for idx, item in enumerate(output):
-                        if item["status"] == "in_progress":  # a call max_tokens cut
-                            item["status"] = "incomplete"
-                            yield ev("response.output_item.done", output_index=idx, item=item)
-                    prompt = e.prompt_tokens or started.prompt_tokens
-                    response = self._finish(base, output, prompt, e)
-                    if store:
-                        self.store.put(response, conversation + _as_messages(output), owner)
-                    kind = (
-                        "response.completed"
-                        if response["status"] == "completed"
-                        else "response.incomplete"
-                    )
-                    yield ev(kind, response=response)
+            async with aclosing(started.events()) as events:
+                async for e in events:
+                    for out in self.encode(e):
+                        yield out
         except MullamaError as exc:
             error = {"code": exc.code or exc.type, "message": exc.message}
-            yield ev("response.failed", response={**base, "status": "failed", "error": error})
+            failed = {**self.base, "status": "failed", "error": error}
+            yield self.ev("response.failed", response=failed)
+
+    def encode(self, e: Event) -> list[bytes]:
+        if isinstance(e, Text):
+            return self.text(e.text) if e.text else []
+        if isinstance(e, CallStart):
+            closing = self.close_text()
+            item = _call_item(_new_id("fc"), e.id, self.tools.call(e.name), "", "in_progress")
+            self.output.append(item)
+            self.calls[e.index] = item
+            return [*closing, self.ev("response.output_item.added",
+                                      output_index=len(self.output) - 1, item=item)]  # fmt: skip
+        if isinstance(e, CallArgs):
+            item = self.calls[e.index]
+            item["arguments"] += e.piece
+            return [self.ev("response.function_call_arguments.delta", item_id=item["id"],
+                            output_index=self.output.index(item), delta=e.piece)]  # fmt: skip
+        if isinstance(e, CallDone):
+            item = self.calls[e.index]
+            item["status"] = "completed"
+            idx = self.output.index(item)
+            return [self.ev("response.function_call_arguments.done", item_id=item["id"],
+                            output_index=idx, name=item["name"], arguments=item["arguments"]),
+                    self.ev("response.output_item.done", output_index=idx, item=item)]  # fmt: skip
+        return self.finished(e)
+
+    def text(self, piece: str) -> list[bytes]:
+        out = []
+        if self.text_item is None:
+            self.text_item = _message_item(_new_id("msg"), "", "in_progress")
+            self.text_item["content"] = []
+            self.output.append(self.text_item)
+            idx = len(self.output) - 1
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            out += [self.ev("response.output_item.added", output_index=idx, item=self.text_item),
+                    self.ev("response.content_part.added", item_id=self.text_item["id"],
+                            output_index=idx, content_index=0, part=part)]  # fmt: skip
+        self.text_so_far += piece
+        out.append(self.ev("response.output_text.delta", item_id=self.text_item["id"],
+                           output_index=self.output.index(self.text_item), content_index=0,
+                           delta=piece, logprobs=[]))  # fmt: skip
+        return out
+
+    def close_text(self, status: str = "completed") -> list[bytes]:
+        if self.text_item is None:
+            return []
+        idx = self.output.index(self.text_item)
+        item_id = self.text_item["id"]
+        done = _message_item(item_id, self.text_so_far, status)
+        self.output[idx] = done
+        self.text_item = None
+        finished, self.text_so_far = self.text_so_far, ""
+        return [
+            self.ev("response.output_text.done", item_id=item_id, output_index=idx,
+                    content_index=0, text=finished, logprobs=[]),
+            self.ev("response.content_part.done", item_id=item_id, output_index=idx,
+                    content_index=0, part=done["content"][0]),
+            self.ev("response.output_item.done", output_index=idx, item=done),
+        ]  # fmt: skip
+
+    def finished(self, e: Finished) -> list[bytes]:
+        out = self.close_text("incomplete" if e.finish == "length" else "completed")
+        if not self.output:  # an empty reply is still one message
+            item = _message_item(_new_id("msg"), "", "completed")
+            self.output.append(item)
+            out += [self.ev("response.output_item.added", output_index=0, item=item),
+                    self.ev("response.output_item.done", output_index=0, item=item)]  # fmt: skip
+        for idx, item in enumerate(self.output):
+            if item["status"] == "in_progress":  # a call max_tokens cut
+                item["status"] = "incomplete"
+                out.append(self.ev("response.output_item.done", output_index=idx, item=item))
+        response = self.finish(self.output, e)
+        kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
+        out.append(self.ev(kind, response=response))
+        return out
 
 
 def _as_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,0 +1,199 @@
+"""The one chat path: a chat request of any dialect (OpenAI chat, Responses, Anthropic
+Messages, Ollama chat and generate) as the engine requests it makes and starts, and the
+same conversion for counting its tokens (``/tokenize``, ``count_tokens``).
+
+A dialect describes its request as a ``Chat``: its turns (as the template gets them, for
+a template that writes tools itself or not), its sampling over the model's defaults, its
+tools and ``tool_choice``. Here the tools are planned for the template that renders the
+chat (api/tools.py), the turns get the model's system prompt and the tools' instruction,
+the sampling gets the tools' constraint, and the generations start; each is a
+``Started`` (api/replies.py), which the dialect reads as a reply and encodes. Text
+completions (``/v1/completions``, llama-server's ``/completion``) start here too."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..engine.protocol import Chunk, ChunkStream, GenerateRequest, SamplingParams, TokenizeRequest
+from .openai.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
+from .profiles import Profile, profile_of
+from .replies import Started
+from .tools import ToolChoice, ToolPlan, ToolSpec, plan_chat_tools
+
+if TYPE_CHECKING:
+    from ..models.manager import ModelManager
+
+Turns = Callable[[bool], list[dict[str, Any]]]
+
+
+def _model_defaults(profile: Profile) -> SamplingParams:
+    return SamplingParams(**profile.defaults)
+
+
+@dataclass
+class Chat:
+    """A chat request in the terms its engine requests are made of. ``turns(native)``:
+    its messages as the template gets them (``native``: the template writes tools and
+    calls itself); ``sampling(profile)``: its sampling over the model's defaults;
+    ``output_format``: the request field that already constrains the output, if any;
+    ``default_system``: the model's system prompt goes first when the turns have none;
+    ``template``: the request's own template, over the model's; ``raw``: a prompt sent
+    as it is (no template, no special tokens) instead of the turns."""
+
+    model: str
+    turns: Turns
+    sampling: Callable[[Profile], SamplingParams] = _model_defaults
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    output_format: str | None = None
+    n: int = 1
+    cache_salt: str | None = None
+    keep_alive: Any = None
+    default_system: bool = True
+    template: str | None = None
+    raw: str | None = None
+
+
+def openai_turns(model: str, messages: list[ChatMessage]) -> Turns:
+    """OpenAI chat messages as the template gets them."""
+    return lambda native: [m.for_prompt(i, model, native) for i, m in enumerate(messages)]
+
+
+def openai_chat(req: ChatCompletionRequest) -> Chat:
+    """An OpenAI chat request (also what Responses and Anthropic requests become)."""
+    fmt = req.response_format
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    return Chat(
+        req.model,
+        openai_turns(req.model, req.messages),
+        lambda profile: req.to_sampling_params(profile, max_tokens),
+        req.tools,
+        req.tool_choice,
+        req.parallel_tool_calls,
+        "response_format" if fmt is not None and fmt.type != "text" else None,
+        req.n,
+        req.cache_salt,
+        req.keep_alive,
+    )
+
+
+async def plan(models: ModelManager, chat: Chat) -> tuple[ToolPlan, Profile]:
+    """The chat's tools planned for the template that renders it, and the model's profile."""
+    profile = profile_of(models, chat.model)
+    tools = await plan_chat_tools(
+        chat.tools, chat.tool_choice, chat.parallel_tool_calls, chat.output_format,
+        profile.chat_template,
+    )  # fmt: skip
+    return tools, profile
+
+
+def _messages(chat: Chat, tools: ToolPlan, profile: Profile) -> list[dict[str, Any]]:
+    messages = chat.turns(tools.active and tools.native)
+    if chat.default_system:
+        messages = profile.messages(messages)
+    return tools.with_instruction(messages)
+
+
+def engine_requests(
+    chat: Chat, rid: str, tools: ToolPlan, profile: Profile
+) -> list[GenerateRequest]:
+    """One engine request per choice (``n``), each with its own seed when one is set."""
+    if chat.raw is not None:
+        return [GenerateRequest(f"{rid}/0", chat.sampling(profile), prompt=chat.raw,
+                                add_special=False)]  # fmt: skip
+    messages = _messages(chat, tools, profile)
+    template = chat.template or profile.template
+    out = []
+    for i in range(chat.n):
+        params = chat.sampling(profile)
+        if params.json_schema is None:  # an output format leaves auto's calls free
+            params.tool_calls = tools.constraint()
+        if params.seed is not None:
+            params.seed += i
+        out.append(
+            GenerateRequest(
+                f"{rid}/{i}",
+                params,
+                messages=messages,
+                template=template,
+                tools=tools.tools_for_template(),
+                cache_salt=chat.cache_salt,
+            )  # fmt: skip
+        )
+    return out
+
+
+async def start_chat(models: ModelManager, chat: Chat, rid: str) -> list[Started]:
+    """Plan the chat's tools, make its engine requests and start them (one per choice)."""
+    tools, profile = await plan(models, chat)
+    requests = engine_requests(chat, rid, tools, profile)
+    return await start(models, chat.model, requests, chat.keep_alive, tools)
+
+
+async def tokenize_request(models: ModelManager, chat: Chat) -> TokenizeRequest:
+    """The tokenize frame of a chat: exactly the tokens its engine request feeds the model
+    (its tools through the template that renders it)."""
+    tools, profile = await plan(models, chat)
+    return TokenizeRequest(
+        id="",
+        messages=_messages(chat, tools, profile),
+        tools=tools.tools_for_template(),
+        template=chat.template or profile.template,
+    )
+
+
+def completion_requests(
+    models: ModelManager, req: CompletionRequest, rid: str
+) -> list[GenerateRequest]:
+    """A text completion's engine requests: ``n`` per prompt, each with its own seed."""
+    profile = profile_of(models, req.model)
+    max_tokens = req.max_tokens
+    if max_tokens is None:
+        max_tokens = profile.defaults.get("max_tokens") or 16
+    out = []
+    for p_idx, prompt in enumerate(req.prompts()):
+        for i in range(req.n):
+            params = req.to_sampling_params(profile, max_tokens)
+            if params.seed is not None:
+                params.seed += i
+            sid, salt = f"{rid}/{p_idx}/{i}", req.cache_salt
+            if isinstance(prompt, str):
+                out.append(GenerateRequest(sid, params, prompt=prompt, cache_salt=salt))
+            else:
+                out.append(GenerateRequest(sid, params, prompt_tokens=prompt, cache_salt=salt))
+    return out
+
+
+_NO_TOOLS = ToolPlan([], "none", True)
+
+
+async def start(
+    models: ModelManager,
+    model: str,
+    requests: list[GenerateRequest],
+    keep_alive: Any = None,
+    tools: ToolPlan = _NO_TOOLS,
+) -> list[Started]:
+    """Start every generation and wait until each is accepted (errors surface here, before
+    any byte of the response is sent); on any error, stop them all."""
+    started: list[Started] = []
+    try:
+        for req in requests:
+            gen = models.generate(model, req, keep_alive)
+            started.append(Started(tools, (await _accepted(gen)).prompt_tokens, gen))
+    except BaseException:
+        for s in started:
+            await s.gen.aclose()
+        raise
+    return started
+
+
+async def _accepted(gen: ChunkStream) -> Chunk:
+    try:
+        return await gen.__anext__()
+    except BaseException:
+        await gen.aclose()
+        raise
