@@ -24,6 +24,7 @@ from .tools import ToolChoice, ToolPlan, ToolSpec, plan_chat_tools
 
 if TYPE_CHECKING:
     from ..models.manager import ModelManager
+    from ..models.router import Target
 
 Turns = Callable[[bool], list[dict[str, Any]]]
 
@@ -80,9 +81,10 @@ def openai_chat(req: ChatCompletionRequest) -> Chat:
     )
 
 
-async def plan(models: ModelManager, chat: Chat) -> tuple[ToolPlan, Profile]:
-    """The chat's tools planned for the template that renders it, and the model's profile."""
-    profile = profile_of(models, chat.model)
+async def plan(models: ModelManager, chat: Chat, target: str | Target) -> tuple[ToolPlan, Profile]:
+    """The chat's tools planned for the template that renders it, and the model's profile
+    (``target``: the model the request's name means, or the name)."""
+    profile = profile_of(models, target)
     tools = await plan_chat_tools(
         chat.tools, chat.tool_choice, chat.parallel_tool_calls, chat.output_format,
         profile.chat_template,
@@ -127,16 +129,18 @@ def engine_requests(
 
 
 async def start_chat(models: ModelManager, chat: Chat, rid: str) -> list[Started]:
-    """Plan the chat's tools, make its engine requests and start them (one per choice)."""
-    tools, profile = await plan(models, chat)
+    """Plan the chat's tools, make its engine requests and start them (one per choice);
+    the model's name is resolved once, for all of that."""
+    target = models.route(chat.model)
+    tools, profile = await plan(models, chat, target)
     requests = engine_requests(chat, rid, tools, profile)
-    return await start(models, chat.model, requests, chat.keep_alive, tools)
+    return await start(models, target, requests, chat.keep_alive, tools)
 
 
 async def tokenize_request(models: ModelManager, chat: Chat) -> TokenizeRequest:
     """The tokenize frame of a chat: exactly the tokens its engine request feeds the model
     (its tools through the template that renders it)."""
-    tools, profile = await plan(models, chat)
+    tools, profile = await plan(models, chat, chat.model)
     return TokenizeRequest(
         id="",
         messages=_messages(chat, tools, profile),
@@ -146,10 +150,10 @@ async def tokenize_request(models: ModelManager, chat: Chat) -> TokenizeRequest:
 
 
 def completion_requests(
-    models: ModelManager, req: CompletionRequest, rid: str
+    req: CompletionRequest, rid: str, profile: Profile
 ) -> list[GenerateRequest]:
-    """A text completion's engine requests: ``n`` per prompt, each with its own seed."""
-    profile = profile_of(models, req.model)
+    """A text completion's engine requests (over ``profile``, the model's): ``n`` per
+    prompt, each with its own seed."""
     max_tokens = req.max_tokens
     if max_tokens is None:
         max_tokens = profile.defaults.get("max_tokens") or 16
@@ -172,7 +176,7 @@ _NO_TOOLS = ToolPlan([], "none", True)
 
 async def start(
     models: ModelManager,
-    model: str,
+    model: str | Target,
     requests: list[GenerateRequest],
     keep_alive: Any = None,
     tools: ToolPlan = _NO_TOOLS,

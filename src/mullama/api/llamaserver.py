@@ -114,14 +114,16 @@ async def _complete(request: Request, body: CompletionBody) -> Response:
     name = str(body.model)
     req = body.to_completion(name)
     models = request.app.state.models
-    requests = completion_requests(models, req, request.scope["state"]["request_id"])
+    target = models.route(name)  # the name resolved once for the request
+    rid = request.scope["state"]["request_id"]
+    requests = completion_requests(req, rid, profile_of(models, target))
     if body.n_predict == -1:  # llama-server's "until the end": the context's room
         requests[0].params.max_tokens = None
     elif body.n_predict == 0:  # nothing generated: the prompt is evaluated into the cache
         requests[0].params.max_tokens = 0
     body.set_knobs(requests[0].params)
     at = time.perf_counter_ns()
-    [started] = await start(models, name, requests, req.keep_alive)
+    [started] = await start(models, target, requests, req.keep_alive)
     run = _Run(name, started.prompt_tokens, at, requests[0].params)
     if body.stream:
         return DisconnectAwareStream(run.stream(started), media_type="text/event-stream",

@@ -15,6 +15,7 @@ from .toolsyntax import REMOTE_TOOLS
 
 if TYPE_CHECKING:
     from ..models.manager import ModelManager
+    from ..models.router import Target
 
 _FIELDS = field_names(SamplingParams)
 # The Ollama option names that differ from SamplingParams' field names (a knob's, in
@@ -118,8 +119,9 @@ REMOTE = Profile()
 REMOTE.chat_template = REMOTE_TOOLS  # type: ignore[assignment]
 
 
-def profile_of(models: ModelManager, name: str | None) -> Profile:
-    """The profile of a model (its ModelRef, served or in the store); a lookup only."""
+def profile_of(models: ModelManager, name: str | Target | None) -> Profile:
+    """The profile of a model (its ModelRef, served or in the store), by its name or its
+    request's ``Target``; a lookup only."""
     if not name:
         return EMPTY
     if models.remote(name) is not None:

@@ -18,6 +18,7 @@ from ...wire.framing import SSE_DONE, sse
 from ..callreader import CallArgs, CallStart
 from ..chat import completion_requests, openai_chat, start, start_chat
 from ..logprobs import CompletionLogprobs, chat_content
+from ..profiles import profile_of
 from ..replies import Event, Finished, Started, Text, Usage, WholeReply, merged_events, wholes
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
@@ -75,8 +76,9 @@ class OpenAIService:
     # ---- completions ---------------------------------------------------------------
 
     async def completions(self, req: CompletionRequest, rid: str) -> dict | AsyncIterator[bytes]:
-        requests = completion_requests(self.models, req, rid)
-        started = await start(self.models, req.model, requests, req.keep_alive)
+        target = self.models.route(req.model)  # the name resolved once for the request
+        requests = completion_requests(req, rid, profile_of(self.models, target))
+        started = await start(self.models, target, requests, req.keep_alive)
         try:
             prompts = await self._echoed(req) if req.echo else []
         except BaseException:
