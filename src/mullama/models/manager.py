@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 
 class ModelManager:
+    """The models this daemon serves (--model, --remote, the store on demand) and every
+    request's way to their engines: routed once, leased or behind a breaker, cached."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.started_at = time.time()

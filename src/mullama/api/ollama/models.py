@@ -22,6 +22,7 @@ from .service import iso_time
 if TYPE_CHECKING:
     from ...models.entry import ModelEntry
     from ...models.manager import ModelManager
+    from ...models.router import Target
 
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class OllamaModels:
         self.models = models
         self.store = store
 
-    async def _entry(self, name: str) -> tuple[ModelEntry, GGUFInfo, str]:
+    async def _entry(self, name: str | Target) -> tuple[ModelEntry, GGUFInfo, str]:
         entry = await asyncio.to_thread(self.models.find, name)
         info = await asyncio.to_thread(entry.gguf)
         digest = await asyncio.to_thread(entry.digest)
@@ -159,7 +160,8 @@ class OllamaModels:
     async def show(self, name: str, paths: bool = False) -> dict[str, Any]:
         """Ollama's /api/show; its modelfile names the file's path only when ``paths``
         (for an admin), else the model."""
-        remote = self.models.remote(name)
+        target = await asyncio.to_thread(self.models.route, name)  # the name, resolved once
+        remote = target.remote
         if remote is not None:
             return {
                 "license": "",
@@ -172,7 +174,7 @@ class OllamaModels:
                 "modified_at": iso_time(self.models.started_at),
                 "remote_model": remote.upstream_model,
             }
-        entry, info, digest = await self._entry(name)
+        entry, info, digest = await self._entry(target)
         model_info = {
             k: v
             for k, v in info.metadata.items()
@@ -194,7 +196,7 @@ class OllamaModels:
         }
         if ref.system:
             out["system"] = ref.system
-        out["request_defaults"] = request_defaults(profile_of(self.models, name))
+        out["request_defaults"] = request_defaults(profile_of(self.models, target))
         return out
 
 
