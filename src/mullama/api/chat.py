@@ -128,19 +128,21 @@ def engine_requests(
     return out
 
 
-async def start_chat(models: ModelManager, chat: Chat, rid: str) -> list[Started]:
+async def start_chat(
+    models: ModelManager, chat: Chat, rid: str, target: Target | None = None
+) -> list[Started]:
     """Plan the chat's tools, make its engine requests and start them (one per choice);
-    the model's name is resolved once, for all of that."""
-    target = models.route(chat.model)
+    the model's name is resolved once, for all of that (``target``: already resolved)."""
+    target = target or models.route(chat.model)
     tools, profile = await plan(models, chat, target)
     requests = engine_requests(chat, rid, tools, profile)
     return await start(models, target, requests, chat.keep_alive, tools)
 
 
-async def tokenize_request(models: ModelManager, chat: Chat) -> TokenizeRequest:
+async def tokenize_request(models: ModelManager, chat: Chat, target: Target) -> TokenizeRequest:
     """The tokenize frame of a chat: exactly the tokens its engine request feeds the model
-    (its tools through the template that renders it)."""
-    tools, profile = await plan(models, chat, chat.model)
+    (its tools through the template that renders it; ``target``: the model its name means)."""
+    tools, profile = await plan(models, chat, target)
     return TokenizeRequest(
         id="",
         messages=_messages(chat, tools, profile),

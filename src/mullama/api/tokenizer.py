@@ -80,15 +80,16 @@ async def _tokenize(request: Request) -> Response:
     body = await parse_body(request, TokenizeBody)
     models = _models(request)
     name = _name(models, body.model)
+    target = models.route(name)  # the name resolved once for the request
     if body.messages is not None:
         chat = Chat(name, openai_turns(name, body.messages), tools=body.tools)
-        req = await tokenize_request(models, chat)
+        req = await tokenize_request(models, chat, target)
         req.add_generation_prompt = body.add_generation_prompt
         req.with_pieces = body.return_token_strs
     else:
         req = TokenizeRequest(id="", with_pieces=body.return_token_strs, text=body.prompt)
         req.add_special = body.add_special_tokens is not False
-    tokens, info = await models.tokenize(name, req)
+    tokens, info = await models.tokenize(target, req)
     out: dict[str, Any] = {
         "count": len(tokens.tokens),
         "max_model_len": info.context_size,

@@ -51,6 +51,7 @@ async def count_tokens(request: Request) -> Response:
     models = request.app.state.models
     counted = Chat(chat.model, openai_turns(chat.model, chat.messages), tools=chat.tools,
                    tool_choice=chat.tool_choice)  # fmt: skip
-    req = await tokenize_request(models, counted)
-    tokens, _ = await unless_disconnected(request, models.tokenize(chat.model, req))
+    target = models.route(chat.model)  # the name resolved once for the request
+    req = await tokenize_request(models, counted, target)
+    tokens, _ = await unless_disconnected(request, models.tokenize(target, req))
     return ORJSONResponse({"input_tokens": len(tokens.tokens)})

@@ -23,6 +23,7 @@ from .schemas import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody
 
 if TYPE_CHECKING:
     from ...models.manager import ModelManager
+    from ...models.router import Target
 
 
 def iso_time(ts: float | None = None) -> str:
@@ -57,9 +58,11 @@ class OllamaService:
     def __init__(self, models: ModelManager) -> None:
         self.models = models
 
-    async def _load(self, name: str, keep_alive: Any) -> int:
-        """Load the model if needed; returns the load time in ns (0 if it was loaded)."""
-        return int(await self.models.load(name, keep_alive) * 1e9)
+    async def _load(self, name: str, keep_alive: Any) -> tuple[Target, int]:
+        """The model ``name`` means (resolved once for the request), loaded if needed, and
+        the load time in ns (0 if it was loaded)."""
+        target = self.models.route(name)
+        return target, int(await self.models.load(target, keep_alive) * 1e9)
 
     # ---- generate / chat -------------------------------------------------------------
 
@@ -67,10 +70,11 @@ class OllamaService:
         started = time.perf_counter_ns()
         if body.images:
             raise ClientError(f"model {body.model!r} does not support images (it is text-only)")
-        load_ns = await self._load(body.model, body.keep_alive)
+        target, load_ns = await self._load(body.model, body.keep_alive)
         if not body.prompt and not body.system:
             return _loaded(body.model, "response", load_ns, started, body.stream)
-        return await self._run(_generate_chat(body), rid, "response", body.stream, started, load_ns)
+        chat = _generate_chat(body)
+        return await self._run(chat, target, rid, "response", body.stream, started, load_ns)
 
     async def chat(self, body: ChatBody, rid: str) -> dict | AsyncIterator[bytes]:
         started = time.perf_counter_ns()
@@ -79,7 +83,7 @@ class OllamaService:
                 raise ClientError(
                     f"model {body.model!r} does not support images (messages[{i}] has images)"
                 )
-        load_ns = await self._load(body.model, body.keep_alive)
+        target, load_ns = await self._load(body.model, body.keep_alive)
         if not body.messages:
             return _loaded(body.model, "message", load_ns, started, body.stream)
         chat = Chat(
@@ -91,12 +95,19 @@ class OllamaService:
             output_format="format" if body.format else None,
             keep_alive=body.keep_alive,
         )
-        return await self._run(chat, rid, "message", body.stream, started, load_ns)
+        return await self._run(chat, target, rid, "message", body.stream, started, load_ns)
 
     async def _run(
-        self, chat: Chat, rid: str, kind: str, stream: bool, started: int, load_ns: int
+        self,
+        chat: Chat,
+        target: Target,
+        rid: str,
+        kind: str,
+        stream: bool,
+        started: int,
+        load_ns: int,
     ) -> dict | AsyncIterator[bytes]:
-        [generation] = await start_chat(self.models, chat, rid)  # errors before any byte
+        [generation] = await start_chat(self.models, chat, rid, target)  # errors before any byte
         timings = Timings(started, load_ns)
         if stream:
             return _stream(generation, chat.model, kind, timings)
@@ -112,9 +123,9 @@ class OllamaService:
 
     async def embed(self, body: EmbedBody) -> dict:
         started = time.perf_counter_ns()
-        load_ns = await self._load(body.model, body.keep_alive)
+        target, load_ns = await self._load(body.model, body.keep_alive)
         inputs = [body.input] if isinstance(body.input, str) else body.input
-        result = await self.models.embed(body.model, inputs, body.truncate, body.keep_alive)
+        result = await self.models.embed(target, inputs, body.truncate, body.keep_alive)
         return {
             "model": body.model,
             "embeddings": result.vectors,
