@@ -128,6 +128,7 @@ def test_keys_and_what_needs_them(tmp_path, monkeypatch):
 def test_the_document_is_valid_openapi_and_loads_in_a_fuzzer(doc):
     # The OpenAPI 3.1 meta-schema, as schemathesis ships it.
     from schemathesis.specs.openapi import definitions
+
     assert [str(e) for e in definitions.OPENAPI_31_VALIDATOR.iter_errors(doc)] == []
     schema = schemathesis.openapi.from_dict(doc)
     results = list(schema.get_all_operations())

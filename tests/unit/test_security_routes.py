@@ -34,6 +34,7 @@ ADMIN_ROUTES = {
 def is_ui(path: str) -> bool:
     return path == "/ui" or path.startswith("/ui/")
 
+
 ADMIN_KEY = "adm-" + "a" * 32
 INFER_KEY = "inf-" + "b" * 32
 
