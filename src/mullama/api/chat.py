@@ -13,13 +13,14 @@ completions (``/v1/completions``, llama-server's ``/completion``) start here too
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..engine.protocol import Chunk, ChunkStream, GenerateRequest, SamplingParams, TokenizeRequest
 from .openai.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 from .profiles import Profile, profile_of
 from .replies import Started
+from .thinking import Think
 from .tools import ToolChoice, ToolPlan, ToolSpec, plan_chat_tools
 
 if TYPE_CHECKING:
@@ -41,7 +42,9 @@ class Chat:
     ``output_format``: the request field that already constrains the output, if any;
     ``default_system``: the model's system prompt goes first when the turns have none;
     ``template``: the request's own template, over the model's; ``raw``: a prompt sent
-    as it is (no template, no special tokens) instead of the turns."""
+    as it is (no template, no special tokens) instead of the turns; ``think``: what it
+    asks of the model's thinking; ``template_vars``: more variables for the template
+    (``chat_template_kwargs``)."""
 
     model: str
     turns: Turns
@@ -56,6 +59,8 @@ class Chat:
     default_system: bool = True
     template: str | None = None
     raw: str | None = None
+    think: Think = field(default_factory=Think)
+    template_vars: dict[str, Any] | None = None
 
 
 def openai_turns(model: str, messages: list[ChatMessage]) -> Turns:

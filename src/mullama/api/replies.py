@@ -1,9 +1,11 @@
 """The one reader of a generation: a ``ChunkStream`` (engine/protocol.py) turned into typed
 reply events that each API writes in its own wire shape, whole or streamed.
 
-The events are text pieces (``Text``, with the logprob entries of their tokens), and for a
-request with tools the calls read out of the text as it is written (api/callreader.py:
-``CallStart``, ``CallArgs``, ``CallDone``), then ``Finished``: how the reply ended and its
+The events are text pieces (``Text``, with the logprob entries of their tokens), the
+model's thinking apart from its text (``Reasoning``, for a model whose template has a
+thinking format: api/thinking.py), and for a request with tools the calls read out of
+the text as it is written (api/callreader.py: ``CallStart``, ``CallArgs``, ``CallDone``),
+then ``Finished``: how the reply ended and its
 ``Usage``, always filled. The local engine tells the prompt's token count when it accepts
 the request (the first chunk), a remote engine only with its last chunk: that is settled
 here, once."""
@@ -25,11 +27,12 @@ from .tools import ToolPlan
 @dataclass
 class Usage:
     """The tokens of one generation: the prompt's, those of them found in the KV cache,
-    and those generated."""
+    and those generated (``reasoning``: those of them that were thinking)."""
 
     prompt: int
     cached: int
     completion: int
+    reasoning: int = 0
 
 
 @dataclass
@@ -42,6 +45,15 @@ class Text:
     logprobs: list[Any] | None = None
     completion: int = 0
     last: bool = False
+
+
+@dataclass
+class Reasoning:
+    """A piece of the model's thinking (before its answer; never read for calls).
+    ``completion``: the tokens generated so far."""
+
+    text: str
+    completion: int = 0
 
 
 @dataclass
@@ -62,7 +74,7 @@ class Finished:
     call_text: str = ""
 
 
-Event = Text | CallStart | CallArgs | CallDone | Finished
+Event = Reasoning | Text | CallStart | CallArgs | CallDone | Finished
 
 
 @dataclass
@@ -84,6 +96,7 @@ class Started:
         reader = CallReader(plan) if plan.active and not whole else None
         usage = Usage(self.prompt_tokens, 0, 0)
         parts: list[str] = []
+        thought: list[str] = []  # the whole reply's thinking
         entries: list[Any] = []  # all of them
         held: list[Any] = []  # a stream's entries not yet sent with text
         reason = stop = None
@@ -92,6 +105,7 @@ class Started:
             async for c in gen:
                 usage.prompt = c.prompt_tokens or usage.prompt  # a remote engine's come last
                 usage.cached, usage.completion = c.cached_tokens, c.completion_tokens
+                usage.reasoning = c.reasoning_tokens or usage.reasoning
                 last = c.finish_reason is not None
                 if first is None and (c.text or c.completion_tokens):
                     first = time.perf_counter_ns()
@@ -101,6 +115,12 @@ class Started:
                     reason, stop = c.finish_reason, c.stop
                 if whole:
                     parts.append(c.text)
+                    thought.append(c.reasoning)
+                    continue
+                if c.reasoning:
+                    yield Reasoning(c.reasoning, c.completion_tokens)
+                if reader is None and not c.text and c.reasoning and not last:
+                    continue  # a thinking chunk: no empty text event after it
                 elif reader is None:  # every chunk: each API has its rule for empty ones
                     yield Text(c.text, c.logprobs, c.completion_tokens, last)
                 else:
@@ -118,6 +138,8 @@ class Started:
             finish = reader.finish(reason)
             call_text = reader.text[reader.mark :] if reader.calls else ""
         elif whole:
+            if any(thought):
+                yield Reasoning("".join(thought), usage.completion)
             reply = plan.read("".join(parts), reason)
             yield Text(reply.content, entries, usage.completion, True)
             for k, call in enumerate(reply.calls):
@@ -146,11 +168,13 @@ class Calls:
 @dataclass
 class WholeReply:
     """A whole reply: its text outside calls, its calls (OpenAI-shaped; none when it was
-    cut off inside one: then all of it is text), and how it ended."""
+    cut off inside one: then all of it is text), how it ended, and its thinking ("" when
+    there was none)."""
 
     text: str
     calls: list[dict[str, Any]]
     end: Finished
+    reasoning: str = ""
 
 
 async def whole(started: Started) -> WholeReply:
@@ -160,6 +184,7 @@ async def whole(started: Started) -> WholeReply:
 async def wholes(started: list[Started]) -> list[WholeReply]:
     """Several generations read together (the choices of one request), each whole."""
     texts: list[list[str]] = [[] for _ in started]
+    thoughts = [""] * len(started)
     calls = [Calls() for _ in started]
     ends: list[Finished | None] = [None] * len(started)
     readers = [s.events(whole=True) for s in started]
@@ -167,14 +192,16 @@ async def wholes(started: list[Started]) -> list[WholeReply]:
         async for i, e in merged:
             if isinstance(e, Text):
                 texts[i].append(e.text)
+            elif isinstance(e, Reasoning):
+                thoughts[i] += e.text
             elif isinstance(e, Finished):
                 ends[i] = e
             else:
                 calls[i].add(e)
     out = []
-    for text, found, end in zip(texts, calls, ends, strict=True):
+    for text, found, end, thought in zip(texts, calls, ends, thoughts, strict=True):
         assert end is not None  # a reader that ends without Finished has raised
-        out.append(WholeReply("".join(text), found.calls, end))
+        out.append(WholeReply("".join(text), found.calls, end, thought))
     return out
 
 

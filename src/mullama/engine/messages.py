@@ -190,6 +190,8 @@ class StepRow(NamedTuple):
     # With logprobs: one entry per token of this step, [bytes, logprob, [[bytes, lp]...]]
     logprobs: list[Any] | None = None
     stop: str | None = None  # the stop string that ended it, when one did
+    reasoning: str = ""  # new thinking text (SamplingParams.thinking), apart from text
+    n_reasoning: int = 0  # thinking tokens generated so far (a part of n_generated)
 
 
 @dataclass

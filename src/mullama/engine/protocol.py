@@ -137,6 +137,24 @@ class ToolGrammar:
 
 
 @dataclass
+class ThinkSyntax:
+    """How a reply's thinking is written, read off the chat template by the daemon
+    (api/thinking.py): the block ``open`` ... ``close`` (text, or special tokens written as
+    text); ``answer``: text that may begin the answer after the block, dropped with it
+    (gpt-oss's ``<|start|>assistant<|channel|>final<|message|>``). ``budget``: the
+    thinking tokens after which the engine closes the block itself and the model goes on
+    to answer (None: no limit; 0: closed as soon as it opens); ``force_open``: the engine
+    writes ``open`` itself when the prompt does not (thinking asked for, or a constraint
+    that applies to the answer after the thinking)."""
+
+    open: str
+    close: str
+    answer: str = ""
+    budget: int | None = None
+    force_open: bool = False
+
+
+@dataclass
 @knobs.declare(after="max_tokens")
 class SamplingParams:
     """The engine's request options. The sampling knobs (temperature, top_p, top_k, ...)
@@ -151,6 +169,8 @@ class SamplingParams:
     tool_calls: ToolGrammar | None = None  # or to text and tool calls in the template's syntax
     logprobs: int | None = None  # report each token's logprob and this many alternatives
     prompt_logprobs: bool = False  # the prompt's tokens' too (echo scoring); needs logprobs
+    # The reply's thinking, written apart from its text (None: all of it is text).
+    thinking: ThinkSyntax | None = None
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> SamplingParams:
@@ -159,6 +179,8 @@ class SamplingParams:
         data = _strict(cls, data)
         if data.get("tool_calls") is not None:
             data["tool_calls"] = ToolGrammar.from_wire(_need(data, "tool_calls", dict))
+        if data.get("thinking") is not None:
+            data["thinking"] = ThinkSyntax(**_strict(ThinkSyntax, _need(data, "thinking", dict)))
         return cls(**data)
 
 
@@ -175,6 +197,8 @@ class GenerateRequest:
     add_special: bool = True
     template: str | None = None  # a Jinja chat template overriding the model's (custom models)
     tools: list[dict[str, Any]] | None = None  # for templates that describe tools themselves
+    # More variables for the chat template (its thinking switch, chat_template_kwargs).
+    template_vars: dict[str, Any] | None = None
     cache_salt: str | None = None  # the client's cache_salt (vLLM's), as it sent it
     # The namespace of prefix reuse and of the response cache: a short opaque string (a
     # hash of the caller's tenant and cache_salt; "" when caches are shared), set by the
@@ -220,6 +244,7 @@ class TokenizeRequest(_Message):
     template: str | None = None
     with_pieces: bool = False
     tools: list[dict[str, Any]] | None = None  # for templates that describe tools themselves
+    template_vars: dict[str, Any] | None = None  # more variables for the chat template
 
 
 @dataclass
@@ -289,6 +314,10 @@ class Chunk:
     # the request's max_tokens when it is ("cap": --max-tokens; "context": the room left).
     max_tokens: int = 0
     clamped: str | None = None
+    # New thinking text (apart from ``text``), and the thinking tokens generated so far
+    # (the markers included; a part of completion_tokens).
+    reasoning: str = ""
+    reasoning_tokens: int = 0
 
 
 # What a generation is on the daemon side: closing it early (aclose) cancels it.
