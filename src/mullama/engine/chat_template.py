@@ -94,9 +94,12 @@ class ChatTemplate:
         messages: list[dict[str, Any]],
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
+        variables: dict[str, Any] | None = None,
     ) -> str:
         """``tools``: the OpenAI-shaped tool list, for templates that describe tools
-        themselves (None for the others: the generic format puts them in the messages)."""
+        themselves (None for the others: the generic format puts them in the messages).
+        ``variables``: more variables for the template (its thinking switch, a request's
+        chat_template_kwargs); they never replace the names the render sets itself."""
         shape = tools is not None
         size = -1
         mark = self._marks.get(shape)
@@ -108,7 +111,7 @@ class ChatTemplate:
                     "this one, so it is marked and not rendered again for such requests"
                 )
         try:
-            return self._render(messages, add_generation_prompt, tools)
+            return self._render(messages, add_generation_prompt, tools, variables)
         except TemplateLimit as exc:
             if size < 0:
                 size = _input_size(messages, tools)
@@ -123,19 +126,23 @@ class ChatTemplate:
         messages: list[dict[str, Any]],
         add_generation_prompt: bool,
         tools: list[dict[str, Any]] | None,
+        variables: dict[str, Any] | None = None,
     ) -> str:
+        names = {
+            "messages": messages,
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "tools": tools,
+        }
+        if variables:
+            names = {**variables, **names}  # the render's own names win
         env = self._env
         env.begin()
         try:
             out: list[str] = []
             size = 0
-            for piece in self._template.generate(
-                messages=messages,
-                add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token,
-                eos_token=self.eos_token,
-                tools=tools,
-            ):
+            for piece in self._template.generate(**names):
                 size += len(piece)
                 if size > MAX_SIZE:
                     raise too_big(size)

@@ -58,7 +58,9 @@ class Preparer:
         """The tokens of a tokenizer request: its text as it is, or its messages through
         the chat template."""
         if req.messages is not None:
-            text = self._render(req.messages, req.template, req.add_generation_prompt, req.tools)
+            text = self._render(
+                req.messages, req.template, req.add_generation_prompt, req.tools, req.template_vars
+            )
             return self._chat_tokens(text)
         return self.model.tokenize(req.text or "", add_special=req.add_special, parse_special=True)
 
@@ -92,7 +94,8 @@ class Preparer:
         """The prompt's tokens (chat messages through the template, or raw text) and the
         request field to name in errors."""
         if req.messages is not None:
-            tokens = self._chat_tokens(self._render(req.messages, req.template, True, req.tools))
+            text = self._render(req.messages, req.template, True, req.tools, req.template_vars)
+            tokens = self._chat_tokens(text)
             param = "messages"
         elif req.prompt_tokens is not None:
             tokens = list(self.check_ids(req.prompt_tokens, "prompt"))
@@ -112,10 +115,11 @@ class Preparer:
         template: str | None,
         gen: bool,
         tools: list[dict[str, Any]] | None,
+        variables: dict[str, Any] | None = None,
     ) -> str:
         chat = self._template(template)
         try:
-            return render_turns(lambda shape: chat.render(shape, gen, tools), messages)
+            return render_turns(lambda shape: chat.render(shape, gen, tools, variables), messages)
         except TemplateRenderError as exc:
             raise InvalidParameter(str(exc), param="messages") from exc
 
