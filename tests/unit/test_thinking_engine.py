@@ -6,8 +6,12 @@ from __future__ import annotations
 import pytest
 
 from mullama.engine.chat_template import ChatTemplate
+from mullama.engine.detokenize import StopMatcher
 from mullama.engine.protocol import ThinkSyntax
 from mullama.engine.reasoning import AFTER, INSIDE, START, Thinking, initial_phase
+from mullama.engine.scheduler import Scheduler
+from mullama.engine.sequence import Sequence
+from tests.unit.fake_engine import EOG, FakeBatch, FakeCtx, FakeModel, FakeSampler
 
 SWITCH = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -144,3 +148,81 @@ def test_the_harmony_close_writes_the_answer_header():
     th = Thinking(syntax, INSIDE, list)
     th.feed("x")
     assert "".join(th.due()) == "\n<|end|><|start|>assistant<|channel|>final<|message|>"
+
+
+# ---- the step with a thinking sequence (the fake engine) ---------------------------------
+
+
+class CharModel(FakeModel):
+    """Every token is one character (its code point); 0 ends the generation."""
+
+    def piece(self, tok, special=False):
+        return chr(tok).encode()
+
+
+class ScriptSampler(FakeSampler):
+    """Plays a script, and records which picks were constrained and what it was told."""
+
+    def __init__(self, text):
+        super().__init__([ord(c) for c in text] + [EOG])
+        self.constrained: list[bool] = []
+        self.accepted: list[int] = []
+
+    def sample(self, ctx, row, constrained=True):
+        self.constrained.append(constrained)
+        return super().sample(ctx, row)
+
+    def accept(self, token):
+        self.accepted.append(token)
+
+
+def _run(syntax, script, prompt="Q", max_tokens=100, stops=()):
+    sched = Scheduler(model=CharModel(), ctx=FakeCtx(), batch=FakeBatch(64), n_slots=1, n_batch=64)
+    sampler = ScriptSampler(script)
+    s = Sequence(
+        "s", [ord(c) for c in prompt], len(prompt), max_tokens, sampler,
+        StopMatcher(list(stops)),
+    )  # fmt: skip
+    s.thinking = Thinking(syntax, initial_phase(syntax, prompt), _fake_tokens)
+    sched.submit(s)
+    out = []
+    while sched.has_work():
+        out += sched.step()
+    return s, sampler, out
+
+
+def test_the_engine_opens_and_closes_the_block_and_the_constraint_waits_for_the_answer():
+    syntax = ThinkSyntax("<think>", "</think>", budget=3, force_open=True)
+    s, sampler, out = _run(syntax, "abcdefg")
+    assert "".join(o.reasoning for o in out) == "abc"
+    assert "".join(o.text for o in out) == "defg"
+    forced = "<think>\n" + "\n</think>\n\n"
+    assert "".join(chr(t) for t in s.tokens[1:]) == "<think>\nabc\n</think>\n\ndefg"
+    assert [chr(t) for t in sampler.accepted] == list(forced)
+    # 3 thinking picks free, then the answer's 4 and the end, constrained
+    assert sampler.constrained == [False] * 3 + [True] * 5
+    last = out[-1]
+    assert last.finish == "stop" and last.n_generated == len(forced) + 7
+    assert last.n_reasoning == len("<think>\n") + 3 + len("\n</think>")
+    assert all(o.n_reasoning <= last.n_reasoning for o in out)
+
+
+def test_stop_strings_apply_to_the_answer_only_and_max_tokens_cuts_forced_text():
+    syntax = ThinkSyntax("<think>", "</think>", budget=2, force_open=True)
+    s, _, out = _run(syntax, "xyz.done", stops=["y"])
+    assert "".join(o.reasoning for o in out) == "xy"
+    assert "".join(o.text for o in out) == "z.done"  # a "y" in the thinking stops nothing
+    s, _, out = _run(syntax, "xyz", max_tokens=4)
+    assert out[-1].finish == "length" and out[-1].n_generated == 4
+    assert "".join(o.reasoning + o.text for o in out) == ""
+
+
+def test_a_reply_that_opens_by_itself_and_a_prompt_that_opened_it():
+    syntax = ThinkSyntax("<think>", "</think>")
+    _, sampler, out = _run(syntax, "<think>hm</think>ok")
+    assert ("".join(o.reasoning for o in out), "".join(o.text for o in out)) == ("hm", "ok")
+    assert sampler.constrained[:7] == [True] * 7  # opening it, the constraint applied
+    assert sampler.accepted == []
+    _, _, out = _run(ThinkSyntax("<think>", "</think>", budget=0), "ok", prompt="Q<think>\n")
+    assert "".join(o.reasoning for o in out) == "" and "".join(o.text for o in out) == "ok"
+    assert out[-1].n_reasoning == len("</think>")

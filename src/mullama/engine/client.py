@@ -349,6 +349,8 @@ class WorkerClient:
                         item.logprobs,
                         item.stop,
                         stream.cached,
+                        reasoning=item.reasoning,
+                        reasoning_tokens=item.n_reasoning,
                     )
                     if item.finish is not None:
                         return

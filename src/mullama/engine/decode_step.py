@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .reasoning import INSIDE
 from .sequence import LogprobEntry, Output, Sequence
 
 # Prompt tokens per step of a sequence scoring its prompt: each row keeps a vocabulary of
@@ -104,11 +105,20 @@ class Emitter:
                 self._sample(seq, row, out)
 
     def _sample(self, seq: Sequence, row: int, out: list[Output]) -> None:
+        th = seq.thinking
+        if th is not None:
+            forced = th.due()
+            if forced:
+                self._force(seq, forced, out)
+                return
         scored = self._distribution(seq, row) if seq.top_logprobs is not None else None
-        token = seq.sampler.sample(self.ctx, row)
+        if th is None or th.phase != INSIDE:
+            token = seq.sampler.sample(self.ctx, row)
+        else:  # thinking: the constraint governs the answer only
+            token = seq.sampler.sample(self.ctx, row, False)
         model = self.model
         finish = None
-        text = ""
+        text = think = ""
         complete = False
         eog = model.is_eog(token) and not seq.ignore_eos
         self.generated_total += 1
@@ -118,7 +128,11 @@ class Emitter:
             seq.tokens.append(token)
             seq.n_generated += 1
             piece = model.piece(token, special=token in seq.shown)
-            text, stopped = seq.stops.feed(seq.text.feed(piece))
+            if th is None:
+                text, stopped = seq.stops.feed(seq.text.feed(piece))
+            else:
+                think, answer = th.feed(seq.text.feed(piece))
+                text, stopped = seq.stops.feed(answer)
             complete = seq.sampler.done  # the constraint's value is whole: nothing follows
             if stopped or complete:
                 finish = "stop"
@@ -126,22 +140,80 @@ class Emitter:
                 finish = "length"
         if finish is not None:
             if finish == "length" or eog or complete:
-                tail, stopped = seq.stops.feed(seq.text.flush())
+                more, tail = self._rest(seq)
+                think += more
                 text += tail
-                if not stopped:
-                    text += seq.stops.flush()
             seq.finish = finish
         entries = None
         if scored is not None and not eog:  # an end-of-generation token is no content
             entries = [self._entry(token, scored)]
+        # The first token is always reported (time to first token), text or not; with
+        # logprobs, every token (its entry travels with the step that made it).
+        if text or think or finish is not None or seq.n_generated == 1 or entries:
+            self._report(seq, text, think, finish, entries, out)
+
+    def _force(self, seq: Sequence, tokens: list[int], out: list[Output]) -> None:
+        """Tokens the engine writes itself instead of sampling one (a thinking block's
+        opening or closing): into the sequence and the counts as sampled ones, the
+        sampler's chain told (penalties), the constraint not; no logprobs."""
+        th = seq.thinking
+        assert th is not None
+        room = min(seq.max_tokens - seq.n_generated, seq.ctx_limit - len(seq.tokens))
+        text = think = ""
+        finish = None
+        for token in tokens[:room]:  # room for one at least: it did not end
+            seq.sampler.accept(token)
+            seq.tokens.append(token)
+            seq.n_generated += 1
+            self.generated_total += 1
+            piece = self.model.piece(token, special=token in seq.shown)
+            more, answer = th.feed(seq.text.feed(piece), True)
+            answer, stopped = seq.stops.feed(answer)
+            think += more
+            text += answer
+            if stopped:
+                finish = "stop"
+                break
+        if finish is None and (
+            seq.n_generated >= seq.max_tokens or len(seq.tokens) >= seq.ctx_limit
+        ):
+            finish = "length"
+            more, tail = self._rest(seq)
+            think += more
+            text += tail
+        seq.finish = finish
+        self._report(seq, text, think, finish, None, out)
+
+    def _rest(self, seq: Sequence) -> tuple[str, str]:
+        """What the sequence held back when it ends (a character cut off, a marker's or a
+        stop string's start): (thinking, text)."""
+        raw = seq.text.flush()
+        think = ""
+        if seq.thinking is not None:
+            think, raw = seq.thinking.flush(raw)
+        tail, stopped = seq.stops.feed(raw)
+        if not stopped:
+            tail += seq.stops.flush()
+        return think, tail
+
+    def _report(
+        self,
+        seq: Sequence,
+        text: str,
+        think: str,
+        finish: str | None,
+        entries: list[LogprobEntry] | None,
+        out: list[Output],
+    ) -> None:
         if seq.prompt_entries:  # the prompt's, ahead of the first generated token
             entries = seq.prompt_entries + (entries or [])
             seq.prompt_entries = []
-        # The first token is always reported (time to first token), text or not; with
-        # logprobs, every token (its entry travels with the step that made it).
-        if text or finish is not None or seq.n_generated == 1 or entries:
-            stop = seq.stops.matched if finish == "stop" else None
-            out.append(Output(seq.id, text, seq.n_generated, seq.n_prompt, finish, entries, stop))
+        stop = seq.stops.matched if finish == "stop" else None
+        o = Output(seq.id, text, seq.n_generated, seq.n_prompt, finish, entries, stop)
+        if seq.thinking is not None:
+            o.reasoning = think
+            o.n_reasoning = seq.thinking.n_tokens
+        out.append(o)
 
     def _score(self, seq: Sequence, taken: int, last_row: int) -> None:
         """The logprobs of the prompt tokens this chunk's rows predict: row j holds the

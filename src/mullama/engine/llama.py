@@ -482,11 +482,12 @@ class Sampler:
             return int(values.argmax())
         return lc.llama_sampler_sample(self.ptr, ctx.ptr, row)
 
-    def sample(self, ctx: Context, row: int) -> int:
+    def sample(self, ctx: Context, row: int, constrained: bool = True) -> int:
         """The next token. Constrained: picked from the raw row first, and only if the
-        grammar rejects it is the row masked and the token picked again."""
+        grammar rejects it is the row masked and the token picked again. ``constrained``
+        False: the constraint waits (the reply's thinking, before the answer it governs)."""
         c = self.constraint
-        if c is None:
+        if c is None or not constrained:
             return self._pick(ctx, row)
         if self.mask_first:
             c.mask(ctx.logits(row))
@@ -498,6 +499,12 @@ class Sampler:
                 token = self._pick(ctx, row)
         c.accept(token)
         return token
+
+    def accept(self, token: int) -> None:
+        """A token the engine wrote itself instead of sampling one (a thinking block's
+        marker): the chain remembers it (penalties) as a sampled one; the constraint does
+        not see it."""
+        lc.llama_sampler_accept(self.ptr, token)
 
     @property
     def done(self) -> bool:

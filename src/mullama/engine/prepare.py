@@ -16,6 +16,7 @@ from .detokenize import StopMatcher
 from .limits import Length, bound, fit_length
 from .llama import Model, ModelInfo, Sampler
 from .protocol import GenerateRequest, SamplingParams, TokenizeRequest, WorkerSpec
+from .reasoning import Thinking, initial_phase
 from .sequence import Sequence
 from .turns import render_turns
 
@@ -34,7 +35,7 @@ class Preparer:
         """The request as a sequence to schedule, and the length its answer may take."""
         limit = min(self.ctx_per_seq, req.params.context_limit or self.ctx_per_seq)
         params = bound(req.params, limit, self.info.n_vocab)
-        tokens, param = self._prompt_tokens(req)
+        tokens, param, text = self._prompt_tokens(req)
         n_prompt = len(tokens)
         spec = self.spec
         length = fit_length(n_prompt, params.max_tokens, limit, spec.max_tokens,
@@ -46,6 +47,7 @@ class Preparer:
             max_tokens=length.tokens,
             sampler=self._sampler(params),
             shown=self._shown(params),
+            thinking=self._thinking(params, text),
             stops=StopMatcher(list(params.stop)),
             ignore_eos=params.ignore_eos,
             ctx_limit=limit,
@@ -90,9 +92,10 @@ class Preparer:
             self._templates[source] = template
         return template
 
-    def _prompt_tokens(self, req: GenerateRequest) -> tuple[list[int], str]:
-        """The prompt's tokens (chat messages through the template, or raw text) and the
-        request field to name in errors."""
+    def _prompt_tokens(self, req: GenerateRequest) -> tuple[list[int], str, str | None]:
+        """The prompt's tokens (chat messages through the template, or raw text), the
+        request field to name in errors, and the rendered chat (None for a prompt)."""
+        text = None
         if req.messages is not None:
             text = self._render(req.messages, req.template, True, req.tools, req.template_vars)
             tokens = self._chat_tokens(text)
@@ -107,7 +110,7 @@ class Preparer:
             param = "prompt"
         if not tokens:
             raise InvalidParameter("the prompt is empty", param=param)
-        return tokens, param
+        return tokens, param, text
 
     def _render(
         self,
@@ -156,10 +159,26 @@ class Preparer:
         return out
 
     def _shown(self, params: SamplingParams) -> frozenset[int]:
-        """The special tokens of a request's tool-call markers: written out as text (a
-        control token's text is hidden otherwise), so the calls can be read."""
-        if params.tool_calls is None:
-            return frozenset()
-        syn = params.tool_calls.syntax
-        markers = (syn.open, syn.begin, syn.end, syn.separator, syn.close)
+        """The special tokens of a request's tool-call and thinking markers: written out
+        as text (a control token's text is hidden otherwise), so the calls can be read
+        and the thinking told apart."""
+        markers: tuple[str, ...] = ()
+        if params.tool_calls is not None:
+            syn = params.tool_calls.syntax
+            markers = (syn.open, syn.begin, syn.end, syn.separator, syn.close)
+        if params.thinking is not None:
+            think = params.thinking
+            markers += (think.open, think.close, think.answer)
         return frozenset(p for m in markers for p in self._split(m) if isinstance(p, int))
+
+    def _thinking(self, params: SamplingParams, prompt: str | None) -> Thinking | None:
+        """A chat reply's thinking state, its phase read off the rendered prompt (a
+        prompt's completion is text as it comes: it has none)."""
+        if params.thinking is None or prompt is None:
+            return None
+        phase = initial_phase(params.thinking, prompt)
+        return Thinking(params.thinking, phase, self._written)
+
+    def _written(self, text: str) -> list[int]:
+        """The tokens of text the engine writes itself (a thinking block's markers)."""
+        return self.model.tokenize(text, add_special=False, parse_special=True)

@@ -105,9 +105,13 @@ class Thinking:
         buf, self._held = self._held + text, ""
         return self._split(buf, False)
 
-    def flush(self) -> tuple[str, str]:
-        """The end of the reply: what was held back, decided as it stands."""
-        buf, self._held = self._held, ""
+    def flush(self, text: str = "") -> tuple[str, str]:
+        """The end of the reply (with the last ``text`` the detokenizer held): what was
+        held back, decided as it stands (the start of an opening the engine wrote, cut
+        off by max_tokens, is no text)."""
+        buf, self._held = self._held + text, ""
+        if self.phase == START and self._forced_open:
+            return "", ""
         return self._split(buf, True)
 
     def _split(self, buf: str, final: bool) -> tuple[str, str]:

@@ -13,6 +13,7 @@ import numpy as np
 
 from .detokenize import IncrementalText, StopMatcher
 from .kvcache import as_tokens, common_prefix
+from .reasoning import Thinking
 
 
 @dataclass(eq=False)
@@ -48,6 +49,7 @@ class Sequence:
     parked: bool = False
     preempted: bool = False
     scope: str = ""  # its cache scope: it reuses and leaves KV for this scope only
+    thinking: Thinking | None = None  # its thinking block's state (SamplingParams.thinking)
 
     @property
     def remaining(self) -> int:
@@ -69,6 +71,8 @@ class Output:
     finish: str | None
     logprobs: list[LogprobEntry] | None = None
     stop: str | None = None  # the stop string that ended it (finish "stop")
+    reasoning: str = ""  # new thinking text, apart from text (a sequence with thinking)
+    n_reasoning: int = 0  # its thinking tokens so far, markers included
 
 
 @dataclass

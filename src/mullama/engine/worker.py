@@ -455,8 +455,9 @@ class Worker:
                 self.chan.send(Failed(o.id, ServerError("the KV cache cannot hold this sequence")))
             else:
                 rows.append(
-                    StepRow(o.id, o.text, o.n_generated, o.n_prompt, o.finish, o.logprobs, o.stop)
-                )
+                    StepRow(o.id, o.text, o.n_generated, o.n_prompt, o.finish, o.logprobs,
+                            o.stop, o.reasoning, o.n_reasoning)
+                )  # fmt: skip
         step = Step(
             rows=rows,
             admitted=[
