@@ -75,8 +75,7 @@ _OLLAMA = {"model": MODEL, "messages": HI, "stream": False, "options": {"num_pre
 # (path, body, the name reported by default, what the strict daemon's 400 names)
 _NOT_ACTED_ON = [
     ("/v1/chat/completions", {**_CHAT, "frobnicate": {"x": 1}}, "frobnicate", "frobnicate"),
-    ("/v1/chat/completions", {**_CHAT, "reasoning_effort": "high"}, "reasoning_effort",
-     "reasoning_effort"),
+    ("/v1/chat/completions", {**_CHAT, "verbosity": "high"}, "verbosity", "verbosity"),
     ("/v1/responses", {**_RESP, "tools": [{"type": "web_search"}]}, "tools[web_search]",
      "tools[0].type"),
     ("/v1/responses", {**_RESP, "generate": True}, "generate", "generate"),

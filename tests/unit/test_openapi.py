@@ -106,8 +106,8 @@ def test_refused_hinted_and_ignored_fields_are_documented(doc):
     assert {"type": "null"} in neutral and {"const": False} in neutral
     assert {"enum": ["none", "auto"]} in chat["properties"]["function_call"]["anyOf"]
     assert "accepted and ignored" in chat["properties"]["user"]["description"]
-    effort = chat["properties"]["reasoning_effort"]["description"]
-    assert "accepted and ignored" in effort and "--strict-fields" in effort
+    verbosity = chat["properties"]["verbosity"]["description"]
+    assert "accepted and ignored" in verbosity and "--strict-fields" in verbosity
     # A model whose unknown fields are never refused (an assistant message's extra
     # fields) says nothing of them.
     assert "additionalProperties" not in doc["components"]["schemas"]["ChatMessage"]

@@ -39,16 +39,16 @@ def strict(ctx: requestctx.RequestContext) -> requestctx.RequestContext:
 
 
 def test_by_default_fields_not_acted_on_are_reported_in_order(ctx):
-    validate(ChatCompletionRequest, {**CHAT, "reasoning_effort": "low", "zz": 1, "user": "u",
-                                     "store": False, "verbosity": None})  # fmt: skip
+    validate(ChatCompletionRequest, {**CHAT, "verbosity": "low", "zz": 1, "user": "u",
+                                     "store": False, "prediction": None})  # fmt: skip
     # A hint, an unknown field, a no-op; a neutral value (false, null) is not reported.
-    assert ctx.ignored == {"reasoning_effort": True, "zz": False, "user": True}
-    assert ctx.response_headers() == [(b"mullama-ignored-fields", b"reasoning_effort,zz,user")]
+    assert ctx.ignored == {"verbosity": True, "zz": False, "user": True}
+    assert ctx.response_headers() == [(b"mullama-ignored-fields", b"verbosity,zz,user")]
 
 
 @pytest.mark.parametrize(
     ("extra", "param"),
-    [({"zz": 1}, "zz"), ({"reasoning_effort": "low"}, "reasoning_effort"),
+    [({"zz": 1}, "zz"), ({"verbosity": "low"}, "verbosity"),
      ({"logit_bias": {"1": 2}}, "logit_bias")],
 )  # fmt: skip
 def test_strict_refuses_unknown_fields_and_hints(strict, extra, param):

@@ -86,6 +86,8 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: dict[str, int]
+    # reasoning_tokens: those of the completion's that were thinking (a reply that thought)
+    completion_tokens_details: dict[str, int] | None = None
 
 
 class CalledFunctionOut(BaseModel):
@@ -103,6 +105,9 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"]
     content: str | None
     tool_calls: list[ToolCallOut] | None = None
+    # The model's thinking (a reply that thought), under both names clients read.
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class ChatChoice(BaseModel):
@@ -139,7 +144,7 @@ class TextCompletion(BaseModel):
 
 class ChunkChoice(BaseModel):
     index: int
-    delta: Json  # role, content, tool_calls: what this chunk adds
+    delta: Json  # role, content, reasoning_content and reasoning, tool_calls: what it adds
     logprobs: Json | None
     finish_reason: str | None
 
@@ -211,6 +216,7 @@ class ResponseObject(BaseModel):
     output: list[Json]
     parallel_tool_calls: bool
     previous_response_id: str | None
+    reasoning: Json | None  # the request's {effort, summary}
     store: bool
     temperature: float | None
     text: Json
@@ -256,7 +262,7 @@ class AnthropicMessage(BaseModel):
     type: Literal["message"]
     role: Literal["assistant"]
     model: str
-    content: list[Json]  # text and tool_use blocks
+    content: list[Json]  # thinking, text and tool_use blocks
     stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
     stop_sequence: str | None
     usage: dict[str, int]
@@ -298,6 +304,7 @@ class GenerateAnswer(_Timings):
     model: str
     created_at: str
     response: str
+    thinking: str | None = None  # the model's thinking (think on, a reply that thought)
 
 
 class OllamaCall(BaseModel):
@@ -307,6 +314,7 @@ class OllamaCall(BaseModel):
 class OllamaMessageOut(BaseModel):
     role: Literal["assistant"]
     content: str
+    thinking: str | None = None  # the model's thinking (a reply that thought)
     tool_calls: list[OllamaCall] | None = None
 
 

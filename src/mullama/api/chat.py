@@ -83,6 +83,8 @@ def openai_chat(req: ChatCompletionRequest) -> Chat:
         req.n,
         req.cache_salt,
         req.keep_alive,
+        think=req.think(),
+        template_vars=req.chat_template_kwargs,
     )
 
 

@@ -13,6 +13,7 @@ from ...engine.protocol import SamplingParams
 from ...errors import ClientError, InvalidParameter
 from ..fields import Refusing, StrictBody
 from ..profiles import Profile
+from ..thinking import Think
 from ..tools import ToolCallIn, ToolChoice, ToolSpec, history_message
 
 _Strict = StrictBody
@@ -42,6 +43,9 @@ class ChatMessage(_Strict, Refusing):
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None  # an assistant's earlier calls
     tool_call_id: str | None = None  # which call a tool message answers
+    # An assistant's earlier thinking, as the answers carry it (both names are read).
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -64,10 +68,14 @@ class ChatMessage(_Strict, Refusing):
                 f"model {model!r} takes text only; messages[{index}] has non-text content",
                 param=f"messages[{index}].content",
             )
-        return history_message(
+        message = history_message(
             self.role, self.text(), self.tool_calls, self.tool_call_id, self.name, index,
             native=native,
         )  # fmt: skip
+        thought = self.reasoning_content or self.reasoning
+        if self.role == "assistant" and thought:
+            message["reasoning_content"] = thought  # api/chat.py names it for the template
+        return message
 
 
 class StreamOptions(_Strict):
@@ -86,6 +94,7 @@ class ResponseFormat(_Strict):
 
 
 Stop = str | list[str] | None
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 Prompt = str | list[str] | list[int] | list[list[int]]
 
 
@@ -171,7 +180,6 @@ class ChatCompletionRequest(_Sampling):
     HINTS: ClassVar[dict[str, str]] = {
         "prediction": "predicted outputs (a speed-up) are not implemented",
         "web_search_options": "there is no web search in a local server",
-        "reasoning_effort": "reasoning effort is not implemented",
         "verbosity": "verbosity is not implemented",
     }
     NEUTRAL = {"function_call": ("none", "auto"), "modalities": (["text"],)}  # fmt: skip
@@ -183,6 +191,10 @@ class ChatCompletionRequest(_Sampling):
     tools: list[ToolSpec] | None = Field(default=None, max_length=limits.MAX_TOOLS)
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # Reasoning models (api/thinking.py): how much the model thinks ("none": not at all),
+    # and more variables for the chat template (vLLM's and llama-server's field).
+    reasoning_effort: Effort | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> ChatCompletionRequest:
@@ -192,6 +204,13 @@ class ChatCompletionRequest(_Sampling):
 
     def top_logprobs_wanted(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def think(self) -> Think:
+        """What the request asks of the model's thinking: ``reasoning_effort`` "none" turns
+        it off, another effort is passed on (the template's switch or a budget)."""
+        if self.reasoning_effort == "none":
+            return Think(on=False)
+        return Think(effort=self.reasoning_effort)
 
 
 class CompletionRequest(_Sampling):

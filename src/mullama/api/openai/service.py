@@ -19,7 +19,17 @@ from ..callreader import CallArgs, CallStart
 from ..chat import completion_requests, openai_chat, start, start_chat
 from ..logprobs import CompletionLogprobs, chat_content
 from ..profiles import profile_of
-from ..replies import Event, Finished, Started, Text, Usage, WholeReply, merged_events, wholes
+from ..replies import (
+    Event,
+    Finished,
+    Reasoning,
+    Started,
+    Text,
+    Usage,
+    WholeReply,
+    merged_events,
+    wholes,
+)
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
@@ -27,13 +37,18 @@ if TYPE_CHECKING:
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
-    """OpenAI's usage; ``cached_tokens``: the prompt tokens found in the KV cache."""
-    return {
+    """OpenAI's usage; ``cached_tokens``: the prompt tokens found in the KV cache;
+    ``reasoning_tokens``: the generated tokens that were thinking (only for a reply that
+    thought)."""
+    out: dict[str, Any] = {
         "prompt_tokens": usage.prompt,
         "completion_tokens": usage.completion,
         "total_tokens": usage.prompt + usage.completion,
         "prompt_tokens_details": {"cached_tokens": usage.cached},
     }
+    if usage.reasoning:
+        out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning}
+    return out
 
 
 def _total(usages: list[Usage], per_prompt: int = 1) -> Usage:
@@ -41,7 +56,7 @@ def _total(usages: list[Usage], per_prompt: int = 1) -> Usage:
     choices per prompt), every choice's generated tokens."""
     firsts = usages[::per_prompt]
     return Usage(sum(u.prompt for u in firsts), sum(u.cached for u in firsts),
-                 sum(u.completion for u in usages))  # fmt: skip
+                 sum(u.completion for u in usages), sum(u.reasoning for u in usages))  # fmt: skip
 
 
 class OpenAIService:
@@ -144,16 +159,22 @@ def _base64_floats(vec: list[float]) -> str:
 
 
 def _message(reply: WholeReply) -> dict[str, Any]:
-    """A whole reply as a chat message."""
+    """A whole reply as a chat message; its thinking, when it thought, under both the
+    names clients read (``reasoning_content``: vLLM's and llama-server's; ``reasoning``)."""
+    message: dict[str, Any] = {"role": "assistant", "content": reply.text}
     if reply.calls:
-        return {"role": "assistant", "content": reply.text or None, "tool_calls": reply.calls}
-    return {"role": "assistant", "content": reply.text}
+        message.update(content=reply.text or None, tool_calls=reply.calls)
+    if reply.reasoning:
+        message["reasoning_content"] = message["reasoning"] = reply.reasoning
+    return message
 
 
 def _delta(e: Event) -> dict[str, Any] | None:
     """A streamed chat event as a choice's delta (None: the event sends none)."""
     if isinstance(e, Text):
         return {"content": e.text}
+    if isinstance(e, Reasoning):
+        return {"reasoning_content": e.text, "reasoning": e.text}
     if isinstance(e, CallStart):
         return {"tool_calls": [{"index": e.index, "id": e.id, "type": "function",
                                 "function": {"name": e.name, "arguments": ""}}]}  # fmt: skip

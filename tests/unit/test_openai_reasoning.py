@@ -1,0 +1,160 @@
+"""Reasoning on the OpenAI-shaped APIs (api/openai/): what a request asks of the model's
+thinking (``reasoning_effort``, ``chat_template_kwargs``, Responses' ``reasoning``),
+earlier turns' thinking sent back, and the thinking a reply carries, whole and streamed,
+as chat messages and deltas and as Responses' reasoning items. The replies come from fake
+generations (the engine's chunks as it sends them: thinking first, then the answer);
+tests/e2e/test_reasoning_openai.py runs the real daemon and model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from mullama import requestctx
+from mullama.api.body import validate
+from mullama.api.chat import openai_chat
+from mullama.api.openai.schemas import ChatCompletionRequest
+from mullama.api.openai.service import _ChatOut, _message
+from mullama.api.replies import Started, wholes
+from mullama.api.thinking import Think
+from mullama.api.tools import plan_tools
+from mullama.engine.protocol import Chunk
+from mullama.errors import InvalidParameter
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+THOUGHT, ANSWER = "Let me see. France.", "Paris."
+
+
+@pytest.fixture(autouse=True)
+def ctx() -> Iterator[requestctx.RequestContext]:
+    c = requestctx.RequestContext()
+    token = requestctx.current.set(c)
+    yield c
+    requestctx.current.reset(token)
+
+
+async def _gen(chunks: list[Chunk]) -> AsyncIterator[Chunk]:
+    for c in chunks:
+        await asyncio.sleep(0)
+        yield c
+
+
+def _thinking_reply(thought: str = THOUGHT, answer: str = ANSWER) -> Started:
+    """A reply that thinks (one token per 4 characters), then answers: the engine's chunks."""
+    chunks, n, r = [], 0, 0
+    for k in range(0, len(thought), 4):
+        n, r = n + 1, r + 1
+        chunks.append(Chunk("", n, 7, reasoning=thought[k : k + 4], reasoning_tokens=r))
+    n += 1  # the closing marker: a thinking token with no text
+    chunks.append(Chunk("", n, 7, reasoning_tokens=r + 1))
+    for k in range(0, len(answer), 4):
+        n += 1
+        last = k + 4 >= len(answer)
+        chunks.append(Chunk(answer[k : k + 4], n, 7, "stop" if last else None,
+                            reasoning_tokens=r + 1))  # fmt: skip
+    return Started(plan_tools(None, None, None, None), 7, _gen(chunks))
+
+
+def _plain_reply() -> Started:
+    chunks = [Chunk("Par", 1, 7), Chunk("is.", 2, 7, "stop")]
+    return Started(plan_tools(None, None, None, None), 7, _gen(chunks))
+
+
+def _sse(stream: AsyncIterator[bytes]) -> list[dict]:
+    async def run() -> list[bytes]:
+        return [b async for b in stream]
+
+    out = []
+    for event in b"".join(asyncio.run(run())).split(b"\n\n"):
+        for line in event.split(b"\n"):
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                out.append(json.loads(line[6:]))
+    return out
+
+
+# ---- what a chat request asks ------------------------------------------------------
+
+
+@pytest.mark.parametrize("effort", ["minimal", "low", "medium", "high", "xhigh"])
+def test_reasoning_effort_is_acted_on_not_reported(ctx, effort):
+    req = validate(ChatCompletionRequest, {**CHAT, "reasoning_effort": effort})
+    assert openai_chat(req).think == Think(effort=effort)
+    assert not ctx.ignored
+
+
+def test_reasoning_effort_none_turns_thinking_off():
+    req = validate(ChatCompletionRequest, {**CHAT, "reasoning_effort": "none"})
+    assert openai_chat(req).think == Think(on=False)
+    assert openai_chat(validate(ChatCompletionRequest, CHAT)).think == Think()
+
+
+@pytest.mark.parametrize("effort", ["max", "", 3, True])
+def test_another_effort_is_refused_by_name(effort):
+    with pytest.raises(InvalidParameter) as err:
+        validate(ChatCompletionRequest, {**CHAT, "reasoning_effort": effort})
+    assert err.value.param == "reasoning_effort" and err.value.status == 400
+
+
+def test_chat_template_kwargs_are_the_template_s_variables(ctx):
+    kwargs = {"enable_thinking": False, "custom": [1, 2]}
+    req = validate(ChatCompletionRequest, {**CHAT, "chat_template_kwargs": kwargs})
+    assert openai_chat(req).template_vars == kwargs and not ctx.ignored
+    with pytest.raises(InvalidParameter) as err:
+        validate(ChatCompletionRequest, {**CHAT, "chat_template_kwargs": "enable_thinking"})
+    assert err.value.param == "chat_template_kwargs"
+
+
+@pytest.mark.parametrize("key", ["reasoning_content", "reasoning"])
+def test_an_assistant_turn_s_thinking_goes_to_the_template_as_reasoning_content(ctx, key):
+    messages = [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "Paris.", key: THOUGHT},
+                {"role": "user", "content": "and Italy?"}]  # fmt: skip
+    req = validate(ChatCompletionRequest, {**CHAT, "messages": messages})
+    turns = openai_chat(req).turns(False)
+    assert turns[1] == {"role": "assistant", "content": "Paris.", "reasoning_content": THOUGHT}
+    assert "reasoning_content" not in turns[0] and not ctx.ignored
+
+
+# ---- chat answers ----------------------------------------------------------------------
+
+
+def test_a_whole_answer_carries_its_thinking_under_both_names():
+    (reply,) = asyncio.run(wholes([_thinking_reply()]))
+    message = _message(reply)
+    assert message["content"] == ANSWER
+    assert message["reasoning_content"] == message["reasoning"] == THOUGHT
+    assert reply.end.usage.reasoning == 6  # 5 pieces and the closing marker
+
+
+def test_an_answer_without_thinking_has_no_reasoning_keys():
+    (reply,) = asyncio.run(wholes([_plain_reply()]))
+    assert _message(reply) == {"role": "assistant", "content": "Paris."}
+
+
+def _chat_stream(started: Started, **extra) -> list[dict]:
+    req = validate(ChatCompletionRequest, {**CHAT, "stream": True, **extra})
+    return _sse(_ChatOut("c", 0, req).stream([started]))
+
+
+def test_a_stream_sends_the_thinking_first_under_both_names_and_adds_up():
+    chunks = _chat_stream(_thinking_reply())
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    thinking = [d for d in deltas if "reasoning_content" in d]
+    assert all(d["reasoning"] == d["reasoning_content"] and "content" not in d for d in thinking)
+    assert "".join(d["reasoning_content"] for d in thinking) == THOUGHT
+    assert "".join(d.get("content", "") for d in deltas) == ANSWER
+    kinds = ["thinking" if "reasoning_content" in d else "answer"
+             for d in deltas[1:] if d.get("content") or "reasoning_content" in d]  # fmt: skip
+    assert kinds == sorted(kinds, reverse=True)  # all the thinking, then the answer
+
+
+def test_usage_counts_the_reasoning_tokens_of_a_reply_that_thought():
+    opts = {"stream_options": {"include_usage": True}}
+    usage = _chat_stream(_thinking_reply(), **opts)[-1]["usage"]
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 6}
+    assert usage["completion_tokens"] == 8  # and 2 of the answer
+    usage = _chat_stream(_plain_reply(), **opts)[-1]["usage"]
+    assert "completion_tokens_details" not in usage  # as before, for a model that never thinks
