@@ -112,10 +112,10 @@ def test_codex_first_request(daemon):
     for item in final["output"]:
         if item["type"] == "function_call":  # a call names its tool as Codex offered it
             assert item["name"] and "." not in item["name"]
-    # Codex's telemetry, caching and reasoning hints; the hosted web search left out of
-    # the prompt (its namespace tool is served: flattened).
+    # Codex's telemetry, caching and reasoning summary hints; the hosted web search left
+    # out of the prompt (its namespace tool is served: flattened).
     assert _ignored(resp) == {
-        "client_metadata", "prompt_cache_key", "include", "reasoning", "tools[web_search]"
+        "client_metadata", "prompt_cache_key", "include", "reasoning.summary", "tools[web_search]"
     }  # fmt: skip
 
 

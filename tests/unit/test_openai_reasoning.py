@@ -16,6 +16,14 @@ import pytest
 from mullama import requestctx
 from mullama.api.body import validate
 from mullama.api.chat import openai_chat
+from mullama.api.openai.responses import (
+    ResponsesRequest,
+    ResponseStore,
+    _base,
+    _ResponseOut,
+    input_messages,
+)
+from mullama.api.openai.responsetools import ResponseTools
 from mullama.api.openai.schemas import ChatCompletionRequest
 from mullama.api.openai.service import _ChatOut, _message
 from mullama.api.replies import Started, wholes
@@ -158,3 +166,93 @@ def test_usage_counts_the_reasoning_tokens_of_a_reply_that_thought():
     assert usage["completion_tokens"] == 8  # and 2 of the answer
     usage = _chat_stream(_plain_reply(), **opts)[-1]["usage"]
     assert "completion_tokens_details" not in usage  # as before, for a model that never thinks
+
+
+# ---- Responses ---------------------------------------------------------------------------
+
+RESP = {"model": "m", "input": "hi"}
+
+
+def test_responses_reasoning_effort_is_chat_s_and_the_response_echoes_it(ctx):
+    body = validate(ResponsesRequest, {**RESP, "reasoning": {"effort": "low", "summary": "auto"}})
+    chat = body.to_chat(input_messages(body.input))
+    assert chat.reasoning_effort == "low" and openai_chat(chat).think == Think(effort="low")
+    assert _base(body)["reasoning"] == {"effort": "low", "summary": "auto"}
+    assert list(ctx.ignored) == ["reasoning.summary"]  # no summary is written
+    plain = validate(ResponsesRequest, RESP)
+    assert _base(plain)["reasoning"] is None
+    assert plain.to_chat(input_messages(plain.input)).reasoning_effort is None
+    with pytest.raises(InvalidParameter) as err:
+        validate(ResponsesRequest, {**RESP, "reasoning": {"effort": "max"}})
+    assert err.value.param == "reasoning.effort"
+
+
+def _reasoning(text: str, key: str = "content") -> dict:
+    kind = "reasoning_text" if key == "content" else "summary_text"
+    return {"type": "reasoning", "id": "rs_1", "summary": [], key: [{"type": kind, "text": text}]}
+
+
+def test_reasoning_items_sent_back_are_the_next_assistant_turn_s_reasoning_content():
+    said = {"type": "message", "role": "assistant", "content": [{"type": "output_text",
+                                                                 "text": "Paris."}]}  # fmt: skip
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    items = [{"role": "user", "content": "hi"}, _reasoning("Hmm."), said, call,
+             {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+             _reasoning("Done.", "summary"), call, {"role": "user", "content": "and?"}]  # fmt: skip
+    messages = input_messages(items)
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant", "user"]
+    assert messages[1]["reasoning_content"] == "Hmm." and messages[1]["tool_calls"]
+    assert messages[3]["reasoning_content"] == "Done."
+    # Reasoning before a turn that is not the assistant's, or with no text, goes nowhere.
+    lost = input_messages([_reasoning("x"), {"role": "user", "content": "hi"},
+                           {"type": "reasoning", "summary": [], "encrypted_content": "e"}, said])  # fmt: skip
+    assert all("reasoning_content" not in m for m in lost)
+
+
+def _response_events(started: Started, store: ResponseStore | None = None) -> list[dict]:
+    body = validate(ResponsesRequest, {**RESP, "stream": True})
+    out = _ResponseOut(
+        store, body, [{"role": "user", "content": "hi"}], ResponseTools.of(None, "hi")
+    )
+    return _sse(out.stream(started))
+
+
+def test_a_responses_stream_writes_the_reasoning_item_before_the_message():
+    store = ResponseStore()
+    events = _response_events(_thinking_reply(), store)
+    kinds = [e["type"] for e in events]
+    assert kinds[:5] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added", "response.reasoning_text.delta"]  # fmt: skip
+    added = events[2]["item"]
+    assert added["type"] == "reasoning" and added["id"].startswith("rs_") and added["summary"] == []
+    deltas = [e for e in events if e["type"] == "response.reasoning_text.delta"]
+    assert "".join(e["delta"] for e in deltas) == THOUGHT
+    assert all(e["output_index"] == 0 and e["item_id"] == added["id"] for e in deltas)
+    done = kinds.index("response.reasoning_text.done")
+    assert events[done]["text"] == THOUGHT and kinds.index("response.output_text.delta") > done
+    final = events[-1]["response"]
+    assert [i["type"] for i in final["output"]] == ["reasoning", "message"]
+    assert final["output"][0] == {"type": "reasoning", "id": added["id"], "summary": [],
+                                  "content": [{"type": "reasoning_text", "text": THOUGHT}],
+                                  "status": "completed"}  # fmt: skip
+    assert final["output"][1]["content"][0]["text"] == ANSWER
+    assert final["usage"]["output_tokens_details"] == {"reasoning_tokens": 6}
+    # A follow-up (previous_response_id) continues with the thinking in the assistant turn.
+    _, conversation = store.get(final["id"])
+    assert conversation[-1] == {
+        "role": "assistant",
+        "content": ANSWER,
+        "reasoning_content": THOUGHT,
+    }
+
+
+def test_a_responses_stream_cut_off_inside_the_thinking():
+    chunks = [Chunk("", 1, 7, reasoning="Hmm", reasoning_tokens=1),
+              Chunk("", 2, 7, "length", reasoning=" ok", reasoning_tokens=2)]  # fmt: skip
+    started = Started(plan_tools(None, None, None, None), 7, _gen(chunks))
+    final = _response_events(started)[-1]
+    assert final["type"] == "response.incomplete"
+    output = final["response"]["output"]
+    assert [(i["type"], i["status"]) for i in output] == [("reasoning", "incomplete"),
+                                                          ("message", "incomplete")]  # fmt: skip
+    assert output[0]["content"][0]["text"] == "Hmm ok"

@@ -121,8 +121,9 @@ def test_codex_first_request_its_namespace_flattened_and_web_search_left_out(ctx
         "name": "spawn_agent", "namespace": "multi_agent_v1"}  # fmt: skip
     assert tools.call("exec_command") == {"name": "exec_command"}
     assert tools.left_out == ["web_search"]
-    assert list(ctx.ignored) == ["reasoning", "include", "prompt_cache_key", "client_metadata",
-                                 "tools[web_search]"]  # fmt: skip
+    # No effort asked (the model's default); no summary is written.
+    assert list(ctx.ignored) == ["include", "prompt_cache_key", "client_metadata",
+                                 "reasoning.summary", "tools[web_search]"]  # fmt: skip
     assert [m.role for m in chat.messages] == ["developer", "developer", "user", "user"]
 
 
@@ -133,6 +134,7 @@ def test_codex_default_model_request_its_additional_tools_item(ctx):
     assert tools.left_out == ["custom"]  # its free-form `exec` tool
     assert "tools[custom]" in ctx.ignored and "text.verbosity" in ctx.ignored
     assert [m.role for m in chat.messages][-2:] == ["user", "user"]
+    assert chat.reasoning_effort == "low" and "reasoning.context" in ctx.ignored
 
 
 def test_codex_requests_are_refused_by_name_with_strict_fields(strict):

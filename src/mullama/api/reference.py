@@ -9,7 +9,7 @@ from .anthropic.schemas import MessagesRequest, OutputConfig, TextBlock, Tool
 from .fields import Refusing
 from .llamaserver import CompletionBody
 from .ollama.schemas import ChatBody, EmbedBody, GenerateBody, Message, Options
-from .openai.responses import ResponsesRequest, TextConfig
+from .openai.responses import ReasoningConfig, ResponsesRequest, TextConfig
 from .openai.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, EmbeddingRequest
 
 _ROWS: list[tuple[str, type[Refusing]]] = [
@@ -19,6 +19,7 @@ _ROWS: list[tuple[str, type[Refusing]]] = [
     ("`POST /v1/embeddings`", EmbeddingRequest),
     ("`POST /v1/responses`", ResponsesRequest),
     ("`POST /v1/responses` `text`", TextConfig),
+    ("`POST /v1/responses` `reasoning`", ReasoningConfig),
     ("`POST /v1/messages`", MessagesRequest),
     ("`POST /v1/messages` `messages[]`", AnthropicMessage),
     ("`POST /v1/messages` blocks (`system[]`, `messages[].content[]`)", TextBlock),

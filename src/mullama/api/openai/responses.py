@@ -27,9 +27,9 @@ from ..body import validate
 from ..callreader import CallArgs, CallDone, CallStart
 from ..chat import openai_chat, start_chat
 from ..fields import Refusing, StrictBody
-from ..replies import Event, Finished, Started, Text, Usage, whole
+from ..replies import Event, Finished, Reasoning, Started, Text, Usage, whole
 from .responsetools import ResponseTools, flat_name
-from .schemas import ChatCompletionRequest
+from .schemas import ChatCompletionRequest, Effort
 
 if TYPE_CHECKING:
     from ...models.manager import ModelManager
@@ -52,6 +52,17 @@ class TextConfig(_Strict, Refusing):
     format: TextFormat | None = None
 
 
+class ReasoningConfig(_Strict, Refusing):
+    """How much a reasoning model thinks (``effort``: as chat's ``reasoning_effort``)."""
+
+    WHERE = "reasoning."
+    # No summary is written: a reasoning item carries the whole thinking as its content.
+    # Codex's context (which turns' reasoning the model sees): the template decides that.
+    IGNORED = frozenset({"summary", "generate_summary", "context"})
+    effort: Effort | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+
+
 class ResponsesRequest(_Strict, Refusing):
     REFUSED: ClassVar[dict[str, str]] = {
         "background": "background responses are not implemented",
@@ -68,7 +79,7 @@ class ResponsesRequest(_Strict, Refusing):
     # (client_metadata: Codex's telemetry; max_tool_calls caps hosted tools' calls).
     IGNORED = frozenset(
         {"metadata", "user", "service_tier", "safety_identifier", "prompt_cache_key",
-         "include", "reasoning", "stream_options", "prompt_cache_retention",
+         "include", "stream_options", "prompt_cache_retention",
          "prompt_cache_options", "client_metadata", "max_tool_calls"}
     )  # fmt: skip
 
@@ -79,6 +90,7 @@ class ResponsesRequest(_Strict, Refusing):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
+    reasoning: ReasoningConfig | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -105,6 +117,8 @@ class ResponsesRequest(_Strict, Refusing):
                 body[name] = getattr(self, name)
         if self.max_output_tokens is not None:
             body["max_tokens"] = self.max_output_tokens
+        if self.reasoning is not None and self.reasoning.effort is not None:
+            body["reasoning_effort"] = self.reasoning.effort
         if self.tool_choice is not None:
             body["tool_choice"] = tools.choice(self.tool_choice)
         if tools.chat:
@@ -130,12 +144,14 @@ class ResponsesRequest(_Strict, Refusing):
 def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Input items as chat messages: messages (text parts), function calls (joined into
     the assistant turn that makes them; a namespaced one by the name its tool has in the
-    chat request) and their outputs (``tool`` messages). Reasoning items a client sends
-    back are dropped (the model has none), ``additional_tools`` items are tools
-    (ResponseTools.of); media is refused."""
+    chat request) and their outputs (``tool`` messages). A reasoning item's text is the
+    ``reasoning_content`` of the assistant turn that follows it (the template writes it or
+    drops it: api/chat.py); ``additional_tools`` items are tools (ResponseTools.of); media
+    is refused."""
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     out: list[dict[str, Any]] = []
+    thought = ""  # a reasoning item's, for the next assistant turn
     for i, item in enumerate(items):
         kind = item.get("type", "message")
         where = f"input[{i}]"
@@ -145,11 +161,7 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
                 raise InvalidParameter(f"{where}.role must be user, system, developer or assistant", param=f"{where}.role")  # fmt: skip
             out.append({"role": role, "content": _text(item.get("content"), where)})
         elif kind == "function_call":
-            name = _need(item, "name", where)
-            if isinstance(item.get("namespace"), str) and item["namespace"]:
-                name = flat_name(item["namespace"], name)  # as the tools offered it
-            call = {"id": _need(item, "call_id", where), "type": "function",
-                    "function": {"name": name, "arguments": _need(item, "arguments", where)}}  # fmt: skip
+            call = _call(item, where)
             last = out[-1] if out else None
             if last is not None and last["role"] == "assistant":
                 last.setdefault("tool_calls", []).append(call)
@@ -161,14 +173,46 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(
                 {"role": "tool", "tool_call_id": _need(item, "call_id", where), "content": text}
             )
-        elif kind in ("reasoning", "additional_tools"):  # tools: ResponseTools.of
+        elif kind == "reasoning":
+            thought += _thought(item, where)
+            continue
+        elif kind == "additional_tools":  # tools: ResponseTools.of
             continue
         else:
             raise InvalidParameter(
                 f"{where} is an item of type {kind!r}, which Mullama does not take",
                 param=f"{where}.type",
             )
+        if thought and out[-1]["role"] == "assistant":  # the turn the reasoning led to
+            out[-1]["reasoning_content"] = out[-1].get("reasoning_content", "") + thought
+        thought = ""  # before another turn: none of its own
     return out
+
+
+def _call(item: dict[str, Any], where: str) -> dict[str, Any]:
+    """A function_call item as a chat tool call (a namespaced one by the name its tool has
+    in the chat request)."""
+    name = _need(item, "name", where)
+    if isinstance(item.get("namespace"), str) and item["namespace"]:
+        name = flat_name(item["namespace"], name)  # as the tools offered it
+    return {"id": _need(item, "call_id", where), "type": "function",
+            "function": {"name": name, "arguments": _need(item, "arguments", where)}}  # fmt: skip
+
+
+def _thought(item: dict[str, Any], where: str) -> str:
+    """A reasoning item's text: its ``reasoning_text`` content, else its summary's text
+    (an item without either, e.g. only ``encrypted_content``, has none)."""
+    for key, kind in (("content", "reasoning_text"), ("summary", "summary_text")):
+        parts = item.get(key) or []
+        if not isinstance(parts, list):
+            raise InvalidParameter(f"{where}.{key} must be a list of parts", param=f"{where}.{key}")  # fmt: skip
+        text = "".join(
+            p["text"] for p in parts
+            if isinstance(p, dict) and p.get("type") == kind and isinstance(p.get("text"), str)
+        )  # fmt: skip
+        if text:
+            return text
+    return ""
 
 
 def _need(item: dict[str, Any], key: str, where: str) -> str:
@@ -248,15 +292,30 @@ def _usage(usage: Usage) -> dict[str, Any]:
         "input_tokens": usage.prompt,
         "input_tokens_details": {"cached_tokens": usage.cached},
         "output_tokens": usage.completion,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning},
         "total_tokens": usage.prompt + usage.completion,
     }
 
 
-def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
-    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _part(kind: str, text: str) -> dict[str, Any]:
+    """The content part of a message item (``output_text``) or of a reasoning item."""
+    if kind == "reasoning":
+        return {"type": "reasoning_text", "text": text}
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _item(kind: str, item_id: str, text: str, status: str) -> dict[str, Any]:
+    """A message item, or a reasoning item (the model's thinking as its content; no
+    summary is written)."""
+    if kind == "reasoning":
+        return {"type": "reasoning", "id": item_id, "summary": [],
+                "content": [_part(kind, text)], "status": status}  # fmt: skip
     return {"type": "message", "id": item_id, "status": status, "role": "assistant",
-            "content": [part]}  # fmt: skip
+            "content": [_part(kind, text)]}  # fmt: skip
+
+
+def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    return _item("message", item_id, text, status)
 
 
 def _call_item(
@@ -265,6 +324,13 @@ def _call_item(
     """A function_call item; ``name``: its ``name`` (and ``namespace``) fields."""
     return {"type": "function_call", "id": item_id, "call_id": call_id, **name,
             "arguments": arguments, "status": status}  # fmt: skip
+
+
+# The events of an item's text, by the item's type: their name and their extra fields.
+_EVENTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "message": ("response.output_text", {"logprobs": []}),
+    "reasoning": ("response.reasoning_text", {}),
+}
 
 
 def _new_id(prefix: str) -> str:
@@ -292,6 +358,9 @@ class ResponsesService:
         reply = await whole(started)
         output: list[dict[str, Any]] = []
         status = "incomplete" if reply.end.finish == "length" else "completed"
+        if reply.reasoning:  # cut off inside the thinking: incomplete too
+            done = "completed" if reply.text or reply.calls else status
+            output.append(_item("reasoning", _new_id("rs"), reply.reasoning, done))
         if reply.text or not reply.calls:
             output.append(_message_item(_new_id("msg"), reply.text, status))
         for call in reply.calls:
@@ -324,7 +393,9 @@ def _base(body: ResponsesRequest) -> dict[str, Any]:
         "output": [],
         "parallel_tool_calls": body.parallel_tool_calls is not False,
         "previous_response_id": body.previous_response_id,
-        "reasoning": None,
+        "reasoning": body.reasoning.model_dump(include={"effort", "summary"})
+        if body.reasoning is not None
+        else None,
         "store": body.store,
         "temperature": body.temperature,
         "text": {
@@ -356,8 +427,8 @@ class _ResponseOut:
         self.base = _base(body)
         self.seq = 0
         self.output: list[dict[str, Any]] = []
-        self.text_item: dict[str, Any] | None = None
-        self.text_so_far = ""
+        self.open: dict[str, Any] | None = None  # the message or reasoning item written to
+        self.open_text = ""
         self.calls: dict[int, dict[str, Any]] = {}
 
     def finish(self, output: list[dict[str, Any]], end: Finished) -> dict[str, Any]:
@@ -391,10 +462,12 @@ class _ResponseOut:
             yield self.ev("response.failed", response=failed)
 
     def encode(self, e: Event) -> list[bytes]:
+        if isinstance(e, Reasoning):
+            return self.piece("reasoning", e.text)
         if isinstance(e, Text):
-            return self.text(e.text) if e.text else []
+            return self.piece("message", e.text) if e.text else []
         if isinstance(e, CallStart):
-            closing = self.close_text()
+            closing = self.close_open()
             item = _call_item(_new_id("fc"), e.id, self.tools.call(e.name), "", "in_progress")
             self.output.append(item)
             self.calls[e.index] = item
@@ -414,47 +487,53 @@ class _ResponseOut:
                     self.ev("response.output_item.done", output_index=idx, item=item)]  # fmt: skip
         return self.finished(e)
 
-    def text(self, piece: str) -> list[bytes]:
-        out = []
-        if self.text_item is None:
-            self.text_item = _message_item(_new_id("msg"), "", "in_progress")
-            self.text_item["content"] = []
-            self.output.append(self.text_item)
+    def piece(self, kind: str, piece: str) -> list[bytes]:
+        """A piece of the reply's text (``kind`` "message") or of its thinking
+        ("reasoning"), into the item of its kind, opened first (the other one closed)."""
+        out = self.close_open() if self.open is not None and self.open["type"] != kind else []
+        if self.open is None:
+            prefix = "rs" if kind == "reasoning" else "msg"
+            self.open = _item(kind, _new_id(prefix), "", "in_progress")
+            self.open["content"] = []
+            self.output.append(self.open)
             idx = len(self.output) - 1
-            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            out += [self.ev("response.output_item.added", output_index=idx, item=self.text_item),
-                    self.ev("response.content_part.added", item_id=self.text_item["id"],
-                            output_index=idx, content_index=0, part=part)]  # fmt: skip
-        self.text_so_far += piece
-        out.append(self.ev("response.output_text.delta", item_id=self.text_item["id"],
-                           output_index=self.output.index(self.text_item), content_index=0,
-                           delta=piece, logprobs=[]))  # fmt: skip
+            out += [self.ev("response.output_item.added", output_index=idx, item=self.open),
+                    self.ev("response.content_part.added", item_id=self.open["id"],
+                            output_index=idx, content_index=0, part=_part(kind, ""))]  # fmt: skip
+        self.open_text += piece
+        name, extra = _EVENTS[kind]
+        out.append(self.ev(f"{name}.delta", item_id=self.open["id"],
+                           output_index=self.output.index(self.open), content_index=0,
+                           delta=piece, **extra))  # fmt: skip
         return out
 
-    def close_text(self, status: str = "completed") -> list[bytes]:
-        if self.text_item is None:
+    def close_open(self, status: str = "completed") -> list[bytes]:
+        """The item being written, done: its text's done event, its part's, its own."""
+        if self.open is None:
             return []
-        idx = self.output.index(self.text_item)
-        item_id = self.text_item["id"]
-        done = _message_item(item_id, self.text_so_far, status)
+        kind, item_id = self.open["type"], self.open["id"]
+        idx = self.output.index(self.open)
+        done = _item(kind, item_id, self.open_text, status)
         self.output[idx] = done
-        self.text_item = None
-        finished, self.text_so_far = self.text_so_far, ""
+        finished, self.open, self.open_text = self.open_text, None, ""
+        name, extra = _EVENTS[kind]
         return [
-            self.ev("response.output_text.done", item_id=item_id, output_index=idx,
-                    content_index=0, text=finished, logprobs=[]),
+            self.ev(f"{name}.done", item_id=item_id, output_index=idx, content_index=0,
+                    text=finished, **extra),
             self.ev("response.content_part.done", item_id=item_id, output_index=idx,
                     content_index=0, part=done["content"][0]),
             self.ev("response.output_item.done", output_index=idx, item=done),
         ]  # fmt: skip
 
     def finished(self, e: Finished) -> list[bytes]:
-        out = self.close_text("incomplete" if e.finish == "length" else "completed")
-        if not self.output:  # an empty reply is still one message
-            item = _message_item(_new_id("msg"), "", "completed")
+        status = "incomplete" if e.finish == "length" else "completed"
+        out = self.close_open(status)
+        if all(item["type"] == "reasoning" for item in self.output):  # still one message
+            item = _message_item(_new_id("msg"), "", status)
             self.output.append(item)
-            out += [self.ev("response.output_item.added", output_index=0, item=item),
-                    self.ev("response.output_item.done", output_index=0, item=item)]  # fmt: skip
+            idx = len(self.output) - 1
+            out += [self.ev("response.output_item.added", output_index=idx, item=item),
+                    self.ev("response.output_item.done", output_index=idx, item=item)]  # fmt: skip
         for idx, item in enumerate(self.output):
             if item["status"] == "in_progress":  # a call max_tokens cut
                 item["status"] = "incomplete"
@@ -466,9 +545,11 @@ class _ResponseOut:
 
 
 def _as_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A response's output items as the chat messages a follow-up continues from."""
-    text = "".join(
-        p["text"] for item in output if item["type"] == "message" for p in item["content"]
+    """A response's output items as the chat messages a follow-up continues from (its
+    thinking as the turn's ``reasoning_content``)."""
+    text, thought = (
+        "".join(p["text"] for item in output if item["type"] == kind for p in item["content"])
+        for kind in ("message", "reasoning")
     )
     calls = [
         {"id": item["call_id"], "type": "function",
@@ -478,6 +559,8 @@ def _as_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
         message["tool_calls"] = calls
+    if thought:
+        message["reasoning_content"] = thought
     return [message]
 
 
