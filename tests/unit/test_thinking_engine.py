@@ -7,8 +7,9 @@ import pytest
 
 from mullama.engine.chat_template import ChatTemplate
 from mullama.engine.detokenize import StopMatcher
-from mullama.engine.protocol import ThinkSyntax
+from mullama.engine.protocol import GenerateRequest, SamplingParams, ThinkSyntax
 from mullama.engine.reasoning import AFTER, INSIDE, START, Thinking, initial_phase
+from mullama.engine.remote import StreamReader, chat_body
 from mullama.engine.scheduler import Scheduler
 from mullama.engine.sequence import Sequence
 from tests.unit.fake_engine import EOG, FakeBatch, FakeCtx, FakeModel, FakeSampler
@@ -226,3 +227,49 @@ def test_a_reply_that_opens_by_itself_and_a_prompt_that_opened_it():
     _, _, out = _run(ThinkSyntax("<think>", "</think>", budget=0), "ok", prompt="Q<think>\n")
     assert "".join(o.reasoning for o in out) == "" and "".join(o.text for o in out) == "ok"
     assert out[-1].n_reasoning == len("</think>")
+
+
+# ---- a remote engine's thinking ---------------------------------------------------------
+
+
+def test_an_upstreams_reasoning_deltas_and_counts_become_the_chunks():
+    reader = StreamReader(chat=True)
+
+    def delta(**d):
+        return reader.read({"choices": [{"index": 0, "delta": d}]})
+
+    first = delta(role="assistant", reasoning_content="Let me")
+    second = delta(reasoning=" think.")
+    answer = delta(content="Hi")
+    assert (first.reasoning, first.text, first.reasoning_tokens) == ("Let me", "", 1)
+    assert (second.reasoning, second.reasoning_tokens) == (" think.", 2)
+    assert (answer.text, answer.reasoning, answer.reasoning_tokens) == ("Hi", "", 2)
+    assert reader.last().reasoning_tokens == 2  # no usage: the pieces counted
+    reader.read(
+        {
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 5,
+                "completion_tokens": 9,
+                "completion_tokens_details": {"reasoning_tokens": 6},
+            },
+        }
+    )
+    last = reader.last()
+    assert (last.completion_tokens, last.reasoning_tokens) == (9, 6)
+
+
+def test_template_variables_go_upstream_and_the_think_syntax_does_not():
+    params = SamplingParams(thinking=ThinkSyntax("<think>", "</think>", budget=4))
+    req = GenerateRequest(
+        "r", params, messages=ASK_REMOTE, template_vars={"enable_thinking": False}
+    )
+    body = chat_body(req, "m", "up")
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+    assert "thinking" not in body
+    assert "chat_template_kwargs" not in chat_body(
+        GenerateRequest("r", params, messages=ASK_REMOTE), "m", "up"
+    )
+
+
+ASK_REMOTE = [{"role": "user", "content": "hi"}]

@@ -6,8 +6,12 @@ the engine request (``GenerateRequest``) as an upstream ``/v1/chat/completions``
 Tool calls come back from the upstream as structured deltas; they are written into the
 chunk text in a private call syntax (``REMOTE_SYNTAX``, marked by control characters the
 upstream's content never carries: they are stripped from it), which the API layer's
-``CallReader`` reads like any template's syntax. The upstream's usage (prompt, cached and
-completion tokens) arrives on the last chunk.
+``CallReader`` reads like any template's syntax. A reasoning model's thinking comes back
+as the upstream writes it apart from the content (``reasoning_content``, as vLLM, SGLang
+and llama-server write it, or ``reasoning``) and goes into the chunks' ``reasoning``; the
+upstream parses its own model's thinking, so the engine request's ThinkSyntax is not
+sent, but its template variables are (``chat_template_kwargs``). The upstream's usage
+(prompt, cached, completion and reasoning tokens) arrives on the last chunk.
 """
 
 from __future__ import annotations
@@ -134,6 +138,8 @@ def chat_body(req: GenerateRequest, model: str, upstream_model: str) -> dict[str
             else:
                 body["tool_choice"] = "required" if grammar.forced else "auto"
             body["parallel_tool_calls"] = grammar.max_calls > 1
+    if req.template_vars:  # the thinking switch, chat_template_kwargs (vLLM, SGLang, llama.cpp)
+        body["chat_template_kwargs"] = req.template_vars
     if req.params.logprobs is not None:
         body["logprobs"] = True
         if req.params.logprobs:
@@ -197,6 +203,7 @@ class Usage:
     prompt: int = 0
     completion: int = 0
     cached: int = 0
+    reasoning: int = 0
 
 
 @dataclass
@@ -208,6 +215,7 @@ class StreamReader:
     n: int = 0  # pieces so far (a piece is a token on vLLM and llama-server)
     finish: str | None = None
     usage: Usage | None = None
+    n_reasoning: int = 0  # pieces of thinking so far
     calls: int = 0  # calls opened
     call_args: int = 0  # characters of the open call's arguments
     _call_index: int | None = None
@@ -217,19 +225,22 @@ class StreamReader:
         usage = event.get("usage")
         if isinstance(usage, dict):
             details = usage.get("prompt_tokens_details") or {}
+            done = usage.get("completion_tokens_details") or {}
             self.usage = Usage(
                 int(usage.get("prompt_tokens") or 0),
                 int(usage.get("completion_tokens") or 0),
                 int(details.get("cached_tokens") or 0),
+                int(done.get("reasoning_tokens") or 0),
             )
         choices = event.get("choices") or []
         if not choices:
             return None
         choice = choices[0]
-        text, entries = "", None
+        text, entries, thinking = "", None, ""
         if self.chat:
             delta = choice.get("delta") or {}
             text = (delta.get("content") or "").translate(_MARKS)
+            thinking = delta.get("reasoning_content") or delta.get("reasoning") or ""
             for call in delta.get("tool_calls") or []:
                 text += self._call_piece(call)
             lp = choice.get("logprobs") or {}
@@ -242,10 +253,14 @@ class StreamReader:
         if choice.get("finish_reason"):
             # "tool_calls" is read off the calls by the API layer; the rest ends as "stop"
             self.finish = "length" if choice["finish_reason"] == "length" else "stop"
-        if not text and not entries:
+        if not text and not entries and not thinking:
             return None
         self.n += 1
-        return Chunk(text, self.n, logprobs=entries)
+        if thinking:
+            self.n_reasoning += 1
+        return Chunk(
+            text, self.n, logprobs=entries, reasoning=thinking, reasoning_tokens=self.n_reasoning
+        )
 
     def _call_piece(self, call: dict[str, Any]) -> str:
         fn = call.get("function") or {}
@@ -271,5 +286,5 @@ class StreamReader:
         usage = self.usage or Usage(0, self.n, 0)
         return Chunk(
             text, usage.completion or self.n, usage.prompt, self.finish or "stop",
-            cached_tokens=usage.cached,
+            cached_tokens=usage.cached, reasoning_tokens=usage.reasoning or self.n_reasoning,
         )  # fmt: skip
