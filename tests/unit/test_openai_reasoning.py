@@ -93,13 +93,15 @@ def test_reasoning_effort_is_acted_on_not_reported(ctx, effort):
     assert not ctx.ignored
 
 
-def test_reasoning_effort_none_turns_thinking_off():
+def test_reasoning_effort_none_turns_thinking_off_and_max_is_the_most():
     req = validate(ChatCompletionRequest, {**CHAT, "reasoning_effort": "none"})
     assert openai_chat(req).think == Think(on=False)
+    req = validate(ChatCompletionRequest, {**CHAT, "reasoning_effort": "max"})
+    assert openai_chat(req).think == Think(effort="xhigh")
     assert openai_chat(validate(ChatCompletionRequest, CHAT)).think == Think()
 
 
-@pytest.mark.parametrize("effort", ["max", "", 3, True])
+@pytest.mark.parametrize("effort", ["maximal", "", 3, True])
 def test_another_effort_is_refused_by_name(effort):
     with pytest.raises(InvalidParameter) as err:
         validate(ChatCompletionRequest, {**CHAT, "reasoning_effort": effort})
@@ -183,7 +185,7 @@ def test_responses_reasoning_effort_is_chat_s_and_the_response_echoes_it(ctx):
     assert _base(plain)["reasoning"] is None
     assert plain.to_chat(input_messages(plain.input)).reasoning_effort is None
     with pytest.raises(InvalidParameter) as err:
-        validate(ResponsesRequest, {**RESP, "reasoning": {"effort": "max"}})
+        validate(ResponsesRequest, {**RESP, "reasoning": {"effort": "maximal"}})
     assert err.value.param == "reasoning.effort"
 
 

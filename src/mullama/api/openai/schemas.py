@@ -94,7 +94,7 @@ class ResponseFormat(_Strict):
 
 
 Stop = str | list[str] | None
-Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 Prompt = str | list[str] | list[int] | list[list[int]]
 
 
@@ -207,10 +207,11 @@ class ChatCompletionRequest(_Sampling):
 
     def think(self) -> Think:
         """What the request asks of the model's thinking: ``reasoning_effort`` "none" turns
-        it off, another effort is passed on (the template's switch or a budget)."""
+        it off, another effort is passed on (the template's switch or a budget; "max", the
+        SDK's newest, as "xhigh": the most there is here)."""
         if self.reasoning_effort == "none":
             return Think(on=False)
-        return Think(effort=self.reasoning_effort)
+        return Think(effort="xhigh" if self.reasoning_effort == "max" else self.reasoning_effort)
 
 
 class CompletionRequest(_Sampling):
