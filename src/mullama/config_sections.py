@@ -120,7 +120,8 @@ class ModelSettings(BaseModel):
         description="Per-model setting NAME:key=value (keys: context_size, parallel, threads, "
         "batch_size, gpu_layers, keep_alive, pinned, max_tokens; and request defaults, under "
         "a request's own values: temperature, top_k, top_p, min_p, repeat_penalty, "
-        "repeat_last_n, seed). Repeatable; comma-separated in the environment.",
+        "repeat_last_n, seed, think (true/false: a reasoning model thinks or not), "
+        "reasoning_budget, reasoning_format). Repeatable; comma-separated in the environment.",
     )
     remote: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -210,6 +211,23 @@ class ModelSettings(BaseModel):
         "Mullama-Max-Tokens-Clamped response header says so), and an answer whose request "
         "sets none stops there. 0 = no cap: an answer ends at its end-of-generation token "
         "or when its context is full.",
+    )
+    reasoning_format: Literal["none", "deepseek", "auto"] = Field(
+        "auto",
+        description="How a reasoning model's thinking is returned (llama-server's flag): auto "
+        "or deepseek = apart from the answer (reasoning_content, thinking blocks, reasoning "
+        "items) wherever the chat template's thinking format is recognised; none = not "
+        "separated, the raw text in the answer. A model's own: --model-opt "
+        "NAME:reasoning_format=...",
+    )
+    reasoning_budget: int = Field(
+        -1,
+        ge=-1,
+        description="Most thinking tokens of a reasoning model's answer, after which the "
+        "server closes the thinking itself and the model goes on to answer; -1 = no limit, "
+        "0 = thinking off (llama-server's flag). A request's own budget or effort wins; a "
+        "model's own: the custom model's reasoning_budget parameter, --model-opt "
+        "NAME:reasoning_budget=N.",
     )
     load_timeout: float = Field(
         300.0,

@@ -157,3 +157,23 @@ def test_a_models_own_max_tokens_wins_over_the_global_cap():
     assert opts["a"].with_defaults(settings).max_tokens == 5
     assert ModelOptions().with_defaults(settings).max_tokens == 8
     assert opts["a"].request_defaults() == {"temperature": 0.2, "seed": 7}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "read"),
+    [("think", "false", False), ("think", "true", True), ("reasoning_budget", "64", 64),
+     ("reasoning_budget", "-1", -1), ("reasoning_format", "none", "none"),
+     ("reasoning_budget", "-2", None), ("reasoning_format", "raw", None),
+     ("think", "maybe", None)],
+)  # fmt: skip
+def test_model_opt_thinking_defaults_obey_the_global_flags_rules(key, value, read):
+    from mullama.errors import ClientError
+    from mullama.models.options import parse_model_opts
+
+    if read is None:
+        with pytest.raises(ClientError, match=f"--model-opt 'm:{key}={value}': {key}: "):
+            parse_model_opts([f"m:{key}={value}"])
+        return
+    assert getattr(parse_model_opts([f"m:{key}={value}"])["m"], key) == read
+    if key != "think":  # think has no global flag
+        assert getattr(load_settings({key: value}), key) == read

@@ -1,4 +1,5 @@
-"""llama-server's flash-attention flag in its three spellings."""
+"""llama-server's flags: flash attention in its three spellings, -n, the sampling defaults,
+the reasoning flags."""
 
 from __future__ import annotations
 
@@ -67,3 +68,28 @@ def test_a_translated_model_opt_is_checked_as_any_model_opt():
     out, _ = translate(["-m", "/m/x.gguf", "--temp", "9"], env={})
     with pytest.raises(ClientError, match="temperature: Input should be less than or equal to 2"):
         parse_model_opts([out[out.index("--model-opt") + 1]])
+
+
+def test_reasoning_flags_are_mullamas_own_and_the_kwargs_switch_is_the_models_default():
+    argv = ["-m", "/m/x.gguf", "--reasoning-format", "none", "--reasoning-budget", "0",
+            "--chat-template-kwargs", '{"enable_thinking": false}']  # fmt: skip
+    out, _ = translate(argv, env={})
+    assert out[out.index("--reasoning-format") + 1] == "none"
+    assert out[out.index("--reasoning-budget") + 1] == "0"
+    assert out[out.index("--model-opt") + 1] == "x:think=false"
+    out, _ = translate(["-m", "/m/x.gguf", '--chat-template-kwargs={"thinking": true}'], env={})
+    assert out[out.index("--model-opt") + 1] == "x:think=true"
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [(["--reasoning-format", "deepseek-legacy"], "use deepseek"),
+     (["-m", "x.gguf", "--chat-template-kwargs", "[1]"], "a JSON object"),
+     (["-m", "x.gguf", "--chat-template-kwargs", "{"], "a JSON object"),
+     (["-m", "x.gguf", "--chat-template-kwargs", '{"x": 1}'], "each request's"),
+     (["-m", "x.gguf", "--chat-template-kwargs", '{"enable_thinking": "yes"}'], "true or false"),
+     (["--chat-template-kwargs", '{"thinking": true}'], "NAME:think=true")],
+)  # fmt: skip
+def test_reasoning_flags_with_no_counterpart_say_what_to_do(argv, match):
+    with pytest.raises(ClientError, match=match):
+        translate(argv, env={})

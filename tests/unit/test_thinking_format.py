@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from mullama.api.profiles import profile_of
 from mullama.api.thinking import (
     THINKING_BLOCK,
     Think,
@@ -20,11 +22,14 @@ from mullama.api.thinking import (
     probe,
     template_thinking,
 )
+from mullama.config import load_settings
 from mullama.engine.chat_template import ChatTemplate
 from mullama.engine.protocol import ThinkSyntax
 from mullama.errors import InvalidParameter
+from mullama.models.custom import parse_definition
 from mullama.models.embedded import embedded_model_path
 from mullama.models.gguf import read_gguf
+from mullama.models.options import ModelOptions, parse_model_opts
 
 TEMPLATES = Path(__file__).parent / "templates"
 THINK = ("<think>", "</think>")
@@ -226,3 +231,42 @@ def test_the_template_writes_the_reasoning_it_is_given_back(name):
             {"role": "assistant", "content": "the answer", "reasoning_content": "the reasoning"}]  # fmt: skip
     text = ChatTemplate(source(name)).render(history_for(last, fmt), False)
     assert fmt is not None and f"{fmt.open}" in text and "the reasoning" in text
+
+
+class _Models:
+    """What profile_of reads of the model manager: one custom model in the store."""
+
+    def __init__(self, parameters: dict, model_opt: list[str], **settings) -> None:
+        self.settings = load_settings(settings)
+        self.per_model = parse_model_opts(model_opt)
+        ref = SimpleNamespace(system=None, template=None, parameters=parameters)
+        self.entry = SimpleNamespace(name="m", ref=ref, sampling={}, gguf=lambda: 1 / 0)
+
+    def remote(self, name):
+        return None
+
+    def find(self, name):
+        return self.entry
+
+    def options(self, name):
+        return self.per_model.get(name, ModelOptions()).with_defaults(self.settings)
+
+
+def test_a_models_thinking_defaults_layer_flags_parameters_and_model_opt():
+    assert profile_of(_Models({}, []), "m").thinking == ThinkDefaults("auto", None, None)
+    flags = _Models({}, [], reasoning_budget="0", reasoning_format="none")
+    assert profile_of(flags, "m").thinking == ThinkDefaults("none", False, None)
+    custom = _Models({"think": True, "reasoning_budget": 300}, [], reasoning_budget="0")
+    assert profile_of(custom, "m").thinking == ThinkDefaults("auto", True, 300)
+    opt = _Models({"think": True, "reasoning_budget": 300},
+                  ["m:think=false", "m:reasoning_budget=-1", "m:reasoning_format=deepseek"])  # fmt: skip
+    assert profile_of(opt, "m").thinking == ThinkDefaults("deepseek", False, None)
+
+
+def test_custom_model_parameters_take_think_and_a_budget():
+    params = {"think": False, "reasoning_budget": 64, "temperature": 0}
+    assert parse_definition({"from": "x", "parameters": params}).parameters == params
+    with pytest.raises(InvalidParameter, match="reasoning_budget"):
+        parse_definition({"from": "x", "parameters": {"reasoning_budget": -2}})
+    with pytest.raises(InvalidParameter, match="think"):
+        parse_definition({"from": "x", "parameters": {"think": "sometimes"}})

@@ -6,7 +6,10 @@ A dialect describes its request as a ``Chat``: its turns (as the template gets t
 a template that writes tools itself or not), its sampling over the model's defaults, its
 tools and ``tool_choice``. Here the tools are planned for the template that renders the
 chat (api/tools.py), the turns get the model's system prompt and the tools' instruction,
-the sampling gets the tools' constraint, and the generations start; each is a
+the sampling gets the tools' constraint, the model's thinking is planned for the
+template's thinking format (api/thinking.py: the engine's ThinkSyntax, the template's
+switch, earlier turns' reasoning where the template reads it), and the generations start;
+each is a
 ``Started`` (api/replies.py), which the dialect reads as a reply and encodes. Text
 completions (``/v1/completions``, llama-server's ``/completion``) start here too."""
 
@@ -20,7 +23,8 @@ from ..engine.protocol import Chunk, ChunkStream, GenerateRequest, SamplingParam
 from .openai.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 from .profiles import Profile, profile_of
 from .replies import Started
-from .thinking import Think
+from .thinking import Think, ThinkFormat, history_for, plan_thinking
+from .thinking import probe as probe_thinking
 from .tools import ToolChoice, ToolPlan, ToolSpec, plan_chat_tools
 
 if TYPE_CHECKING:
@@ -88,32 +92,46 @@ def openai_chat(req: ChatCompletionRequest) -> Chat:
     )
 
 
-async def plan(models: ModelManager, chat: Chat, target: str | Target) -> tuple[ToolPlan, Profile]:
-    """The chat's tools planned for the template that renders it, and the model's profile
-    (``target``: the model the request's name means, or the name)."""
+@dataclass
+class Planned:
+    """A chat planned for its model: its tools, the model's profile and the thinking
+    format of the template that renders it (None: not recognised)."""
+
+    tools: ToolPlan
+    profile: Profile
+    thinking: ThinkFormat | None = None
+
+
+async def plan(models: ModelManager, chat: Chat, target: str | Target) -> Planned:
+    """The chat's tools planned for the template that renders it, the model's profile
+    and the template's thinking format (``target``: the model the request's name means,
+    or the name)."""
     profile = profile_of(models, target)
     tools = await plan_chat_tools(
         chat.tools, chat.tool_choice, chat.parallel_tool_calls, chat.output_format,
         profile.chat_template,
     )  # fmt: skip
-    return tools, profile
+    thinking = None if chat.raw is not None else await probe_thinking(
+        chat.template or profile.chat_template
+    )  # fmt: skip
+    return Planned(tools, profile, thinking)
 
 
-def _messages(chat: Chat, tools: ToolPlan, profile: Profile) -> list[dict[str, Any]]:
-    messages = chat.turns(tools.active and tools.native)
+def _messages(chat: Chat, planned: Planned) -> list[dict[str, Any]]:
+    tools, profile = planned.tools, planned.profile
+    messages = history_for(chat.turns(tools.active and tools.native), planned.thinking)
     if chat.default_system:
         messages = profile.messages(messages)
     return tools.with_instruction(messages)
 
 
-def engine_requests(
-    chat: Chat, rid: str, tools: ToolPlan, profile: Profile
-) -> list[GenerateRequest]:
+def engine_requests(chat: Chat, rid: str, planned: Planned) -> list[GenerateRequest]:
     """One engine request per choice (``n``), each with its own seed when one is set."""
+    tools, profile = planned.tools, planned.profile
     if chat.raw is not None:
         return [GenerateRequest(f"{rid}/0", chat.sampling(profile), prompt=chat.raw,
                                 add_special=False)]  # fmt: skip
-    messages = _messages(chat, tools, profile)
+    messages = _messages(chat, planned)
     template = chat.template or profile.template
     out = []
     for i in range(chat.n):
@@ -122,6 +140,10 @@ def engine_requests(
             params.tool_calls = tools.constraint()
         if params.seed is not None:
             params.seed += i
+        constrained = params.json_schema is not None or tools.forces_call
+        params.thinking, variables = plan_thinking(
+            planned.thinking, chat.think, profile.thinking, chat.template_vars, constrained
+        )
         out.append(
             GenerateRequest(
                 f"{rid}/{i}",
@@ -130,6 +152,7 @@ def engine_requests(
                 template=template,
                 tools=tools.tools_for_template(),
                 cache_salt=chat.cache_salt,
+                template_vars=variables or None,
             )  # fmt: skip
         )
     return out
@@ -138,23 +161,28 @@ def engine_requests(
 async def start_chat(
     models: ModelManager, chat: Chat, rid: str, target: Target | None = None
 ) -> list[Started]:
-    """Plan the chat's tools, make its engine requests and start them (one per choice);
-    the model's name is resolved once, for all of that (``target``: already resolved)."""
+    """Plan the chat's tools and thinking, make its engine requests and start them (one
+    per choice); the model's name is resolved once, for all of that (``target``: already
+    resolved)."""
     target = target or models.route(chat.model)
-    tools, profile = await plan(models, chat, target)
-    requests = engine_requests(chat, rid, tools, profile)
-    return await start(models, target, requests, chat.keep_alive, tools)
+    planned = await plan(models, chat, target)
+    requests = engine_requests(chat, rid, planned)
+    return await start(models, target, requests, chat.keep_alive, planned.tools)
 
 
 async def tokenize_request(models: ModelManager, chat: Chat, target: Target) -> TokenizeRequest:
     """The tokenize frame of a chat: exactly the tokens its engine request feeds the model
-    (its tools through the template that renders it; ``target``: the model its name means)."""
-    tools, profile = await plan(models, chat, target)
+    (its tools and thinking switch through the template that renders it; ``target``: the
+    model its name means)."""
+    planned = await plan(models, chat, target)
+    profile = planned.profile
+    _, variables = plan_thinking(planned.thinking, chat.think, profile.thinking, chat.template_vars)
     return TokenizeRequest(
         id="",
-        messages=_messages(chat, tools, profile),
-        tools=tools.tools_for_template(),
+        messages=_messages(chat, planned),
+        tools=planned.tools.tools_for_template(),
         template=chat.template or profile.template,
+        template_vars=variables or None,
     )
 
 

@@ -2,7 +2,9 @@
 request has none) and chat template, and the model's request defaults, which the request's
 own values override. The defaults come, lowest first, from the API (llama-server's
 sampling defaults on the OpenAI side, Ollama's on Ollama's), the GGUF's own
-``general.sampling.*`` keys, a custom model's parameters, and ``--model-opt``."""
+``general.sampling.*`` keys, a custom model's parameters, and ``--model-opt``. A reasoning
+model's thinking defaults (``thinking``) layer the same way: the global flags, a custom
+model's ``think`` and ``reasoning_budget`` parameters, ``--model-opt``."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..engine import knobs
 from ..engine.protocol import SamplingParams, field_names
+from .thinking import ThinkDefaults
 from .toolsyntax import REMOTE_TOOLS
 
 if TYPE_CHECKING:
@@ -59,7 +62,8 @@ class Profile:
     ``gguf``: the GGUF's request defaults (field -> (value, its key)); ``parameters``: a
     custom model's (Ollama's names); ``opts``: --model-opt's (field -> value), highest.
     ``max_tokens_cap``: --max-tokens or the model's max_tokens (0: none), applied by the
-    engine (engine/limits.py fit_length), and where it comes from."""
+    engine (engine/limits.py fit_length), and where it comes from. ``thinking``: its
+    thinking defaults."""
 
     def __init__(
         self,
@@ -70,6 +74,7 @@ class Profile:
         gguf: Mapping[str, tuple[Any, str]] | None = None,
         opts: Mapping[str, Any] | None = None,
         max_tokens_cap: tuple[int, str] = (0, ""),
+        thinking: ThinkDefaults = ThinkDefaults(),
     ) -> None:
         self.system = system
         self.template = template
@@ -87,6 +92,7 @@ class Profile:
             for name, (value, source) in layer.items():
                 self.defaults[name], self.sources[name] = value, source
         self.max_tokens_cap = max_tokens_cap
+        self.thinking = thinking
 
     def request_defaults(self, base: Mapping[str, Any], base_source: str) -> dict[str, Any]:
         """What a request that sets none of them gets, on an API whose own defaults are
@@ -139,5 +145,10 @@ def profile_of(models: ModelManager, name: str | Target | None) -> Profile:
     opts = models.options(name)
     own = models.per_model.get(entry.name)
     where = MODEL_OPT if own is not None and own.max_tokens is not None else "--max-tokens"
+    s = models.settings
+    thinking = ThinkDefaults.layered(
+        s.reasoning_format, {"reasoning_budget": s.reasoning_budget}, ref.parameters or {},
+        opts.thinking(),
+    )  # fmt: skip
     return Profile(ref.system, ref.template, ref.parameters, gguf_template, gguf,
-                   opts.request_defaults(), (opts.max_tokens or 0, where))  # fmt: skip
+                   opts.request_defaults(), (opts.max_tokens or 0, where), thinking)  # fmt: skip

@@ -11,12 +11,15 @@ the command line (Mullama takes it from the environment otherwise); ``LLAMA_API_
 the sampling defaults (``--temp``, ``--top-k``, ``--top-p``, ``--min-p``,
 ``--repeat-penalty``, ``--repeat-last-n``, ``--seed``) are the ``-m`` models' request
 defaults (``--model-opt NAME:temperature=...``), under a request's own values as in
-llama-server. Flags for what Mullama always does are accepted and change nothing. A
+llama-server. ``--reasoning-format`` (none, deepseek, auto) and ``--reasoning-budget`` are
+Mullama's flags of the same meaning; ``--chat-template-kwargs`` with ``enable_thinking`` or
+``thinking`` is the ``-m`` models' thinking default (``--model-opt NAME:think=...``). Flags for what Mullama always does are accepted and change nothing. A
 llama-server flag with no counterpart is an error that says what to do instead.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +81,10 @@ SAMPLING = {
     "-s": "seed",
     "--seed": "seed",
 }
+# Thinking on or off by default: the chat_template_kwargs keys that say it.
+THINK_KWARGS = ("enable_thinking", "thinking")
 _VALUE_FLAGS = {"-m", "--model", "-a", "--alias", "-c", "--ctx-size", "--api-key", *RENAMED,
-                *N_PREDICT, *SAMPLING}  # fmt: skip
+                *N_PREDICT, *SAMPLING, "--reasoning-format", "--chat-template-kwargs"}  # fmt: skip
 
 
 def translate(
@@ -105,7 +110,8 @@ class _Translation:
     alias: str | None = None
     ctx_total: int | None = None
     parallel: int | None = None
-    sampling: list[tuple[str, str, str]] = field(default_factory=list)  # (flag, key, value)
+    # The -m models' defaults: (flag, --model-opt key, value).
+    sampling: list[tuple[str, str, str]] = field(default_factory=list)
 
     def read(self, argv: list[str], i: int) -> int:
         """Translate the argument at ``i``; the index of the next one."""
@@ -160,6 +166,15 @@ class _Translation:
         elif flag in SAMPLING:
             if not (SAMPLING[flag] == "seed" and value.strip() == "-1"):  # -1: random
                 self.sampling.append((flag, SAMPLING[flag], value))
+        elif flag == "--reasoning-format":
+            if value == "deepseek-legacy":
+                raise ClientError(
+                    "--reasoning-format deepseek-legacy (the thinking both apart and in the "
+                    "answer) has no counterpart: use deepseek (apart) or none (in the answer)"
+                )
+            self.out += [flag, value]
+        elif flag == "--chat-template-kwargs":
+            self.sampling.append((flag, "think", _think_kwarg(value)))
         elif flag == "--api-key":
             if "," in value:
                 raise ClientError(
@@ -195,7 +210,7 @@ class _Translation:
         if self.sampling and not models:
             flag, key, value = self.sampling[0]
             raise ClientError(
-                f"{flag} sets the -m model's sampling default: give -m with it, or use "
+                f"{flag} sets the -m model's default: give -m with it, or use "
                 f"--model-opt NAME:{key}={value}"
             )
         for model in models:
@@ -228,6 +243,26 @@ def served_name(spec: str) -> str:
     if is_local_path(spec) or path.is_file():
         return path.stem
     return spec
+
+
+def _think_kwarg(value: str) -> str:
+    """``--chat-template-kwargs``' thinking switch, as a --model-opt value (true/false);
+    other template variables are a request's own (its chat_template_kwargs)."""
+    try:
+        kwargs = json.loads(value)
+    except ValueError:
+        raise ClientError(f"--chat-template-kwargs takes a JSON object, not {value!r}") from None
+    if not isinstance(kwargs, dict):
+        raise ClientError(f"--chat-template-kwargs takes a JSON object, not {value!r}")
+    other = sorted(set(kwargs) - set(THINK_KWARGS))
+    switch = {kwargs[k] for k in THINK_KWARGS if k in kwargs}
+    if other or len(switch) != 1 or not isinstance(next(iter(switch)), bool):
+        raise ClientError(
+            "--chat-template-kwargs: only a default for thinking is taken here "
+            f"({' or '.join(THINK_KWARGS)}: true or false); other template variables go in "
+            "each request's chat_template_kwargs"
+        )
+    return "true" if switch.pop() else "false"
 
 
 def _int(flag: str, value: str) -> int:

@@ -7,6 +7,7 @@ system: You are a pirate.
 template: "{% for m in messages %}...{% endfor %}"   # Jinja, like tokenizer.chat_template
 parameters:
   temperature: 0.2
+  think: false              # a reasoning model's default (reasoning_budget: N, too)
   stop: ["\\n\\n"]
   num_ctx: 2048
 ```
@@ -45,6 +46,10 @@ class ModelParameters(_Knobs):  # type: ignore[valid-type,misc]
     num_predict: int | None = Field(default=None, ge=-2)
     num_ctx: int | None = Field(default=None, ge=1)
     stop: limits.Stops | None = None
+    # A reasoning model's thinking by default (api/thinking.py): on or off, and its most
+    # tokens (-1: no limit, 0: off); a request's own choice wins.
+    think: bool | None = None
+    reasoning_budget: int | None = Field(default=None, ge=-1)
 
 
 class ModelDefinition(BaseModel):

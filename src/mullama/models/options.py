@@ -42,6 +42,11 @@ class ModelOptions:
     keep_alive: str | None = None
     pinned: bool | None = None
     max_tokens: int | None = None  # the most tokens one answer may generate (0: no cap)
+    # A reasoning model's thinking (api/thinking.py ThinkDefaults), over a custom model's
+    # parameters and the global flags: on or off, its budget (-1: none, 0: off), its format.
+    think: bool | None = None
+    reasoning_budget: int | None = None
+    reasoning_format: str | None = None
     sampling: Mapping[str, Any] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
@@ -58,13 +63,18 @@ class ModelOptions:
         """The request defaults this model sets (SamplingParams fields)."""
         return dict(self.sampling)
 
+    def thinking(self) -> dict[str, Any]:
+        """The thinking defaults this model sets (ThinkDefaults.layered's names)."""
+        return {"think": self.think, "reasoning_budget": self.reasoning_budget,
+                "reasoning_format": self.reasoning_format}  # fmt: skip
+
 
 KEYS = (*(f.name for f in fields(ModelOptions) if f.name != "sampling"), *SAMPLING)
 
 
 @functools.cache
 def _validator(key: str) -> TypeAdapter[Any]:
-    if key == "pinned":  # per model only: whether it stays loaded
+    if key in ("pinned", "think"):  # per model only: whether it stays loaded, thinks
         return TypeAdapter(bool)
     if key in SAMPLING:
         return TypeAdapter(SAMPLING[key])
