@@ -234,9 +234,14 @@ def test_a_responses_stream_writes_the_reasoning_item_before_the_message():
     assert events[done]["text"] == THOUGHT and kinds.index("response.output_text.delta") > done
     final = events[-1]["response"]
     assert [i["type"] for i in final["output"]] == ["reasoning", "message"]
+    sealed = final["output"][0].pop("encrypted_content")
     assert final["output"][0] == {"type": "reasoning", "id": added["id"], "summary": [],
                                   "content": [{"type": "reasoning_text", "text": THOUGHT}],
                                   "status": "completed"}  # fmt: skip
+    # Sent back with its encrypted_content alone (as Codex does), its text is read back.
+    back = {"type": "reasoning", "id": added["id"], "summary": [], "encrypted_content": sealed}
+    said = {"role": "assistant", "content": "Paris."}
+    assert input_messages([back, said])[0]["reasoning_content"] == THOUGHT
     assert final["output"][1]["content"][0]["text"] == ANSWER
     assert final["usage"]["output_tokens_details"] == {"reasoning_tokens": 6}
     # A follow-up (previous_response_id) continues with the thinking in the assistant turn.

@@ -28,6 +28,7 @@ from ..callreader import CallArgs, CallDone, CallStart
 from ..chat import openai_chat, start_chat
 from ..fields import Refusing, StrictBody
 from ..replies import Event, Finished, Reasoning, Started, Text, Usage, whole
+from .reasoning import item_thought, reasoning_item, reasoning_part
 from .responsetools import ResponseTools, flat_name
 from .schemas import ChatCompletionRequest, Effort
 
@@ -174,7 +175,7 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
                 {"role": "tool", "tool_call_id": _need(item, "call_id", where), "content": text}
             )
         elif kind == "reasoning":
-            thought += _thought(item, where)
+            thought += item_thought(item, where)
             continue
         elif kind == "additional_tools":  # tools: ResponseTools.of
             continue
@@ -197,22 +198,6 @@ def _call(item: dict[str, Any], where: str) -> dict[str, Any]:
         name = flat_name(item["namespace"], name)  # as the tools offered it
     return {"id": _need(item, "call_id", where), "type": "function",
             "function": {"name": name, "arguments": _need(item, "arguments", where)}}  # fmt: skip
-
-
-def _thought(item: dict[str, Any], where: str) -> str:
-    """A reasoning item's text: its ``reasoning_text`` content, else its summary's text
-    (an item without either, e.g. only ``encrypted_content``, has none)."""
-    for key, kind in (("content", "reasoning_text"), ("summary", "summary_text")):
-        parts = item.get(key) or []
-        if not isinstance(parts, list):
-            raise InvalidParameter(f"{where}.{key} must be a list of parts", param=f"{where}.{key}")  # fmt: skip
-        text = "".join(
-            p["text"] for p in parts
-            if isinstance(p, dict) and p.get("type") == kind and isinstance(p.get("text"), str)
-        )  # fmt: skip
-        if text:
-            return text
-    return ""
 
 
 def _need(item: dict[str, Any], key: str, where: str) -> str:
@@ -300,16 +285,14 @@ def _usage(usage: Usage) -> dict[str, Any]:
 def _part(kind: str, text: str) -> dict[str, Any]:
     """The content part of a message item (``output_text``) or of a reasoning item."""
     if kind == "reasoning":
-        return {"type": "reasoning_text", "text": text}
+        return reasoning_part(text)
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
 def _item(kind: str, item_id: str, text: str, status: str) -> dict[str, Any]:
-    """A message item, or a reasoning item (the model's thinking as its content; no
-    summary is written)."""
+    """A message item, or a reasoning item (reasoning.py)."""
     if kind == "reasoning":
-        return {"type": "reasoning", "id": item_id, "summary": [],
-                "content": [_part(kind, text)], "status": status}  # fmt: skip
+        return reasoning_item(item_id, text, status)
     return {"type": "message", "id": item_id, "status": status, "role": "assistant",
             "content": [_part(kind, text)]}  # fmt: skip
 
