@@ -178,8 +178,11 @@ class ScriptSampler(FakeSampler):
 
 
 def _run(syntax, script, prompt="Q", max_tokens=100, stops=()):
+    return _run_with(syntax, ScriptSampler(script), prompt, max_tokens, stops)
+
+
+def _run_with(syntax, sampler, prompt="Q", max_tokens=100, stops=()):
     sched = Scheduler(model=CharModel(), ctx=FakeCtx(), batch=FakeBatch(64), n_slots=1, n_batch=64)
-    sampler = ScriptSampler(script)
     s = Sequence(
         "s", [ord(c) for c in prompt], len(prompt), max_tokens, sampler,
         StopMatcher(list(stops)),
@@ -273,3 +276,14 @@ def test_template_variables_go_upstream_and_the_think_syntax_does_not():
 
 
 ASK_REMOTE = [{"role": "user", "content": "hi"}]
+
+
+def test_a_reply_that_ends_inside_its_thinking_is_closed_and_answers():
+    syntax = ThinkSyntax("<think>", "</think>", force_open=True)
+    sampler = ScriptSampler("hm")
+    sampler.tokens[2:2] = [EOG]  # ends in the block, then answers, then ends again
+    sampler.tokens[3:3] = [ord("k")]
+    s, _, out = _run_with(syntax, sampler)
+    assert ("".join(o.reasoning for o in out), "".join(o.text for o in out)) == ("hm", "k")
+    assert "".join(chr(t) for t in s.tokens[1:]) == "<think>\nhm\n</think>\n\nk"
+    assert out[-1].finish == "stop"

@@ -116,6 +116,9 @@ class Emitter:
             token = seq.sampler.sample(self.ctx, row)
         else:  # thinking: the constraint governs the answer only
             token = seq.sampler.sample(self.ctx, row, False)
+            if self.model.is_eog(token) and not seq.ignore_eos and (closing := th.close()):
+                self._force(seq, closing, out)  # a reply does not end in its thinking
+                return
         model = self.model
         finish = None
         text = think = ""

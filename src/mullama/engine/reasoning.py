@@ -8,7 +8,9 @@ the same split whole or streamed: a marker cut across tokens is held back until 
 decided. Markers are never shown; the whitespace right after the opening and right after
 the closing is dropped, and so is the whitespace that ends the thinking before its
 closing; ``answer`` (gpt-oss's ``<|start|>assistant<|channel|>final<|message|>``) is
-dropped where the answer begins. A reply that does not open the block is all answer.
+dropped where the answer begins. A reply that does not open the block is all answer; a
+reply that ends inside it (an end-of-generation token) is closed by the engine instead,
+and the model goes on to answer.
 
 What counts as a thinking token (``n_tokens``, the reply's reasoning_tokens): every token
 from the first one of the opening (written by the engine or sampled, whitespace before it
@@ -80,13 +82,20 @@ class Thinking:
             if syn.force_open and not self._forced_open:
                 self._forced_open = True
                 return self.tokenize(syn.open + "\n")
-        elif self.phase == INSIDE:
-            if syn.budget is not None and self.n_sampled >= syn.budget and not self._forced_close:
-                self._forced_close = True
-                return self.tokenize(
-                    ("" if self._nl else "\n") + syn.close + (syn.answer or "\n\n")
-                )
+        elif self.phase == INSIDE and syn.budget is not None and self.n_sampled >= syn.budget:
+            return self.close()
         return []
+
+    def close(self) -> list[int]:
+        """The closing the engine writes (the budget spent, or the model ended its reply
+        inside the block: a reply does not end in its thinking): a newline unless the
+        thinking ended with one, ``close``, then ``answer`` or a blank line; at most
+        once (empty after)."""
+        if self._forced_close or self.phase != INSIDE:
+            return []
+        self._forced_close = True
+        syn = self.syntax
+        return self.tokenize(("" if self._nl else "\n") + syn.close + (syn.answer or "\n\n"))
 
     def feed(self, text: str, forced: bool = False) -> tuple[str, str]:
         """One token's text: (new thinking, new answer). ``forced``: a token the engine
