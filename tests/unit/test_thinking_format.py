@@ -1,7 +1,9 @@
 """Reasoning models (issue 34): the thinking format read off real chat templates (llama.cpp's
 corpus, copied into tests/unit/templates/), the plan that makes a request's Think, the
 model's defaults and the flags into the engine's ThinkSyntax and the template's
-variables, and earlier turns' reasoning given to the template as it reads it."""
+variables, earlier turns' reasoning given to the template as it reads it, a model's
+defaults from the flags, its custom parameters and --model-opt, and the chat path's
+engine requests carrying all of it."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from mullama.api.profiles import profile_of
+from mullama.api.chat import Chat, Planned, engine_requests
+from mullama.api.profiles import Profile, profile_of
 from mullama.api.thinking import (
     THINKING_BLOCK,
     Think,
@@ -22,9 +25,10 @@ from mullama.api.thinking import (
     probe,
     template_thinking,
 )
+from mullama.api.tools import ToolPlan
 from mullama.config import load_settings
 from mullama.engine.chat_template import ChatTemplate
-from mullama.engine.protocol import ThinkSyntax
+from mullama.engine.protocol import SamplingParams, ThinkSyntax
 from mullama.errors import InvalidParameter
 from mullama.models.custom import parse_definition
 from mullama.models.embedded import embedded_model_path
@@ -270,3 +274,30 @@ def test_custom_model_parameters_take_think_and_a_budget():
         parse_definition({"from": "x", "parameters": {"reasoning_budget": -2}})
     with pytest.raises(InvalidParameter, match="think"):
         parse_definition({"from": "x", "parameters": {"think": "sometimes"}})
+
+
+def _chat(**kw) -> Chat:
+    return Chat("m", lambda native: [dict(t) for t in TURNS], **kw)
+
+
+def test_engine_requests_carry_the_plan_and_the_renamed_history():
+    planned = Planned(ToolPlan([], "none", True), Profile(), GPT_OSS)
+    (req,) = engine_requests(_chat(think=Think(effort="high")), "r", planned)
+    assert req.params.thinking == GPT_OSS.syntax(None, True)  # type: ignore[union-attr]
+    assert req.template_vars == {"reasoning_effort": "high"}
+    assert req.messages is not None and req.messages[1]["thinking"] == "r"
+    plain = Planned(ToolPlan([], "none", True), Profile(), None)
+    (req,) = engine_requests(_chat(), "r", plain)
+    assert req.params.thinking is None and req.template_vars is None
+    assert req.messages is not None and req.messages[1]["reasoning_content"] == "r"
+
+
+def test_a_json_schema_forces_the_block_open_and_reserved_kwargs_are_refused():
+    def schema(profile):
+        return SamplingParams(json_schema={"type": "object"})
+
+    planned = Planned(ToolPlan([], "none", True), Profile(), QWEN3)
+    (req,) = engine_requests(_chat(sampling=schema), "r", planned)
+    assert req.params.thinking is not None and req.params.thinking.force_open
+    with pytest.raises(InvalidParameter, match="messages"):
+        engine_requests(_chat(template_vars={"messages": []}), "r", planned)
