@@ -153,7 +153,12 @@ class Emitter:
         # The first token is always reported (time to first token), text or not; with
         # logprobs, every token (its entry travels with the step that made it).
         if text or think or finish is not None or seq.n_generated == 1 or entries:
-            self._report(seq, text, think, finish, entries, out)
+            if th is None and not seq.prompt_entries:  # the common case, inline
+                stop = seq.stops.matched if finish == "stop" else None
+                o = Output(seq.id, text, seq.n_generated, seq.n_prompt, finish, entries, stop)
+                out.append(o)
+            else:
+                self._report(seq, text, think, finish, entries, out)
 
     def _force(self, seq: Sequence, tokens: list[int], out: list[Output]) -> None:
         """Tokens the engine writes itself instead of sampling one (a thinking block's
