@@ -17,7 +17,7 @@ from ..openai.routes import request_id, respond
 from ..openapi import MODEL_ERRORS, SSE, documented
 from ..streaming import unless_disconnected
 from .schemas import CountTokensRequest, MessagesRequest
-from .service import AnthropicService
+from .service import AnthropicService, thinks
 
 router = APIRouter(prefix="/v1")
 
@@ -47,11 +47,11 @@ async def messages(request: Request) -> Response:
 @documented(CountTokensRequest, a.TokenCount, errors=MODEL_ERRORS, example=COUNT)
 async def count_tokens(request: Request) -> Response:
     body = await parse_body(request, CountTokensRequest)
-    chat = body.to_chat()
     models = request.app.state.models
+    target = models.route(body.model)  # the name resolved once for the request
+    chat = body.to_chat(await thinks(models, target))
     counted = Chat(chat.model, openai_turns(chat.model, chat.messages), tools=chat.tools,
-                   tool_choice=chat.tool_choice)  # fmt: skip
-    target = models.route(chat.model)  # the name resolved once for the request
+                   tool_choice=chat.tool_choice, think=body.think())  # fmt: skip
     req = await tokenize_request(models, counted, target)
     tokens, _ = await unless_disconnected(request, models.tokenize(target, req))
     return ORJSONResponse({"input_tokens": len(tokens.tokens)})

@@ -6,9 +6,11 @@ OpenAI forms, ``output_config.format`` to ``response_format``.
 What Claude Code sends (tests/data/agents/claude_first_request.json) is taken: a
 ``system`` message in the middle of ``messages`` (the chat template renders it where it
 can, engine/turns.py), ``cache_control`` on any block (prefix reuse is always on),
-``thinking`` and ``output_config.effort`` (a model without a reasoning mode just
-answers), ``context_management``, ``metadata``; these are reported as ignored
-(api/fields.py). Server tools (``web_search_20250305``, ``bash_20250124``...) are left out
+``context_management``, ``metadata``; these are reported as ignored (api/fields.py).
+``thinking`` and ``output_config.effort`` ask for the model's thinking (``think``); for a
+model whose template has no thinking format they are reported as ignored (it just
+answers). Earlier turns' thinking blocks sent back go to the template as the turn's
+``reasoning_content``. Server tools (``web_search_20250305``, ``bash_20250124``...) are left out
 of what the model sees unless ``tool_choice`` forces one (a 400). A field that would
 change the answer and that Mullama cannot honour is refused by name."""
 
@@ -25,6 +27,7 @@ from .. import fields
 from ..body import validate
 from ..fields import Refusing, StrictBody
 from ..openai.schemas import ChatCompletionRequest
+from ..thinking import Think
 
 _Strict = StrictBody
 # Accepted on every block and tool: prompt caching is prefix reuse, always on; citations
@@ -83,10 +86,20 @@ class ToolResultBlock(_Block):
 
 
 class ThinkingBlock(_Strict):
-    """An earlier turn's thinking, sent back: dropped (Anthropic's API also leaves earlier
-    turns' thinking out of the prompt) and reported."""
+    """An earlier assistant turn's thinking, sent back: that turn's ``reasoning_content``,
+    which the chat template keeps or drops as its model was trained to see it. Its
+    signature is not checked (Mullama's own are opaque, and nothing is hidden in them)."""
 
-    type: Literal["thinking", "redacted_thinking"]
+    type: Literal["thinking"]
+    thinking: str = ""
+    signature: str | None = None
+
+
+class RedactedThinkingBlock(_Strict):
+    """Thinking that Anthropic encrypted: nothing a model here can read; dropped and
+    reported."""
+
+    type: Literal["redacted_thinking"]
 
 
 class OtherBlock(_Strict):
@@ -99,7 +112,7 @@ class OtherBlock(_Strict):
 
 
 Block = Annotated[
-    TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | OtherBlock,
+    TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock | OtherBlock,
     Field(discriminator="type"),
 ]
 
@@ -133,7 +146,7 @@ class ToolChoice(_Strict):
 
 class Thinking(_Strict):
     type: Literal["enabled", "disabled", "adaptive", "between_tools"]
-    budget_tokens: int | None = None
+    budget_tokens: int | None = Field(default=None, ge=0)
 
 
 class OutputFormat(_Strict):
@@ -141,10 +154,15 @@ class OutputFormat(_Strict):
     schema_: dict[str, Any] = Field(alias="schema")
 
 
+# output_config.effort as the model's thinking takes it (api/thinking.py's words).
+_EFFORT = {"low": "low", "medium": "medium", "high": "high", "max": "xhigh"}
+_NO_EFFORT = "effort is not implemented (the model has no reasoning mode)"
+
+
 class OutputConfig(_Strict, Refusing):
     WHERE = "output_config."
-    HINTS = {"effort": "effort is not implemented (the model has no reasoning mode)"}
     format: OutputFormat | None = None
+    effort: str | None = None
 
 
 # The sampling knobs as Anthropic names them, with its bounds (engine/knobs.py).
@@ -160,13 +178,12 @@ class MessagesRequest(_Knobs, Refusing):  # type: ignore[valid-type,misc]
         "context_management": "context management (clearing old tool results or "
         "thinking) is not implemented",
     }
-    # Changes nothing here: a model without a reasoning mode answers without thinking;
-    # prompt caching is prefix reuse, always on; no tiers, regions or speeds.
+    # Changes nothing here: prompt caching is prefix reuse, always on; no tiers, regions
+    # or speeds.
     IGNORED = frozenset(
-        {"metadata", "service_tier", "anthropic_version", "thinking", "cache_control",
-         "speed", "inference_geo"}
+        {"metadata", "service_tier", "anthropic_version", "cache_control", "speed",
+         "inference_geo"}
     )  # fmt: skip
-    NEUTRAL = {"thinking": ({"type": "disabled"},)}
 
     model: str
     max_tokens: int = Field(ge=1)
@@ -182,8 +199,31 @@ class MessagesRequest(_Knobs, Refusing):  # type: ignore[valid-type,misc]
     output_format: OutputFormat | None = None
     fallback: bool = True  # extension: False keeps the request on its model (--fallback)
 
-    def to_chat(self) -> ChatCompletionRequest:
-        """The chat request this is, checked as any chat request is."""
+    def think(self) -> Think:
+        """What the request asks of the model's thinking: ``thinking.type`` (enabled, with
+        its ``budget_tokens``; disabled; adaptive: the model's own default) and
+        ``output_config.effort``."""
+        kind = self.thinking.type if self.thinking is not None else "adaptive"
+        on = None if kind == "adaptive" else kind != "disabled"
+        budget = self.thinking.budget_tokens if self.thinking is not None and on else None
+        effort = self.output_config.effort if self.output_config is not None else None
+        return Think(on, _EFFORT.get(effort or ""), budget)
+
+    def _report_think(self, thinks: bool) -> None:
+        """``thinking`` and ``output_config.effort`` change nothing for a model without a
+        thinking format (``thinks`` false), nor an effort Mullama does not know: said so."""
+        effort = self.output_config.effort if self.output_config is not None else None
+        if effort and (not thinks or effort not in _EFFORT):
+            fields.hint("output_config.effort", _NO_EFFORT if not thinks else
+                        f"effort {effort!r} is not one of {', '.join(_EFFORT)}")  # fmt: skip
+        if not thinks and self.thinking is not None and self.thinking.type != "disabled":
+            fields.ignored("thinking")
+
+    def to_chat(self, thinks: bool = False) -> ChatCompletionRequest:
+        """The chat request this is, checked as any chat request is. ``thinks``: the model's
+        template has a thinking format (else ``thinking`` and the effort are reported as
+        ignored)."""
+        self._report_think(thinks)
         body: dict[str, Any] = {
             "model": self.model,
             "messages": self._messages(),
@@ -293,62 +333,74 @@ def _tool(index: int, raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _message(index: int, m: Message) -> list[dict[str, Any]]:
-    """One Anthropic message as chat messages: tool results become ``tool`` messages
-    (ahead of the user's own text, as they answer the previous turn's calls), tool uses
-    become the assistant's ``tool_calls``; a system message stays one, where it is."""
-    if isinstance(m.content, str):
-        return [{"role": m.role, "content": m.content}]
-    text: list[str] = []
-    calls: list[dict[str, Any]] = []
-    results: list[dict[str, Any]] = []
-    for k, block in enumerate(m.content):
+def _misplaced(index: int, k: int, what: str) -> InvalidParameter:
+    return InvalidParameter(f"messages[{index}]: {what}", param=f"messages[{index}].content[{k}]")
+
+
+class _Turn:
+    """One Anthropic message's blocks read into the chat messages it becomes."""
+
+    def __init__(self, index: int, role: str) -> None:
+        self.index, self.role = index, role
+        self.text: list[str] = []
+        self.thought: list[str] = []  # an assistant turn's thinking
+        self.calls: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any]] = []
+
+    def add(self, k: int, block: Any) -> None:
+        where = f"messages[{self.index}].content[{k}]"
         if isinstance(block, OtherBlock):
-            raise _refused_block(f"messages[{index}].content[{k}]", block.type)
-        if isinstance(block, ThinkingBlock):
+            raise _refused_block(where, block.type)
+        if isinstance(block, ThinkingBlock) and self.role == "assistant":
+            self.thought.append(block.thinking)
+        elif isinstance(block, ThinkingBlock | RedactedThinkingBlock):
             fields.ignored(f"messages[].content[{block.type}]")
-            continue
-        if m.role == "system" and not isinstance(block, TextBlock):
-            raise InvalidParameter(
-                f"messages[{index}]: a system message holds text blocks only",
-                param=f"messages[{index}].content[{k}]",
-            )
-        if isinstance(block, TextBlock):
-            text.append(block.text)
+        elif self.role == "system" and not isinstance(block, TextBlock):
+            raise _misplaced(self.index, k, "a system message holds text blocks only")
+        elif isinstance(block, TextBlock):
+            self.text.append(block.text)
         elif isinstance(block, ToolUseBlock):
-            if m.role != "assistant":
-                raise InvalidParameter(
-                    f"messages[{index}]: tool_use blocks belong in assistant messages",
-                    param=f"messages[{index}].content[{k}]",
-                )
-            calls.append(
+            if self.role != "assistant":
+                raise _misplaced(self.index, k, "tool_use blocks belong in assistant messages")
+            self.calls.append(
                 {"id": block.id, "type": "function",
                  "function": {"name": block.name, "arguments": orjson.dumps(block.input).decode()}}
             )  # fmt: skip
         else:
-            if m.role != "user":
-                raise InvalidParameter(
-                    f"messages[{index}]: tool_result blocks belong in user messages",
-                    param=f"messages[{index}].content[{k}]",
-                )
-            results.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": block.tool_use_id,
-                    "content": block.text(f"messages[{index}].content[{k}]"),
-                }
+            if self.role != "user":
+                raise _misplaced(self.index, k, "tool_result blocks belong in user messages")
+            self.results.append(
+                {"role": "tool", "tool_call_id": block.tool_use_id, "content": block.text(where)}
             )
-    out = list(results)
-    if m.role == "system":
-        out.append({"role": "system", "content": "\n".join(text)})
-    elif m.role == "assistant":
-        msg: dict[str, Any] = {"role": "assistant", "content": "\n".join(text)}
-        if calls:
-            msg["tool_calls"] = calls
-        out.append(msg)
-    elif text or not results:
-        out.append({"role": "user", "content": "\n".join(text)})
-    return out
+
+    def messages(self) -> list[dict[str, Any]]:
+        out = list(self.results)
+        text = "\n".join(self.text)
+        if self.role == "system":
+            out.append({"role": "system", "content": text})
+        elif self.role == "assistant":
+            msg: dict[str, Any] = {"role": "assistant", "content": text}
+            if self.thought:
+                msg["reasoning_content"] = "\n".join(self.thought)
+            if self.calls:
+                msg["tool_calls"] = self.calls
+            out.append(msg)
+        elif self.text or not self.results:
+            out.append({"role": "user", "content": text})
+        return out
+
+
+def _message(index: int, m: Message) -> list[dict[str, Any]]:
+    """One Anthropic message as chat messages: tool results become ``tool`` messages
+    (ahead of the user's own text, as they answer the previous turn's calls), tool uses
+    become the assistant's ``tool_calls`` and its thinking blocks its
+    ``reasoning_content``; a system message stays one, where it is."""
+    if isinstance(m.content, str):
+        return [{"role": m.role, "content": m.content}]
+    turn = _Turn(index, m.role)
+    for k, block in enumerate(m.content):
+        turn.add(k, block)
+    return turn.messages()
 
 
 class CountTokensRequest(MessagesRequest):

@@ -1,9 +1,14 @@
 """Anthropic's Messages API on the chat engine path: a request becomes a chat request
 (schemas.py), runs as one, and its reply is written as content blocks, whole or as
-Anthropic's event stream."""
+Anthropic's event stream. The model's thinking comes first, as a ``thinking`` block with
+a signature: an opaque digest of the thinking (Anthropic's are encrypted checks that its
+own servers verify; a client only keeps it and sends it back, which Mullama takes
+unverified)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -16,11 +21,14 @@ from ...wire.errors import anthropic_body
 from ...wire.framing import sse
 from ..callreader import CallArgs, CallDone, CallStart
 from ..chat import openai_chat, start_chat
-from ..replies import Event, Finished, Started, Text, Usage, whole
+from ..profiles import profile_of
+from ..replies import Event, Finished, Reasoning, Started, Text, Usage, whole
+from ..thinking import probe
 from .schemas import MessagesRequest
 
 if TYPE_CHECKING:
     from ...models.manager import ModelManager
+    from ...models.router import Target
 
 
 def event(name: str, data: dict[str, Any]) -> bytes:
@@ -52,17 +60,38 @@ def _usage(usage: Usage) -> dict[str, int]:
     }
 
 
+def _signature(digest: Any) -> str:
+    """A thinking block's signature: its thinking's digest (``hashlib.sha256``), opaque."""
+    return base64.b64encode(digest.digest()).decode()
+
+
+def _thinking_block(thinking: str) -> dict[str, str]:
+    signature = _signature(hashlib.sha256(thinking.encode()))
+    return {"type": "thinking", "thinking": thinking, "signature": signature}
+
+
+async def thinks(models: ModelManager, target: Target) -> bool:
+    """Whether the template that renders the model's chat has a thinking format (then a
+    request's ``thinking`` and effort are acted on)."""
+    return await probe(profile_of(models, target).chat_template) is not None
+
+
 class AnthropicService:
     def __init__(self, models: ModelManager) -> None:
         self.models = models
 
     async def messages(self, body: MessagesRequest, rid: str) -> dict | AsyncIterator[bytes]:
-        [started] = await start_chat(self.models, openai_chat(body.to_chat()), rid)
+        target = self.models.route(body.model)  # the name resolved once for the request
+        chat = openai_chat(body.to_chat(await thinks(self.models, target)))
+        chat.think = body.think()
+        [started] = await start_chat(self.models, chat, rid, target)
         mid = f"msg_{uuid.uuid4().hex[:24]}"
         if body.stream:
             return _stream(started, mid, body.model)
         reply = await whole(started)
         content: list[dict[str, Any]] = []
+        if reply.reasoning:
+            content.append(_thinking_block(reply.reasoning))
         if reply.text:
             content.append({"type": "text", "text": reply.text})
         for call in reply.calls:
@@ -101,16 +130,46 @@ async def _stream(started: Started, mid: str, model: str) -> AsyncIterator[bytes
 
 
 class _Blocks:
-    """A reply's events as Anthropic's content blocks: a text block for each run of text,
-    a tool_use block for each call."""
+    """A reply's events as Anthropic's content blocks: a thinking block for the model's
+    thinking (its pieces as ``thinking_delta``, its signature as one ``signature_delta``
+    before it ends), a text block for each run of text, a tool_use block for each call."""
 
     def __init__(self) -> None:
         self.index = -1
         self.open_text = False
         self.open_call = False
+        self.thought: Any = None  # the open thinking block's digest
+
+    def _think(self, e: Reasoning) -> list[bytes]:
+        out = []
+        if self.open_text:  # thinking after text (an upstream's): the text block ends first
+            out.append(event("content_block_stop", {"index": self.index}))
+            self.open_text = False
+        if self.thought is None:
+            self.index += 1
+            self.thought = hashlib.sha256()
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            out.append(event("content_block_start", {"index": self.index, "content_block": block}))
+        self.thought.update(e.text.encode())
+        delta = {"type": "thinking_delta", "thinking": e.text}
+        out.append(event("content_block_delta", {"index": self.index, "delta": delta}))
+        return out
+
+    def _end_thinking(self) -> list[bytes]:
+        """The thinking block's signature and end, once the reply goes on past it."""
+        if self.thought is None:
+            return []
+        delta = {"type": "signature_delta", "signature": _signature(self.thought)}
+        self.thought = None
+        return [
+            event("content_block_delta", {"index": self.index, "delta": delta}),
+            event("content_block_stop", {"index": self.index}),
+        ]
 
     def encode(self, e: Event) -> list[bytes]:
-        out = []
+        if isinstance(e, Reasoning):
+            return self._think(e)
+        out = self._end_thinking() if not isinstance(e, Text) or e.text else []
         if isinstance(e, Text):
             if e.text and not self.open_text:
                 self.index += 1

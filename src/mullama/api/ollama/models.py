@@ -16,6 +16,7 @@ from ...models.gguf import GGUFInfo, human_params
 from ...models.residency import ModelState, ServedModel
 from ...models.store import ModelStore
 from ..profiles import Profile, profile_of
+from ..thinking import probe
 from .schemas import OLLAMA_DEFAULTS
 from .service import iso_time
 
@@ -184,6 +185,10 @@ class OllamaModels:
         ref = entry.ref
         template = ref.template or info.chat_template or ""
         params = dict(ref.parameters)
+        profile = profile_of(self.models, target)
+        capabilities = ["completion", "embedding"]
+        if await probe(profile.chat_template) is not None:
+            capabilities.append("thinking")  # its template has a thinking format
         out = {
             "license": info.get("general.license", ""),
             "modelfile": f"FROM {entry.path if paths else entry.name}\n",
@@ -191,12 +196,12 @@ class OllamaModels:
             "template": template,
             "details": _details(info),
             "model_info": model_info,
-            "capabilities": ["completion", "embedding"],
+            "capabilities": capabilities,
             "modified_at": iso_time(entry.modified),
         }
         if ref.system:
             out["system"] = ref.system
-        out["request_defaults"] = request_defaults(profile_of(self.models, target))
+        out["request_defaults"] = request_defaults(profile)
         return out
 
 

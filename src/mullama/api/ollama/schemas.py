@@ -13,6 +13,7 @@ from ...errors import InvalidParameter
 from ...models.custom import ModelParameters
 from ..fields import Refusing
 from ..profiles import Profile, from_ollama
+from ..thinking import Think
 from ..tools import ToolChoice, ToolSpec
 
 _CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
@@ -66,13 +67,21 @@ KeepAlive = str | int | float | None
 
 class _Generation(BaseModel):
     """What /api/generate and /api/chat share about how to generate: ``format``,
-    ``options`` and (Ollama 0.12) ``logprobs`` / ``top_logprobs``."""
+    ``options``, (Ollama 0.12) ``logprobs`` / ``top_logprobs`` and ``think``."""
 
     format: Format = None
     options: Options | None = None
     logprobs: bool = False
     top_logprobs: limits.TopLogprobs | None = None
+    # The model's thinking: on or off, or on with an effort.
+    think: bool | Literal["low", "medium", "high"] | None = None
     fallback: bool = True  # extension: False keeps the request on its model (--fallback)
+
+    def thinking(self) -> Think:
+        """What ``think`` asks of the model's thinking (None: the model's default)."""
+        if isinstance(self.think, str):
+            return Think(True, self.think)
+        return Think(self.think)
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> Any:
@@ -86,13 +95,9 @@ class _Generation(BaseModel):
         return p
 
 
-_THINK = "thinking mode is not implemented"
-
-
 class GenerateBody(_Strict, _Generation, Refusing):
     REFUSED = {
         "suffix": "insertion (suffix) is not implemented",
-        "think": _THINK,
         # Answers carry no context to send back; a conversation goes to /api/chat.
         "context": "continuing from an earlier answer's context is not implemented; "
         "send the conversation to /api/chat",
@@ -123,16 +128,15 @@ class OllamaToolCall(BaseModel):
 class Message(_Strict, Refusing):
     REFUSE_UNKNOWN = False
     WHERE = "messages[]."
-    REFUSED = {"thinking": _THINK}
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
+    thinking: str | None = None  # an assistant turn's thinking, sent back
     images: list[str] | None = None
     tool_calls: list[OllamaToolCall] | None = None
     tool_name: str | None = None  # which tool a tool message is the result of
 
 
 class ChatBody(_Strict, _Generation, Refusing):
-    REFUSED = {"think": _THINK}
     tools: list[ToolSpec] | None = Field(default=None, max_length=limits.MAX_TOOLS)
     tool_choice: ToolChoice | None = None  # extension: OpenAI's meaning
     model: str

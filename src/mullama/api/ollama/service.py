@@ -10,14 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...errors import ClientError, MullamaError
+from ...errors import ClientError, InvalidParameter, MullamaError
 from ...models.custom import go_to_jinja
 from ...wire.errors import ndjson_error
 from ...wire.framing import ndjson_line
+from .. import fields
 from ..callreader import CallDone
 from ..chat import Chat, start_chat
 from ..logprobs import chat_content
-from ..replies import Calls, Finished, Started, Text, whole
+from ..profiles import profile_of
+from ..replies import Calls, Finished, Reasoning, Started, Text, whole
+from ..thinking import probe
 from ..tools import ToolCallIn, history_message, ollama_call, ollama_calls
 from .schemas import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody
 
@@ -94,6 +97,7 @@ class OllamaService:
             body.tool_choice,
             output_format="format" if body.format else None,
             keep_alive=body.keep_alive,
+            think=body.thinking(),
         )
         return await self._run(chat, target, rid, "message", body.stream, started, load_ns)
 
@@ -107,17 +111,41 @@ class OllamaService:
         started: int,
         load_ns: int,
     ) -> dict | AsyncIterator[bytes]:
+        await self._check_think(chat, target)
         [generation] = await start_chat(self.models, chat, rid, target)  # errors before any byte
         timings = Timings(started, load_ns)
         if stream:
             return _stream(generation, chat.model, kind, timings)
         reply = await whole(generation)
         out = _final(chat.model, kind, reply.text, reply.end, timings)
+        if reply.reasoning:
+            _think(out, kind, reply.reasoning)
         if reply.calls:
             out["message"]["tool_calls"] = ollama_calls(reply.calls)
         if reply.end.logprobs:
             out["logprobs"] = chat_content(reply.end.logprobs)
         return out
+
+    async def _check_think(self, chat: Chat, target: Target) -> None:
+        """``think`` on (or an effort) for a model whose template has no thinking format is
+        refused, as Ollama does; for a remote model (whose upstream decides) or a raw
+        prompt, reported as not acted on."""
+        if not chat.think.on:
+            return
+        if chat.raw is not None:  # a prompt sent as it is: no template, no thinking read
+            fields.ignored("think")
+            return
+        template = chat.template or profile_of(self.models, target).chat_template
+        if await probe(template) is not None:
+            return
+        if target.remote is not None:
+            fields.ignored("think")
+            return
+        raise InvalidParameter(
+            f"'think' is not supported: model {chat.model!r} does not support thinking "
+            "(its chat template has no thinking format)",
+            param="think",
+        )
 
     # ---- embeddings --------------------------------------------------------------------
 
@@ -155,9 +183,12 @@ def _history(m: Any, index: int, native: bool) -> dict[str, Any]:
                     }
                 )
             )
-    return history_message(
+    out = history_message(
         m.role, m.content, calls, None, m.tool_name, index, need_id=False, native=native
     )
+    if m.thinking and m.role == "assistant":
+        out["reasoning_content"] = m.thinking  # the template keeps it or drops it
+    return out
 
 
 async def _stream(
@@ -165,13 +196,16 @@ async def _stream(
 ) -> AsyncIterator[bytes]:
     """With tools, the reply is read as it is written (api/callreader.py): text outside
     the calls goes out as it comes, and a call arrives whole, in one line, as Ollama
-    sends it."""
+    sends it. The model's thinking goes out as it comes, in lines of its own (their
+    content empty), as Ollama's does."""
     tools = started.plan.active
     calls, sent = Calls(), 0  # sent: the calls sent whole
     try:
         async with aclosing(started.events()) as events:
             async for e in events:
-                if isinstance(e, Text) and not tools:
+                if isinstance(e, Reasoning):
+                    yield ndjson_line(_think(_piece(model, kind, ""), kind, e.text))
+                elif isinstance(e, Text) and not tools:
                     if e.text or e.logprobs:
                         piece = _piece(model, kind, e.text)
                         if e.logprobs:
@@ -211,6 +245,7 @@ def _generate_chat(body: GenerateBody) -> Chat:
         turns,
         body.sampling_params,
         keep_alive=body.keep_alive,
+        think=body.thinking(),
         default_system=body.system is None,
         template=go_to_jinja(body.template) if body.template else None,
         raw=body.prompt if body.raw else None,
@@ -224,6 +259,13 @@ def _piece(model: str, kind: str, text: str) -> dict[str, Any]:
     else:
         out["response"] = text
     out["done"] = False
+    return out
+
+
+def _think(out: dict[str, Any], kind: str, thinking: str) -> dict[str, Any]:
+    """``out`` with the model's thinking: ``message.thinking`` on chat, ``thinking`` on
+    generate."""
+    (out["message"] if kind == "message" else out)["thinking"] = thinking
     return out
 
 
