@@ -20,7 +20,16 @@ from mullama.errors import InvalidParameter
 
 TEMPLATES = Path(__file__).parent / "templates"
 HI = [{"role": "user", "content": "hi"}]
-TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+# A tool as clients send it (gpt-oss's and Seed-OSS's templates read its description and
+# its parameters' properties).
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "f",
+        "description": "d",
+        "parameters": {"type": "object", "properties": {}},
+    },
+}
 # Out of steps, or on a busy machine out of time first: either way, over the budget (the
 # templates that exceed it here rendered to the end before it counted their loops).
 SPENT = "ran out of its budget: it (took more than|ran for more than)"

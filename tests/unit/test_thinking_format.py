@@ -44,7 +44,7 @@ FAMILIES = {
     "Qwen-Qwen3-0.6B": ("think", THINK, False, "enable_thinking", "reasoning_content"),
     "Qwen-QwQ-32B": ("think", THINK, True, "enable_thinking", None),
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": ("think", THINK, True, "enable_thinking", None),
-    "llama-cpp-deepseek-r1": ("think", THINK, True, None, None),
+    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": ("think", THINK, True, None, None),
     "deepseek-ai-DeepSeek-V3.1": ("think", THINK, True, "enable_thinking", None),
     "openai-gpt-oss-120b": ("harmony", HARMONY, False, "reasoning_effort", "thinking"),
     "mistralai-Ministral-3-14B-Reasoning-2512": (
@@ -104,7 +104,7 @@ def test_the_probe_runs_once_per_template_and_off_the_loop():
 
 
 QWEN3 = template_thinking(source("Qwen-Qwen3-0.6B"))
-R1 = template_thinking(source("llama-cpp-deepseek-r1"))
+R1 = template_thinking(source("deepseek-ai-DeepSeek-R1-Distill-Llama-8B"))
 GPT_OSS = template_thinking(source("openai-gpt-oss-120b"))
 SEED = template_thinking(source("ByteDance-Seed-OSS"))
 
