@@ -8,7 +8,16 @@ from __future__ import annotations
 import asyncio
 
 from mullama.api.callreader import CallArgs, CallDone, CallStart
-from mullama.api.replies import Finished, Started, Text, Usage, merged_events, whole, wholes
+from mullama.api.replies import (
+    Finished,
+    Reasoning,
+    Started,
+    Text,
+    Usage,
+    merged_events,
+    whole,
+    wholes,
+)
 from mullama.api.tools import ToolSpec, plan_tools
 from mullama.engine.protocol import Chunk
 
@@ -160,3 +169,34 @@ def test_choices_are_read_together():
         return texts
 
     assert asyncio.run(merged()) == {0: "first choice", 1: "second one"}
+
+
+def _thought(call_inside: bool = False) -> list[Chunk]:
+    """A reply that thinks (two chunks, the second writing a call inside the thinking),
+    then answers."""
+    inside = CALL if call_inside else "it is sunny"
+    return [
+        Chunk("", 4, 0, reasoning="Let me see: ", reasoning_tokens=4),
+        Chunk("", 9, 0, reasoning=inside, reasoning_tokens=9),
+        Chunk("Paris.", 12, 0, "stop", reasoning_tokens=9),
+    ]
+
+
+def test_thinking_comes_apart_before_the_text_and_is_counted():
+    started, _ = _started(_thought(), 10)
+    events = _events(started)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["Reasoning", "Reasoning", "Text", "Finished"]
+    assert "".join(e.text for e in events if isinstance(e, Reasoning)) == "Let me see: it is sunny"
+    assert events[-1].usage == Usage(10, 0, 12, 9)
+    reply = asyncio.run(whole(_started(_thought(), 10)[0]))
+    assert (reply.reasoning, reply.text) == ("Let me see: it is sunny", "Paris.")
+
+
+def test_a_call_written_inside_the_thinking_is_no_call():
+    for as_whole in (False, True):
+        started, _ = _started(_thought(call_inside=True), 10, tools=True)
+        events = _events(started, as_whole)
+        assert not any(isinstance(e, CallStart) for e in events)
+        assert events[-1].finish == "stop"
+        assert CALL in "".join(e.text for e in events if isinstance(e, Reasoning))
