@@ -2,8 +2,8 @@
 corpus, copied into tests/unit/templates/), the plan that makes a request's Think, the
 model's defaults and the flags into the engine's ThinkSyntax and the template's
 variables, earlier turns' reasoning given to the template as it reads it, a model's
-defaults from the flags, its custom parameters and --model-opt, and the chat path's
-engine requests carrying all of it."""
+defaults from the flags, its custom parameters and --model-opt, the chat path's engine
+requests carrying all of it, and a cached answer keeping its thinking."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ from mullama.api.thinking import (
 from mullama.api.tools import ToolPlan
 from mullama.config import load_settings
 from mullama.engine.chat_template import ChatTemplate
-from mullama.engine.protocol import SamplingParams, ThinkSyntax
+from mullama.engine.protocol import Chunk, SamplingParams, ThinkSyntax
 from mullama.errors import InvalidParameter
+from mullama.models.cache import decode, encode
 from mullama.models.custom import parse_definition
 from mullama.models.embedded import embedded_model_path
 from mullama.models.gguf import read_gguf
@@ -301,3 +302,12 @@ def test_a_json_schema_forces_the_block_open_and_reserved_kwargs_are_refused():
     assert req.params.thinking is not None and req.params.thinking.force_open
     with pytest.raises(InvalidParameter, match="messages"):
         engine_requests(_chat(template_vars={"messages": []}), "r", planned)
+
+
+def test_a_cached_answer_keeps_its_thinking():
+    chunks = [Chunk("", 3, reasoning="hmm"), Chunk("Paris", 4, finish_reason="stop")]
+    back = decode(encode(chunks))
+    assert [(c.reasoning, c.text, c.finish_reason) for c in back] == [
+        ("hmm", "", None), ("", "Paris", "stop"),
+    ]  # fmt: skip
+    assert decode(b'[["Paris", "stop", null, null]]')[0].reasoning == ""  # stored before

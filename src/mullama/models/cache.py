@@ -58,14 +58,17 @@ def cache_key(digest: str, request: GenerateRequest) -> str:
 
 
 def encode(chunks: list[Chunk]) -> bytes:
-    return orjson.dumps([[c.text, c.finish_reason, c.logprobs, c.stop] for c in chunks])
+    return orjson.dumps(
+        [[c.text, c.finish_reason, c.logprobs, c.stop, c.reasoning] for c in chunks]
+    )
 
 
 def decode(blob: bytes) -> list[Chunk]:
-    """The stored stream as chunks with zero token counts: a hit computes nothing."""
+    """The stored stream as chunks with zero token counts: a hit computes nothing. Its
+    thinking text comes back too (entries stored before it was kept have none)."""
     return [
-        Chunk(text, 0, 0, finish, logprobs, stop)
-        for text, finish, logprobs, stop in orjson.loads(blob)
+        Chunk(text, 0, 0, finish, logprobs, stop, reasoning=rest[0] if rest else "")
+        for text, finish, logprobs, stop, *rest in orjson.loads(blob)
     ]
 
 
