@@ -9,7 +9,7 @@ model:
 - ``REFUSED`` (field -> why): fields that would change the answer the client relies on
   and that Mullama cannot honour (``logit_bias``, ``n`` beyond the limit, ``background``).
   Always a 400 in the API's own shape, naming the field and why.
-- ``HINTS`` (field -> why): hints Mullama does not act on (reasoning effort, context
+- ``HINTS`` (field -> why): hints Mullama does not act on (verbosity, context
   management, predicted output): the answer is the one the client asked for, only not
   tuned as hinted. Accepted and reported; refused (with why) under ``--strict-fields``.
 - ``IGNORED``: fields that change nothing for a local server (``user``, ``metadata``,
