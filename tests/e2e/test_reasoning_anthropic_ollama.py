@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anthropic
+import httpx
 import ollama
 import pytest
 
@@ -190,3 +191,15 @@ def test_ollama_think_on_a_model_without_a_format_is_refused(client):
 def test_show_lists_thinking_for_a_thinking_template_only(client):
     assert "thinking" in client.show(QWEN3).capabilities
     assert "thinking" not in client.show(MODEL).capabilities
+
+
+# ---- llama-server's /completion -------------------------------------------------------
+
+
+def test_llama_servers_completion_stays_raw_text(daemon):
+    # A prompt completion, as llama-server's: no chat template, so no thinking read out of
+    # it, even after a prompt that opens the block (split, all of it would be thinking).
+    prompt = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    body = {"model": QWEN3, "prompt": prompt, "n_predict": 8, "temperature": 0}
+    reply = httpx.post(daemon.url + "/completion", json=body, timeout=60).json()
+    assert reply["content"] and "reasoning_content" not in reply
