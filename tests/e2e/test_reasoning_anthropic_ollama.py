@@ -134,6 +134,18 @@ def test_thinking_on_a_model_without_a_format_is_reported(claude):
     assert raw.parse().content[0].type == "thinking" and HEADER not in raw.headers
 
 
+def test_adaptive_thinking_and_an_effort_are_acted_on_not_reported(claude):
+    raw = claude.messages.with_raw_response.create(
+        model=QWEN3, max_tokens=8, messages=ASK, thinking={"type": "adaptive"},
+        output_config={"effort": "max"},
+    )  # fmt: skip
+    assert raw.parse().content and HEADER not in raw.headers
+    unknown = claude.messages.with_raw_response.create(
+        model=QWEN3, max_tokens=8, messages=ASK, output_config={"effort": "extreme"}
+    )
+    assert unknown.headers[HEADER] == "output_config.effort"
+
+
 # ---- Ollama ---------------------------------------------------------------------------
 
 OPTIONS = {"temperature": 0, "num_predict": 40}
@@ -156,6 +168,12 @@ def test_ollama_gives_the_thinking_whole_and_streamed(client, api):
     assert "".join(t for t, _ in pieces) == thinking
     assert "".join(c for _, c in pieces) == text
     assert all(c == "" for t, c in pieces if t)  # a line with thinking has no content
+
+
+def test_ollama_think_takes_an_effort(client):
+    # "high" asks no budget of its own: the model's default one closes the block.
+    reply = client.chat(BUDGETED, messages=ASK, think="high", options=OPTIONS)
+    assert reply.message.thinking and reply.message.content
 
 
 def test_ollama_think_false_gives_no_thinking(client):
