@@ -287,3 +287,10 @@ def test_a_reply_that_ends_inside_its_thinking_is_closed_and_answers():
     assert ("".join(o.reasoning for o in out), "".join(o.text for o in out)) == ("hm", "k")
     assert "".join(chr(t) for t in s.tokens[1:]) == "<think>\nhm\n</think>\n\nk"
     assert out[-1].finish == "stop"
+
+
+def test_extra_variables_never_take_a_template_function():
+    from mullama.engine.chat_template import ChatTemplate
+
+    template = ChatTemplate("{% set ns = namespace(x=1) %}{{ ns.x }}{{ enable_thinking }}")
+    assert template.render([], True, None, {"namespace": 1, "enable_thinking": True}) == "1True"

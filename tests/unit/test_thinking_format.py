@@ -191,7 +191,8 @@ def test_chat_template_kwargs_go_to_the_template_and_their_switch_is_the_request
 
 
 @pytest.mark.parametrize("kwargs", [{"messages": []}, {"add_generation_prompt": False},
-                                    {"tools": None}, {"bos_token": ""}, ["enable_thinking"]])  # fmt: skip
+                                    {"tools": None}, {"bos_token": ""}, ["enable_thinking"],
+                                    {"namespace": 1}, {"raise_exception": 0}])  # fmt: skip
 def test_reserved_names_and_non_objects_are_refused_naming_the_field(kwargs):
     with pytest.raises(InvalidParameter) as err:
         plan_thinking(QWEN3, Think(), kwargs=kwargs)

@@ -138,17 +138,25 @@ class Started:
             finish = reader.finish(reason)
             call_text = reader.text[reader.mark :] if reader.calls else ""
         elif whole:
-            if any(thought):
-                yield Reasoning("".join(thought), usage.completion)
-            reply = plan.read("".join(parts), reason)
-            yield Text(reply.content, entries, usage.completion, True)
-            for k, call in enumerate(reply.calls):
-                fn = call["function"]
-                yield CallStart(k, call["id"], fn["name"])
-                yield CallArgs(k, fn["arguments"])
-                yield CallDone(k)
-            finish = reply.finish(reason)
+            read, finish = _read_whole(plan, "".join(thought), "".join(parts), entries, usage,
+                                       reason)  # fmt: skip
+            for e in read:
+                yield e
         yield Finished(reason, finish, stop, usage, entries, first, call_text)
+
+
+def _read_whole(
+    plan: ToolPlan, thought: str, text: str, entries: list[Any], usage: Usage, reason: str | None
+) -> tuple[list[Event], str | None]:
+    """A whole reply's events before ``Finished`` (its thinking, its text, its calls read
+    from the text) and how it ended."""
+    out: list[Event] = [Reasoning(thought, usage.completion)] if thought else []
+    reply = plan.read(text, reason)
+    out.append(Text(reply.content, entries, usage.completion, True))
+    for k, call in enumerate(reply.calls):
+        fn = call["function"]
+        out += [CallStart(k, call["id"], fn["name"]), CallArgs(k, fn["arguments"]), CallDone(k)]
+    return out, reply.finish(reason)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.chat_template import ChatTemplate, TemplateLimit
+from ..engine.chat_template import OWN_NAMES, ChatTemplate, TemplateLimit
 from ..engine.protocol import ThinkSyntax
 from ..errors import InvalidParameter
 
@@ -50,8 +50,9 @@ _SWITCHES = (
 # (Mistral's).
 THINKING_BLOCK = "content:thinking"
 _HISTORY_KEYS = ("reasoning_content", "thinking", THINKING_BLOCK)
-# Variables the chat's own request fills; a request's chat_template_kwargs may not.
-RESERVED = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"})
+# Variables the chat's own request fills and the functions templates call; a request's
+# chat_template_kwargs may not set them.
+RESERVED = OWN_NAMES
 # reasoning_effort -> thinking tokens, for a template that does not read the effort.
 EFFORT_BUDGET: dict[str, int | None] = {
     "minimal": 256, "low": 1024, "medium": 4096, "high": None, "xhigh": None,
@@ -76,6 +77,9 @@ class Think:
     on: bool | None = None
     effort: str | None = None
     budget: int | None = None
+    # The request field that asked, reported as ignored for a model whose template has no
+    # thinking format ("": the dialect reports it itself, or nothing was asked).
+    asked_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -266,7 +270,7 @@ def template_variables(kwargs: Any) -> dict[str, Any]:
     if taken:
         raise InvalidParameter(
             f"chat_template_kwargs may not set {', '.join(taken)}: the request's own fields "
-            "fill them",
+            "and the template's functions have these names",
             param="chat_template_kwargs",
         )
     return dict(kwargs)

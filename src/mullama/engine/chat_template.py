@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from jinja2 import TemplateError
+from jinja2.defaults import DEFAULT_NAMESPACE
 
 from .template_budget import (
     CHARS_PER_STEP,
@@ -42,6 +43,13 @@ __all__ = [
 ]  # fmt: skip
 
 # Used when a GGUF carries no template: ChatML, the most common format.
+# The names a render fills itself, and the functions every template may call: a request's
+# extra variables (chat_template_kwargs) never take them.
+OWN_NAMES = frozenset(
+    {"messages", "add_generation_prompt", "bos_token", "eos_token", "tools",
+     "raise_exception", "strftime_now", *DEFAULT_NAMESPACE}
+)  # fmt: skip
+
 CHATML = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -135,8 +143,8 @@ class ChatTemplate:
             "eos_token": self.eos_token,
             "tools": tools,
         }
-        if variables:
-            names = {**variables, **names}  # the render's own names win
+        if variables:  # never over the render's own names or the template's functions
+            names = {**{k: v for k, v in variables.items() if k not in OWN_NAMES}, **names}
         env = self._env
         env.begin()
         try:
