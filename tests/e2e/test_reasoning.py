@@ -118,6 +118,14 @@ def test_a_model_whose_template_has_no_thinking_format_answers_as_before(daemon)
     assert asked.status_code == 200
     assert asked.json()["choices"][0]["message"]["content"] == plain["content"]
     assert "reasoning_content" not in plain
+    # Not acted on: reported as ignored, as any hint is.
+    assert "reasoning_effort" in asked.headers["Mullama-Ignored-Fields"]
+    body = {"model": MODEL, "input": "Hi", "max_output_tokens": 8, "reasoning": {"effort": "low"}}
+    r = httpx.post(daemon.url + "/v1/responses", json=body, timeout=120)
+    assert r.status_code == 200 and "reasoning.effort" in r.headers["Mullama-Ignored-Fields"]
+    assert not [item for item in r.json()["output"] if item["type"] == "reasoning"]
+    r = _chat(daemon, "smol-qwen3", reasoning_effort="low")
+    assert "reasoning_effort" not in r.headers.get("Mullama-Ignored-Fields", "")
 
 
 def test_a_json_schema_holds_the_answer_not_the_thinking(daemon):
@@ -157,3 +165,16 @@ def test_reasoning_format_none_gives_the_raw_text_as_the_answer(daemon):
     assert "completion_tokens_details" not in raw["usage"]
     # DeepSeek-R1's prompt opens the block: the raw answer is the thinking, unseparated.
     assert message["content"].strip().startswith(separated["reasoning_content"].strip())
+
+
+def test_tokenize_counts_what_the_switch_renders(daemon):
+    off = {"chat_template_kwargs": {"enable_thinking": False}}
+    asked = _chat(daemon, "smol-qwen3", **off, max_tokens=1).json()["usage"]["prompt_tokens"]
+    body = {"model": "smol-qwen3", "messages": ASK, "return_token_strs": True, **off}
+    r = httpx.post(daemon.url + "/tokenize", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["count"] == asked
+    assert "</think>" in "".join(r.json()["token_strs"])  # Qwen3's empty block: thinking off
+    bad = {**body, "chat_template_kwargs": {"messages": []}}
+    r = httpx.post(daemon.url + "/tokenize", json=bad, timeout=30)
+    assert r.status_code == 400 and "chat_template_kwargs" in r.text

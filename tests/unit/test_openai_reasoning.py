@@ -89,15 +89,15 @@ def _sse(stream: AsyncIterator[bytes]) -> list[dict]:
 @pytest.mark.parametrize("effort", ["minimal", "low", "medium", "high", "xhigh"])
 def test_reasoning_effort_is_acted_on_not_reported(ctx, effort):
     req = validate(ChatCompletionRequest, {**CHAT, "reasoning_effort": effort})
-    assert openai_chat(req).think == Think(effort=effort)
+    assert openai_chat(req).think == Think(effort=effort, asked_by="reasoning_effort")
     assert not ctx.ignored
 
 
 def test_reasoning_effort_none_turns_thinking_off_and_max_is_the_most():
     req = validate(ChatCompletionRequest, {**CHAT, "reasoning_effort": "none"})
-    assert openai_chat(req).think == Think(on=False)
+    assert openai_chat(req).think == Think(on=False, asked_by="reasoning_effort")
     req = validate(ChatCompletionRequest, {**CHAT, "reasoning_effort": "max"})
-    assert openai_chat(req).think == Think(effort="xhigh")
+    assert openai_chat(req).think == Think(effort="xhigh", asked_by="reasoning_effort")
     assert openai_chat(validate(ChatCompletionRequest, CHAT)).think == Think()
 
 
@@ -178,7 +178,9 @@ RESP = {"model": "m", "input": "hi"}
 def test_responses_reasoning_effort_is_chat_s_and_the_response_echoes_it(ctx):
     body = validate(ResponsesRequest, {**RESP, "reasoning": {"effort": "low", "summary": "auto"}})
     chat = body.to_chat(input_messages(body.input))
-    assert chat.reasoning_effort == "low" and openai_chat(chat).think == Think(effort="low")
+    assert chat.reasoning_effort == "low" and openai_chat(chat).think == Think(
+        effort="low", asked_by="reasoning_effort"
+    )
     assert _base(body)["reasoning"] == {"effort": "low", "summary": "auto"}
     assert list(ctx.ignored) == ["reasoning.summary"]  # no summary is written
     plain = validate(ResponsesRequest, RESP)

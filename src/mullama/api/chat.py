@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..engine.protocol import Chunk, ChunkStream, GenerateRequest, SamplingParams, TokenizeRequest
+from . import fields
 from .openai.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 from .profiles import Profile, profile_of
 from .replies import Started
@@ -114,6 +115,8 @@ async def plan(models: ModelManager, chat: Chat, target: str | Target) -> Planne
     thinking = None if chat.raw is not None else await probe_thinking(
         chat.template or profile.chat_template
     )  # fmt: skip
+    if thinking is None and chat.think.asked_by:  # no thinking to act on
+        fields.ignored(chat.think.asked_by)
     return Planned(tools, profile, thinking)
 
 

@@ -35,7 +35,6 @@ class TokenizeBody(Refusing):
     # vLLM's fields that would count another rendering than the model's own.
     REFUSED: ClassVar[Mapping[str, str]] = {
         "chat_template": "the model's own (or its custom model's) template renders messages",
-        "chat_template_kwargs": "the model's template is rendered with its own variables",
     }
 
     model: str | None = None
@@ -45,6 +44,8 @@ class TokenizeBody(Refusing):
     add_generation_prompt: bool = True
     return_token_strs: bool = False
     tools: list[ToolSpec] | None = None  # as a chat request with these tools renders them
+    # As a chat request with these renders them (its thinking switch among them).
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _one_input(self) -> TokenizeBody:
@@ -82,7 +83,8 @@ async def _tokenize(request: Request) -> Response:
     name = _name(models, body.model)
     target = models.route(name)  # the name resolved once for the request
     if body.messages is not None:
-        chat = Chat(name, openai_turns(name, body.messages), tools=body.tools)
+        chat = Chat(name, openai_turns(name, body.messages), tools=body.tools,
+                    template_vars=body.chat_template_kwargs)  # fmt: skip
         req = await tokenize_request(models, chat, target)
         req.add_generation_prompt = body.add_generation_prompt
         req.with_pieces = body.return_token_strs

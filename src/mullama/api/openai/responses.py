@@ -332,9 +332,10 @@ class ResponsesService:
         # What a follow-up continues from: all but the instructions.
         conversation = history + input_messages(body.input)
         tools = ResponseTools.of(body.tools, body.input)
-        [started] = await start_chat(
-            self.models, openai_chat(body.to_chat(conversation, tools)), rid
-        )
+        chat = openai_chat(body.to_chat(conversation, tools))
+        if chat.think.asked_by:  # the effort came as Responses' own field
+            chat.think.asked_by = "reasoning.effort"
+        [started] = await start_chat(self.models, chat, rid)
         out = _ResponseOut(self.store if body.store else None, body, conversation, tools)
         if body.stream:
             return out.stream(started)

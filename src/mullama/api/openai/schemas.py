@@ -209,9 +209,11 @@ class ChatCompletionRequest(_Sampling):
         """What the request asks of the model's thinking: ``reasoning_effort`` "none" turns
         it off, another effort is passed on (the template's switch or a budget; "max", the
         SDK's newest, as "xhigh": the most there is here)."""
-        if self.reasoning_effort == "none":
-            return Think(on=False)
-        return Think(effort="xhigh" if self.reasoning_effort == "max" else self.reasoning_effort)
+        effort = self.reasoning_effort
+        asked_by = "reasoning_effort" if effort is not None else ""
+        if effort == "none":
+            return Think(on=False, asked_by=asked_by)
+        return Think(effort="xhigh" if effort == "max" else effort, asked_by=asked_by)
 
 
 class CompletionRequest(_Sampling):
