@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| reasoning format | tok/s |\n| --- | --- |")
     for name in names:
         print(f"| {name} | {best[name]:.1f} |")
-    print(f"\nseparated / raw: {sep / raw:.3f} ({(1 - sep / raw) * 100:+.1f}% cost)")
+    print(f"\nseparated / raw: {sep / raw:.3f}")
     return 0
 
 
