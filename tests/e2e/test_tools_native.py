@@ -161,13 +161,13 @@ def test_ollama_chat_gets_the_templates_calls_with_object_arguments(daemon):
         "stream": False,
         "options": {"temperature": 0, "num_predict": 120},
     }
-    resp = httpx.post(daemon.url + "/api/chat", json=body).json()
+    resp = httpx.post(daemon.url + "/api/chat", json=body, timeout=120).json()
     (call,) = resp["message"]["tool_calls"]
     assert call["function"]["name"] == "get_weather" and resp["message"]["content"] == ""
     jsonschema.validate(call["function"]["arguments"], WEATHER["function"]["parameters"])
     lines = [
         json.loads(line)
-        for line in httpx.post(daemon.url + "/api/chat", json={**body, "stream": True})
+        for line in httpx.post(daemon.url + "/api/chat", json={**body, "stream": True}, timeout=120)
         .text.strip()
         .splitlines()
     ]
