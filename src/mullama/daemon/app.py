@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 
 from .. import __version__
-from ..api import control, health, llamaserver, monitoring, tokenizer, ui
+from ..api import control, health, llamaserver, monitoring, rerank, tokenizer, ui
 from ..api.anthropic import routes as anthropic_routes
 from ..api.anthropic.service import AnthropicService
 from ..api.ollama import routes as ollama_routes
@@ -130,7 +130,8 @@ def _add_services(
 def _mount_routes(app: FastAPI, settings: Settings) -> None:
     """Every API's router (the UI's when --ui), and /openapi.json made from them."""
     routers = [health.router, monitoring.router, openai_routes.router, anthropic_routes.router,
-               ollama_routes.router, control.router, tokenizer.router, llamaserver.router]  # fmt: skip
+               ollama_routes.router, control.router, tokenizer.router, llamaserver.router,
+               rerank.router]  # fmt: skip
     if settings.ui:
         routers.append(ui.router)
     for router in routers:

@@ -1,0 +1,114 @@
+"""api/rerank.py without a model: the request shapes (Cohere/Jina rerank, vLLM score),
+their 400s naming the field, and the yes/no score read from a first token's entry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mullama.api.body import validate
+from mullama.api.rerank import (
+    MAX_PAIRS,
+    RerankRequest,
+    ScoreRequest,
+    judge_chat,
+    yes_probability,
+)
+from mullama.engine.protocol import SamplingParams
+from mullama.errors import InvalidParameter
+
+
+def _lp(p: float) -> float:
+    return math.log(p)
+
+
+def test_yes_against_no_summed_over_their_spellings():
+    top = [[" Yes", _lp(0.4)], ["no", _lp(0.2)], ["yes", _lp(0.2)], ["maybe", _lp(0.1)],
+           [" No", _lp(0.05)]]  # fmt: skip
+    assert yes_probability([["Yes", _lp(0.4), top]]) == pytest.approx(0.6 / 0.85)
+
+
+def test_a_side_missing_from_the_top_counts_as_the_least_of_them():
+    top = [["yes", _lp(0.5)], ["the", _lp(0.3)], ["a", _lp(0.01)]]
+    assert yes_probability([["yes", _lp(0.5), top]]) == pytest.approx(0.5 / 0.51)
+    neither = [["the", _lp(0.5)], ["a", _lp(0.2)]]
+    assert yes_probability([["the", _lp(0.5), neither]]) == pytest.approx(0.5)
+
+
+def test_no_entry_scores_zero():
+    assert yes_probability([]) == 0.0
+
+
+def test_bytes_tokens_are_read_as_text():
+    top = [[list(b" yes"), _lp(0.75)], [list(b"No"), _lp(0.25)]]
+    assert yes_probability([[list(b" yes"), _lp(0.75), top]]) == pytest.approx(0.75)
+
+
+def test_documents_as_strings_or_text_objects():
+    req = validate(RerankRequest, {"query": "q", "documents": ["a", {"text": "b"}], "top_n": 1})
+    assert req.texts() == ["a", "b"] and req.top_n == 1 and req.model is None
+    assert req.return_documents is False
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"documents": ["a"]}, "query"),
+        ({"query": "", "documents": ["a"]}, "query"),
+        ({"query": "q"}, "documents"),
+        ({"query": "q", "documents": []}, "documents"),
+        ({"query": "q", "documents": [1]}, "documents[0]"),
+        ({"query": "q", "documents": [{"title": "t"}]}, "documents[0].text"),
+        ({"query": "q", "documents": ["a"], "top_n": 0}, "top_n"),
+        ({"query": "q", "documents": ["a"], "top_n": "2"}, "top_n"),
+        ({"query": "q", "documents": ["a"], "return_documents": "yes"}, "return_documents"),
+        ({"query": "q", "documents": ["a"] * (MAX_PAIRS + 1)}, "documents"),
+    ],
+)
+def test_bad_rerank_requests_name_the_field(body, param):
+    with pytest.raises(InvalidParameter) as info:
+        validate(RerankRequest, body)
+    assert info.value.param == param and info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("text_1", "text_2", "pairs"),
+    [
+        ("q", "d", [("q", "d")]),
+        ("q", ["a", "b"], [("q", "a"), ("q", "b")]),
+        (["q"], ["a", "b"], [("q", "a"), ("q", "b")]),
+        (["q", "r"], ["a", "b"], [("q", "a"), ("r", "b")]),
+    ],
+)
+def test_score_pairs_as_vllm_makes_them(text_1, text_2, pairs):
+    assert validate(ScoreRequest, {"text_1": text_1, "text_2": text_2}).pairs() == pairs
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"text_1": ["q", "r"], "text_2": ["a"]}, "text_2"),
+        ({"text_1": ["q", "r"], "text_2": "a"}, "text_2"),
+        ({"text_1": [], "text_2": "a"}, "text_1"),
+        ({"text_1": "q"}, "text_2"),
+        ({"text_1": 3, "text_2": "a"}, "text_1"),
+    ],
+)
+def test_bad_score_requests_name_the_field(body, param):
+    with pytest.raises(InvalidParameter) as info:
+        validate(ScoreRequest, body)
+    assert info.value.param == param
+
+
+def test_the_judge_asks_one_greedy_token_with_its_alternatives():
+    chat = judge_chat("m", "capital of {France}", "Paris {query}")
+    [turn] = chat.turns(False)
+    assert turn["role"] == "user"
+    assert "Query: capital of {France}" in turn["content"]
+    assert "Document: Paris {query}" in turn["content"]
+    params = chat.sampling(None)
+    assert isinstance(params, SamplingParams)
+    assert params.max_tokens == 1 and params.temperature == 0.0 and params.ignore_eos
+    assert params.logprobs == 20
+    assert chat.think.on is False and chat.default_system is False
