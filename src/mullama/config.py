@@ -69,7 +69,7 @@ class Settings(SecuritySettings, ModelSettings, ServerSettings, BaseSettings):
 
     @field_validator(
         "model", "model_opt", "model_alias", "fallback", "cors_origins", "allowed_hosts",
-        "remote_opt",
+        "remote_opt", "lora",
         mode="before",
     )  # fmt: skip
     @classmethod

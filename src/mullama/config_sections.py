@@ -121,7 +121,15 @@ class ModelSettings(BaseModel):
         "batch_size, gpu_layers, keep_alive, pinned, max_tokens; and request defaults, under "
         "a request's own values: temperature, top_k, top_p, min_p, repeat_penalty, "
         "repeat_last_n, seed, think (true/false: a reasoning model thinks or not), "
-        "reasoning_budget, reasoning_format). Repeatable; comma-separated in the environment.",
+        "reasoning_budget, reasoning_format; lora=PATH[:scale], repeatable, as --lora). "
+        "Repeatable; comma-separated in the environment.",
+    )
+    lora: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="A LoRA adapter GGUF applied to the default model, PATH[:scale] (scale "
+        "1 when left out; 0 leaves the base model's output). Repeatable; comma-separated "
+        "in the environment. A model with adapters shares no saved sessions or cached "
+        "answers with its base.",
     )
     remote: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

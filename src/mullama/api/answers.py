@@ -188,12 +188,20 @@ class EmbeddingList(BaseModel):
     usage: EmbeddingUsage
 
 
+class AdapterCard(BaseModel):
+    """A LoRA adapter a model is served with (--lora): its file's name and scale."""
+
+    name: str
+    scale: float
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"]
     created: int
     owned_by: str
     remote: bool | None = None  # served by a remote engine (--remote)
+    adapters: list[AdapterCard] | None = None  # a local model's LoRA adapters (--lora)
 
 
 class ModelList(BaseModel):
@@ -376,6 +384,7 @@ class RunningModel(BaseModel):
     queued_sequences: int
     details: ModelDetails
     digest: str | None = None  # /api/ps
+    adapters: list[AdapterCard] | None = None  # LoRA adapters (--lora)
     path: str | None = None  # /api/models
     remote_model: str | None = None  # a remote engine's (--remote), with its replicas
     replicas: list[Json] | None = None

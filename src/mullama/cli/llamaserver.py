@@ -13,8 +13,11 @@ the sampling defaults (``--temp``, ``--top-k``, ``--top-p``, ``--min-p``,
 defaults (``--model-opt NAME:temperature=...``), under a request's own values as in
 llama-server. ``--reasoning-format`` (none, deepseek, auto) and ``--reasoning-budget`` are
 Mullama's flags of the same meaning; ``--chat-template-kwargs`` with ``enable_thinking`` or
-``thinking`` is the ``-m`` models' thinking default (``--model-opt NAME:think=...``). Flags for what Mullama always does are accepted and change nothing. A
-llama-server flag with no counterpart is an error that says what to do instead.
+``thinking`` is the ``-m`` models' thinking default (``--model-opt NAME:think=...``).
+``--lora FNAME[,...]`` and ``--lora-scaled FNAME:SCALE[,...]`` (older llama-servers':
+``FNAME SCALE``) are Mullama's ``--lora PATH[:scale]``: adapters of the ``-m`` model. Flags
+for what Mullama always does are accepted and change nothing. A llama-server flag with no
+counterpart is an error that says what to do instead.
 """
 
 from __future__ import annotations
@@ -65,7 +68,12 @@ INSTEAD = {
     "-to": "use --request-timeout",
     "--timeout": "use --request-timeout",
     "--threads-http": "the HTTP server is asynchronous; there is no thread pool to size",
+    "--lora-init-without-apply": "adapters are applied from the start (--lora PATH:0 for "
+    "a scale of 0); changing them at run time is not served yet",
 }
+# LoRA adapters: --lora FNAME[,FNAME...] (scale 1) and --lora-scaled FNAME:SCALE[,...]
+# (older llama-servers: --lora-scaled FNAME SCALE) become Mullama's --lora PATH[:scale].
+LORA = {"--lora", "--lora-scaled"}
 # llama-server switch -> Mullama switch.
 SWITCHES = {"-kvu": "--kv-unified"}
 # The most tokens an answer may generate (-1: no limit, -2: until the context is full).
@@ -126,6 +134,8 @@ class _Translation:
         if flag in SWITCHES:
             self.out.append(SWITCHES[flag])
             return i + 1
+        if flag in LORA:
+            return self._lora(argv, i, flag, inline if eq else None)
         if flag not in _VALUE_FLAGS:
             self.out.append(arg)
             return i + 1
@@ -146,6 +156,24 @@ class _Translation:
             raise ClientError(f"{flag} takes on, off or auto (alone: on), not {value!r}")
         self.out += ["--flash-attn", value]
         return i + 2 if has_value else i + 1
+
+    def _lora(self, argv: list[str], i: int, flag: str, inline: str | None) -> int:
+        """--lora and --lora-scaled, each adapter one Mullama --lora PATH[:scale]."""
+        if inline is None and i + 1 >= len(argv):
+            raise ClientError(f"{flag} needs a value")
+        value, nxt = (inline, i + 1) if inline is not None else (argv[i + 1], i + 2)
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        if flag == "--lora-scaled" and len(items) == 1 and ":" not in items[0]:
+            scale = argv[nxt] if inline is None and nxt < len(argv) else ""
+            if not _is_number(scale):
+                raise ClientError("--lora-scaled takes FNAME:SCALE[,FNAME:SCALE...]")
+            items, nxt = [f"{items[0]}:{scale}"], nxt + 1  # the older FNAME SCALE
+        for item in items:
+            _, sep, scale = item.rpartition(":")
+            if flag == "--lora-scaled" and not (sep and _is_number(scale)):
+                raise ClientError(f"--lora-scaled {item!r}: expected FNAME:SCALE")
+            self.out += ["--lora", item]
+        return nxt
 
     def _take(self, flag: str, value: str) -> None:
         """A flag that takes a value, with its value."""
@@ -263,6 +291,14 @@ def _think_kwarg(value: str) -> str:
             "each request's chat_template_kwargs"
         )
     return "true" if switch.pop() else "false"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _int(flag: str, value: str) -> int:

@@ -101,7 +101,9 @@ class ModelInfo:
 class Model:
     """A loaded ``llama_model`` and its vocabulary."""
 
-    def __init__(self, path: str, gpu_layers: int = 0) -> None:
+    def __init__(
+        self, path: str, gpu_layers: int = 0, lora: list[tuple[str, float]] | None = None
+    ) -> None:
         params = lc.llama_model_default_params()
         params.n_gpu_layers = gpu_layers
         self.path = path
@@ -114,6 +116,15 @@ class Model:
         # every generated token, and masked for ignore_eos.
         n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self.eog = frozenset(t for t in range(n_vocab) if lc.llama_vocab_is_eog(self.vocab, t))
+        # LoRA adapters (path, scale), loaded once: every context made from this model
+        # applies them (llama.cpp sets adapters per context, never per sequence).
+        self.adapters = [(self._load_lora(p), scale) for p, scale in lora or ()]
+
+    def _load_lora(self, path: str) -> Any:
+        adapter = lc.llama_adapter_lora_init(self.ptr, path.encode())
+        if not adapter:
+            raise EngineError(f"llama.cpp could not load LoRA adapter {path} for this model")
+        return adapter
 
     def close(self) -> None:
         if self.ptr:
@@ -349,6 +360,15 @@ class Context:
         self.n_ubatch = lc.llama_n_ubatch(self.ptr)
         self.n_vocab = lc.llama_vocab_n_tokens(model.vocab)
         self.threads = cfg.n_threads
+        if model.adapters:
+            self._set_adapters(model.adapters)
+
+    def _set_adapters(self, adapters: list[tuple[Any, float]]) -> None:
+        n = len(adapters)
+        handles = (lc.llama_adapter_lora_p_ctypes * n)(*(a for a, _ in adapters))
+        scales = (ctypes.c_float * n)(*(s for _, s in adapters))
+        if lc.llama_set_adapters_lora(self.ptr, handles, n, scales) != 0:
+            raise EngineError("llama.cpp could not set the LoRA adapters on a context")
 
     def set_threads(self, n: int) -> None:
         """Threads for the next decodes (generation and prompt alike); takes effect at

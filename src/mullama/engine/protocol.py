@@ -87,6 +87,8 @@ class WorkerSpec:
     model_id: str = ""  # the model file's identity (digest), saved sessions must match it
     max_tokens: int = 0  # the most tokens one answer may generate (--max-tokens); 0: no cap
     strict_fields: bool = False  # a max_tokens beyond the context is refused, not clamped
+    # LoRA adapters (path, scale) applied to every context of this model (--lora).
+    lora: list[tuple[str, float]] = field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -109,7 +109,7 @@ class Worker:
     def __init__(self, spec: WorkerSpec, chan: Channel) -> None:
         self.spec = spec
         self.chan = chan
-        self.model = Model(spec.path, gpu_layers=spec.gpu_layers)
+        self.model = Model(spec.path, gpu_layers=spec.gpu_layers, lora=spec.lora)
         self.info = self.model.info()
         # The daemon resolves the thread count from the CPU budget (engine/cpu.py); it is
         # this worker's share when it decodes alone.

@@ -39,6 +39,9 @@ from ..engine.protocol import (
     WorkerSpec,
 )
 from ..errors import ClientError, EngineCrashed, ModelNotFound, ModelNotLoaded, MullamaError
+from .adapters import Adapter, parse_adapters
+from .adapters import identity as adapters_identity
+from .adapters import wire as adapters_wire
 from .breaker import CircuitBreaker
 from .budget import parse_budget, parse_keep_alive
 from .cache import CachedEngine, ResponseCache, cache_key, deterministic
@@ -91,15 +94,20 @@ class ModelManager:
         self.router = Router(
             self.aliases, self.fallbacks, self.remotes, self._served, settings.cache_dir
         )
-        for spec in settings.model or ([] if self.remotes else [EMBEDDED_NAME]):
-            self._add_given(spec)
+        given = settings.model or ([] if self.remotes else [EMBEDDED_NAME])
+        if settings.lora and not given:
+            raise ClientError("--lora applies to the default local model: give one (--model)")
+        for i, spec in enumerate(given):  # --lora: the default model's adapters
+            self._add_given(spec, parse_adapters(settings.lora) if i == 0 else ())
         self._check_fallbacks()
 
-    def _add_given(self, spec: str) -> None:
+    def _add_given(self, spec: str, lora: tuple[Adapter, ...] = ()) -> None:
         """Serve a --model (pinned unless its --model-opt says otherwise)."""
         ref = resolve(spec, cache_dir=self.settings.cache_dir)
         if ref.name in self._served or ref.name in self.remotes:
             raise ClientError(f"model name {ref.name!r} is given twice")
+        if lora:
+            self.per_model[ref.name] = self.per_model.get(ref.name, ModelOptions()).with_lora(lora)
         served = self._add(ModelEntry(ref), pinned=True)
         # The GGUF check first, as llama-server does: a file that fails it stops the
         # start (systemd and Kubernetes see it at once) instead of serving nothing.
@@ -188,9 +196,10 @@ class ModelManager:
                 sessions_dir=str(sessions_dir(s.cache_dir, ref.name)),
                 session_disk=self.session_disk,
                 session_interval=s.session_save_interval,
-                model_id=model_identity(ref),
+                model_id=adapters_identity(model_identity(ref), opts.lora or ()),
                 max_tokens=opts.max_tokens or 0,
                 strict_fields=s.strict_fields,
+                lora=adapters_wire(opts.lora or ()),
             )
         )
         if self._observer is not None:
@@ -335,6 +344,9 @@ class ModelManager:
             return cache_key(target.remote.digest, request)
         assert target.entry is not None
         digest = await asyncio.to_thread(target.entry.current_digest)
+        # A model with adapters is another model: never the base's cached answers.
+        lora = self.options(target).lora or ()
+        digest = await asyncio.to_thread(adapters_identity, digest, lora)
         await self.cache.track(target.name, digest)  # a replaced file's entries go
         return cache_key(digest, request)
 

@@ -18,6 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from ..config import Settings
 from ..engine import knobs
 from ..errors import ClientError
+from .adapters import Adapter, parse_adapter
 
 # Filled from the global settings when a model does not set them (keep_alive and pinned
 # have their own defaults: the daemon's keep-alive, pinned when given with --model).
@@ -47,6 +48,9 @@ class ModelOptions:
     think: bool | None = None
     reasoning_budget: int | None = None
     reasoning_format: str | None = None
+    # LoRA adapters over the model (models/adapters.py); None: --lora's for the default
+    # model, none for the others.
+    lora: tuple[Adapter, ...] | None = None
     sampling: Mapping[str, Any] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
@@ -58,6 +62,11 @@ class ModelOptions:
         """Fill what this model does not set from the global settings."""
         values = {k: getattr(settings, k) for k in _FROM_SETTINGS if getattr(self, k) is None}
         return replace(self, **values)
+
+    def with_lora(self, adapters: tuple[Adapter, ...]) -> ModelOptions:
+        """These options with ``adapters`` (--lora, for the default model) unless the
+        model names its own (--model-opt NAME:lora=...)."""
+        return self if self.lora is not None else replace(self, lora=adapters)
 
     def request_defaults(self) -> dict[str, Any]:
         """The request defaults this model sets (SamplingParams fields)."""
@@ -88,6 +97,13 @@ def parse_model_opts(items: list[str]) -> dict[str, ModelOptions]:
     """``["big:context_size=8192", "big:pinned=true"]`` → {"big": ModelOptions(...)}."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
+        if ":lora=" in item:  # NAME:lora=PATH[:scale], repeatable: each adds an adapter
+            name, _, raw = item.partition(":lora=")
+            if not name.strip():
+                raise ClientError(f"--model-opt {item!r}: expected NAME:lora=PATH[:scale]")
+            own = out.setdefault(name.strip(), {})
+            own["lora"] = (*own.get("lora", ()), parse_adapter(raw, "--model-opt lora"))
+            continue
         name, sep, rest = item.rpartition(":")
         key, eq, raw = rest.partition("=")
         key = key.strip().replace("-", "_")

@@ -159,6 +159,7 @@ class Residency:
             # sequence's stream or the whole pool.
             span = 0 if s.flash_attn != "off" else total if s.kv_unified else o.context_size
             served.estimate = estimate_bytes(served.entry.gguf(), total, o.batch_size, span)
+            served.estimate += sum(a.size for a in o.lora or ())  # LoRA adapters' weights
         return served.estimate
 
     def _check_crash_loop(self, served: ServedModel) -> None:

@@ -12,6 +12,7 @@ import orjson
 
 from ...engine.protocol import SamplingParams
 from ...errors import MullamaError
+from ...models.adapters import card as adapters_card
 from ...models.gguf import GGUFInfo, human_params
 from ...models.residency import ModelState, ServedModel
 from ...models.store import ModelStore
@@ -143,6 +144,7 @@ class OllamaModels:
             "active_requests": served.leases,
             "active_sequences": st.active if served.loaded else 0,
             "queued_sequences": st.queued if served.loaded else 0,
+            **adapters_card(served.opts.lora),
         }
 
     async def catalog(self, paths: bool = False) -> list[dict[str, Any]]:

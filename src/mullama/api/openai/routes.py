@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from ...models.adapters import card as adapters_card
 from ...wire.framing import ORJSONResponse
 from .. import answers as a
 from ..body import parse_body
@@ -127,14 +128,16 @@ async def list_models(request: Request) -> Response:
     created = int(request.app.state.started_at)
     names = await asyncio.to_thread(_model_names, request)
     models = request.app.state.models
-    data = [_card(n, created, models.remote(n) is not None) for n in names]
+    data = [_card(n, created, models.remote(n) is not None, models) for n in names]
     return ORJSONResponse({"object": "list", "data": data})
 
 
-def _card(name: str, created: int, remote: bool) -> dict[str, Any]:
+def _card(name: str, created: int, remote: bool, models: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "mullama"}
     if remote:
         out["remote"] = True
+    else:
+        out.update(adapters_card(models.options(name).lora))
     return out
 
 
@@ -145,4 +148,4 @@ async def get_model(name: str, request: Request) -> Response:
     if models.remote(name) is None:
         await asyncio.to_thread(models.find, name)  # 404 if unknown
     created = int(request.app.state.started_at)
-    return ORJSONResponse(_card(name, created, models.remote(name) is not None))
+    return ORJSONResponse(_card(name, created, models.remote(name) is not None, models))
