@@ -10,7 +10,12 @@ parameters:
   think: false              # a reasoning model's default (reasoning_budget: N, too)
   stop: ["\\n\\n"]
   num_ctx: 2048
+adapters:                   # LoRA adapter GGUFs, PATH[:scale] (scale 1 when left out)
+  - ./pirate-lora.gguf:0.8
 ```
+
+An adapter file is copied into the store; over the API (``/api/create``), where no file
+may be named, an adapter is a blob already in the store, ``sha256:<hex>[:scale]``.
 
 An Ollama-style Go template using ``{{ .System }}``, ``{{ .Prompt }}``, ``{{ .Response }}``
 and ``{{ if .X }}...{{ end }}`` is converted to Jinja (it sees the system messages and the
@@ -19,7 +24,9 @@ last user message, as Ollama's single-turn templates do).
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,7 @@ from ..engine.chat_template import ChatTemplate, TemplateRenderError
 from ..errors import ClientError, InvalidParameter, ModelNotFound
 from .aliases import EMBEDDED_NAME, check_name, hub_source, is_local_path, unknown_model
 from .gguf import read_gguf
-from .store import Manifest, ModelStore
+from .store import AdapterRef, Manifest, ModelStore, check_digest
 
 # The sampling knobs by Ollama's names, with the bounds it has (engine/knobs.py).
 _Knobs = create_model("_Knobs", **knobs.fields("ollama"))  # type: ignore[call-overload]
@@ -59,6 +66,7 @@ class ModelDefinition(BaseModel):
     system: str | None = None
     template: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
+    adapters: list[str] = Field(default_factory=list)  # PATH or sha256:<hex>, [:scale]
 
 
 def load_definition(path: Path) -> ModelDefinition:
@@ -186,6 +194,10 @@ def create_model(
         template=template,
         parameters=params,
         source={"created_from": definition.from_},
+        adapters=[
+            *base.adapters,
+            *(_adapter(store, a, base_dir, allow_paths) for a in definition.adapters),
+        ],
     )
     store.write(manifest)
     return manifest
@@ -217,3 +229,34 @@ def _base_manifest(
     if hub_source(base) is not None:
         raise ModelNotFound(f"base model {base!r} is not in the store; pull it first")
     raise unknown_model(base, store.names())
+
+
+def _adapter(store: ModelStore, item: str, base_dir: Path | None, allow_paths: bool) -> AdapterRef:
+    """``PATH[:scale]`` (a file, copied into the store) or ``sha256:<hex>[:scale]`` (a blob
+    already there: all a network client may name)."""
+    text = item.strip()
+    blob = text.startswith("sha256:")
+    ref, sep, tail = (text[:71], text[71:72], text[72:]) if blob else text.rpartition(":")
+    try:
+        scale = float(tail) if sep else 1.0
+    except ValueError:
+        sep, scale = "", 1.0
+    ref = ref if sep else text
+    if not math.isfinite(scale) or (sep and sep != ":"):
+        raise InvalidParameter(f"adapters: {item!r}: expected PATH[:scale]", param="adapters")
+    if blob:
+        path = store.blob_path("sha256:" + check_digest(ref))
+        if not path.is_file():
+            raise ModelNotFound(f"adapters: blob {ref} is not in the store", param="adapters")
+        return AdapterRef(ref, path.stat().st_size, ref.replace(":", "-"), scale)
+    if not allow_paths:
+        raise InvalidParameter(
+            "adapters: files cannot be given over the API; name a blob in the store (sha256:<hex>)",
+            param="adapters",
+        )
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not path.is_file():
+        raise ModelNotFound(f"adapter file not found: {path}")
+    return AdapterRef(**asdict(store.import_file(path)), scale=scale)

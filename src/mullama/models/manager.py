@@ -173,6 +173,8 @@ class ModelManager:
     def _add(self, entry: ModelEntry, pinned: bool) -> ServedModel:
         ref = entry.ref
         opts = self.per_model.get(ref.name, ModelOptions()).with_defaults(self.settings)
+        if ref.lora:  # a custom model's adapters, then any --model-opt NAME:lora=
+            opts = replace(opts, lora=(*ref.lora, *(opts.lora or ())))
         s = self.settings
         client = WorkerClient(
             WorkerSpec(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ClientError, InvalidName, ModelNotFound
+from .adapters import Adapter
 from .aliases import EMBEDDED_NAME, check_name, hub_source, is_local_path, unknown_model
 from .embedded import embedded_model_path
 from .gguf import read_gguf
@@ -39,6 +40,7 @@ class ModelRef:
     digest: str | None = None
     size: int | None = None
     modified: float | None = None
+    lora: tuple[Adapter, ...] = ()  # a custom model's LoRA adapters (blobs in the store)
 
 
 def default_cache_dir() -> Path:
@@ -104,6 +106,7 @@ def resolve(spec: str, *, cache_dir: str | Path | None = None, paths: bool = Tru
             digest=manifest.digest,
             size=manifest.size,
             modified=manifest.modified,
+            lora=tuple(Adapter(str(store.blob_path(a.digest)), a.scale) for a in manifest.adapters),
         )
     if hub_source(spec) is not None:
         raise ModelNotFound(

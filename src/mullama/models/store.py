@@ -68,6 +68,13 @@ class FileRef:
 
 
 @dataclass
+class AdapterRef(FileRef):
+    """A LoRA adapter blob of a custom model and the scale it is applied with."""
+
+    scale: float = 1.0
+
+
+@dataclass
 class Manifest:
     """One model name. ``files`` is the GGUF (all parts, in order, for a split GGUF);
     ``embedded`` means the built-in model instead of blobs."""
@@ -82,6 +89,7 @@ class Manifest:
     template: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     modified: float = field(default_factory=time.time)
+    adapters: list[AdapterRef] = field(default_factory=list)  # LoRA, applied in order
 
     def to_json(self) -> bytes:
         return orjson.dumps({"schema": SCHEMA, **asdict(self)}, option=orjson.OPT_INDENT_2)
@@ -91,10 +99,12 @@ class Manifest:
         try:
             obj = orjson.loads(data)
             files = [FileRef(**f) for f in obj.get("files", [])]
-            for f in files:
+            adapters = [AdapterRef(**a) for a in obj.get("adapters", [])]
+            for f in [*files, *adapters]:
                 check_digest(f.digest)
-            known = {k: obj[k] for k in cls.__dataclass_fields__ if k in obj and k != "files"}
-            m = cls(files=files, **known)
+            lists = ("files", "adapters")
+            known = {k: obj[k] for k in cls.__dataclass_fields__ if k in obj and k not in lists}
+            m = cls(files=files, adapters=adapters, **known)
             check_name(m.name)
         except (ValueError, TypeError, KeyError, InvalidName) as exc:
             raise ServerError(f"{where} is corrupt: {exc}") from exc
@@ -113,6 +123,8 @@ class Manifest:
         content = asdict(self)
         for key in ("name", "modified", "source", "parent"):
             content.pop(key)
+        if not content["adapters"]:  # the digests of models without adapters stay as they were
+            del content["adapters"]
         return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     @property
@@ -192,7 +204,7 @@ class ModelStore:
         with self.store_lock():
             if not overwrite and path.exists():
                 raise AlreadyExists(f"model {manifest.name!r} already exists")
-            for f in manifest.files:
+            for f in [*manifest.files, *manifest.adapters]:
                 if not self.blob_path(f.digest).is_file():
                     raise ServerError(
                         f"blob {f.digest} of {manifest.name!r} vanished while it was written; "
@@ -222,7 +234,7 @@ class ModelStore:
         return new
 
     def _collect_garbage(self) -> list[str]:
-        used = {f.digest for m in self.list() for f in m.files}
+        used = {f.digest for m in self.list() for f in [*m.files, *m.adapters]}
         removed = []
         folder = self.root / "blobs"
         for blob in folder.glob("sha256-*") if folder.is_dir() else []:

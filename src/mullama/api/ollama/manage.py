@@ -55,11 +55,11 @@ class ModelAdmin:
 
     async def create(self, body: CreateBody) -> dict[str, Any] | AsyncIterator[bytes]:
         name = check_name(body.target())
-        unsupported = [k for k in ("files", "adapters", "quantize", "messages") if getattr(body, k)]
+        unsupported = [k for k in ("files", "quantize", "messages") if getattr(body, k)]
         if unsupported:
             raise ClientError(
                 f"create: {', '.join(unsupported)} not supported; build on a model in the "
-                "store with 'from' (plus system, template, parameters)"
+                "store with 'from' (plus system, template, parameters, adapters)"
             )
         if not body.from_:
             raise ClientError("create: 'from' (the base model) is required", param="from")
@@ -69,6 +69,8 @@ class ModelAdmin:
                 "system": body.system,
                 "template": body.template,
                 "parameters": body.parameters or {},
+                # Ollama's {file name: blob digest}: blobs already in the store.
+                "adapters": list((body.adapters or {}).values()),
             },
             where="create",
         )
