@@ -3,12 +3,14 @@ model with adapters is: another identity, its adapters' size in the estimate, it
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from mullama.cli.llamaserver import translate
 from mullama.config import Settings
+from mullama.engine.protocol import GenerateRequest, SamplingParams
 from mullama.errors import ClientError
 from mullama.models.adapters import Adapter, card, identity, parse_adapter, parse_adapters
 from mullama.models.manager import ModelManager
@@ -114,3 +116,13 @@ def test_llama_server_flags(argv: list[str], out: list[str]) -> None:
 def test_llama_server_flags_refused(argv: list[str]) -> None:
     with pytest.raises(ClientError):
         translate(argv, {})
+
+
+def test_response_cache_key_differs_from_the_bases(files: tuple[Path, Path], tmp_path):
+    one, _ = files
+    request = GenerateRequest("r", SamplingParams(temperature=0.0), prompt="hi")
+    keys = []
+    for lora in ([], [str(one)], [f"{one}:0.5"]):
+        manager = ModelManager(Settings(cache_dir=str(tmp_path), response_cache=True, lora=lora))
+        keys.append(asyncio.run(manager._cache_key(manager.route(EMBEDDED_NAME), request)))
+    assert None not in keys and len(set(keys)) == 3

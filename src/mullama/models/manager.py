@@ -347,8 +347,9 @@ class ModelManager:
         assert target.entry is not None
         digest = await asyncio.to_thread(target.entry.current_digest)
         # A model with adapters is another model: never the base's cached answers.
-        lora = self.options(target).lora or ()
-        digest = await asyncio.to_thread(adapters_identity, digest, lora)
+        lora = self.options(target).lora
+        if lora:
+            digest = await asyncio.to_thread(adapters_identity, digest, lora)
         await self.cache.track(target.name, digest)  # a replaced file's entries go
         return cache_key(digest, request)
 
