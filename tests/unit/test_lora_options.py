@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
 import pytest
 
+from mullama.api.health import _model_state
 from mullama.cli.llamaserver import translate
 from mullama.config import Settings
-from mullama.engine.protocol import GenerateRequest, SamplingParams
+from mullama.engine.protocol import GenerateRequest, SamplingParams, WorkerSpec
 from mullama.errors import ClientError
 from mullama.models.adapters import Adapter, card, identity, parse_adapter, parse_adapters
 from mullama.models.manager import ModelManager
@@ -78,6 +80,7 @@ def test_lora_is_the_default_models(files: tuple[Path, Path], tmp_path: Path) ->
     assert served.opts.lora == (Adapter(str(one), 0.5),)
     assert served.client.spec.lora == [(str(one), 0.5)]
     assert served.client.spec.model_id.startswith("lora:")
+    assert _model_state(served, {})["adapters"] == [{"name": "one", "scale": 0.5}]  # dashboard
     # --model-opt names the model's own adapters: --lora does not add to them.
     own = ModelManager(
         Settings(cache_dir=str(tmp_path), lora=[str(one)],
@@ -90,6 +93,7 @@ def test_no_adapters_no_change(tmp_path: Path) -> None:
     served = ModelManager(Settings(cache_dir=str(tmp_path)))._served[EMBEDDED_NAME]
     assert served.opts.lora is None
     assert served.client.spec.lora == []
+    assert "adapters" not in _model_state(served, {})
     assert not served.client.spec.model_id.startswith("lora:")
 
 
@@ -126,3 +130,9 @@ def test_response_cache_key_differs_from_the_bases(files: tuple[Path, Path], tmp
         manager = ModelManager(Settings(cache_dir=str(tmp_path), response_cache=True, lora=lora))
         keys.append(asyncio.run(manager._cache_key(manager.route(EMBEDDED_NAME), request)))
     assert None not in keys and len(set(keys)) == 3
+
+
+def test_worker_spec_carries_the_adapters() -> None:
+    spec = WorkerSpec(name="m", path="p", lora=[("/a.gguf", 0.5), ("/b.gguf", 1.0)])
+    back = WorkerSpec.from_wire(orjson.loads(orjson.dumps(spec.to_wire())))
+    assert [(path, scale) for path, scale in back.lora] == spec.lora  # as the worker reads it

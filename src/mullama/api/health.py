@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 
 from .. import __version__
 from ..access import exempt, public
+from ..models.adapters import card as adapters_card
 from ..wire.framing import ORJSONResponse
 from . import answers as a
 from .disclosure import sees_health_details, shown_path
@@ -184,6 +185,7 @@ def _model_state(served: Any, failed: dict[str, str]) -> dict[str, Any]:
         "estimate_bytes": served.estimate,
         "circuit": served.breaker.state,
         "error": failed.get(name) or (served.last_error and served.last_error.message),
+        **adapters_card(served.opts.lora),
     }
 
 

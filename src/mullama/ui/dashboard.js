@@ -142,8 +142,11 @@ function models(s) {
     const left = !m || m.state !== "loaded" ? "–" : m.keep_alive_secs === null ? "forever" : fmtSecs(m.expires_in_secs ?? m.keep_alive_secs);
     const stateCell = el("td", { text: m && m.circuit !== "closed" ? `${state} (circuit ${m.circuit})` : state, "data-state": state });
     if (m && m.error) stateCell.title = m.error;
+    const lora = m && m.adapters
+      ? el("div", { class: "figures", text: "LoRA: " + m.adapters.map((a) => `${a.name} ×${a.scale}`).join(", ") })
+      : null;
     body.append(el("tr", { "data-model": name },
-      el("th", { scope: "row", text: name }), stateCell,
+      el("th", { scope: "row", text: name }, lora), stateCell,
       el("td", { text: m && m.pinned ? "yes" : "no" }), el("td", { text: left }),
       el("td", { text: m && m.estimate_bytes ? fmtBytes(m.estimate_bytes) : "–" }),
       actions(name, m)));
