@@ -89,3 +89,10 @@ def test_served_with_its_adapters(store: ModelStore, adapter_file: Path, tmp_pat
     spec = manager._served["pirate"].client.spec
     blob = store.blob_path(store.get("pirate").adapters[0].digest)
     assert spec.lora == [(str(blob), 0.5), (str(other), 1.0)]
+
+
+def test_a_missing_adapter_blob_is_named(store: ModelStore, adapter_file: Path) -> None:
+    m = _create(store, "pirate", [str(adapter_file)])
+    store.blob_path(m.adapters[0].digest).unlink()
+    with pytest.raises(ModelNotFound, match="missing from the store"):
+        resolve("pirate", cache_dir=store.root)

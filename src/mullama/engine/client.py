@@ -28,8 +28,6 @@ from .messages import (
     LoadFailed,
     Ping,
     Pong,
-    RankRequest,
-    RankResult,
     Ready,
     Reply,
     Shutdown,
@@ -51,7 +49,6 @@ from .protocol import (
     NullGenerationObserver,
     NullObserver,
     ProtocolError,
-    Ranked,
     TokenizeRequest,
     Tokens,
     WorkerInfo,
@@ -64,7 +61,7 @@ T = TypeVar("T")
 
 # What a request's queue receives: a step's row for it, its acceptance, an embedding
 # result, or the error that ends it.
-_Item = StepRow | Accepted | EmbedResult | RankResult | Tokens | Text | MullamaError
+_Item = StepRow | Accepted | EmbedResult | Tokens | Text | MullamaError
 
 
 @dataclass
@@ -411,12 +408,7 @@ class WorkerClient:
             "embed", lambda sid: EmbedRequest(sid, inputs, truncate), EmbedResult
         )
         self.observer.embedded(self.name, result.tokens)
-        return Embeddings(result.vectors, result.tokens, result.truncated)
-
-    async def rank(self, query: str, documents: list[str]) -> Ranked:
-        result = await self._ask("rank", lambda sid: RankRequest(sid, query, documents), RankResult)
-        self.observer.embedded(self.name, result.tokens)
-        return Ranked(result.scores, result.tokens)
+        return Embeddings(result.vectors, result.tokens)
 
     async def tokenize(self, request: TokenizeRequest) -> Tokens:
         """``request.id`` is set here (the socket's own id)."""

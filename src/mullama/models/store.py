@@ -255,17 +255,13 @@ class ModelStore:
     def model_path(self, manifest: Manifest) -> Path:
         """The path llama.cpp opens: the blob, or for a split GGUF the first of a set of
         symlinks that carry the original file names (llama.cpp finds the other parts by
-        name)."""
+        name). A LoRA adapter blob of the model that is gone is named as a file would be."""
         if manifest.embedded:
+            self._check_blobs(manifest, manifest.adapters)
             return embedded_model_path()
         if not manifest.files:
             raise ServerError(f"model {manifest.name!r} has no files")
-        for f in manifest.files:
-            if not self.blob_path(f.digest).is_file():
-                raise ModelNotFound(
-                    f"model {manifest.name!r}: blob {f.digest} is missing from the store; "
-                    "pull or restore it again"
-                )
+        self._check_blobs(manifest, [*manifest.files, *manifest.adapters])
         if len(manifest.files) == 1:
             return self.blob_path(manifest.files[0].digest)
         folder = self._dir("links") / manifest.id
@@ -276,6 +272,14 @@ class ModelStore:
                 with contextlib.suppress(FileExistsError):
                     link.symlink_to(self.blob_path(f.digest))
         return folder / Path(manifest.files[0].filename).name
+
+    def _check_blobs(self, manifest: Manifest, refs: list[Any]) -> None:
+        for f in refs:
+            if not self.blob_path(f.digest).is_file():
+                raise ModelNotFound(
+                    f"model {manifest.name!r}: blob {f.digest} is missing from the store; "
+                    "pull or restore it again"
+                )
 
     def import_file(self, path: Path) -> FileRef:
         """Copy a local file into the blobs (for ``create`` from a file)."""

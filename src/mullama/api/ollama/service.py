@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...engine.protocol import shorten
 from ...errors import ClientError, InvalidParameter, MullamaError
 from ...models.custom import go_to_jinja
 from ...wire.errors import ndjson_error
@@ -157,7 +156,7 @@ class OllamaService:
         result = await self.models.embed(target, inputs, body.truncate, body.keep_alive)
         return {
             "model": body.model,
-            "embeddings": shorten(result.vectors, body.dimensions),
+            "embeddings": result.vectors,
             "total_duration": time.perf_counter_ns() - started,
             "load_duration": load_ns,
             "prompt_eval_count": result.prompt_tokens,
