@@ -3,7 +3,9 @@ their 400s naming the field, and the yes/no score read from a first token's entr
 
 from __future__ import annotations
 
+import asyncio
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,6 +15,7 @@ from mullama.api.rerank import (
     RerankRequest,
     ScoreRequest,
     judge_chat,
+    score_pairs,
     yes_probability,
 )
 from mullama.engine.protocol import SamplingParams
@@ -112,3 +115,24 @@ def test_the_judge_asks_one_greedy_token_with_its_alternatives():
     assert params.max_tokens == 1 and params.temperature == 0.0 and params.ignore_eos
     assert params.logprobs == 20
     assert chat.think.on is False and chat.default_system is False
+
+
+class _Reranker:
+    """A model manager whose model is a reranker: each document's score is its length
+    (a fake of ModelManager.rerank; the engine's rank pooling runs in the e2e tests)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    async def rerank(self, name, query, documents, keep_alive=None):
+        self.calls.append((query, documents))
+        return SimpleNamespace(scores=[float(len(d)) for d in documents], prompt_tokens=10)
+
+
+def test_a_reranker_scores_the_documents_of_each_query_together():
+    models = _Reranker()
+    pairs = [("q", "a"), ("r", "bbb"), ("q", "cc"), ("r", "dddd")]
+    scored = asyncio.run(score_pairs(models, "m", pairs, "rid"))  # type: ignore[arg-type]
+    assert models.calls == [("q", ["a", "cc"]), ("r", ["bbb", "dddd"])]
+    assert scored.scores == [1.0, 3.0, 2.0, 4.0]  # in the pairs' order
+    assert scored.usage() == {"prompt_tokens": 20, "total_tokens": 20}

@@ -4,14 +4,17 @@
 ``relevance_score``), and vLLM's ``/score`` (``text_1`` and ``text_2``, a string or a list
 each: the pairs to score; ``data`` in the pairs' order).
 
-Any chat model scores, as a yes/no judge: for each (query, document) pair a relevance
-question goes through the model's chat template (the one chat path, api/chat.py), and the
-score is the probability of "yes" against "no" in the distribution of the first token of
-the answer (every "yes" token of the vocabulary that the top alternatives hold, " yes" and
-"Yes" alike, against every "no" one). All the pairs of a request start at once, so the
-engine reads them in the same steps; each generates one token. A token missing from the
-top alternatives counts as the least of them (at most that likely): a model that puts
-neither in its top alternatives scores 0.5.
+A reranker (a cross-encoder: a model whose pooling is rank, from its GGUF or ``--pooling
+rank``) scores each pair through the engine's rank pooling (``ModelManager.rerank``), as
+llama-server ``--rerank`` does, with the same scores: the classifier's output as it is
+(not normalised). Any chat model scores as a yes/no judge: for each (query, document)
+pair a relevance question goes through the model's chat template (the one chat path,
+api/chat.py), and the score is the probability of "yes" against "no" in the distribution
+of the first token of the answer (every "yes" token of the vocabulary that the top
+alternatives hold, " yes" and "Yes" alike, against every "no" one). All the pairs of a
+request start at once, so the engine reads them in the same steps; each generates one
+token. A token missing from the top alternatives counts as the least of them (at most
+that likely): a model that puts neither in its top alternatives scores 0.5.
 
 ``model`` may be left out, as llama-server serves one: the first ``--model``. Errors are
 OpenAI's shape (wire/errors.py: these paths are not Ollama's)."""
@@ -222,6 +225,26 @@ async def judge(
     )
 
 
+async def score_pairs(
+    models: ModelManager, model: str, pairs: list[tuple[str, str]], rid: str, keep_alive: Any = None
+) -> Scores:
+    """Each pair's score: from the model's rank pooling when it is a reranker (one call
+    per distinct query, its documents scored together), else as a yes/no judge."""
+    by_query: dict[str, list[int]] = {}
+    for i, (query, _) in enumerate(pairs):
+        by_query.setdefault(query, []).append(i)
+    scores = [0.0] * len(pairs)
+    read = 0
+    for query, indices in by_query.items():
+        ranked = await models.rerank(model, query, [pairs[i][1] for i in indices], keep_alive)
+        if ranked is None:  # not a reranker
+            return await judge(models, model, pairs, rid, keep_alive)
+        for i, value in zip(indices, ranked.scores, strict=True):
+            scores[i] = value
+        read += ranked.prompt_tokens
+    return Scores(scores, read)
+
+
 # ---- routes ----------------------------------------------------------------------------
 
 
@@ -240,7 +263,8 @@ async def _rerank(request: Request, body: RerankRequest) -> dict[str, Any]:
     model = _model(request, body.model)
     texts = body.texts()
     pairs = [(body.query, t) for t in texts]
-    scored = await judge(request.app.state.models, model, pairs, _rid(request), body.keep_alive)
+    scored = await score_pairs(request.app.state.models, model, pairs, _rid(request),
+                               body.keep_alive)  # fmt: skip
     order = sorted(range(len(texts)), key=lambda i: -scored.scores[i])[: body.top_n]
     results = []
     for i in order:
@@ -270,7 +294,8 @@ async def rerank(request: Request) -> Response:
 async def _score(request: Request, body: ScoreRequest) -> dict[str, Any]:
     model = _model(request, body.model)
     pairs = body.pairs()
-    scored = await judge(request.app.state.models, model, pairs, _rid(request), body.keep_alive)
+    scored = await score_pairs(request.app.state.models, model, pairs, _rid(request),
+                               body.keep_alive)  # fmt: skip
     data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scored.scores)]
     return {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
             "model": model, "data": data, "usage": scored.usage()}  # fmt: skip
