@@ -34,6 +34,7 @@ FALLBACK_HEADER = "x-mullama-fallback"
 CACHE_HEADER = "x-mullama-cache"
 IGNORED_HEADER = "mullama-ignored-fields"
 CLAMPED_HEADER = "mullama-max-tokens-clamped"
+TRUNCATED_HEADER = "mullama-inputs-truncated"
 # Request headers that ask for API features by name: accepted, and reported as ignored.
 BETA_HEADERS = (b"anthropic-beta", b"openai-beta")
 
@@ -120,6 +121,8 @@ class RequestContext:
     fallback_path: str | None = None  # "PRIMARY->BACKUP" once a fallback answered
     # "ASKED->GIVEN; by=context" for each answer given fewer tokens than max_tokens asked
     max_tokens_clamped: list[str] = field(default_factory=list)
+    # The embedding inputs cut to fit the model (by their index), when the client allowed it
+    inputs_truncated: list[int] = field(default_factory=list)
     # What a remote engine's request needs, read from the headers as they are and made
     # into its forms only when a remote model asks (``affinity``, ``traceparent``).
     session_id: bytes | None = None
@@ -226,6 +229,9 @@ class RequestContext:
         if self.max_tokens_clamped:
             clamped = ", ".join(dict.fromkeys(self.max_tokens_clamped))  # each once, in order
             out.append((CLAMPED_HEADER.encode(), clamped.encode()))
+        if self.inputs_truncated:
+            cut = ",".join(map(str, self.inputs_truncated))
+            out.append((TRUNCATED_HEADER.encode(), cut.encode()))
         outcome = self.cache_outcome()
         if outcome is not None:
             out.append((CACHE_HEADER.encode(), outcome.encode()))

@@ -28,6 +28,8 @@ from .messages import (
     LoadFailed,
     Ping,
     Pong,
+    RankRequest,
+    RankResult,
     Ready,
     Reply,
     Shutdown,
@@ -49,6 +51,7 @@ from .protocol import (
     NullGenerationObserver,
     NullObserver,
     ProtocolError,
+    Ranked,
     TokenizeRequest,
     Tokens,
     WorkerInfo,
@@ -61,7 +64,7 @@ T = TypeVar("T")
 
 # What a request's queue receives: a step's row for it, its acceptance, an embedding
 # result, or the error that ends it.
-_Item = StepRow | Accepted | EmbedResult | Tokens | Text | MullamaError
+_Item = StepRow | Accepted | EmbedResult | RankResult | Tokens | Text | MullamaError
 
 
 @dataclass
@@ -408,7 +411,12 @@ class WorkerClient:
             "embed", lambda sid: EmbedRequest(sid, inputs, truncate), EmbedResult
         )
         self.observer.embedded(self.name, result.tokens)
-        return Embeddings(result.vectors, result.tokens)
+        return Embeddings(result.vectors, result.tokens, result.truncated)
+
+    async def rank(self, query: str, documents: list[str]) -> Ranked:
+        result = await self._ask("rank", lambda sid: RankRequest(sid, query, documents), RankResult)
+        self.observer.embedded(self.name, result.tokens)
+        return Ranked(result.scores, result.tokens)
 
     async def tokenize(self, request: TokenizeRequest) -> Tokens:
         """``request.id`` is set here (the socket's own id)."""

@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from .protocol import ChunkStream, Embeddings, GenerateRequest, TokenizeRequest, Tokens, WorkerInfo
+from .protocol import (
+    ChunkStream,
+    Embeddings,
+    GenerateRequest,
+    Ranked,
+    TokenizeRequest,
+    Tokens,
+    WorkerInfo,
+)
 
 
 class EngineClient(Protocol):
@@ -30,6 +38,11 @@ class EngineClient(Protocol):
     ) -> ChunkStream: ...
 
     async def embed(self, inputs: list[str], truncate: bool = False) -> Embeddings: ...
+
+    async def rank(self, query: str, documents: list[str]) -> Ranked:
+        """A reranker's score of each (query, document) pair (a model with rank pooling;
+        any other refuses it)."""
+        ...
 
     async def tokenize(self, request: TokenizeRequest) -> Tokens: ...
 

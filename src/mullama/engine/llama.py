@@ -18,7 +18,7 @@ import numpy as np
 
 from .constraint import Constraint
 from .kvcache import state_buffer
-from .protocol import SamplingParams, normalize
+from .protocol import SamplingParams
 
 _LOG_VERBOSE = False
 _native_log = logging.getLogger("mullama.llama")
@@ -34,8 +34,9 @@ _CONT = 5
 _pending: list[str] = []
 _pending_level = [logging.INFO]
 # Warnings llama.cpp logs of a choice Mullama makes on purpose (no fault): logged at INFO.
-# The embedding context asks for mean pooling on models whose default is none.
-_EXPECTED = ("but [1] was specified",)
+# The embedding context asks for the pooling chosen for it (mean on models whose default
+# is none; --pooling): llama.cpp warns that it differs from the model's.
+_EXPECTED = ("] was specified",)
 
 
 def native_level(ggml_level: int, previous: int) -> int:
@@ -98,6 +99,16 @@ class ModelInfo:
     add_bos: bool
 
 
+@dataclass(frozen=True)
+class RankVocab:
+    bos: int
+    eos: int  # the separator when the vocabulary has no end token
+    sep: int
+    add_bos: bool
+    add_eos: bool
+    add_sep: bool
+
+
 class Model:
     """A loaded ``llama_model`` and its vocabulary."""
 
@@ -158,6 +169,30 @@ class Model:
             eos_text=self.token_text(eos) if eos >= 0 else "",
             add_bos=bool(lc.llama_vocab_get_add_bos(self.vocab)),
         )
+
+    def n_embd(self) -> int:
+        return int(lc.llama_model_n_embd(self.ptr))
+
+    def n_cls_out(self) -> int:
+        """The classifier head's outputs (a reranker's scores per pair); 1 at least."""
+        return max(1, int(lc.llama_model_n_cls_out(self.ptr)))
+
+    def chat_template(self, name: str) -> str | None:
+        """The GGUF's named chat template (``tokenizer.chat_template.NAME``), or None."""
+        ptr = lc.llama_model_chat_template(self.ptr, name.encode())
+        return ptr.decode("utf-8", "replace") if ptr else None
+
+    def rank_vocab(self) -> RankVocab:
+        """The special tokens llama-server puts around a reranker's (query, document)."""
+        v = self.vocab
+        eos = lc.llama_vocab_eos(v)
+        sep = lc.llama_vocab_sep(v)
+        return RankVocab(
+            bos=lc.llama_vocab_bos(v), eos=eos if eos >= 0 else sep, sep=sep,
+            add_bos=bool(lc.llama_vocab_get_add_bos(v)),
+            add_eos=bool(lc.llama_vocab_get_add_eos(v)),
+            add_sep=bool(lc.llama_vocab_get_add_sep(v)),
+        )  # fmt: skip
 
     def memory_kind(self) -> tuple[int, bool]:
         """The sliding-attention window (0: none) and whether the model's memory is
@@ -429,11 +464,13 @@ class Context:
     def clear(self) -> None:
         lc.llama_memory_clear(self.mem, True)
 
-    def embedding(self, seq: int, n_embd: int) -> list[float]:
+    def embedding(self, seq: int, width: int) -> list[float]:
+        """``seq``'s pooled output of the last decode (an embedding of ``width`` floats,
+        or a reranker's scores), as the model gave it (not normalised)."""
         ptr = lc.llama_get_embeddings_seq(self.ptr, seq)
         if not ptr:
             raise EngineError("the model produced no pooled embedding")
-        return normalize(ptr[:n_embd])
+        return ptr[:width]  # type: ignore[no-any-return]
 
 
 class Sampler:

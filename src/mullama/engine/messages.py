@@ -12,7 +12,7 @@ frames ``ev``, and every message about one sequence names it by ``id``.
 from __future__ import annotations
 
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
@@ -62,10 +62,23 @@ class Cancel(_Message):
 
 @dataclass
 class EmbedRequest(_Message):
+    """Embed ``inputs``; one longer than the embedding context is refused, or truncated
+    when ``truncate`` (the result names those)."""
+
     TAG = ("op", "embed")
     id: str
     inputs: list[str]
     truncate: bool = False
+
+
+@dataclass
+class RankRequest(_Message):
+    """Score each (query, document) pair with a reranker (a model with rank pooling)."""
+
+    TAG = ("op", "rank")
+    id: str
+    query: str
+    documents: list[str]
 
 
 @dataclass
@@ -90,7 +103,14 @@ class Ping(_Message):
 
 
 Command = (
-    GenerateRequest | Cancel | EmbedRequest | TokenizeRequest | DetokenizeRequest | Shutdown | Ping
+    GenerateRequest
+    | Cancel
+    | EmbedRequest
+    | RankRequest
+    | TokenizeRequest
+    | DetokenizeRequest
+    | Shutdown
+    | Ping
 )
 
 
@@ -109,7 +129,8 @@ def read_command(msg: Any) -> Command:
 
 
 _COMMANDS: dict[str, type[_Message]] = {
-    c.TAG[1]: c for c in (Cancel, EmbedRequest, TokenizeRequest, DetokenizeRequest, Shutdown, Ping)
+    c.TAG[1]: c
+    for c in (Cancel, EmbedRequest, RankRequest, TokenizeRequest, DetokenizeRequest, Shutdown, Ping)
 }
 
 
@@ -163,6 +184,15 @@ class EmbedResult(_Message):
     TAG = ("ev", "embed")
     id: str
     vectors: list[list[float]]
+    tokens: int
+    truncated: list[int] = field(default_factory=list)  # the inputs cut to fit
+
+
+@dataclass
+class RankResult(_Message):
+    TAG = ("ev", "rank")
+    id: str
+    scores: list[float]  # one per document, in their order
     tokens: int
 
 
@@ -234,12 +264,13 @@ class Step:
         return cls(**data)
 
 
-Event = Step | Ready | LoadFailed | Accepted | Failed | EmbedResult | Tokens | Text
+Event = Step | Ready | LoadFailed | Accepted | Failed | EmbedResult | RankResult | Tokens | Text
 # The answers to one request, delivered to the request's queue by its id.
-Reply = Accepted | Failed | EmbedResult | Tokens | Text | Pong
+Reply = Accepted | Failed | EmbedResult | RankResult | Tokens | Text | Pong
 
 _EVENTS: dict[str, type[_Message]] = {
-    e.TAG[1]: e for e in (Ready, LoadFailed, Accepted, Failed, EmbedResult, Tokens, Text, Pong)
+    e.TAG[1]: e
+    for e in (Ready, LoadFailed, Accepted, Failed, EmbedResult, RankResult, Tokens, Text, Pong)
 }
 
 

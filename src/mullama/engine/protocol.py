@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Protocol
 
-from ..errors import MullamaError
+from ..errors import InvalidParameter, MullamaError
 from . import knobs
 
 
@@ -89,6 +89,8 @@ class WorkerSpec:
     strict_fields: bool = False  # a max_tokens beyond the context is refused, not clamped
     # LoRA adapters (path, scale) applied to every context of this model (--lora).
     lora: list[tuple[str, float]] = field(default_factory=list)
+    # Embedding pooling (none, mean, cls, last, rank); None: the GGUF's, else mean.
+    pooling: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -269,6 +271,7 @@ class WorkerInfo:
     add_bos: bool
     chat_template: str | None  # the GGUF's own
     flash_attn: str  # on, off, or auto: left to llama.cpp
+    pooling: str = "mean"  # of its embeddings; "rank": a reranker
 
 
 @dataclass
@@ -332,9 +335,33 @@ def normalize(vec: list[float]) -> list[float]:
     return [x / norm for x in vec]
 
 
+def shorten(vectors: list[list[float]], dimensions: int | None) -> list[list[float]]:
+    """Matryoshka truncation, as OpenAI's and Ollama's ``dimensions``: the first
+    ``dimensions`` values of each vector, normalised again; more than the model gives is
+    refused (None: the vectors as they are)."""
+    if dimensions is None or not vectors:
+        return vectors
+    width = len(vectors[0])
+    if dimensions > width:
+        raise InvalidParameter(
+            f"dimensions is {dimensions}, but the model's embeddings have {width}",
+            param="dimensions",
+        )
+    return vectors if dimensions == width else [normalize(v[:dimensions]) for v in vectors]
+
+
 @dataclass
 class Embeddings:
     vectors: list[list[float]]
+    prompt_tokens: int
+    truncated: list[int] = field(default_factory=list)  # the inputs cut to fit (truncate)
+
+
+@dataclass
+class Ranked:
+    """A reranker's scores, one per document in their order, and the tokens it read."""
+
+    scores: list[float]
     prompt_tokens: int
 
 

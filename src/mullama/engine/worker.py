@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
@@ -22,10 +21,11 @@ from typing import Any
 
 import orjson
 
-from ..errors import ContextLengthExceeded, InvalidParameter, MullamaError, ServerError
+from ..errors import MullamaError, ServerError
 from ..logsetup import setup_logging
 from .admission import BurstTracker
 from .cpushare import CpuShare
+from .embedding import Embedder
 from .kvcache import HostCache
 from .llama import (
     Batch,
@@ -42,11 +42,11 @@ from .messages import (
     Cancel,
     DetokenizeRequest,
     EmbedRequest,
-    EmbedResult,
     Failed,
     LoadFailed,
     Ping,
     Pong,
+    RankRequest,
     Ready,
     Shutdown,
     Step,
@@ -116,7 +116,6 @@ class Worker:
         self.threads = max(1, spec.threads)
         share_dir = spec.cpu_share_dir
         self.share = CpuShare(Path(share_dir), self.threads) if share_dir else None
-        self._embed_share: CpuShare | None = None  # made on the first embedding request
         self.flash_attn = spec.flash_attn
         self.ctx = Context(
             self.model,
@@ -139,8 +138,7 @@ class Worker:
         self.prepare = Preparer(self.model, self.info, spec, self.ctx_per_seq)
         self._inbox: list[tuple[str, Any]] = []
         self._cond = threading.Condition()
-        self._embed_q: queue.Queue[EmbedRequest] = queue.Queue()
-        self._embed_ctx: Context | None = None
+        self.embedder = Embedder(self.model, spec, self.ctx_per_seq, chan.send)
         self._last_stats: tuple[int, int] = (-1, -1)
         self._burst_wait_s = max(0.0, spec.burst_wait_ms) / 1000.0
         self._bursts = BurstTracker()
@@ -200,8 +198,8 @@ class Worker:
                 self._on_generate(cmd)
             elif isinstance(cmd, Cancel):
                 self._post("cancel", cmd.id)
-            elif isinstance(cmd, EmbedRequest):
-                self._embed_q.put(cmd)
+            elif isinstance(cmd, EmbedRequest | RankRequest):
+                self.embedder.put(cmd)
             elif isinstance(cmd, TokenizeRequest | DetokenizeRequest):
                 self._on_tokenizer(cmd)
             elif isinstance(cmd, Ping):
@@ -215,9 +213,9 @@ class Worker:
                 return
 
     def _exit(self) -> None:
-        for share in (self.share, self._embed_share):
-            if share is not None:
-                share.close()  # its file; a killed worker's is removed by the next one
+        if self.share is not None:
+            self.share.close()  # its file; a killed worker's is removed by the next one
+        self.embedder.close()
         os._exit(0)
 
     def _post(self, kind: str, payload: Any) -> None:
@@ -255,87 +253,6 @@ class Worker:
             self.chan.send(Tokens(req.id, tokens, pieces))
         except Exception as exc:  # noqa: BLE001 - see _failed
             self._failed(req.id, exc, "tokenizer request failed")
-
-    # ---- embedding thread ----------------------------------------------------------
-
-    def embedder(self) -> None:
-        while True:
-            req = self._embed_q.get()
-            try:
-                vectors, n_tokens = self._embed(req.inputs, req.truncate)
-            except Exception as exc:  # noqa: BLE001 - see _failed
-                self._failed(req.id, exc, "embedding failed")
-                continue
-            self.chan.send(EmbedResult(req.id, vectors, n_tokens))
-
-    def _embed_context(self) -> Context:
-        if self._embed_ctx is None:
-            n = min(self.ctx_per_seq, 2048)
-            self._embed_ctx = Context(
-                self.model,
-                ContextConfig(
-                    n_ctx=n,
-                    n_batch=n,
-                    n_seq_max=1,
-                    n_threads=self.threads,
-                    embeddings=True,
-                    flash_attn=self.flash_attn,
-                    pooling=1 if self.model.meta(f"{self._arch()}.pooling_type") is None else -1,
-                ),
-            )
-        return self._embed_ctx
-
-    def _arch(self) -> str:
-        return self.model.meta("general.architecture") or "llama"
-
-    def _embed(self, inputs: list[str], truncate: bool) -> tuple[list[list[float]], int]:
-        ctx = self._embed_context()
-        if self.share is None:
-            return self._embed_on(ctx, inputs, truncate)
-        # The embedding context decodes beside the decode loop: it claims a share of its
-        # own, so the two split this worker's threads like two workers would. Made here,
-        # not at start, so workers that never embed add no file for others to probe.
-        if self._embed_share is None:
-            self._embed_share = CpuShare(self.share.dir, self.threads)
-        share = self._embed_share
-        share.set_busy(True)
-        try:
-            ctx.set_threads(share.threads())
-            return self._embed_on(ctx, inputs, truncate)
-        finally:
-            share.set_busy(False)
-
-    def _embed_on(
-        self, ctx: Context, inputs: list[str], truncate: bool
-    ) -> tuple[list[list[float]], int]:
-        limit = ctx.n_batch
-        batch = Batch(limit)
-        vectors: list[list[float]] = []
-        total = 0
-        try:
-            for i, text in enumerate(inputs):
-                tokens = self.model.tokenize(text, add_special=True, parse_special=False)
-                if not tokens:
-                    raise InvalidParameter(f"input[{i}] is empty", param="input")
-                if len(tokens) > limit:
-                    if not truncate:
-                        raise ContextLengthExceeded(
-                            f"input[{i}] has {len(tokens)} tokens; the embedding context "
-                            f"holds {limit}",
-                            param="input",
-                        )
-                    tokens = tokens[:limit]
-                total += len(tokens)
-                ctx.clear()
-                batch.clear()
-                for k, tok in enumerate(tokens):
-                    batch.add(tok, k, 0, True)
-                if ctx.decode(batch) != 0:
-                    raise ServerError("no room to compute the embedding")
-                vectors.append(ctx.embedding(0, self.info.n_embd))
-        finally:
-            batch.close()
-        return vectors, total
 
     def _save_wait(self) -> float | None:
         """How long the idle loop may sleep before the periodic save of sessions."""
@@ -547,11 +464,12 @@ def main(argv: list[str] | None = None) -> None:
                 add_bos=info.add_bos,
                 chat_template=info.chat_template,
                 flash_attn=worker.flash_attn,
+                pooling=worker.embedder.pooling,
             )
         )
     )
     threading.Thread(target=worker.reader, name="reader", daemon=True).start()
-    threading.Thread(target=worker.embedder, name="embedder", daemon=True).start()
+    threading.Thread(target=worker.embedder.run, name="embedder", daemon=True).start()
     worker.run()
 
 

@@ -33,6 +33,7 @@ from ..engine.protocol import (
     Embeddings,
     GenerateRequest,
     NullObserver,
+    Ranked,
     TokenizeRequest,
     Tokens,
     WorkerInfo,
@@ -361,7 +362,24 @@ class ModelManager:
         keep_alive: Any = None,
     ) -> Embeddings:
         async with self._engine(self.route(name), keep_alive) as engine:
-            return await engine.embed(inputs, truncate)
+            result = await engine.embed(inputs, truncate)
+        # Never silent: the response's Mullama-Inputs-Truncated header names them.
+        requestctx.get().inputs_truncated += result.truncated
+        return result
+
+    async def rerank(
+        self, name: str | Target | None, query: str, documents: list[str], keep_alive: Any = None
+    ) -> Ranked | None:
+        """Each document's score for ``query`` from a reranker (a local model with rank
+        pooling: the GGUF's, or --pooling rank); None when the model is none (a remote
+        model, or a model that pools otherwise: the caller scores with a chat model)."""
+        target = self.route(name)
+        if target.remote is not None:
+            return None
+        async with self._engine(target, keep_alive) as engine:
+            if _worker_info(target.name, engine).pooling != "rank":
+                return None
+            return await engine.rank(query, documents)
 
     async def tokenize(
         self, name: str | Target | None, request: TokenizeRequest, keep_alive: Any = None

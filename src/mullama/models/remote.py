@@ -42,6 +42,7 @@ from ..engine.protocol import (
     Embeddings,
     GenerateRequest,
     NullObserver,
+    Ranked,
     TokenizeRequest,
     Tokens,
     WorkerInfo,
@@ -550,6 +551,9 @@ class RemoteModel:
                                       time.perf_counter() - started, 0)  # fmt: skip
         self.observer.embedded(self.name, tokens)
         return Embeddings(vectors, tokens)
+
+    async def rank(self, query: str, documents: list[str]) -> Ranked:
+        raise self._refused("ranking with a reranker's own scores")
 
     async def tokenize(self, request: TokenizeRequest) -> Tokens:
         raise self._refused("tokenizing")

@@ -146,10 +146,10 @@ class ChatBody(_Strict, _Generation, Refusing):
 
 
 class EmbedBody(_Strict, Refusing):
-    REFUSED = {"dimensions": "truncating embeddings to fewer dimensions is not implemented"}
     model: str
     input: str | list[str]
-    truncate: bool = True
+    truncate: bool = True  # Ollama's default: a long input is cut (and named in a header)
+    dimensions: int | None = Field(default=None, ge=1)
     options: Options | None = None
     keep_alive: KeepAlive = None
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ...engine.protocol import shorten
 from ...errors import ClientError, InvalidParameter, MullamaError
 from ...models.custom import go_to_jinja
 from ...wire.errors import ndjson_error
@@ -156,7 +157,7 @@ class OllamaService:
         result = await self.models.embed(target, inputs, body.truncate, body.keep_alive)
         return {
             "model": body.model,
-            "embeddings": result.vectors,
+            "embeddings": shorten(result.vectors, body.dimensions),
             "total_duration": time.perf_counter_ns() - started,
             "load_duration": load_ns,
             "prompt_eval_count": result.prompt_tokens,

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
-from ...engine.protocol import normalize
+from ...engine.protocol import shorten
 from ...errors import MullamaError
 from ...wire.errors import sse_error
 from ...wire.framing import SSE_DONE, sse
@@ -138,9 +138,7 @@ class OpenAIService:
     async def embeddings(self, req: EmbeddingRequest) -> dict:
         inputs = [req.input] if isinstance(req.input, str) else req.input
         result = await self.models.embed(req.model, inputs, keep_alive=req.keep_alive)
-        vectors = result.vectors
-        if req.dimensions is not None:
-            vectors = [normalize(v[: req.dimensions]) for v in vectors]
+        vectors = shorten(result.vectors, req.dimensions)
         encode = _base64_floats if req.encoding_format == "base64" else (lambda v: v)
         return {
             "object": "list",
