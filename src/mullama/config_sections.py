@@ -118,10 +118,10 @@ class ModelSettings(BaseModel):
     model_opt: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Per-model setting NAME:key=value (keys: context_size, parallel, threads, "
-        "batch_size, gpu_layers, keep_alive, pinned, max_tokens; and request defaults, under "
-        "a request's own values: temperature, top_k, top_p, min_p, repeat_penalty, "
-        "repeat_last_n, seed, think (true/false: a reasoning model thinks or not), "
-        "reasoning_budget, reasoning_format; lora=PATH[:scale], repeatable, as --lora). "
+        "batch_size, gpu_layers, keep_alive, pinned, max_tokens, pooling; and request "
+        "defaults, under a request's own values: temperature, top_k, top_p, min_p, "
+        "repeat_penalty, repeat_last_n, seed, think (true/false: a reasoning model thinks "
+        "or not), reasoning_budget, reasoning_format; lora=PATH[:scale], repeatable, as --lora). "
         "Repeatable; comma-separated in the environment.",
     )
     lora: Annotated[list[str], NoDecode] = Field(
@@ -199,6 +199,14 @@ class ModelSettings(BaseModel):
         "the device has it (the CPU does). On a CPU, off makes each generated token faster "
         "once contexts are long (2.2x at 2,048 tokens, 8 sequences; docs/PERFORMANCE.md), "
         "while on is up to a quarter faster below ~200 tokens and an eighth faster on prompts.",
+    )
+    pooling: Literal["none", "mean", "cls", "last", "rank"] | None = Field(
+        None,
+        description="How a model's embeddings pool its tokens (llama-server's --pooling): "
+        "mean, cls, last, rank (a cross-encoder reranker: one score per query and "
+        "document) or none (a vector per token, which the embedding APIs served here "
+        "cannot carry: refused). Default: the GGUF's <arch>.pooling_type, else "
+        "mean. Per model: --model-opt NAME:pooling=...",
     )
     burst_wait_ms: float = Field(
         20.0,

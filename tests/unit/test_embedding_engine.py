@@ -95,3 +95,15 @@ def test_a_chat_model_is_no_reranker_and_pooling_none_gives_no_embeddings(model)
     refused = _answer(none, sent, EmbedRequest("n", ["hello"]))
     assert isinstance(refused, Failed) and refused.error.param == "model"
     assert "--pooling" in str(refused.error)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "last"])
+def test_the_pooling_asked_is_the_pooling_used(model, pooling):
+    sent: list = []
+    mean = _answer(_embedder(model, sent), sent, EmbedRequest("m", TEXTS[:2]))
+    other = _embedder(model, sent, pooling=pooling)
+    assert other.pooling == pooling
+    together = _answer(other, sent, EmbedRequest("o", TEXTS[:2]))
+    assert together.vectors[0] != pytest.approx(mean.vectors[0], abs=1e-3)
+    alone = _answer(other, sent, EmbedRequest("a", TEXTS[1:2]))
+    assert together.vectors[1] == pytest.approx(alone.vectors[0], abs=1e-6)

@@ -16,7 +16,8 @@ Mullama's flags of the same meaning; ``--chat-template-kwargs`` with ``enable_th
 ``thinking`` is the ``-m`` models' thinking default (``--model-opt NAME:think=...``).
 ``--lora FNAME[,...]`` and ``--lora-scaled FNAME:SCALE[,...]`` (older llama-servers':
 ``FNAME SCALE``) are Mullama's ``--lora PATH[:scale]``: adapters of the ``-m`` model. Flags
-for what Mullama always does are accepted and change nothing. A llama-server flag with no
+for what Mullama always does are accepted and change nothing. ``--pooling`` is Mullama's flag of
+the same name; ``--rerank`` (``--reranking``) is ``--pooling rank``. A llama-server flag with no
 counterpart is an error that says what to do instead.
 """
 
@@ -76,6 +77,8 @@ INSTEAD = {
 LORA = {"--lora", "--lora-scaled"}
 # llama-server switch -> Mullama switch.
 SWITCHES = {"-kvu": "--kv-unified"}
+# llama-server's reranking switch: the -m model is a reranker (its embeddings pool rank).
+RERANK = {"--rerank", "--reranking"}
 # The most tokens an answer may generate (-1: no limit, -2: until the context is full).
 N_PREDICT = {"-n", "--n-predict", "--predict"}
 # llama-server's sampling defaults -> the request default each -m model gets.
@@ -133,6 +136,9 @@ class _Translation:
             raise ClientError(f"{flag} (a llama-server flag) has no counterpart: {INSTEAD[flag]}")
         if flag in SWITCHES:
             self.out.append(SWITCHES[flag])
+            return i + 1
+        if flag in RERANK:
+            self.out += ["--pooling", "rank"]
             return i + 1
         if flag in LORA:
             return self._lora(argv, i, flag, inline if eq else None)

@@ -202,6 +202,7 @@ class ModelManager:
                 model_id=adapters_identity(model_identity(ref), opts.lora or ()),
                 max_tokens=opts.max_tokens or 0,
                 strict_fields=s.strict_fields,
+                pooling=opts.pooling,
                 lora=adapters_wire(opts.lora or ()),
             )
         )

@@ -22,7 +22,9 @@ from .adapters import Adapter, parse_adapter
 
 # Filled from the global settings when a model does not set them (keep_alive and pinned
 # have their own defaults: the daemon's keep-alive, pinned when given with --model).
-_FROM_SETTINGS = ("context_size", "parallel", "threads", "batch_size", "gpu_layers", "max_tokens")
+_FROM_SETTINGS = (
+    "context_size", "parallel", "threads", "batch_size", "gpu_layers", "max_tokens", "pooling",
+)  # fmt: skip
 
 # The request defaults a model may set (the knobs of engine/knobs.py's "defaults"
 # dialect), with the bounds a request's own value has; a GGUF's general.sampling.* values
@@ -43,6 +45,7 @@ class ModelOptions:
     keep_alive: str | None = None
     pinned: bool | None = None
     max_tokens: int | None = None  # the most tokens one answer may generate (0: no cap)
+    pooling: str | None = None  # its embeddings' (None: the GGUF's, else mean)
     # A reasoning model's thinking (api/thinking.py ThinkDefaults), over a custom model's
     # parameters and the global flags: on or off, its budget (-1: none, 0: off), its format.
     think: bool | None = None
