@@ -18,7 +18,7 @@ from mullama.api.rerank import (
     score_pairs,
     yes_probability,
 )
-from mullama.engine.protocol import SamplingParams
+from mullama.engine.protocol import Chunk, SamplingParams
 from mullama.errors import InvalidParameter
 
 
@@ -136,3 +136,48 @@ def test_a_reranker_scores_the_documents_of_each_query_together():
     assert models.calls == [("q", ["a", "cc"]), ("r", ["bbb", "dddd"])]
     assert scored.scores == [1.0, 3.0, 2.0, 4.0]  # in the pairs' order
     assert scored.usage() == {"prompt_tokens": 20, "total_tokens": 20}
+
+
+class _ChatModel:
+    """A model manager whose model is a chat model (no reranker): each relevance question
+    is answered with the odds of "yes" the test gives for its document, as the top
+    alternatives of the first token (a fake of the engine; SmolLM2 judges in the e2e
+    tests)."""
+
+    def __init__(self, odds: dict[str, float]) -> None:
+        self.odds = odds
+        self.requests: list = []
+
+    def route(self, name):
+        return name
+
+    def remote(self, name):
+        return None
+
+    def find(self, name):
+        raise LookupError(name)  # profile_of: the empty profile
+
+    async def rerank(self, name, query, documents, keep_alive=None):
+        return None
+
+    def generate(self, target, request, keep_alive=None):
+        self.requests.append(request)
+        return self._answer(request)
+
+    async def _answer(self, request):
+        [turn] = request.messages
+        p = next(p for doc, p in self.odds.items() if f"Document: {doc}" in turn["content"])
+        top = [["Yes", math.log(p * 0.9)], [" no", math.log((1 - p) * 0.9)], ["I", math.log(0.1)]]
+        yield Chunk(prompt_tokens=30)
+        yield Chunk("Yes", 1, 30, "length", logprobs=[["Yes", top[0][1], top]])
+
+
+def test_a_chat_model_judges_every_pair_in_one_burst():
+    models = _ChatModel({"a": 0.2, "b": 0.9, "c": 0.5})
+    pairs = [("q", "a"), ("q", "b"), ("q", "c")]
+    scored = asyncio.run(score_pairs(models, "m", pairs, "rid"))  # type: ignore[arg-type]
+    assert scored.scores == pytest.approx([0.2, 0.9, 0.5])
+    assert scored.usage() == {"prompt_tokens": 90, "total_tokens": 93}
+    assert len({r.request_id for r in models.requests}) == 3
+    for r in models.requests:
+        assert r.params.max_tokens == 1 and r.params.logprobs == 20 and r.params.ignore_eos

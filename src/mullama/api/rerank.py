@@ -280,11 +280,12 @@ RERANK = {"model": "", "query": "What is the capital of France?",
           "documents": ["Paris is the capital of France.", "Cats sleep a lot."], "top_n": 1}  # fmt: skip
 
 
+# The aliases (vLLM's /v2, llama-server's /reranking) are the same route: documented once.
 @router.post("/v1/rerank")
-@router.post("/v2/rerank")
 @router.post("/rerank")
-@router.post("/reranking")
-@router.post("/v1/reranking")
+@router.post("/v2/rerank", include_in_schema=False)
+@router.post("/reranking", include_in_schema=False)
+@router.post("/v1/reranking", include_in_schema=False)
 @documented(RerankRequest, RerankAnswer, errors=MODEL_ERRORS, example=RERANK)
 async def rerank(request: Request) -> Response:
     body = await parse_body(request, RerankRequest)
@@ -306,7 +307,7 @@ SCORE = {"model": "", "text_1": "What is the capital of France?",
 
 
 @router.post("/score")
-@router.post("/v1/score")
+@router.post("/v1/score", include_in_schema=False)
 @documented(ScoreRequest, ScoreAnswer, errors=MODEL_ERRORS, example=SCORE)
 async def score(request: Request) -> Response:
     body = await parse_body(request, ScoreRequest)
