@@ -204,8 +204,8 @@ class ModelSettings(BaseModel):
         None,
         description="How a model's embeddings pool its tokens (llama-server's --pooling): "
         "mean, cls, last, rank (a cross-encoder reranker: one score per query and "
-        "document) or none (a vector per token, which the embedding APIs served here "
-        "cannot carry: refused). Default: the GGUF's <arch>.pooling_type, else "
+        "document) or none (a vector per token: served by llama-server's /embedding, "
+        "refused by the OpenAI and Ollama embeddings). Default: the GGUF's <arch>.pooling_type, else "
         "mean. Per model: --model-opt NAME:pooling=...",
     )
     burst_wait_ms: float = Field(

@@ -12,7 +12,7 @@ from mullama.engine.messages import (
     read_command,
     read_event,
 )
-from mullama.engine.protocol import shorten
+from mullama.engine.protocol import embd_normalize, shorten
 from mullama.errors import ContextLengthExceeded, InvalidParameter
 from mullama.requestctx import TRUNCATED_HEADER, RequestContext
 
@@ -86,3 +86,15 @@ def test_truncated_inputs_are_named_in_a_response_header():
     assert TRUNCATED_HEADER.encode() not in dict(ctx.response_headers())
     ctx.inputs_truncated += [0, 3]
     assert dict(ctx.response_headers())[TRUNCATED_HEADER.encode()] == b"0,3"
+
+
+def test_embd_normalize_as_llama_server():
+    v = [3.0, -4.0]
+    assert embd_normalize(v, -1) == v
+    assert embd_normalize(v, 2) == pytest.approx([0.6, -0.8])
+    assert embd_normalize(v, 1) == pytest.approx([3 / 7, -4 / 7])  # taxicab
+    assert embd_normalize(v, 0) == pytest.approx([3 * 32760 / 4, -32760.0])  # int16 range
+    p3 = (27 + 64) ** (1 / 3)
+    assert embd_normalize(v, 3) == pytest.approx([3 / p3, -4 / p3])
+    assert embd_normalize([1e-3, 2e-3], 1000) == pytest.approx([0.5, 1.0], rel=1e-3)
+    assert embd_normalize([0.0, 0.0], 2) == [0.0, 0.0]

@@ -107,3 +107,25 @@ def test_the_pooling_asked_is_the_pooling_used(model, pooling):
     assert together.vectors[0] != pytest.approx(mean.vectors[0], abs=1e-3)
     alone = _answer(other, sent, EmbedRequest("a", TEXTS[1:2]))
     assert together.vectors[1] == pytest.approx(alone.vectors[0], abs=1e-6)
+
+
+def test_pooling_none_gives_a_vector_per_token_when_asked(model):
+    sent: list = []
+    none = _embedder(model, sent, pooling="none")
+    result = _answer(none, sent, EmbedRequest("t", TEXTS[:3], per_token=True))
+    assert isinstance(result, EmbedResult) and result.vectors == []
+    lengths = [len(model.tokenize(t, True, False)) for t in TEXTS[:3]]
+    assert [len(rows) for rows in result.token_vectors] == lengths
+    assert all(len(row) == 576 for rows in result.token_vectors for row in rows)
+    alone = _answer(none, sent, EmbedRequest("a", TEXTS[1:2], per_token=True))
+    for row, alone_row in zip(result.token_vectors[1], alone.token_vectors[0], strict=True):
+        assert row == pytest.approx(alone_row, abs=1e-5)
+
+
+def test_embd_normalize_minus_one_is_the_raw_pooled_vector(model):
+    sent: list = []
+    embedder = _embedder(model, sent)
+    raw = _answer(embedder, sent, EmbedRequest("r", TEXTS[:1], norm=-1)).vectors[0]
+    unit = _answer(embedder, sent, EmbedRequest("u", TEXTS[:1])).vectors[0]
+    norm = math.sqrt(sum(x * x for x in raw))
+    assert norm > 1.5 and [x / norm for x in raw] == pytest.approx(unit, abs=1e-7)

@@ -471,6 +471,15 @@ class LlamaCompletion(BaseModel):
     timings: dict[str, float]
 
 
+class LlamaEmbedding(BaseModel):
+    index: int
+    embedding: list[list[float]]  # [the pooled vector], or a vector per token (pooling none)
+
+
+class LlamaEmbeddings(RootModel[list[LlamaEmbedding]]):
+    """llama-server's /embedding answer: one item per input, in their order."""
+
+
 class LlamaChunk(BaseModel):
     """One event of a /completion stream: a piece, or the last one (``stop: true``, with
     the fields of the whole answer)."""

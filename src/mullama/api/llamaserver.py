@@ -1,7 +1,9 @@
 """llama-server's native endpoints, which its users' scripts call: ``POST /completion``
 (``prompt``, ``n_predict``, ``stream``, ``stop``, the sampling fields; answered with
 ``content``, ``stop``, ``stop_type``, ``tokens_predicted``, ``timings``) and ``GET
-/props``. ``model`` may be left out, as llama-server serves one: the first ``--model``."""
+/props``, and ``POST /embedding`` (also ``/embeddings``: ``content`` or ``input``,
+``embd_normalize``; a vector per token for a model with pooling none). ``model`` may be
+left out, as llama-server serves one: the first ``--model``."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from .openai.schemas import CompletionRequest
 from .openapi import MODEL_ERRORS, SSE, documented
 from .profiles import profile_of
 from .replies import Finished, Started, Text, whole
-from .streaming import DisconnectAwareStream
+from .streaming import DisconnectAwareStream, unless_disconnected
 
 router = APIRouter()
 
@@ -199,6 +201,46 @@ class _Run:
                         yield sse(self.final("", e))
         except MullamaError as exc:
             yield sse(openai_body(exc))
+
+
+class EmbeddingBody(StrictBody):
+    """llama-server's /embedding body: the text(s) as ``content`` (or ``input``)."""
+
+    model: str | None = None
+    content: str | list[str] | None = None
+    input: str | list[str] | None = None
+    # llama-server's: -1 none, 0 int16 range, 1 taxicab, 2 Euclidean, p > 2 the p-norm
+    embd_normalize: int = Field(default=2, ge=-1, le=1000)
+    keep_alive: str | int | float | None = None
+
+    def texts(self) -> list[str]:
+        value = self.content if self.content is not None else self.input
+        if value is None:
+            raise ClientError('"input" or "content" must be provided', param="content")
+        texts = [value] if isinstance(value, str) else value
+        if not texts:
+            raise ClientError('"input" must not be empty', param="content")
+        return limits.check_inputs(texts)
+
+
+@router.post("/embedding")
+@router.post("/embeddings")
+@documented(EmbeddingBody, a.LlamaEmbeddings, errors=MODEL_ERRORS,
+            example={"content": "hello", "embd_normalize": 2})  # fmt: skip
+async def embedding(request: Request) -> Response:
+    """Each input's vector as llama-server answers its non-OpenAI embeddings route: a
+    list of ``{"index", "embedding": [vector]}``, normalised by ``embd_normalize`` (-1
+    none, 0 int16 range, 2 unit length, p > 2 the p-norm); a model with pooling none gives
+    each input's vector per token, unnormalised."""
+    body = await parse_body(request, EmbeddingBody)
+    models = request.app.state.models
+    texts = body.texts()
+    result = await unless_disconnected(request, models.embed(
+        _model(request, body.model), texts, False, body.keep_alive, norm=body.embd_normalize,
+        per_token=True,
+    ))  # fmt: skip
+    vectors = result.token_vectors or [[v] for v in result.vectors]
+    return ORJSONResponse([{"index": i, "embedding": v} for i, v in enumerate(vectors)])
 
 
 @router.get("/props")

@@ -406,12 +406,14 @@ class WorkerClient:
             raise item if isinstance(item, MullamaError) else _unexpected(item)
         return time.perf_counter() - started
 
-    async def embed(self, inputs: list[str], truncate: bool = False) -> Embeddings:
+    async def embed(
+        self, inputs: list[str], truncate: bool = False, norm: int = 2, per_token: bool = False
+    ) -> Embeddings:
         result = await self._ask(
-            "embed", lambda sid: EmbedRequest(sid, inputs, truncate), EmbedResult
+            "embed", lambda sid: EmbedRequest(sid, inputs, truncate, norm, per_token), EmbedResult
         )
         self.observer.embedded(self.name, result.tokens)
-        return Embeddings(result.vectors, result.tokens, result.truncated)
+        return Embeddings(result.vectors, result.tokens, result.truncated, result.token_vectors)
 
     async def rank(self, query: str, documents: list[str]) -> Ranked:
         result = await self._ask("rank", lambda sid: RankRequest(sid, query, documents), RankResult)

@@ -27,7 +27,7 @@ from ..errors import ContextLengthExceeded, InvalidParameter, MullamaError, Serv
 from .cpushare import CpuShare
 from .llama import Batch, Context, ContextConfig, Model, RankVocab
 from .messages import EmbedRequest, EmbedResult, Failed, RankRequest, RankResult
-from .protocol import WorkerSpec, normalize
+from .protocol import WorkerSpec, embd_normalize
 
 log = logging.getLogger("mullama.worker")
 
@@ -141,8 +141,14 @@ class Embedder:
             tokens = [self._pair(req.query, doc, i) for i, doc in enumerate(req.documents)]
             rows = self._decode(tokens)
             return RankResult(req.id, [row[0] for row in rows], sum(map(len, tokens)))
-        if self.pooling in ("none", "rank"):
+        if self.pooling == "rank":
             raise self._refused("embeddings", "pooled embedding model (mean, cls or last)")
+        if self.pooling == "none" and not req.per_token:
+            raise self._refused(
+                "single vector per input (it gives one per token, which only llama-server's "
+                "/embedding carries)",
+                "pooled embedding model (mean, cls or last)",
+            )
         tokens, truncated = [], []
         for i, text in enumerate(req.inputs):
             ids = self.model.tokenize(text, add_special=True, parse_special=False)
@@ -150,8 +156,11 @@ class Embedder:
             if len(fitted) < len(ids):
                 truncated.append(i)
             tokens.append(fitted)
-        vectors = [normalize(row) for row in self._decode(tokens)]
-        return EmbedResult(req.id, vectors, sum(map(len, tokens)), truncated)
+        outputs = self._decode(tokens)
+        n = sum(map(len, tokens))
+        if self.pooling == "none":  # a vector per token, as the model gives them
+            return EmbedResult(req.id, [], n, truncated, token_vectors=outputs)
+        return EmbedResult(req.id, [embd_normalize(v, req.norm) for v in outputs], n, truncated)
 
     def _refused(self, what: str, needs: str) -> InvalidParameter:
         return InvalidParameter(
@@ -200,8 +209,9 @@ class Embedder:
             self._batch = Batch(self._ctx.n_batch)
         return self._ctx, self._batch
 
-    def _decode(self, inputs: list[list[int]]) -> list[list[float]]:
-        """Each input's pooled output (not normalised), decoding them in packs."""
+    def _decode(self, inputs: list[list[int]]) -> list[Any]:
+        """Each input's pooled output (not normalised; with pooling none, its tokens'),
+        decoding them in packs."""
         ctx, batch = self._context()
         if self.spec.cpu_share_dir is None:
             return self._decode_on(ctx, batch, inputs)
@@ -218,20 +228,26 @@ class Embedder:
         finally:
             share.set_busy(False)
 
-    def _decode_on(self, ctx: Context, batch: Batch, inputs: list[list[int]]) -> list[list[float]]:
+    def _decode_on(self, ctx: Context, batch: Batch, inputs: list[list[int]]) -> list[Any]:
         width = self.model.n_cls_out() if self.pooling == "rank" else self.model.n_embd()
-        out: list[list[float]] = []
+        out: list[Any] = []
         for group in pack([len(t) for t in inputs], ctx.n_batch, MAX_SEQS):
             ctx.clear()
             batch.clear()
             filled = 0
+            starts = []
             for seq, i in enumerate(group):
                 if batch.n % ALIGN:
                     gap = ALIGN - batch.n % ALIGN
                     batch.add_many([0] * gap, filled, FILLER, False, all_logits=True)
                     filled += gap
+                starts.append(batch.n)
                 batch.add_many(inputs[i], 0, seq, last_logits=True, all_logits=True)
             if ctx.decode(batch) != 0:
                 raise ServerError("no room to compute the embedding")
-            out += [ctx.embedding(seq, width) for seq in range(len(group))]
+            if self.pooling == "none":
+                out += [[ctx.token_embedding(row, width) for row in range(start, start + len(inputs[i]))]
+                        for start, i in zip(starts, group, strict=True)]  # fmt: skip
+            else:
+                out += [ctx.embedding(seq, width) for seq in range(len(group))]
         return out

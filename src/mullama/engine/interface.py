@@ -37,7 +37,12 @@ class EngineClient(Protocol):
         self, request: GenerateRequest, progress: Callable[[], None] | None = None
     ) -> ChunkStream: ...
 
-    async def embed(self, inputs: list[str], truncate: bool = False) -> Embeddings: ...
+    async def embed(
+        self, inputs: list[str], truncate: bool = False, norm: int = 2, per_token: bool = False
+    ) -> Embeddings:
+        """Each input's vector, normalised by ``norm`` (llama-server's embd_normalize; 2:
+        unit length); ``per_token``: a model with pooling none answers a vector per token."""
+        ...
 
     async def rank(self, query: str, documents: list[str]) -> Ranked:
         """A reranker's score of each (query, document) pair (a model with rank pooling;

@@ -472,6 +472,13 @@ class Context:
             raise EngineError("the model produced no pooled embedding")
         return ptr[:width]  # type: ignore[no-any-return]
 
+    def token_embedding(self, row: int, width: int) -> list[float]:
+        """The output of batch row ``row`` of the last decode (pooling none)."""
+        ptr = lc.llama_get_embeddings_ith(self.ptr, row)
+        if not ptr:
+            raise EngineError(f"no embedding for batch row {row}")
+        return ptr[:width]  # type: ignore[no-any-return]
+
 
 class Sampler:
     """One per-request sampler chain; ``sample`` also accepts the token."""

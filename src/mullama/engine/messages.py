@@ -63,12 +63,16 @@ class Cancel(_Message):
 @dataclass
 class EmbedRequest(_Message):
     """Embed ``inputs``; one longer than the embedding context is refused, or truncated
-    when ``truncate`` (the result names those)."""
+    when ``truncate`` (the result names those). ``norm``: how the pooled vectors are
+    normalised (llama-server's ``embd_normalize``; 2: unit length). ``per_token``: the
+    caller can carry a vector per token (a model with pooling none; refused otherwise)."""
 
     TAG = ("op", "embed")
     id: str
     inputs: list[str]
     truncate: bool = False
+    norm: int = 2
+    per_token: bool = False
 
 
 @dataclass
@@ -186,6 +190,7 @@ class EmbedResult(_Message):
     vectors: list[list[float]]
     tokens: int
     truncated: list[int] = field(default_factory=list)  # the inputs cut to fit
+    token_vectors: list[list[list[float]]] = field(default_factory=list)  # pooling none
 
 
 @dataclass

@@ -335,6 +335,22 @@ def normalize(vec: list[float]) -> list[float]:
     return [x / norm for x in vec]
 
 
+def embd_normalize(vec: list[float], norm: int) -> list[float]:
+    """llama-server's ``embd_normalize`` (common_embd_normalize): -1 none, 0 to the int16
+    range by the largest absolute value, 2 Euclidean (unit length), else the p-norm."""
+    if norm == -1:
+        return list(vec)
+    if norm == 0:
+        total = max((abs(x) for x in vec), default=0.0) / 32760.0
+    elif norm == 2:
+        total = math.sqrt(sum(x * x for x in vec))
+    else:  # scaled by the largest value first, so a large p neither overflows nor underflows
+        top = max((abs(x) for x in vec), default=0.0)
+        total = top * sum((abs(x) / top) ** norm for x in vec) ** (1.0 / norm) if top else 0.0
+    scale = 1.0 / total if total > 0 else 0.0
+    return [x * scale for x in vec]
+
+
 def shorten(vectors: list[list[float]], dimensions: int | None) -> list[list[float]]:
     """Matryoshka truncation, as OpenAI's and Ollama's ``dimensions``: the first
     ``dimensions`` values of each vector, normalised again; more than the model gives is
@@ -355,6 +371,9 @@ class Embeddings:
     vectors: list[list[float]]
     prompt_tokens: int
     truncated: list[int] = field(default_factory=list)  # the inputs cut to fit (truncate)
+    # With pooling none, asked for (per_token): each input's vector per token, as the
+    # model gave them; ``vectors`` is then empty.
+    token_vectors: list[list[list[float]]] = field(default_factory=list)
 
 
 @dataclass

@@ -361,9 +361,12 @@ class ModelManager:
         inputs: list[str],
         truncate: bool = False,
         keep_alive: Any = None,
+        norm: int = 2,
+        per_token: bool = False,
     ) -> Embeddings:
+        """``norm``, ``per_token``: see EngineClient.embed."""
         async with self._engine(self.route(name), keep_alive) as engine:
-            result = await engine.embed(inputs, truncate)
+            result = await engine.embed(inputs, truncate, norm, per_token)
         # Never silent: the response's Mullama-Inputs-Truncated header names them.
         requestctx.get().inputs_truncated += result.truncated
         return result

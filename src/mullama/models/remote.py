@@ -532,7 +532,11 @@ class RemoteModel:
                 f"the answer ({type(exc).__name__})"
             ) from None
 
-    async def embed(self, inputs: list[str], truncate: bool = False) -> Embeddings:
+    async def embed(
+        self, inputs: list[str], truncate: bool = False, norm: int = 2, per_token: bool = False
+    ) -> Embeddings:
+        if norm != 2 or per_token:
+            raise self._refused("an embedding other than one unit-length vector an input")
         body = {"model": self.upstream_model, "input": inputs}
         replica, response, started = await _unserved_on_error(self._open("/embeddings", body))
         try:
