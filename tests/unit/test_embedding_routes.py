@@ -5,6 +5,10 @@ vector per token for a model with pooling none, and 400s naming the field."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import struct
+
 import pytest
 from starlette.testclient import TestClient
 
@@ -67,3 +71,53 @@ def test_bad_input_is_a_400_naming_the_field(client, body, param):
     r = client.post("/embedding", json=body)
     assert r.status_code == 400
     assert r.json()["error"]["param"] == param
+
+
+class _Engine:
+    """An engine of 4-wide vectors whose second input is always cut to fit."""
+
+    name = "smollm2:135m"
+    info = None
+
+    async def embed(self, inputs, truncate=False, norm=2, per_token=False):
+        vectors = [[0.5, 0.5, 0.5, 0.5] for _ in inputs]
+        return Embeddings(vectors, len(inputs), [1] if truncate and len(inputs) > 1 else [])
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """The app with its real model manager, whose engines are all one fake."""
+    app = create_app(Settings(cache_dir=str(tmp_path_factory.mktemp("models"))))
+
+    @contextlib.asynccontextmanager
+    async def engine(target, keep_alive):
+        yield _Engine()
+
+    async def load(target, keep_alive=None):
+        return 0.0  # Ollama's embed loads first (load_duration): nothing to start here
+
+    app.state.models._engine = engine
+    app.state.models.load = load
+    return TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1:8080")
+
+
+def test_openai_dimensions_and_base64(real):
+    body = {"model": "smollm2:135m", "input": ["a", "b"], "dimensions": 2}
+    out = real.post("/v1/embeddings", json=body).json()
+    assert [d["embedding"] for d in out["data"]] == [pytest.approx([0.7071068] * 2)] * 2
+    b64 = real.post("/v1/embeddings", json={**body, "encoding_format": "base64"}).json()
+    raw = base64.b64decode(b64["data"][0]["embedding"])
+    assert struct.unpack("<2f", raw) == pytest.approx((0.7071068, 0.7071068))
+    r = real.post("/v1/embeddings", json={**body, "dimensions": 5})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
+
+
+def test_ollama_dimensions_and_the_truncation_header(real):
+    body = {"model": "smollm2:135m", "input": ["a", "b"], "dimensions": 1}
+    r = real.post("/api/embed", json=body)
+    assert r.json()["embeddings"] == [[1.0], [1.0]]
+    assert r.headers["mullama-inputs-truncated"] == "1"  # truncate: Ollama's default true
+    r = real.post("/api/embed", json={**body, "truncate": False})
+    assert "mullama-inputs-truncated" not in r.headers
+    r = real.post("/api/embed", json={**body, "dimensions": 9})
+    assert r.status_code == 400 and "dimensions" in r.json()["error"]
