@@ -121,3 +121,8 @@ def test_ollama_dimensions_and_the_truncation_header(real):
     assert "mullama-inputs-truncated" not in r.headers
     r = real.post("/api/embed", json={**body, "dimensions": 9})
     assert r.status_code == 400 and "dimensions" in r.json()["error"]
+
+
+def test_too_many_inputs_is_a_400(client):
+    r = client.post("/embedding", json={"content": ["a"] * 2049})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "content"

@@ -220,7 +220,10 @@ class EmbeddingBody(StrictBody):
         texts = [value] if isinstance(value, str) else value
         if not texts:
             raise ClientError('"input" must not be empty', param="content")
-        return limits.check_inputs(texts)
+        try:
+            return limits.check_inputs(texts)
+        except ValueError as exc:
+            raise ClientError(str(exc), param="content") from None
 
 
 @router.post("/embedding")

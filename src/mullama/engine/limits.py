@@ -176,7 +176,8 @@ LIMITS: tuple[Limit, ...] = (
           "400", "each answer is a sequence of its own"),
     Limit("completions per request", "`prompt` (a list) × `n` (OpenAI completions)",
           f"{MAX_COMPLETIONS}", "400", "each prompt is a sequence of its own"),
-    Limit("embedding inputs", "`input` (OpenAI embeddings, Ollama `/api/embed`)",
+    Limit("embedding inputs", "`input` (OpenAI embeddings, Ollama `/api/embed`), `content` "
+          "(llama-server's `/embedding`)",
           f"{MAX_INPUTS}", "400", "OpenAI's own bound"),
     Limit("tools", "`tools` (OpenAI chat and Responses, Anthropic, Ollama chat)",
           f"{MAX_TOOLS}", "400", "each tool's schema is compiled into the constraint"),
