@@ -57,6 +57,9 @@ def test_pairs_scored_together_equal_each_alone(reranker):
     assert isinstance(together, RankResult) and len(together.scores) == len(DOCS)
     for i, doc in enumerate(DOCS):
         alone = reranker._answer(RankRequest(f"one{i}", QUERY, [doc]))
-        assert together.scores[i] == pytest.approx(alone.scores[0], abs=1e-6)
+        # Flash attention is on for rank pooling (llama-server's speed; engine/embedding.py):
+        # its CPU kernel for 64 rows or more makes a score depend on its batch by up to
+        # ~5e-4 (measured), as llama-server's do; the documents' scores differ by more.
+        assert together.scores[i] == pytest.approx(alone.scores[0], abs=1e-3)
     assert together.tokens == sum(len(reranker._pair(QUERY, d, 0)) for d in DOCS)
     assert len(set(together.scores)) == len(DOCS)  # a score of its own each

@@ -49,6 +49,10 @@ ALIGN = 16
 # The embedding context's tokens: one decode's worth (an input longer than this is refused
 # or, when the client allows it, truncated).
 MAX_TOKENS = 2048
+# The most rows decoded together. A non-causal model (BERT) attends over the whole batch,
+# masked: 100 rerank pairs of ~80 tokens took 629 ms in decodes of up to 2048 rows, 306
+# ms in decodes of up to 512 (llama-server's n_ubatch; benchmarks/rerank.py).
+PACK_ROWS = 512
 
 
 def model_pooling(spec_pooling: str | None, gguf_value: str | None) -> str:
@@ -197,11 +201,14 @@ class Embedder:
                     n_seq_max=SEQ_IDS,
                     n_threads=max(1, self.spec.threads),
                     embeddings=True,
-                    # Off: llama.cpp's CPU flash attention takes another kernel (F32
-                    # queries, not F16) for a batch of 64 tokens or more, so an input's
-                    # vector would depend on the inputs decoded with it (measured up to
-                    # 1e-3 apart on SmolLM2; without it, the same within 1e-7).
-                    flash_attn="off",
+                    # Off for embeddings: llama.cpp's CPU flash attention takes another
+                    # kernel (F32 queries, not F16) for a batch of 64 tokens or more, so
+                    # an input's vector would depend on the inputs decoded with it
+                    # (measured up to 1e-3 apart on SmolLM2; without it, the same within
+                    # 1e-7). On for rank pooling, as llama-server has it: without it,
+                    # 100 documents reranked took 3.3x llama-server's time (benchmarks/
+                    # rerank.py, 995 against 272 ms), with it the same (306 against 297).
+                    flash_attn="auto" if self.pooling == "rank" else "off",
                     pooling=POOLINGS[self.pooling],
                     kv_unified=True,
                 ),
@@ -231,7 +238,7 @@ class Embedder:
     def _decode_on(self, ctx: Context, batch: Batch, inputs: list[list[int]]) -> list[Any]:
         width = self.model.n_cls_out() if self.pooling == "rank" else self.model.n_embd()
         out: list[Any] = []
-        for group in pack([len(t) for t in inputs], ctx.n_batch, MAX_SEQS):
+        for group in pack([len(t) for t in inputs], min(ctx.n_batch, PACK_ROWS), MAX_SEQS):
             ctx.clear()
             batch.clear()
             filled = 0
